@@ -1,0 +1,16 @@
+# FiberStack: the two commands of the README, and the parts they are made of.
+#   make env-up      bring up the local environment (control plane, Redis, PostgreSQL, TimescaleDB)
+#   make test        everything CI checks: fmt, clippy, all tests against the real parts
+.PHONY: env-up env-down env-status test fmt-check clippy test-unit test-all
+
+env-up:
+	bash e2e/scripts/env.sh up
+
+env-down:
+	bash e2e/scripts/env.sh down
+
+env-status:
+	bash e2e/scripts/env.sh status
+
+test:
+	bash e2e/scripts/test.sh

