@@ -55,5 +55,23 @@ gi() {
   echo "build-tools: built $name $version in $((SECONDS - start))s"
 }
 want kwok && gi kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
+# kwok v0.8 needs its Stage objects (how a fake node heartbeats, how a pod becomes Ready) as
+# configuration: take them from the same module release, next to the binary.
+kwok_stages() {
+  local dest="$FIBERSTACK_CACHE/kwok-$KWOK_VERSION/stages"
+  [[ -f "$dest/pod-ready.yaml" ]] && return
+  local dir
+  dir=$(cd "$(mktemp -d)" && GOFLAGS= go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -d "$dir" ]] || { echo "build-tools: kwok $KWOK_VERSION module source not found" >&2; exit 1; }
+  mkdir -p "$dest.tmp"
+  cp "$dir/kustomize/stage/node/fast/node-initialize.yaml" \
+    "$dir/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+    "$dir/kustomize/stage/pod/fast/pod-ready.yaml" "$dir/kustomize/stage/pod/fast/pod-complete.yaml" \
+    "$dir/kustomize/stage/pod/fast/pod-delete.yaml" "$dest.tmp/"
+  chmod -R u+w "$dest.tmp"
+  rm -rf "$dest" && mv "$dest.tmp" "$dest"
+}
+want kwok && kwok_stages
 want helm && gi helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 echo "build-tools: done"

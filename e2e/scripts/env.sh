@@ -50,6 +50,7 @@ install_packages() {
   [[ -x "$PG_BIN/postgres" ]] || missing+=(postgresql-15)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v curl >/dev/null || missing+=(curl)
+  command -v ss >/dev/null || missing+=(iproute2)
   command -v psql >/dev/null || missing+=(postgresql-client-15)
   command -v runuser >/dev/null || missing+=(util-linux)
   command -v node >/dev/null || missing+=(nodejs npm)
@@ -96,6 +97,16 @@ running() {
   local pid
   pid=$(pid_of "$1") || return 1
   [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+}
+
+# port_free NAME PORT: refuse to start NAME when something else already listens on PORT
+# (another checkout's environment, or a service of this machine).
+port_free() {
+  local name=$1 port=$2 holder
+  holder=$(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 1)
+  if [[ -n "$holder" ]]; then
+    die "cannot start $name: port $port is already in use by a process this checkout did not start ($holder); stop it (for another checkout: make env-down there) and retry"
+  fi
 }
 
 # spawn NAME CMD...: start CMD in the background, its output in logs/NAME.log.
@@ -184,20 +195,41 @@ check_nodes() {
 
 start_redis() {
   running redis && return
+  port_free redis "$REDIS_PORT"
   mkdir -p "$ENV_DIR/redis"
   spawn redis redis-server --bind "$HOST" --port "$REDIS_PORT" --dir "$ENV_DIR/redis" \
     --appendonly yes --appendfsync everysec --save "" --daemonize no --protected-mode yes
   wait_for redis 30 check_redis
 }
 
+# PostgreSQL runs as the postgres user, which must reach its data directory. When this
+# checkout lies under a directory that user cannot enter, keep PostgreSQL's files in
+# /var/tmp instead (one folder per checkout), linked from e2e/.env/postgres.
+pg_root() {
+  if runuser -u postgres -- test -x "$ENV_DIR" 2>/dev/null; then
+    echo "$ENV_DIR"
+  else
+    echo "/var/tmp/fiberstack-env-$(echo "$ENV_DIR" | md5sum | cut -c1-12)"
+  fi
+}
+
 start_postgres() {
   running postgres && return
-  local data="$ENV_DIR/postgres"
+  port_free postgres "$POSTGRES_PORT"
+  local root data socket
+  root=$(pg_root)
+  data="$root/postgres"
+  socket="$root/postgres-socket"
+  if [[ "$root" != "$ENV_DIR" ]]; then
+    mkdir -p "$root"
+    chmod 755 "$root"
+    ln -sfn "$data" "$ENV_DIR/postgres"
+  fi
   if [[ ! -f "$data/PG_VERSION" ]]; then
     mkdir -p "$data"
     chown postgres "$data"
     chmod 700 "$data"
-    local pwfile="$ENV_DIR/postgres.pw"
+    local pwfile="$root/postgres.pw"
     echo "$POSTGRES_PASSWORD" >"$pwfile"
     chown postgres "$pwfile"
     runuser -u postgres -- "$PG_BIN/initdb" -D "$data" -U postgres --pwfile="$pwfile" \
@@ -205,12 +237,12 @@ start_postgres() {
       || { cat "$LOGS/postgres-initdb.log" >&2; die "initdb failed"; }
     rm -f "$pwfile"
   fi
-  mkdir -p "$ENV_DIR/postgres-socket"
-  chown postgres "$ENV_DIR/postgres-socket"
+  mkdir -p "$socket"
+  chown postgres "$socket"
   # Run the postmaster in the foreground of our own process (no pg_ctl daemonizing), so its
   # pid is known and `down` stops exactly it.
   spawn_as postgres postgres "$PG_BIN/postgres" -D "$data" -p "$POSTGRES_PORT" \
-    -c listen_addresses="$HOST" -c unix_socket_directories="$ENV_DIR/postgres-socket" \
+    -c listen_addresses="$HOST" -c unix_socket_directories="$socket" \
     -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off
   wait_for postgres 60 check_postgres
   # From here on the pid file names the postmaster itself, not runuser.
@@ -219,6 +251,7 @@ start_postgres() {
 
 start_timescaledb() {
   running timescaledb && return
+  port_free timescaledb "$TIMESCALE_PORT"
   spawn timescaledb node "$e2e/timescaledb/server.mjs" --data "$ENV_DIR/timescaledb" \
     --host "$HOST" --port "$TIMESCALE_PORT"
   wait_for timescaledb 120 check_timescaledb
@@ -268,6 +301,7 @@ EOF
 
 start_etcd() {
   running etcd && return
+  port_free etcd "$ETCD_PORT"
   spawn etcd "$BIN/etcd" --name fiberstack --data-dir "$ENV_DIR/etcd" \
     --listen-client-urls "http://$HOST:$ETCD_PORT" --advertise-client-urls "http://$HOST:$ETCD_PORT" \
     --listen-peer-urls "http://$HOST:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://$HOST:$ETCD_PEER_PORT" \
@@ -278,6 +312,7 @@ start_etcd() {
 
 start_kube_apiserver() {
   running kube-apiserver && return
+  port_free kube-apiserver "$APISERVER_PORT"
   spawn kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers="http://$HOST:$ETCD_PORT" \
     --bind-address="$HOST" --secure-port="$APISERVER_PORT" --advertise-address="$HOST" \
@@ -295,6 +330,7 @@ start_kube_apiserver() {
 
 start_kube_controller_manager() {
   running kube-controller-manager && return
+  port_free kube-controller-manager "$CONTROLLER_MANAGER_PORT"
   spawn kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig="$ENV_DIR/kubeconfig" \
     --authentication-kubeconfig="$ENV_DIR/kubeconfig" --authorization-kubeconfig="$ENV_DIR/kubeconfig" \
@@ -308,6 +344,7 @@ start_kube_controller_manager() {
 
 start_kube_scheduler() {
   running kube-scheduler && return
+  port_free kube-scheduler "$SCHEDULER_PORT"
   spawn kube-scheduler "$BIN/kube-scheduler" \
     --kubeconfig="$ENV_DIR/kubeconfig" \
     --authentication-kubeconfig="$ENV_DIR/kubeconfig" --authorization-kubeconfig="$ENV_DIR/kubeconfig" \
@@ -319,15 +356,19 @@ start_kube_scheduler() {
 
 start_kwok() {
   running kwok && return
+  port_free kwok "$KWOK_PORT"
+  local stages=()
+  for f in "$FIBERSTACK_CACHE/kwok-$KWOK_VERSION/stages/"*.yaml; do stages+=("--config=$f"); done
   # kwok plays the kubelet of every node annotated kwok.x-k8s.io/node=fake: it keeps them
   # Ready and moves their pods to Running ("on paper": no container runs).
   spawn kwok "$BIN/kwok" \
     --kubeconfig="$ENV_DIR/kubeconfig" \
     --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom \
     --cidr=10.244.0.0/16 --node-ip=10.240.0.1 \
-    --server-address="$HOST:$KWOK_PORT"
+    --node-lease-duration-seconds=40 \
+    --server-address="$HOST:$KWOK_PORT" \
+    "${stages[@]}"
   wait_for kwok 60 check_kwok
 }
 
@@ -372,7 +413,7 @@ up() {
   start_kwok
   apply_nodes
   write_env_file
-  log "started in $((SECONDS - t))s (whole env-up ${SECONDS}s since $start)"
+  log "started in $((SECONDS - t))s; env-up took $((SECONDS - start))s in all"
   status
   log "source $ENV_DIR/env.sh for KUBECONFIG, REDIS_URL, DATABASE_URL and TIMESCALE_URL"
 }

@@ -21,9 +21,20 @@ timed() {
 }
 
 total=$SECONDS
+# CI's next run starts from another fresh clone, which could not stop what this one left
+# running (and would find its ports taken): in CI, stop the environment on the way out.
+if [[ "${CI:-}" == true ]]; then
+  trap 'echo "==> env-down"; bash e2e/scripts/env.sh down' EXIT
+fi
 timed "env-up" bash e2e/scripts/env.sh up
 timed "cargo fmt --check" cargo fmt --all -- --check
 timed "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 timed "cargo build tests" cargo test --workspace --locked --no-run
-timed "cargo test" cargo test --workspace --locked
+results="$(mktemp)"
+timed "cargo test" bash -c 'cargo test --workspace --locked 2>&1 | tee "$1"' _ "$results"
+# One closing line for the whole run: cargo prints a result line per test binary, and the
+# last of them (doc tests) often counts none.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \
+  "${results}"
+rm -f "$results"
 echo "==> make test: $((SECONDS - total))s in all"
