@@ -305,6 +305,41 @@ async fn timescaledb_creates_the_extension_and_a_hypertable() -> Result<()> {
         .await?
         .get(0);
     assert_eq!(avg, 25.0);
-    db.batch_execute(&format!("drop table {table}")).await?;
+    // The community-licensed features the data path relies on are enabled.
+    db.batch_execute(&format!(
+        "alter table {table} set (timescaledb.compress, timescaledb.compress_segmentby = 'node');
+         select add_compression_policy('{table}', interval '3 days');
+         select add_retention_policy('{table}', interval '7 days');
+         create materialized view {table}_hourly with (timescaledb.continuous) as
+           select time_bucket('1 hour', time) as bucket, node,
+                  percentile_cont(0.5) within group (order by latency_ms) as p50
+           from {table} group by 1, 2 with no data;"
+    ))
+    .await?;
+    // A refresh cannot run inside a transaction, so not within a multi-statement batch.
+    db.batch_execute(&format!(
+        "call refresh_continuous_aggregate('{table}_hourly', null, null)"
+    ))
+    .await?;
+    let p50: f64 = db
+        .query_one(
+            &format!("select p50 from {table}_hourly where bucket = '2026-11-22T10:00:00Z'"),
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(p50, 30.0);
+    let jobs: i64 = db
+        .query_one(
+            "select count(*) from timescaledb_information.jobs where hypertable_name = $1 and proc_name in ('policy_compression', 'policy_retention')",
+            &[&table],
+        )
+        .await?
+        .get(0);
+    assert_eq!(jobs, 2);
+    db.batch_execute(&format!(
+        "drop materialized view {table}_hourly; drop table {table}"
+    ))
+    .await?;
     Ok(())
 }

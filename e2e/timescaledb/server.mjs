@@ -31,6 +31,20 @@ if (!Number.isInteger(port) || port <= 0 || port > 65535) {
 mkdirSync(values.data, { recursive: true });
 const db = await PGlite.create(values.data, { extensions: { timescaledb } });
 await db.waitReady;
+// This build starts with only TimescaleDB's Apache-licensed part loaded, so compression,
+// retention policies and continuous aggregates fail with "not supported under the current
+// license". Loading the TSL module once here enables them for every connection: all
+// connections share this one backend.
+const { rows } = await db.query(
+  "select default_version from pg_available_extensions where name = 'timescaledb'",
+);
+const version = rows[0]?.default_version;
+if (!version) {
+  console.error("timescaledb: the extension is not in this PGlite build");
+  process.exit(1);
+}
+await db.exec(`load 'timescaledb-${version}'`);
+await db.exec(`load 'timescaledb-tsl-${version}'`);
 const server = new PGLiteSocketServer({ db, host: values.host, port });
 await server.start();
 console.log(`timescaledb: listening on ${values.host}:${port}, data in ${values.data}`);
