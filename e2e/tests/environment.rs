@@ -343,3 +343,35 @@ async fn timescaledb_creates_the_extension_and_a_hypertable() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn timescaledb_gives_each_connection_a_fresh_session() -> Result<()> {
+    let env = LocalEnv::load()?;
+    {
+        let db = env.timescale().await?;
+        db.batch_execute("set search_path = leaked_schema; prepare leaked as select 1")
+            .await?;
+        db.batch_execute("begin").await?;
+    }
+    // The server serves one connection at a time: the next one waits until the first is gone.
+    let db = env.timescale().await?;
+    let search_path: String = db.query_one("show search_path", &[]).await?.get(0);
+    assert_eq!(search_path, "\"$user\", public");
+    let prepared: i64 = db
+        .query_one(
+            "select count(*) from pg_prepared_statements where name = 'leaked'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(prepared, 0);
+    let in_transaction: bool = db
+        .query_one("select now() = statement_timestamp()", &[])
+        .await?
+        .get(0);
+    assert!(
+        in_transaction,
+        "the previous connection's open transaction was rolled back"
+    );
+    Ok(())
+}

@@ -45,7 +45,34 @@ if (!version) {
 }
 await db.exec(`load 'timescaledb-${version}'`);
 await db.exec(`load 'timescaledb-tsl-${version}'`);
-const server = new PGLiteSocketServer({ db, host: values.host, port });
+// PGlite is one backend that every connection shares in turn, so whatever a client leaves
+// behind (prepared statements, SET search_path, an open transaction, advisory locks, temp
+// tables) would leak into the next connection. Real PostgreSQL gives each connection a fresh
+// session: emulate that by discarding the session before a new connection is attached.
+const BUSY = { isAttached: true };
+class FreshSessionServer extends PGLiteSocketServer {
+  async attachSocketToNewHandler(socket, info) {
+    // Hold the slot while the session is reset, so a connection arriving meanwhile queues.
+    this.activeHandler = BUSY;
+    try {
+      // Separate calls: several statements in one would form a transaction, which DISCARD refuses.
+      await db.exec("rollback");
+      await db.exec("discard all");
+      // PGlite boots with settings of its own (search_path pg_catalog, client_min_messages
+      // debug3, enable_seqscan off); a client expects PostgreSQL's defaults.
+      await db.exec(`set search_path = "$user", public`);
+      await db.exec("set client_min_messages = notice");
+      await db.exec("set enable_seqscan = on");
+    } catch (e) {
+      console.error(`timescaledb: resetting the session failed: ${e.message}`);
+    } finally {
+      if (this.activeHandler === BUSY) this.activeHandler = null;
+    }
+    return super.attachSocketToNewHandler(socket, info);
+  }
+}
+
+const server = new FreshSessionServer({ db, host: values.host, port });
 await server.start();
 console.log(`timescaledb: listening on ${values.host}:${port}, data in ${values.data}`);
 

@@ -1,0 +1,5 @@
+//! fiber-etl: moves samples from the Redis stream into PostgreSQL/TimescaleDB, and owns the
+//! database schema (`migrations/`, applied by [`migrate`]).
+
+pub mod db;
+pub mod migrate;

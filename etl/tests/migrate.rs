@@ -1,0 +1,330 @@
+//! `fiber-etl migrate` against the real databases of `make env-up`: plain PostgreSQL 15
+//! (a fresh database per test) and TimescaleDB (a fresh schema per test).
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use fiber_etl::db::DbConfig;
+use fiber_etl::migrate::{MIGRATOR, StorageMode, migrate};
+use fiberstack_e2e::{LocalEnv, unique_name};
+use sqlx::PgPool;
+
+/// A new, empty PostgreSQL database; returns its URL.
+async fn fresh_postgres_database() -> Result<String> {
+    let env = LocalEnv::load()?;
+    let admin = env.postgres().await?;
+    let name = unique_name("fs_migrate").replace('-', "_");
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await?;
+    let mut url = url::Url::parse(&env.database_url)?;
+    url.set_path(&name);
+    Ok(url.to_string())
+}
+
+async fn pool(url: &str, schema: Option<&str>) -> Result<PgPool> {
+    let config = DbConfig {
+        schema: schema.map(str::to_owned),
+        max_connections: 1,
+        ..DbConfig::new(url)
+    };
+    Ok(config.connect().await?)
+}
+
+async fn tables(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "select table_name::text from information_schema.tables
+          where table_schema = current_schema() order by 1",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+fn all_migrations() -> Vec<String> {
+    MIGRATOR
+        .iter()
+        .map(|m| format!("{}_{}", m.version, m.description))
+        .collect()
+}
+
+const SEED: &str = "
+    insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss) values
+      ('2026-11-20T10:01:00Z', 'gh-accra-1', 'fiberstack/accra-edge', 'ghana', 'dns', 'icmp', true, 10, 0),
+      ('2026-11-20T10:02:00Z', 'gh-accra-1', 'fiberstack/accra-edge', 'ghana', 'dns', 'icmp', true, 20, 0),
+      ('2026-11-20T10:03:00Z', 'gh-accra-1', 'fiberstack/accra-edge', 'ghana', 'dns', 'icmp', true, 30, 20),
+      ('2026-11-20T10:04:00Z', 'gh-accra-1', 'fiberstack/accra-edge', 'ghana', 'dns', 'icmp', false, 40, 100),
+      ('2026-11-20T11:00:00Z', 'gh-accra-1', 'fiberstack/accra-edge', 'ghana', 'dns', 'icmp', true, 100, 0)";
+
+/// The 10:00 bucket of the seed: samples, uptime %, p50 (from samples: 25, not an average).
+async fn hourly_10(pool: &PgPool) -> Result<(i64, f64, f64)> {
+    Ok(sqlx::query_as(
+        "select samples, uptime_pct::float8, latency_p50_ms from metrics_hourly
+          where bucket = '2026-11-20T10:00:00Z' and node = 'gh-accra-1' and target = 'dns'",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+#[tokio::test]
+async fn plain_postgres_mode_applies_once_and_rolls_up() -> Result<()> {
+    let url = fresh_postgres_database().await?;
+    let pool = pool(&url, None).await?;
+    let first = migrate(&pool).await?;
+    assert_eq!(first.mode, StorageMode::Postgres);
+    assert_eq!(first.applied, all_migrations());
+    let second = migrate(&pool).await?;
+    assert!(
+        second.applied.is_empty(),
+        "second run is a no-op: {second:?}"
+    );
+    assert_eq!(
+        tables(&pool).await?,
+        [
+            "_sqlx_migrations",
+            "fiberstack_meta",
+            "metrics",
+            "metrics_daily",
+            "metrics_hourly",
+            "nodes"
+        ]
+    );
+
+    sqlx::raw_sql(SEED).execute(&pool).await?;
+    sqlx::query(
+        "select fiberstack_refresh_rollups('2026-11-20T00:00:00Z', '2026-11-21T00:00:00Z')",
+    )
+    .execute(&pool)
+    .await?;
+    assert_eq!(hourly_10(&pool).await?, (4, 75.0, 25.0));
+    let daily: (i64, f64) = sqlx::query_as("select samples, latency_max_ms from metrics_daily")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(daily, (5, 100.0));
+
+    // Refreshing again recomputes, it does not add.
+    sqlx::query(
+        "select fiberstack_refresh_rollups('2026-11-20T00:00:00Z', '2026-11-21T00:00:00Z')",
+    )
+    .execute(&pool)
+    .await?;
+    assert_eq!(hourly_10(&pool).await?, (4, 75.0, 25.0));
+
+    // The natural key refuses a second copy of a sample.
+    let dup = sqlx::raw_sql(SEED).execute(&pool).await.unwrap_err();
+    assert!(dup.to_string().contains("metrics_natural_key"), "{dup}");
+
+    // Retention: 7 days of raw samples, 90 of hourly, 365 of daily.
+    sqlx::query("select fiberstack_apply_retention('2026-11-27T10:03:30Z')")
+        .execute(&pool)
+        .await?;
+    let left: i64 = sqlx::query_scalar("select count(*) from metrics")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(left, 2, "samples older than 7 days are gone");
+    assert_eq!(hourly_10(&pool).await?.0, 4, "hourly rollups stay");
+    Ok(())
+}
+
+#[tokio::test]
+async fn database_checks_refuse_out_of_range_values() -> Result<()> {
+    let url = fresh_postgres_database().await?;
+    let pool = pool(&url, None).await?;
+    migrate(&pool).await?;
+    for (column, value) in [
+        ("latency_ms", "10001"),
+        ("packet_loss", "101"),
+        ("status_code", "99"),
+    ] {
+        let sql = format!(
+            "insert into metrics (time, node, probe, region, target, kind, up, {column})
+             values (now(), 'n', 'ns/p', 'r', 't', 'http', false, {value})"
+        );
+        let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("check constraint"),
+            "{column}: {err}"
+        );
+    }
+    let err = sqlx::raw_sql("insert into nodes (name, region, country) values ('n', 'r', 'gh')")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("nodes_country_check"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_migrators_at_once_apply_each_migration_once() -> Result<()> {
+    let url = fresh_postgres_database().await?;
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
+            .args(["migrate", "--database-url", &url])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().expect("thread"), b.join().expect("thread"))
+    });
+    for out in [a?, b?] {
+        assert!(
+            out.status.success(),
+            "fiber-etl migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pool = pool(&url, None).await?;
+    let applied: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(applied as usize, MIGRATOR.iter().count());
+    Ok(())
+}
+
+#[tokio::test]
+async fn migrate_command_names_the_unreachable_database_without_its_password() -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
+        .args([
+            "migrate",
+            "--database-url",
+            "postgres://etl:hunter2@127.0.0.1:1/fiber",
+        ])
+        .env("FIBER_LOG", "off")
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("postgres://etl:***@127.0.0.1:1/fiber"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Connection refused"),
+        "the cause is named: {stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
+        .arg("migrate")
+        .env_remove("DATABASE_URL")
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--database-url"));
+    Ok(())
+}
+
+/// Drops a test schema holding a hypertable (TimescaleDB refuses to drop one in a cascade).
+async fn drop_timescale_schema(pool: &PgPool, schema: &str) -> Result<()> {
+    sqlx::raw_sql("drop materialized view if exists metrics_hourly, metrics_daily cascade")
+        .execute(pool)
+        .await?;
+    sqlx::raw_sql("drop table if exists metrics")
+        .execute(pool)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema {schema} cascade")))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let schema = unique_name("fs_migrate").replace('-', "_");
+    let pool = pool(&env.timescale_url, Some(&schema)).await?;
+    let first = migrate(&pool).await?;
+    assert_eq!(first.mode, StorageMode::TimescaleDb);
+    assert_eq!(first.applied, all_migrations());
+    assert!(
+        migrate(&pool).await?.applied.is_empty(),
+        "second run is a no-op"
+    );
+
+    let hypertable: i64 = sqlx::query_scalar(
+        "select count(*) from timescaledb_information.hypertables
+          where hypertable_schema = current_schema() and hypertable_name = 'metrics' and compression_enabled",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(
+        hypertable, 1,
+        "metrics is a hypertable with compression enabled"
+    );
+    let segmentby: Vec<String> = sqlx::query_scalar(
+        "select attname::text from timescaledb_information.compression_settings
+          where hypertable_schema = current_schema() and hypertable_name = 'metrics'
+            and segmentby_column_index is not null
+          order by segmentby_column_index",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(segmentby, ["node", "probe", "target"]);
+    let caggs: Vec<String> = sqlx::query_scalar(
+        "select view_name::text from timescaledb_information.continuous_aggregates
+          where view_schema = current_schema() order by 1",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(caggs, ["metrics_daily", "metrics_hourly"]);
+    let mut jobs: Vec<(String, String, String)> = sqlx::query_as(
+        "select j.proc_name::text, j.hypertable_name::text,
+                coalesce(j.config->>'drop_after', j.config->>'compress_after', j.config->>'start_offset')
+           from timescaledb_information.jobs j
+          where j.hypertable_schema = current_schema() or j.hypertable_name in (
+                select materialization_hypertable_name from timescaledb_information.continuous_aggregates
+                 where view_schema = current_schema())",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let mat_names: Vec<(String, String)> = sqlx::query_as(
+        "select materialization_hypertable_name::text, view_name::text
+           from timescaledb_information.continuous_aggregates where view_schema = current_schema()",
+    )
+    .fetch_all(&pool)
+    .await?;
+    for job in &mut jobs {
+        if let Some((_, view)) = mat_names.iter().find(|(mat, _)| *mat == job.1) {
+            job.1 = view.clone();
+        }
+    }
+    jobs.sort();
+    let expected = [
+        ("policy_compression", "metrics", "3 days"),
+        (
+            "policy_refresh_continuous_aggregate",
+            "metrics_daily",
+            "3 days",
+        ),
+        (
+            "policy_refresh_continuous_aggregate",
+            "metrics_hourly",
+            "1 day",
+        ),
+        ("policy_retention", "metrics", "7 days"),
+        ("policy_retention", "metrics_daily", "365 days"),
+        ("policy_retention", "metrics_hourly", "90 days"),
+    ]
+    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    assert_eq!(jobs, expected);
+
+    sqlx::raw_sql(SEED).execute(&pool).await?;
+    sqlx::raw_sql(
+        "call refresh_continuous_aggregate('metrics_hourly', '2026-11-20', '2026-11-21')",
+    )
+    .execute(&pool)
+    .await?;
+    assert_eq!(hourly_10(&pool).await?, (4, 75.0, 25.0));
+    // Inserting the same samples again adds nothing with the ETL's conflict-tolerant insert.
+    let again = format!("{SEED} on conflict do nothing");
+    let inserted = sqlx::raw_sql(sqlx::AssertSqlSafe(again))
+        .execute(&pool)
+        .await?;
+    assert_eq!(inserted.rows_affected(), 0);
+
+    drop_timescale_schema(&pool, &schema)
+        .await
+        .context("cleaning up")?;
+    Ok(())
+}
