@@ -1,5 +1,7 @@
 //! fiber-etl: moves samples from the Redis stream into PostgreSQL/TimescaleDB, and owns the
 //! database schema (`migrations/`, applied by [`migrate`]).
 
+pub mod consumer;
 pub mod db;
 pub mod migrate;
+pub mod writer;

@@ -2,15 +2,21 @@
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fiber_etl::consumer::{Consumer, ConsumerConfig, Stats};
 use fiber_etl::db::{DbConfig, redact};
 use fiber_etl::migrate::migrate;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
     name = "fiber-etl",
     version,
-    about = "FiberStack's database side. `fiber-etl migrate` applies the schema migrations to PostgreSQL or TimescaleDB."
+    about = "FiberStack's database side: `fiber-etl migrate` applies the schema migrations; `fiber-etl run` moves samples from a region's Redis stream into PostgreSQL/TimescaleDB."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,6 +30,41 @@ enum Command {
     /// aggregates, compression and retention policies) when the extension is available,
     /// plain PostgreSQL tables otherwise.
     Migrate(MigrateArgs),
+    /// Consume the region's stream fiber:samples:<region> as consumer group fiber-etl and
+    /// write the batches into the database. Acknowledges an entry only after its samples are
+    /// committed; entries that can never be stored go to fiber:dlq:<region> with the reason.
+    /// On database errors nothing is acknowledged and the write is retried with backoff.
+    /// SIGTERM finishes the batch in hand, acknowledges it and exits.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Redis URL, e.g. redis://redis:6379
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: String,
+    /// PostgreSQL URL of the writer role (the schema must be migrated).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Schema holding FiberStack's tables; the role's default search_path when unset.
+    #[arg(long, env = "FIBER_DB_SCHEMA")]
+    schema: Option<String>,
+    /// The FiberRegion whose stream to consume.
+    #[arg(long, env = "FIBER_REGION")]
+    region: String,
+    /// This worker's name in the consumer group; defaults to the host name (the pod name).
+    #[arg(long, env = "FIBER_CONSUMER")]
+    consumer: Option<String>,
+    /// Most stream entries (batches of up to 5000 samples) written per transaction.
+    #[arg(long, env = "FIBER_ETL_READ_COUNT", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    read_count: u16,
+    /// Seconds an entry may stay unacknowledged in another worker before this one takes it
+    /// over (the other worker is presumed dead).
+    #[arg(long, env = "FIBER_ETL_CLAIM_IDLE_SECS", default_value_t = 60)]
+    claim_idle_secs: u64,
+    /// Database connections in the pool.
+    #[arg(long, env = "FIBER_DB_MAX_CONNECTIONS", default_value_t = 4)]
+    db_max_connections: u32,
 }
 
 #[derive(clap::Args)]
@@ -66,12 +107,69 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "fiber-etl".to_owned())
+}
+
+/// Turns true on SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in hand"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing the batch in hand"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn run_consumer(args: RunArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
+    let db = DbConfig {
+        schema: args.schema,
+        max_connections: args.db_max_connections,
+        ..DbConfig::new(args.database_url)
+    };
+    let pool = db.connect().await?;
+    let client = redis::Client::open(args.redis_url.as_str())
+        .with_context(|| format!("REDIS_URL {}", redact(&args.redis_url)))?;
+    let redis = client
+        .get_connection_manager()
+        .await
+        .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?;
+    let mut config = ConsumerConfig::new(args.region, args.consumer.unwrap_or_else(host_name));
+    config.read_count = usize::from(args.read_count);
+    config.claim_idle = Duration::from_secs(args.claim_idle_secs);
+    tracing::info!(region = %config.region, consumer = %config.consumer, database = %redact(&db.url), "consuming");
+    let mut consumer = Consumer::new(redis, pool.clone(), config);
+    let stats = consumer.stats();
+    consumer.run(shutdown).await?;
+    tracing::info!(
+        entries = Stats::get(&stats.entries_received),
+        samples_written = Stats::get(&stats.samples_written),
+        dead_lettered = Stats::get(&stats.dead_lettered),
+        "stopped"
+    );
+    pool.close().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
         Command::Migrate(args) => run_migrate(args).await,
+        Command::Run(args) => run_consumer(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

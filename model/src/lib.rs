@@ -14,6 +14,7 @@ pub mod duration;
 pub mod push;
 pub mod quantity;
 pub mod sample;
+pub mod stream;
 pub mod validate;
 
 pub use config::{

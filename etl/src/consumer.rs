@@ -1,0 +1,451 @@
+//! The stream consumer: reads batches from `fiber:samples:<region>` as consumer group
+//! `fiber-etl`, validates them again, writes them, and acknowledges them only after the
+//! database committed. Entries that can never be stored go to `fiber:dlq:<region>` with the
+//! reason, then are acknowledged. Entries left pending by a dead worker are reclaimed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fiberstack_model::stream::{
+    BATCH_FIELD, CONSUMER_GROUP, REASON_FIELD, SOURCE_ID_FIELD, dead_letter_stream, decode_batch,
+    samples_stream,
+};
+use fiberstack_model::{Batch, Rejection};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::writer::{self, is_data_error};
+
+/// Settings of one consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub region: String,
+    /// This worker's name in the consumer group (the pod's hostname).
+    pub consumer: String,
+    /// Most stream entries (batches) taken per read.
+    pub read_count: usize,
+    /// How long one read waits for new entries.
+    pub block: Duration,
+    /// Entries pending this long in any consumer are taken over (their worker is presumed dead).
+    pub claim_idle: Duration,
+    /// How often acknowledged entries are trimmed from the stream and pending ones reclaimed.
+    pub housekeeping_every: Duration,
+}
+
+impl ConsumerConfig {
+    pub fn new(region: impl Into<String>, consumer: impl Into<String>) -> Self {
+        Self {
+            region: region.into(),
+            consumer: consumer.into(),
+            read_count: 50,
+            block: Duration::from_secs(1),
+            claim_idle: Duration::from_secs(60),
+            housekeeping_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of a consumer, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Stream entries received (read or reclaimed).
+    pub entries_received: AtomicU64,
+    /// Samples in the database after a committed write (new or already there).
+    pub samples_written: AtomicU64,
+    /// Samples that were new to the database.
+    pub samples_inserted: AtomicU64,
+    /// Entries or samples sent to the dead-letter stream.
+    pub dead_lettered: AtomicU64,
+    /// Writes that failed for a reason retrying can fix (database unreachable, …).
+    pub retries: AtomicU64,
+    /// Entries acknowledged.
+    pub entries_acked: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// An entry that can never be stored, and why.
+#[derive(Debug, Clone)]
+struct DeadLetter {
+    source_id: String,
+    reason: String,
+    payload: Vec<u8>,
+}
+
+/// Entries taken from the stream and not yet acknowledged.
+#[derive(Debug, Default)]
+struct InHand {
+    ids: Vec<String>,
+    /// (entry id, valid part of its batch)
+    batches: Vec<(String, Batch)>,
+    dead: Vec<DeadLetter>,
+}
+
+pub struct Consumer {
+    redis: ConnectionManager,
+    pool: PgPool,
+    config: ConsumerConfig,
+    stream: String,
+    dlq: String,
+    stats: Arc<Stats>,
+    last_housekeeping: Option<Instant>,
+}
+
+impl Consumer {
+    pub fn new(redis: ConnectionManager, pool: PgPool, config: ConsumerConfig) -> Self {
+        Self {
+            stream: samples_stream(&config.region),
+            dlq: dead_letter_stream(&config.region),
+            redis,
+            pool,
+            config,
+            stats: Arc::default(),
+            last_housekeeping: None,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Creates the consumer group (and the stream) unless they exist.
+    pub async fn ensure_group(&mut self) -> Result<(), ConsumerError> {
+        let created: Result<(), redis::RedisError> = self
+            .redis
+            .xgroup_create_mkstream(&self.stream, CONSUMER_GROUP, "0")
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Runs until `shutdown` turns true: the batch in hand is finished and acknowledged first.
+    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ConsumerError> {
+        let mut failures = 0u32;
+        while !*shutdown.borrow() {
+            match self.step(&mut shutdown).await {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff(failures);
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "consumer step failed");
+                    let _ = tokio::time::timeout(wait, shutdown.changed()).await;
+                }
+            }
+        }
+        tracing::info!("consumer stopped");
+        Ok(())
+    }
+
+    /// One round: housekeeping when due, then one read; returns how many entries it handled.
+    pub async fn step(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<usize, ConsumerError> {
+        self.ensure_group().await?;
+        let mut handled = 0;
+        let due = self
+            .last_housekeeping
+            .is_none_or(|at| at.elapsed() >= self.config.housekeeping_every);
+        if due {
+            handled += self.reclaim(shutdown).await?;
+            self.trim().await?;
+            self.last_housekeeping = Some(Instant::now());
+        }
+        let opts = StreamReadOptions::default()
+            .group(CONSUMER_GROUP, &self.config.consumer)
+            .count(self.config.read_count)
+            .block(self.config.block.as_millis() as usize);
+        let reply: StreamReadReply = self
+            .redis
+            .xread_options(&[&self.stream], &[">"], &opts)
+            .await?;
+        let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        handled += entries.len();
+        if !entries.is_empty() {
+            self.handle(entries, shutdown).await?;
+        }
+        Ok(handled)
+    }
+
+    /// Takes over entries idle longer than `claim_idle` in any consumer, and handles them.
+    async fn reclaim(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<usize, ConsumerError> {
+        let mut start = "0-0".to_owned();
+        let mut total = 0;
+        loop {
+            let opts = StreamAutoClaimOptions::default().count(self.config.read_count);
+            let reply: StreamAutoClaimReply = self
+                .redis
+                .xautoclaim_options(
+                    &self.stream,
+                    CONSUMER_GROUP,
+                    &self.config.consumer,
+                    self.config.claim_idle.as_millis() as u64,
+                    &start,
+                    opts,
+                )
+                .await?;
+            if !reply.claimed.is_empty() {
+                tracing::info!(
+                    entries = reply.claimed.len(),
+                    "reclaimed entries idle in another consumer"
+                );
+                total += reply.claimed.len();
+                self.handle(reply.claimed, shutdown).await?;
+            }
+            if reply.next_stream_id == "0-0" {
+                return Ok(total);
+            }
+            start = reply.next_stream_id;
+        }
+    }
+
+    /// Validates, writes, dead-letters and acknowledges `entries`. A database outage is
+    /// retried here, entries in hand, until it ends or shutdown is asked (then nothing is
+    /// acknowledged and the entries stay pending for the next worker).
+    async fn handle(
+        &mut self,
+        entries: Vec<StreamId>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ConsumerError> {
+        self.stats
+            .entries_received
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let mut hand = sort(entries);
+        let mut failures = 0u32;
+        loop {
+            match self.write(&mut hand).await {
+                Ok(()) => break,
+                Err(e) => {
+                    failures += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if *shutdown.borrow() {
+                        tracing::warn!(error = %e, entries = hand.ids.len(), "shutting down during a database error; entries stay pending");
+                        return Err(e.into());
+                    }
+                    let wait = backoff(failures);
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database write failed, nothing acknowledged");
+                    let _ = tokio::time::timeout(wait, shutdown.changed()).await;
+                }
+            }
+        }
+        for dead in &hand.dead {
+            let _: String = self
+                .redis
+                .xadd(
+                    &self.dlq,
+                    "*",
+                    &[
+                        (SOURCE_ID_FIELD, dead.source_id.as_bytes()),
+                        (REASON_FIELD, dead.reason.as_bytes()),
+                        (BATCH_FIELD, dead.payload.as_slice()),
+                    ],
+                )
+                .await?;
+            tracing::warn!(source_id = %dead.source_id, reason = %dead.reason, "dead-lettered");
+        }
+        self.stats
+            .dead_lettered
+            .fetch_add(hand.dead.len() as u64, Ordering::Relaxed);
+        let acked: u64 = self
+            .redis
+            .xack(&self.stream, CONSUMER_GROUP, &hand.ids)
+            .await?;
+        self.stats.entries_acked.fetch_add(acked, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the valid batches in hand in one transaction. When the database refuses the
+    /// data itself, writes entry by entry and dead-letters the entries it refuses.
+    async fn write(&mut self, hand: &mut InHand) -> Result<(), sqlx::Error> {
+        if hand.batches.is_empty() {
+            return Ok(());
+        }
+        let batches: Vec<Batch> = hand.batches.iter().map(|(_, b)| b.clone()).collect();
+        match writer::write(&self.pool, &batches, Utc::now()).await {
+            Ok(w) => {
+                self.count(w);
+                hand.batches.clear();
+                Ok(())
+            }
+            Err(e) if is_data_error(&e) => {
+                tracing::warn!(error = %e, "database refused a write; retrying entry by entry");
+                let mut left = std::mem::take(&mut hand.batches).into_iter();
+                while let Some((id, batch)) = left.next() {
+                    match writer::write(&self.pool, std::slice::from_ref(&batch), Utc::now()).await
+                    {
+                        Ok(w) => self.count(w),
+                        Err(e) if is_data_error(&e) => hand.dead.push(DeadLetter {
+                            source_id: id,
+                            reason: format!("database refused the batch: {e}"),
+                            payload: fiberstack_model::stream::encode_batch(&batch),
+                        }),
+                        Err(e) => {
+                            // Those written so far are committed; keep the rest for the retry.
+                            hand.batches.push((id, batch));
+                            hand.batches.extend(left);
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn count(&self, w: writer::Written) {
+        self.stats
+            .samples_written
+            .fetch_add(w.samples, Ordering::Relaxed);
+        self.stats
+            .samples_inserted
+            .fetch_add(w.inserted, Ordering::Relaxed);
+    }
+
+    /// Removes acknowledged entries from the stream (XTRIM MINID), never pending ones: the
+    /// cut is at the oldest pending entry, or at the last delivered one when none is pending.
+    async fn trim(&mut self) -> Result<(), ConsumerError> {
+        let pending: redis::streams::StreamPendingReply =
+            self.redis.xpending(&self.stream, CONSUMER_GROUP).await?;
+        let min_id = match pending {
+            redis::streams::StreamPendingReply::Data(data) => data.start_id,
+            _ => {
+                let groups: redis::streams::StreamInfoGroupsReply =
+                    self.redis.xinfo_groups(&self.stream).await?;
+                match groups.groups.into_iter().find(|g| g.name == CONSUMER_GROUP) {
+                    Some(g) => g.last_delivered_id,
+                    None => return Ok(()),
+                }
+            }
+        };
+        if min_id == "0-0" {
+            return Ok(());
+        }
+        let trimmed: u64 = redis::cmd("XTRIM")
+            .arg(&self.stream)
+            .arg("MINID")
+            .arg(&min_id)
+            .query_async(&mut self.redis)
+            .await?;
+        if trimmed > 0 {
+            tracing::debug!(trimmed, min_id = %min_id, "trimmed acknowledged entries");
+        }
+        Ok(())
+    }
+}
+
+/// Decodes and validates entries into what to write and what to dead-letter.
+fn sort(entries: Vec<StreamId>) -> InHand {
+    let now = Utc::now();
+    let mut hand = InHand::default();
+    for entry in entries {
+        hand.ids.push(entry.id.clone());
+        let payload: Option<Vec<u8>> = entry.get(BATCH_FIELD);
+        let Some(payload) = payload else {
+            hand.dead.push(DeadLetter {
+                source_id: entry.id,
+                reason: format!("entry has no {BATCH_FIELD:?} field"),
+                payload: Vec::new(),
+            });
+            continue;
+        };
+        let batch = match decode_batch(&payload) {
+            Ok(batch) => batch,
+            Err(e) => {
+                hand.dead.push(DeadLetter {
+                    source_id: entry.id,
+                    reason: format!("not a batch: {e}"),
+                    payload,
+                });
+                continue;
+            }
+        };
+        match batch.clone().into_valid(now) {
+            Err(e) => hand.dead.push(DeadLetter {
+                source_id: entry.id,
+                reason: format!("invalid batch: {e}"),
+                payload,
+            }),
+            Ok((valid, rejections)) => {
+                if !rejections.is_empty() {
+                    hand.dead
+                        .push(rejected_samples(&entry.id, &batch, &rejections));
+                }
+                if !valid.samples.is_empty() {
+                    hand.batches.push((entry.id, valid));
+                }
+            }
+        }
+    }
+    hand
+}
+
+/// A dead letter holding only the refused samples of a batch, with every reason.
+fn rejected_samples(id: &str, batch: &Batch, rejections: &[Rejection]) -> DeadLetter {
+    let samples = rejections
+        .iter()
+        .map(|r| batch.samples[r.index].clone())
+        .collect();
+    let refused = Batch {
+        samples,
+        ..batch.clone()
+    };
+    DeadLetter {
+        source_id: id.to_owned(),
+        reason: rejections
+            .iter()
+            .map(|r| r.error.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+        payload: fiberstack_model::stream::encode_batch(&refused),
+    }
+}
+
+/// Exponential backoff from 100 ms to 30 s with full jitter.
+pub fn backoff(failures: u32) -> Duration {
+    let cap_ms = (100u64 << failures.min(9)).min(30_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_millis(u64::from(nanos) % cap_ms + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for failures in 0..40 {
+            let cap = (100u64 << failures.min(9)).min(30_000);
+            let d = backoff(failures);
+            assert!(d.as_millis() as u64 <= cap, "{failures}: {d:?}");
+            assert!(d >= Duration::from_millis(1));
+        }
+    }
+}

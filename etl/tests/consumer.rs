@@ -1,0 +1,378 @@
+//! The stream consumer against real Redis and PostgreSQL (a fresh database and a fresh
+//! region, so a fresh stream, per test).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use fiber_etl::consumer::{Consumer, ConsumerConfig, Stats};
+use fiber_etl::db::DbConfig;
+use fiber_etl::migrate::migrate;
+use fiberstack_e2e::{LocalEnv, unique_name, wait_for};
+use fiberstack_model::stream::{
+    BATCH_FIELD, CONSUMER_GROUP, dead_letter_stream, encode_batch, samples_stream,
+};
+use fiberstack_model::{Batch, CheckKind, Sample};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use sqlx::{PgPool, Row};
+use tokio::sync::watch;
+
+struct Fixture {
+    region: String,
+    url: String,
+    pool: PgPool,
+    redis: ConnectionManager,
+}
+
+async fn fixture() -> Result<Fixture> {
+    let env = LocalEnv::load()?;
+    let admin = env.postgres().await?;
+    let name = unique_name("fs_etl").replace('-', "_");
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await?;
+    let mut url = url::Url::parse(&env.database_url)?;
+    url.set_path(&name);
+    let url = url.to_string();
+    let pool = DbConfig::new(&url).connect().await?;
+    migrate(&pool).await?;
+    let redis = redis::Client::open(env.redis_url.as_str())?
+        .get_connection_manager()
+        .await?;
+    Ok(Fixture {
+        region: unique_name("test-region"),
+        url,
+        pool,
+        redis,
+    })
+}
+
+fn at(minute: u32) -> DateTime<Utc> {
+    format!("2026-11-23T10:{minute:02}:00Z").parse().unwrap()
+}
+
+fn icmp(minute: u32, latency: f64) -> Sample {
+    Sample {
+        address: "127.0.0.1".into(),
+        latency_ms: Some(latency),
+        latency_min_ms: Some(latency - 1.0),
+        latency_max_ms: Some(latency + 1.0),
+        jitter_ms: Some(0.5),
+        packet_loss: Some(20.0),
+        sent: Some(5),
+        received: Some(4),
+        metadata: [("ttl".to_owned(), serde_json::json!(64))]
+            .into_iter()
+            .collect(),
+        ..Sample::new(at(minute), "loopback", CheckKind::Icmp, true)
+    }
+}
+
+fn batch(node: &str, samples: Vec<Sample>) -> Batch {
+    Batch {
+        probe: "fiberstack/accra-edge".into(),
+        region: "ghana".into(),
+        country: "GH".into(),
+        node: node.into(),
+        agent_version: "0.1.0".into(),
+        samples,
+    }
+}
+
+impl Fixture {
+    async fn add(&mut self, payload: &[u8]) -> Result<String> {
+        Ok(self
+            .redis
+            .xadd(samples_stream(&self.region), "*", &[(BATCH_FIELD, payload)])
+            .await?)
+    }
+
+    fn consumer(&self, name: &str) -> Consumer {
+        let mut config = ConsumerConfig::new(&self.region, name);
+        config.block = Duration::from_millis(100);
+        Consumer::new(self.redis.clone(), self.pool.clone(), config)
+    }
+
+    /// Steps `consumer` until a read finds nothing more.
+    async fn drain(&self, consumer: &mut Consumer) -> Result<()> {
+        let (_tx, mut rx) = watch::channel(false);
+        for _ in 0..100 {
+            if consumer.step(&mut rx).await? == 0 {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("stream not drained after 100 steps")
+    }
+
+    async fn count(&self, sql: &'static str) -> Result<i64> {
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
+    }
+
+    async fn pending(&mut self) -> Result<usize> {
+        let reply: redis::streams::StreamPendingReply = self
+            .redis
+            .xpending(samples_stream(&self.region), CONSUMER_GROUP)
+            .await?;
+        Ok(reply.count())
+    }
+}
+
+#[tokio::test]
+async fn batches_land_field_for_field_exactly_once_and_are_acked() -> Result<()> {
+    let mut f = fixture().await?;
+    let first = batch("gh-accra-1", vec![icmp(1, 20.0), icmp(2, 30.0)]);
+    f.add(&encode_batch(&first)).await?;
+    f.add(&encode_batch(&batch("gh-accra-2", vec![icmp(1, 40.0)])))
+        .await?;
+    f.add(&encode_batch(&first)).await?; // delivered twice: stored once
+    let mut consumer = f.consumer("worker-1");
+    let stats = consumer.stats();
+    f.drain(&mut consumer).await?;
+
+    assert_eq!(f.count("select count(*) from metrics").await?, 3);
+    assert_eq!(Stats::get(&stats.samples_written), 5);
+    assert_eq!(Stats::get(&stats.samples_inserted), 3);
+    assert_eq!(Stats::get(&stats.entries_acked), 3);
+    assert_eq!(f.pending().await?, 0);
+
+    let row = sqlx::query(
+        "select time, node, probe, region, target, kind, address, up, latency_ms, latency_min_ms,
+                latency_max_ms, jitter_ms, packet_loss, sent, received, status_code, error, metadata
+           from metrics where node = 'gh-accra-1' and time = '2026-11-23T10:02:00Z'",
+    )
+    .fetch_one(&f.pool)
+    .await?;
+    let stored = Sample {
+        time: row.get("time"),
+        target: row.get("target"),
+        kind: row.get::<String, _>("kind").parse()?,
+        address: row.get("address"),
+        up: row.get("up"),
+        latency_ms: row.get("latency_ms"),
+        latency_min_ms: row.get("latency_min_ms"),
+        latency_max_ms: row.get("latency_max_ms"),
+        jitter_ms: row.get("jitter_ms"),
+        packet_loss: row.get("packet_loss"),
+        sent: row.get::<Option<i32>, _>("sent").map(|v| v as u32),
+        received: row.get::<Option<i32>, _>("received").map(|v| v as u32),
+        status_code: row.get::<Option<i16>, _>("status_code").map(|v| v as u16),
+        error: row.get("error"),
+        metadata: match row.get::<serde_json::Value, _>("metadata") {
+            serde_json::Value::Object(m) => m,
+            other => anyhow::bail!("metadata is not an object: {other}"),
+        },
+    };
+    assert_eq!(
+        stored,
+        icmp(2, 30.0),
+        "the stored sample equals the sent one, field for field"
+    );
+    let envelope: (String, String, String) = (row.get("node"), row.get("probe"), row.get("region"));
+    assert_eq!(
+        envelope,
+        (
+            "gh-accra-1".into(),
+            "fiberstack/accra-edge".into(),
+            "ghana".into()
+        )
+    );
+    let node: (String, String, String, DateTime<Utc>) = sqlx::query_as(
+        "select region, country, agent_version, last_seen_at from nodes where name = 'gh-accra-1'",
+    )
+    .fetch_one(&f.pool)
+    .await?;
+    assert_eq!(node, ("ghana".into(), "GH".into(), "0.1.0".into(), at(2)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn what_can_never_be_stored_is_dead_lettered_with_the_reason() -> Result<()> {
+    let mut f = fixture().await?;
+    let garbage = f.add(b"{not json").await?;
+    let mut bad_country = batch("gh-accra-1", vec![icmp(1, 20.0)]);
+    bad_country.country = "Ghana".into();
+    let envelope = f.add(&encode_batch(&bad_country)).await?;
+    let mut one_bad = batch("gh-accra-1", vec![icmp(3, 20.0), icmp(4, 20.0)]);
+    one_bad.samples[1].packet_loss = Some(250.0);
+    let partial = f.add(&encode_batch(&one_bad)).await?;
+    let mut consumer = f.consumer("worker-1");
+    f.drain(&mut consumer).await?;
+
+    assert_eq!(
+        f.count("select count(*) from metrics").await?,
+        1,
+        "the valid sample is stored"
+    );
+    assert_eq!(f.pending().await?, 0, "everything is acknowledged");
+    let dlq: redis::streams::StreamRangeReply =
+        f.redis.xrange_all(dead_letter_stream(&f.region)).await?;
+    let letters: Vec<(String, String)> = dlq
+        .ids
+        .iter()
+        .map(|e| {
+            (
+                e.get::<String>("source_id").unwrap(),
+                e.get::<String>("reason").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert_eq!(letters[0].0, garbage);
+    assert!(letters[0].1.starts_with("not a batch:"), "{}", letters[0].1);
+    assert_eq!(letters[1].0, envelope);
+    assert!(
+        letters[1].1.contains("country: \"Ghana\""),
+        "{}",
+        letters[1].1
+    );
+    assert_eq!(letters[2].0, partial);
+    assert!(
+        letters[2].1.starts_with("samples[1].packet_loss: 250"),
+        "{}",
+        letters[2].1
+    );
+    let refused: Batch = serde_json::from_slice(&dlq.ids[2].get::<Vec<u8>>("batch").unwrap())?;
+    assert_eq!(
+        refused.samples,
+        vec![one_bad.samples[1].clone()],
+        "only the refused sample is dead-lettered"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn database_errors_ack_nothing_and_another_worker_reclaims() -> Result<()> {
+    let mut f = fixture().await?;
+    f.add(&encode_batch(&batch("gh-accra-1", vec![icmp(1, 20.0)])))
+        .await?;
+
+    // A worker whose database is gone: it reads the entry, cannot write, acknowledges nothing.
+    let dead_pool = DbConfig::new(&f.url).connect().await?;
+    dead_pool.close().await;
+    let mut config = ConsumerConfig::new(&f.region, "worker-dying");
+    config.block = Duration::from_millis(100);
+    let mut dying = Consumer::new(f.redis.clone(), dead_pool, config);
+    let (tx, mut rx) = watch::channel(false);
+    tx.send(true)?; // shutting down: give up after the first failed write
+    assert!(dying.step(&mut rx).await.is_err());
+    assert_eq!(f.pending().await?, 1, "read but not acknowledged");
+    assert_eq!(f.count("select count(*) from metrics").await?, 0);
+
+    // A healthy worker takes the entry over once it has been idle long enough.
+    let mut config = ConsumerConfig::new(&f.region, "worker-2");
+    config.block = Duration::from_millis(100);
+    config.claim_idle = Duration::from_millis(200);
+    config.housekeeping_every = Duration::ZERO;
+    let mut healthy = Consumer::new(f.redis.clone(), f.pool.clone(), config);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.drain(&mut healthy).await?;
+    assert_eq!(f.count("select count(*) from metrics").await?, 1);
+    assert_eq!(f.pending().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn acknowledged_entries_are_trimmed_pending_ones_kept() -> Result<()> {
+    let mut f = fixture().await?;
+    for minute in 0..5 {
+        f.add(&encode_batch(&batch(
+            "gh-accra-1",
+            vec![icmp(minute, 20.0)],
+        )))
+        .await?;
+    }
+    let mut consumer = f.consumer("worker-1");
+    f.drain(&mut consumer).await?;
+    // Two more: one read and left pending by another worker, one not yet read.
+    f.add(&encode_batch(&batch("gh-accra-1", vec![icmp(10, 20.0)])))
+        .await?;
+    let opts = redis::streams::StreamReadOptions::default()
+        .group(CONSUMER_GROUP, "slow")
+        .count(1);
+    let _: redis::streams::StreamReadReply = f
+        .redis
+        .xread_options(&[samples_stream(&f.region)], &[">"], &opts)
+        .await?;
+    f.add(&encode_batch(&batch("gh-accra-1", vec![icmp(11, 20.0)])))
+        .await?;
+
+    let mut config = ConsumerConfig::new(&f.region, "worker-1");
+    config.block = Duration::from_millis(100);
+    config.housekeeping_every = Duration::ZERO;
+    let mut trimmer = Consumer::new(f.redis.clone(), f.pool.clone(), config);
+    let (_tx, mut rx) = watch::channel(false);
+    trimmer.step(&mut rx).await?; // trims, then reads the last entry
+    trimmer.step(&mut rx).await?; // trims again
+    let len: usize = f.redis.xlen(samples_stream(&f.region)).await?;
+    assert_eq!(
+        len, 2,
+        "the pending entry and the one after it remain; acknowledged ones are gone"
+    );
+    assert_eq!(f.pending().await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
+    let mut f = fixture().await?;
+    let env = LocalEnv::load()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
+        .args(["run", "--region", &f.region, "--consumer", "worker-cli"])
+        .env("REDIS_URL", &env.redis_url)
+        .env("DATABASE_URL", &f.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    for minute in 0..3 {
+        f.add(&encode_batch(&batch(
+            "gh-accra-1",
+            vec![icmp(minute, 20.0)],
+        )))
+        .await?;
+    }
+    let pool = f.pool.clone();
+    wait_for(
+        "3 samples stored by fiber-etl run",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar("select count(*) from metrics")
+                    .fetch_one(&pool)
+                    .await?;
+                Ok(if n == 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} rows"))
+                })
+            }
+        },
+    )
+    .await?;
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?
+            .success()
+    );
+    let status = wait_for(
+        "fiber-etl to exit after SIGTERM",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let exited = child.try_wait();
+            async move { Ok(exited?.ok_or_else(|| "still running".to_owned())) }
+        },
+    )
+    .await?;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)?;
+    assert!(status.success(), "exit {status}: {stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert_eq!(f.pending().await?, 0);
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! How batches travel through Redis Streams between fiber-ingest and fiber-etl: the stream
+//! names and the encoding of one entry.
+
+use crate::sample::Batch;
+
+/// Consumer group of the ETL workers on every region's stream.
+pub const CONSUMER_GROUP: &str = "fiber-etl";
+/// The entry field holding the batch as JSON.
+pub const BATCH_FIELD: &str = "batch";
+/// The dead-letter entry field holding why the entry could not be stored.
+pub const REASON_FIELD: &str = "reason";
+/// The dead-letter entry field holding the original entry's id.
+pub const SOURCE_ID_FIELD: &str = "source_id";
+
+/// `fiber:samples:<region>`: accepted batches of a region, in arrival order.
+pub fn samples_stream(region: &str) -> String {
+    format!("fiber:samples:{region}")
+}
+
+/// `fiber:dlq:<region>`: entries that can never be stored, with the reason.
+pub fn dead_letter_stream(region: &str) -> String {
+    format!("fiber:dlq:{region}")
+}
+
+/// The bytes of a stream entry's `batch` field.
+pub fn encode_batch(batch: &Batch) -> Vec<u8> {
+    serde_json::to_vec(batch).expect("a Batch always serializes")
+}
+
+/// Reads a stream entry's `batch` field.
+pub fn decode_batch(bytes: &[u8]) -> Result<Batch, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::{CheckKind, Sample};
+
+    #[test]
+    fn names() {
+        assert_eq!(samples_stream("ghana"), "fiber:samples:ghana");
+        assert_eq!(dead_letter_stream("ghana"), "fiber:dlq:ghana");
+    }
+
+    #[test]
+    fn round_trip() {
+        let batch = Batch {
+            probe: "fiberstack/accra-edge".into(),
+            region: "ghana".into(),
+            country: "GH".into(),
+            node: "gh-accra-1".into(),
+            agent_version: "0.1.0".into(),
+            samples: vec![Sample::new(
+                "2026-11-23T12:00:00Z".parse().unwrap(),
+                "api",
+                CheckKind::Http,
+                false,
+            )],
+        };
+        assert_eq!(decode_batch(&encode_batch(&batch)).unwrap(), batch);
+        assert!(decode_batch(b"{\"probe\":1}").is_err());
+    }
+}
