@@ -31,10 +31,13 @@ timed "cargo fmt --check" cargo fmt --all -- --check
 timed "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 timed "cargo build tests" cargo test --workspace --locked --no-run
 results="$(mktemp)"
-timed "cargo test" bash -c 'cargo test --workspace --locked 2>&1 | tee "$1"' _ "$results"
+# --no-fail-fast: every test binary runs and is counted, even after one fails.
+timed "cargo test" bash -o pipefail -c 'cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$1"' _ "$results" ||
+  status=$?
 # One closing line for the whole run: cargo prints a result line per test binary, and the
 # last of them (doc tests) often counts none.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \
   "${results}"
 rm -f "$results"
 echo "==> make test: $((SECONDS - total))s in all"
+exit "${status:-0}"
