@@ -1,0 +1,217 @@
+//! The HTTP API: `POST /api/v1/samples`, health, readiness and metrics.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fiberstack_model::{Batch, Rejection};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::auth::Token;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::stream::{AppendError, StreamWriter};
+
+/// Largest request body, compressed or not.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+pub struct AppState {
+    pub token: Token,
+    pub limiter: RateLimiter,
+    pub writer: StreamWriter,
+    pub metrics: Metrics,
+    pub registry: Registry,
+}
+
+impl AppState {
+    pub fn new(token: Token, limiter: RateLimiter, writer: StreamWriter) -> Self {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        Self {
+            token,
+            limiter,
+            writer,
+            metrics,
+            registry,
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/samples", post(post_samples))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        // The compressed body is limited here; the decompressed one in `decode_body`.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `202` body: how many samples were accepted and which were refused.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+fn retry_after(status: StatusCode, wait: Duration, message: impl Into<String>) -> Response {
+    let mut response = error(status, message);
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// The body as JSON bytes: gzip is undone, within the same size limit.
+fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode, String)> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("identity") => Ok(body.to_vec()),
+        Some("gzip") => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .take(MAX_BODY_BYTES as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("body is not valid gzip: {e}"),
+                    )
+                })?;
+            if out.len() > MAX_BODY_BYTES {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("decompressed body is over {MAX_BODY_BYTES} bytes"),
+                ));
+            }
+            Ok(out)
+        }
+        Some(other) => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {other:?} is not supported; send gzip or no encoding"),
+        )),
+    }
+}
+
+async fn post_samples(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let m = &state.metrics;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !state.token.admits(authorization) {
+        m.outcome("unauthorized");
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let json = match decode_body(&headers, body) {
+        Ok(json) => json,
+        Err((status, message)) => {
+            m.outcome(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "invalid"
+            });
+            return error(status, message);
+        }
+    };
+    let batch: Batch = match serde_json::from_slice(&json) {
+        Ok(batch) => batch,
+        Err(e) => {
+            m.outcome("invalid");
+            return error(StatusCode::BAD_REQUEST, format!("body is not a batch: {e}"));
+        }
+    };
+    let (valid, rejected) = match batch.into_valid(chrono::Utc::now()) {
+        Ok(split) => split,
+        Err(e) => {
+            m.outcome("invalid");
+            return error(StatusCode::BAD_REQUEST, format!("batch refused: {e}"));
+        }
+    };
+    if let Err(wait) = state.limiter.check(&valid.node, Instant::now()) {
+        m.outcome("rate_limited");
+        return retry_after(
+            StatusCode::TOO_MANY_REQUESTS,
+            wait,
+            format!("node {} is over its rate limit", valid.node),
+        );
+    }
+    m.samples_rejected.inc_by(rejected.len() as u64);
+    let accepted = valid.samples.len();
+    if accepted > 0 {
+        match state.writer.append(&valid).await {
+            Ok(_) => {}
+            Err(e @ (AppendError::Unavailable(_) | AppendError::Timeout(_))) => {
+                m.outcome("unavailable");
+                tracing::warn!(error = %e, "refusing a batch");
+                return retry_after(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Duration::from_secs(1),
+                    e.to_string(),
+                );
+            }
+            Err(e @ AppendError::Backlog { .. }) => {
+                m.outcome("backlog");
+                tracing::warn!(error = %e, "refusing a batch");
+                return retry_after(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Duration::from_secs(5),
+                    e.to_string(),
+                );
+            }
+        }
+    }
+    m.outcome("accepted");
+    m.samples_accepted.inc_by(accepted as u64);
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(Accepted { accepted, rejected }),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.writer.ping().await {
+        "ok".into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "redis does not answer")
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,8 @@
+//! fiber-ingest: the HTTP front door of the data path. Probes POST batches; a batch is
+//! answered 202 only after it was appended to the region's Redis stream.
+
+pub mod api;
+pub mod auth;
+pub mod metrics;
+pub mod ratelimit;
+pub mod stream;

@@ -1,0 +1,109 @@
+//! `fiber-ingest`: configuration, wiring and signals only; the work is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use fiber_ingest::api::{AppState, router};
+use fiber_ingest::auth::Token;
+use fiber_ingest::ratelimit::RateLimiter;
+use fiber_ingest::stream::StreamWriter;
+
+/// FiberStack's HTTP ingest: probes POST batches of samples to /api/v1/samples (bearer
+/// token, JSON, gzip accepted, at most 1 MiB and 5000 samples); a batch is answered 202
+/// only after it was appended to the region's Redis stream fiber:samples:<region>.
+#[derive(Parser)]
+#[command(name = "fiber-ingest", version)]
+struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "FIBER_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Redis URL, e.g. redis://redis:6379
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: String,
+    /// The FiberRegion this service ingests for (names the stream).
+    #[arg(long, env = "FIBER_REGION")]
+    region: String,
+    /// The region's probe token (at least 16 characters). Prefer --token-file.
+    #[arg(
+        long,
+        env = "FIBER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// File holding the region's probe token (a mounted Secret).
+    #[arg(long, env = "FIBER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Batches per second each node may send on average.
+    #[arg(long, env = "FIBER_RATE_PER_NODE", default_value_t = 5.0)]
+    rate_per_node: f64,
+    /// Batches a node may send at once above its average rate.
+    #[arg(long, env = "FIBER_RATE_BURST", default_value_t = 50)]
+    rate_burst: u32,
+    /// Stream length above which batches are refused with 503 (the ETL is behind).
+    #[arg(long, env = "FIBER_MAX_BACKLOG", default_value_t = 100_000)]
+    max_backlog: u64,
+}
+
+fn token(config: &Config) -> anyhow::Result<Token> {
+    let text = match (&config.token, &config.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading FIBER_TOKEN_FILE {}", path.display()))?,
+        (None, None) => bail!("no probe token: set FIBER_TOKEN_FILE (or FIBER_TOKEN)"),
+    };
+    Token::new(&text).map_err(|e| anyhow::anyhow!("probe token: {e}"))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let token = token(&config)?;
+    if config.rate_per_node.is_nan() || config.rate_per_node <= 0.0 {
+        bail!("--rate-per-node {} must be above 0", config.rate_per_node);
+    }
+    let redis = fiber_ingest::stream::connect(&config.redis_url)
+        .await
+        .context("connecting to Redis (REDIS_URL)")?;
+    let writer = StreamWriter::new(redis, &config.region, config.max_backlog);
+    let limiter = RateLimiter::new(config.rate_per_node, config.rate_burst);
+    let state = Arc::new(AppState::new(token, limiter, writer));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, region = %config.region, "ingest ready");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            tracing::info!("shutting down: finishing requests in flight");
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FIBER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fiber-ingest: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Appends accepted batches to the region's Redis stream, refusing when the backlog is over
+//! its cap so that a stalled ETL pushes back on probes (which buffer on disk) instead of
+//! filling Redis' memory.
+
+use fiberstack_model::Batch;
+use fiberstack_model::stream::{BATCH_FIELD, encode_batch, samples_stream};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+/// Longest a request waits for Redis before it is answered 503.
+pub const REDIS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("redis is unavailable: {0}")]
+    Unavailable(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("stream {stream} holds {len} entries, over its cap of {cap}; the ETL is behind")]
+    Backlog { stream: String, len: u64, cap: u64 },
+}
+
+/// Connects to Redis so that an outage is reported within about two seconds, not hidden
+/// behind long reconnect attempts: probes are told 503 and retry later from their buffer.
+pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_max_delay(std::time::Duration::from_millis(500));
+    redis::Client::open(url)?
+        .get_connection_manager_with_config(config)
+        .await
+}
+
+#[derive(Clone)]
+pub struct StreamWriter {
+    redis: ConnectionManager,
+    stream: String,
+    max_backlog: u64,
+}
+
+impl StreamWriter {
+    pub fn new(redis: ConnectionManager, region: &str, max_backlog: u64) -> Self {
+        Self {
+            redis,
+            stream: samples_stream(region),
+            max_backlog,
+        }
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Appends `batch`; returns the entry id. The backlog is the stream's length: the ETL
+    /// trims acknowledged entries, so what remains is (about) what it has not stored yet.
+    pub async fn append(&self, batch: &Batch) -> Result<String, AppendError> {
+        // While Redis is down the connection manager reconnects in the background and a
+        // command may wait for it: bound the wait so probes hear 503 quickly.
+        tokio::time::timeout(REDIS_DEADLINE, self.append_now(batch))
+            .await
+            .unwrap_or(Err(AppendError::Timeout(REDIS_DEADLINE)))
+    }
+
+    async fn append_now(&self, batch: &Batch) -> Result<String, AppendError> {
+        let mut redis = self.redis.clone();
+        let len: u64 = redis.xlen(&self.stream).await?;
+        if len >= self.max_backlog {
+            return Err(AppendError::Backlog {
+                stream: self.stream.clone(),
+                len,
+                cap: self.max_backlog,
+            });
+        }
+        let id: String = redis
+            .xadd(&self.stream, "*", &[(BATCH_FIELD, encode_batch(batch))])
+            .await?;
+        Ok(id)
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> bool {
+        let mut redis = self.redis.clone();
+        let ping = async move { redis::cmd("PING").query_async::<String>(&mut redis).await };
+        matches!(tokio::time::timeout(REDIS_DEADLINE, ping).await, Ok(Ok(_)))
+    }
+}
