@@ -85,6 +85,28 @@ impl LocalEnv {
         connect_postgres(&self.database_url).await
     }
 
+    /// Creates an empty database on PostgreSQL 15 for one test; returns its URL.
+    pub async fn fresh_postgres_database(&self, prefix: &str) -> Result<String> {
+        let admin = self.postgres().await?;
+        let name = unique_name(prefix).replace('-', "_");
+        admin
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        let (base, query) = self
+            .database_url
+            .split_once('?')
+            .unwrap_or((&self.database_url, ""));
+        let (server, _) = base
+            .rsplit_once('/')
+            .context("DATABASE_URL has no database path")?;
+        Ok(if query.is_empty() {
+            format!("{server}/{name}")
+        } else {
+            format!("{server}/{name}?{query}")
+        })
+    }
+
     /// TimescaleDB (one connection at a time; schema, policy and query tests).
     pub async fn timescale(&self) -> Result<tokio_postgres::Client> {
         connect_postgres(&self.timescale_url).await

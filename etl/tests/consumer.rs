@@ -28,14 +28,7 @@ struct Fixture {
 
 async fn fixture() -> Result<Fixture> {
     let env = LocalEnv::load()?;
-    let admin = env.postgres().await?;
-    let name = unique_name("fs_etl").replace('-', "_");
-    admin
-        .batch_execute(&format!("create database {name}"))
-        .await?;
-    let mut url = url::Url::parse(&env.database_url)?;
-    url.set_path(&name);
-    let url = url.to_string();
+    let url = env.fresh_postgres_database("fs_etl").await?;
     let pool = DbConfig::new(&url).connect().await?;
     migrate(&pool).await?;
     let redis = redis::Client::open(env.redis_url.as_str())?

@@ -11,15 +11,9 @@ use sqlx::PgPool;
 
 /// A new, empty PostgreSQL database; returns its URL.
 async fn fresh_postgres_database() -> Result<String> {
-    let env = LocalEnv::load()?;
-    let admin = env.postgres().await?;
-    let name = unique_name("fs_migrate").replace('-', "_");
-    admin
-        .batch_execute(&format!("create database {name}"))
-        .await?;
-    let mut url = url::Url::parse(&env.database_url)?;
-    url.set_path(&name);
-    Ok(url.to_string())
+    LocalEnv::load()?
+        .fresh_postgres_database("fs_migrate")
+        .await
 }
 
 async fn pool(url: &str, schema: Option<&str>) -> Result<PgPool> {

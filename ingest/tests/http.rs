@@ -352,14 +352,8 @@ async fn a_batch_goes_in_over_http_and_lands_in_postgres_once() -> Result<()> {
 
     let env = LocalEnv::load()?;
     let s = server().await?;
-    let admin = env.postgres().await?;
-    let name = unique_name("fs_e2e").replace('-', "_");
-    admin
-        .batch_execute(&format!("create database {name}"))
-        .await?;
-    let mut url = url::Url::parse(&env.database_url)?;
-    url.set_path(&name);
-    let pool = DbConfig::new(url.as_str()).connect().await?;
+    let url = env.fresh_postgres_database("fs_e2e").await?;
+    let pool = DbConfig::new(url).connect().await?;
     fiber_etl::migrate::migrate(&pool).await?;
 
     let b = batch(vec![
