@@ -65,6 +65,9 @@ begin
             primary key (bucket, node, probe, target)
         );
         create table metrics_daily (like metrics_hourly including all);
+        -- Retention and rollup refreshes select by time alone (a hypertable has this index
+        -- by default).
+        create index metrics_time on metrics (time);
 
         -- Recomputes the buckets of [from_time, to_time) from the raw samples.
         execute format($f$

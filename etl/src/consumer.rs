@@ -4,7 +4,7 @@
 //! reason, then are acknowledged. Entries left pending by a dead worker are reclaimed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -53,7 +53,7 @@ impl ConsumerConfig {
 }
 
 /// Counters of a consumer, shared with whoever reports them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Stream entries received (read or reclaimed).
     pub entries_received: AtomicU64,
@@ -67,6 +67,23 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Entries acknowledged.
     pub entries_acked: AtomicU64,
+    /// Earliest sample time (Unix seconds) written since the rollups were last refreshed;
+    /// `i64::MAX` when nothing was written since.
+    pub dirty_since: AtomicI64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            entries_received: AtomicU64::new(0),
+            samples_written: AtomicU64::new(0),
+            samples_inserted: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            entries_acked: AtomicU64::new(0),
+            dirty_since: AtomicI64::new(i64::MAX),
+        }
+    }
 }
 
 impl Stats {
@@ -324,6 +341,11 @@ impl Consumer {
         self.stats
             .samples_inserted
             .fetch_add(w.inserted, Ordering::Relaxed);
+        if let Some(earliest) = w.earliest {
+            self.stats
+                .dirty_since
+                .fetch_min(earliest.timestamp(), Ordering::Relaxed);
+        }
     }
 
     /// Removes acknowledged entries from the stream (XTRIM MINID), never pending ones: the

@@ -3,5 +3,6 @@
 
 pub mod consumer;
 pub mod db;
+pub mod maintenance;
 pub mod migrate;
 pub mod writer;

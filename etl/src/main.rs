@@ -62,6 +62,10 @@ struct RunArgs {
     /// over (the other worker is presumed dead).
     #[arg(long, env = "FIBER_ETL_CLAIM_IDLE_SECS", default_value_t = 60)]
     claim_idle_secs: u64,
+    /// Seconds between maintenance rounds in plain-PostgreSQL mode (refreshing the hourly
+    /// and daily rollups, applying retention); TimescaleDB does this with its own policies.
+    #[arg(long, env = "FIBER_ETL_MAINTENANCE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    maintenance_secs: u64,
     /// Database connections in the pool.
     #[arg(long, env = "FIBER_DB_MAX_CONNECTIONS", default_value_t = 4)]
     db_max_connections: u32,
@@ -152,7 +156,14 @@ async fn run_consumer(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(region = %config.region, consumer = %config.consumer, database = %redact(&db.url), "consuming");
     let mut consumer = Consumer::new(redis, pool.clone(), config);
     let stats = consumer.stats();
+    let maintenance = tokio::spawn(fiber_etl::maintenance::run(
+        pool.clone(),
+        stats.clone(),
+        Duration::from_secs(args.maintenance_secs),
+        shutdown.clone(),
+    ));
     consumer.run(shutdown).await?;
+    let _ = maintenance.await;
     tracing::info!(
         entries = Stats::get(&stats.entries_received),
         samples_written = Stats::get(&stats.samples_written),

@@ -27,6 +27,8 @@ pub struct Written {
     pub samples: u64,
     /// Samples that were new (the rest were already stored: a redelivery).
     pub inserted: u64,
+    /// The earliest sample time written (rollups from there on are stale).
+    pub earliest: Option<DateTime<Utc>>,
 }
 
 const INSERT_METRICS: &str = "
@@ -152,6 +154,10 @@ pub async fn write(
     Ok(Written {
         samples: count as u64,
         inserted,
+        earliest: batches
+            .iter()
+            .flat_map(|b| b.samples.iter().map(|s| s.time))
+            .min(),
     })
 }
 

@@ -43,7 +43,9 @@ async fn fixture() -> Result<Fixture> {
 }
 
 fn at(minute: u32) -> DateTime<Utc> {
-    format!("2026-11-23T10:{minute:02}:00Z").parse().unwrap()
+    // Within the last few hours, so that retention (7 days from the real clock) keeps them.
+    let hour = Utc::now().timestamp() / 3600 * 3600 - 2 * 3600;
+    DateTime::from_timestamp(hour + i64::from(minute) * 60, 0).unwrap()
 }
 
 fn icmp(minute: u32, latency: f64) -> Sample {
@@ -133,8 +135,9 @@ async fn batches_land_field_for_field_exactly_once_and_are_acked() -> Result<()>
     let row = sqlx::query(
         "select time, node, probe, region, target, kind, address, up, latency_ms, latency_min_ms,
                 latency_max_ms, jitter_ms, packet_loss, sent, received, status_code, error, metadata
-           from metrics where node = 'gh-accra-1' and time = '2026-11-23T10:02:00Z'",
+           from metrics where node = 'gh-accra-1' and time = $1",
     )
+    .bind(at(2))
     .fetch_one(&f.pool)
     .await?;
     let stored = Sample {
@@ -367,5 +370,54 @@ async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
     assert!(status.success(), "exit {status}: {stderr}");
     assert!(stderr.contains("SIGTERM"), "{stderr}");
     assert_eq!(f.pending().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn plain_mode_maintenance_refreshes_rollups_of_what_was_written() -> Result<()> {
+    let mut f = fixture().await?;
+    f.add(&encode_batch(&batch(
+        "gh-accra-1",
+        vec![icmp(1, 10.0), icmp(2, 20.0), icmp(3, 60.0)],
+    )))
+    .await?;
+    let mut consumer = f.consumer("worker-1");
+    let stats = consumer.stats();
+    f.drain(&mut consumer).await?;
+    assert_eq!(
+        f.count("select count(*) from metrics_hourly").await?,
+        0,
+        "not refreshed yet"
+    );
+
+    let done = fiber_etl::maintenance::maintain_once(&f.pool, &stats).await?;
+    assert_eq!(done.refreshed_from, Some(at(1)));
+    let hourly: (i64, f64, f64) = sqlx::query_as(
+        "select samples, latency_p50_ms, latency_max_ms from metrics_hourly where bucket = $1",
+    )
+    .bind(at(0))
+    .fetch_one(&f.pool)
+    .await?;
+    assert_eq!(hourly, (3, 20.0, 61.0));
+    assert_eq!(f.count("select count(*) from metrics_daily").await?, 1);
+
+    // A late sample of the same hour: the next round recomputes that hour from the samples.
+    f.add(&encode_batch(&batch("gh-accra-1", vec![icmp(4, 100.0)])))
+        .await?;
+    f.drain(&mut consumer).await?;
+    let done = fiber_etl::maintenance::maintain_once(&f.pool, &stats).await?;
+    assert_eq!(done.refreshed_from, Some(at(4)));
+    let samples: i64 = sqlx::query_scalar("select samples from metrics_hourly where bucket = $1")
+        .bind(at(0))
+        .fetch_one(&f.pool)
+        .await?;
+    assert_eq!(samples, 4);
+    // Nothing written since: nothing to refresh.
+    assert_eq!(
+        fiber_etl::maintenance::maintain_once(&f.pool, &stats)
+            .await?
+            .refreshed_from,
+        None
+    );
     Ok(())
 }
