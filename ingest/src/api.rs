@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use fiberstack_model::{Batch, Rejection};
+use fiberstack_model::{Batch, PushSample, Rejection};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
@@ -23,6 +23,8 @@ use crate::stream::{AppendError, StreamWriter};
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 pub struct AppState {
+    /// The FiberRegion served; pushed samples are stored under it.
+    pub region: String,
     pub token: Token,
     pub limiter: RateLimiter,
     pub writer: StreamWriter,
@@ -31,11 +33,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(token: Token, limiter: RateLimiter, writer: StreamWriter) -> Self {
+    pub fn new(region: &str, token: Token, limiter: RateLimiter, writer: StreamWriter) -> Self {
         let metrics = Metrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         Self {
+            region: region.to_owned(),
             token,
             limiter,
             writer,
@@ -48,6 +51,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/samples", post(post_samples))
+        .route("/api/push", post(post_push))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -62,6 +66,9 @@ pub struct Accepted {
     pub accepted: usize,
     pub rejected: Vec<Rejection>,
 }
+
+/// A request's refusal (boxed: a `Response` is large to carry in every `Result`).
+type Refusal = Box<Response>;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
@@ -113,30 +120,77 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode,
     }
 }
 
+/// Checks the token and undoes the content encoding: the JSON of a request, or its refusal.
+fn authorized_json(state: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, Refusal> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !state.token.admits(authorization) {
+        state.metrics.outcome("unauthorized");
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        )));
+    }
+    decode_body(headers, body).map_err(|(status, message)| {
+        let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
+        state
+            .metrics
+            .outcome(if too_large { "too_large" } else { "invalid" });
+        Box::new(error(status, message))
+    })
+}
+
+/// Rate-limits by node and appends a batch of valid samples: the entry id, or the refusal.
+async fn admit(state: &AppState, batch: &Batch) -> Result<Option<String>, Refusal> {
+    let m = &state.metrics;
+    if let Err(wait) = state.limiter.check(&batch.node, Instant::now()) {
+        m.outcome("rate_limited");
+        return Err(Box::new(retry_after(
+            StatusCode::TOO_MANY_REQUESTS,
+            wait,
+            format!("node {} is over its rate limit", batch.node),
+        )));
+    }
+    if batch.samples.is_empty() {
+        return Ok(None);
+    }
+    match state.writer.append(batch).await {
+        Ok(id) => {
+            m.samples_accepted.inc_by(batch.samples.len() as u64);
+            Ok(Some(id))
+        }
+        Err(e @ (AppendError::Unavailable(_) | AppendError::Timeout(_))) => {
+            m.outcome("unavailable");
+            tracing::warn!(error = %e, "refusing a batch");
+            Err(Box::new(retry_after(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Duration::from_secs(1),
+                e.to_string(),
+            )))
+        }
+        Err(e @ AppendError::Backlog { .. }) => {
+            m.outcome("backlog");
+            tracing::warn!(error = %e, "refusing a batch");
+            Err(Box::new(retry_after(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Duration::from_secs(5),
+                e.to_string(),
+            )))
+        }
+    }
+}
+
 async fn post_samples(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let m = &state.metrics;
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if !state.token.admits(authorization) {
-        m.outcome("unauthorized");
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    }
-    let json = match decode_body(&headers, body) {
+    let json = match authorized_json(&state, &headers, body) {
         Ok(json) => json,
-        Err((status, message)) => {
-            m.outcome(if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "invalid"
-            });
-            return error(status, message);
-        }
+        Err(refusal) => return *refusal,
     };
+    let m = &state.metrics;
     let batch: Batch = match serde_json::from_slice(&json) {
         Ok(batch) => batch,
         Err(e) => {
@@ -151,46 +205,74 @@ async fn post_samples(
             return error(StatusCode::BAD_REQUEST, format!("batch refused: {e}"));
         }
     };
-    if let Err(wait) = state.limiter.check(&valid.node, Instant::now()) {
-        m.outcome("rate_limited");
-        return retry_after(
-            StatusCode::TOO_MANY_REQUESTS,
-            wait,
-            format!("node {} is over its rate limit", valid.node),
-        );
+    if let Err(refusal) = admit(&state, &valid).await {
+        return *refusal;
     }
     m.samples_rejected.inc_by(rejected.len() as u64);
-    let accepted = valid.samples.len();
-    if accepted > 0 {
-        match state.writer.append(&valid).await {
-            Ok(_) => {}
-            Err(e @ (AppendError::Unavailable(_) | AppendError::Timeout(_))) => {
-                m.outcome("unavailable");
-                tracing::warn!(error = %e, "refusing a batch");
-                return retry_after(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Duration::from_secs(1),
-                    e.to_string(),
-                );
-            }
-            Err(e @ AppendError::Backlog { .. }) => {
-                m.outcome("backlog");
-                tracing::warn!(error = %e, "refusing a batch");
-                return retry_after(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Duration::from_secs(5),
-                    e.to_string(),
-                );
-            }
-        }
-    }
     m.outcome("accepted");
-    m.samples_accepted.inc_by(accepted as u64);
+    let accepted = valid.samples.len();
     (
         StatusCode::ACCEPTED,
         axum::Json(Accepted { accepted, rejected }),
     )
         .into_response()
+}
+
+/// The seed's single-sample contract: `202 {"status":"accepted","queued":true,"message_id"}`.
+async fn post_push(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let json = match authorized_json(&state, &headers, body) {
+        Ok(json) => json,
+        Err(refusal) => return *refusal,
+    };
+    let m = &state.metrics;
+    let now = chrono::Utc::now();
+    let push: PushSample = match serde_json::from_slice(&json) {
+        Ok(push) => push,
+        Err(e) => {
+            m.outcome("invalid");
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body is not a push sample: {e}"),
+            );
+        }
+    };
+    if let Err(e) = push.validate(now) {
+        m.outcome("invalid");
+        return error(StatusCode::BAD_REQUEST, format!("sample refused: {e}"));
+    }
+    let batch = push.into_batch(&state.region);
+    // The mapping can still break a rule of the batch (the region name, say): say which.
+    match batch.validate(now) {
+        Ok(rejected) if rejected.is_empty() => {}
+        Ok(rejected) => {
+            m.outcome("invalid");
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("sample refused: {}", rejected[0].error),
+            );
+        }
+        Err(e) => {
+            m.outcome("invalid");
+            return error(StatusCode::BAD_REQUEST, format!("sample refused: {e}"));
+        }
+    }
+    match admit(&state, &batch).await {
+        Ok(id) => {
+            m.outcome("accepted");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(
+                    serde_json::json!({ "status": "accepted", "queued": true, "message_id": id }),
+                ),
+            )
+                .into_response()
+        }
+        Err(refusal) => *refusal,
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

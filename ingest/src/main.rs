@@ -14,6 +14,7 @@ use fiber_ingest::stream::StreamWriter;
 /// FiberStack's HTTP ingest: probes POST batches of samples to /api/v1/samples (bearer
 /// token, JSON, gzip accepted, at most 1 MiB and 5000 samples); a batch is answered 202
 /// only after it was appended to the region's Redis stream fiber:samples:<region>.
+/// POST /api/push takes the original single-sample contract onto the same path.
 #[derive(Parser)]
 #[command(name = "fiber-ingest", version)]
 struct Config {
@@ -68,7 +69,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("connecting to Redis (REDIS_URL)")?;
     let writer = StreamWriter::new(redis, &config.region, config.max_backlog);
     let limiter = RateLimiter::new(config.rate_per_node, config.rate_burst);
-    let state = Arc::new(AppState::new(token, limiter, writer));
+    let state = Arc::new(AppState::new(&config.region, token, limiter, writer));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

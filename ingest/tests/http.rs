@@ -40,7 +40,12 @@ async fn serve(redis_url: &str, limiter: RateLimiter, max_backlog: u64) -> Resul
     let region = unique_name("ingest-test");
     let redis = redis_at(redis_url).await?;
     let writer = StreamWriter::new(redis.clone(), &region, max_backlog);
-    let state = Arc::new(AppState::new(Token::new(TOKEN).unwrap(), limiter, writer));
+    let state = Arc::new(AppState::new(
+        &region,
+        Token::new(TOKEN).unwrap(),
+        limiter,
+        writer,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
@@ -383,5 +388,62 @@ async fn a_batch_goes_in_over_http_and_lands_in_postgres_once() -> Result<()> {
         vec![("api".to_owned(), 7.0), ("db".to_owned(), 1.5)],
         "stored once"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_seed_push_contract_lands_on_the_same_path() -> Result<()> {
+    let mut s = server().await?;
+    let auth = format!("Bearer {TOKEN}");
+    let push = serde_json::json!({
+        "node_id": "probe-gh-accra-01", "country": "GH", "region": "Ghana",
+        "latency_ms": 45.2, "uptime_pct": 99.5, "packet_loss": 0.1,
+        "timestamp": now().to_rfc3339()
+    });
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/push", s.url))
+        .header("authorization", &auth)
+        .json(&push)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 202);
+    let body: Value = response.json().await?;
+    assert_eq!(
+        (body["status"].as_str(), body["queued"].as_bool()),
+        (Some("accepted"), Some(true))
+    );
+    let stored = s.stored().await?;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].node, "probe-gh-accra-01");
+    assert_eq!(
+        stored[0].region, s.region,
+        "stored under the region this ingest serves"
+    );
+    assert_eq!(stored[0].samples[0].latency_ms, Some(45.2));
+
+    let mut bad = push.clone();
+    bad["uptime_pct"] = serde_json::json!(140);
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/push", s.url))
+        .header("authorization", &auth)
+        .json(&bad)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await?;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("uptime_pct: 140 is out of range"),
+        "{body}"
+    );
+    let unauthorized = reqwest::Client::new()
+        .post(format!("{}/api/push", s.url))
+        .json(&push)
+        .send()
+        .await?;
+    assert_eq!(unauthorized.status().as_u16(), 401);
+    assert_eq!(s.stored().await?.len(), 1, "refused pushes stored nothing");
     Ok(())
 }

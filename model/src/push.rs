@@ -1,12 +1,12 @@
 //! The original single-sample contract of `POST /api/push` (seed blueprint), kept so that
-//! probes of the first design keep working. The ingest service maps it onto a [`Batch`].
-//!
-//! [`Batch`]: crate::Batch
+//! probes of the first design keep working. The ingest service maps it onto a [`Batch`]
+//! ([`PushSample::into_batch`]) and sends it down the same path.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::sample::{Batch, CheckKind, Sample};
 use crate::validate::{self, MAX_FUTURE_SKEW_SECS, ValidationError};
 
 /// One measurement in the seed's shape: latency, uptime and loss of a node as a whole.
@@ -52,6 +52,42 @@ impl PushSample {
             ));
         }
         Ok(())
+    }
+}
+
+/// Namespace/name under which pushed samples are stored (there is no FiberProbe behind them).
+pub const PUSH_PROBE: &str = "legacy/push";
+/// Target name of pushed samples: the node as a whole.
+pub const PUSH_TARGET: &str = "node";
+
+impl PushSample {
+    /// The batch this push becomes, for the FiberRegion `region` the ingest service serves:
+    /// probe `legacy/push`, target `node`, kind `icmp` (the seed measured ping latency and
+    /// loss). `up` holds when a latency was measured, some uptime was reported and not every
+    /// packet was lost. The pushed `region` text and `uptime_pct` are kept in `metadata`.
+    pub fn into_batch(self, region: &str) -> Batch {
+        let up = self.latency_ms.is_some()
+            && self.uptime_pct.is_none_or(|u| u > 0.0)
+            && self.packet_loss.is_none_or(|l| l < 100.0);
+        let mut metadata = self.metadata;
+        metadata.insert("push_region".into(), Value::String(self.region));
+        if let Some(uptime) = self.uptime_pct {
+            metadata.insert("uptime_pct".into(), Value::from(uptime));
+        }
+        let sample = Sample {
+            latency_ms: self.latency_ms,
+            packet_loss: self.packet_loss,
+            metadata,
+            ..Sample::new(self.timestamp, PUSH_TARGET, CheckKind::Icmp, up)
+        };
+        Batch {
+            probe: PUSH_PROBE.into(),
+            region: region.into(),
+            country: self.country,
+            node: self.node_id,
+            agent_version: String::new(),
+            samples: vec![sample],
+        }
     }
 }
 
@@ -110,5 +146,45 @@ mod tests {
             let e = serde_json::from_value::<PushSample>(payload).unwrap_err();
             assert!(e.to_string().contains(key), "{e}");
         }
+    }
+
+    #[test]
+    fn maps_onto_a_valid_batch() {
+        let p: PushSample = serde_json::from_value(seed_payload()).unwrap();
+        let b = p.into_batch("ghana");
+        assert_eq!(b.validate(now()), Ok(vec![]));
+        assert_eq!(
+            (b.probe.as_str(), b.region.as_str(), b.node.as_str()),
+            (PUSH_PROBE, "ghana", "550e8400-e29b-41d4-a716-446655440000")
+        );
+        let s = &b.samples[0];
+        assert_eq!(
+            (s.target.as_str(), s.kind, s.up),
+            (PUSH_TARGET, CheckKind::Icmp, true)
+        );
+        assert_eq!((s.latency_ms, s.packet_loss), (Some(45.2), Some(0.1)));
+        assert_eq!(s.metadata["push_region"], "Accra");
+        assert_eq!(s.metadata["uptime_pct"], 99.9);
+        assert_eq!(s.metadata["isp"], "MTN");
+    }
+
+    #[test]
+    fn down_when_nothing_got_through() {
+        for (key, value) in [("uptime_pct", json!(0)), ("packet_loss", json!(100))] {
+            let mut payload = seed_payload();
+            payload[key] = value;
+            let p: PushSample = serde_json::from_value(payload).unwrap();
+            assert!(!p.into_batch("ghana").samples[0].up, "{key}");
+        }
+        let mut payload = seed_payload();
+        payload.as_object_mut().unwrap().remove("latency_ms");
+        let b = serde_json::from_value::<PushSample>(payload)
+            .unwrap()
+            .into_batch("ghana");
+        assert!(
+            !b.samples[0].up,
+            "no latency: not up (a successful check has a duration)"
+        );
+        assert_eq!(b.validate(now()), Ok(vec![]));
     }
 }
