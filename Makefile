@@ -1,7 +1,7 @@
 # FiberStack: the two commands of the README, and the parts they are made of.
 #   make env-up      bring up the local environment (control plane, Redis, PostgreSQL, TimescaleDB)
 #   make test        everything CI checks: fmt, clippy, all tests against the real parts
-.PHONY: env-up env-down env-status test fmt-check clippy test-unit test-all
+.PHONY: env-up env-down env-status test bench
 
 env-up:
 	bash e2e/scripts/env.sh up
@@ -14,3 +14,7 @@ env-status:
 
 test:
 	bash e2e/scripts/test.sh
+
+# Load benchmark of the data path (prints figures, never fails on time).
+bench: env-up
+	cargo bench -p fiber-ingest --bench load
