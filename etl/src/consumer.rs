@@ -52,6 +52,21 @@ impl ConsumerConfig {
     }
 }
 
+/// Connects to Redis for a consumer whose reads block for up to `block`. The response
+/// timeout must outlast a blocking read: a read abandoned by the client while Redis still
+/// serves it would hand the next entry to nobody (it stays pending until reclaimed).
+pub async fn connect_redis(
+    url: &str,
+    block: Duration,
+) -> Result<ConnectionManager, redis::RedisError> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(block + Duration::from_secs(10)));
+    redis::Client::open(url)?
+        .get_connection_manager_with_config(config)
+        .await
+}
+
 /// Counters of a consumer, shared with whoever reports them.
 #[derive(Debug)]
 pub struct Stats {

@@ -144,13 +144,10 @@ async fn run_consumer(args: RunArgs) -> anyhow::Result<()> {
         ..DbConfig::new(args.database_url)
     };
     let pool = db.connect().await?;
-    let client = redis::Client::open(args.redis_url.as_str())
-        .with_context(|| format!("REDIS_URL {}", redact(&args.redis_url)))?;
-    let redis = client
-        .get_connection_manager()
+    let mut config = ConsumerConfig::new(args.region, args.consumer.unwrap_or_else(host_name));
+    let redis = fiber_etl::consumer::connect_redis(&args.redis_url, config.block)
         .await
         .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?;
-    let mut config = ConsumerConfig::new(args.region, args.consumer.unwrap_or_else(host_name));
     config.read_count = usize::from(args.read_count);
     config.claim_idle = Duration::from_secs(args.claim_idle_secs);
     tracing::info!(region = %config.region, consumer = %config.consumer, database = %redact(&db.url), "consuming");

@@ -321,17 +321,22 @@ async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
+    // Let the worker sit in blocking reads first, then feed it slowly: every entry must be
+    // read at once, none handed to a read the client had given up on (it would stay
+    // pending for the 60 s claim time).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for minute in 0..3 {
         f.add(&encode_batch(&batch(
             "gh-accra-1",
             vec![icmp(minute, 20.0)],
         )))
         .await?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
     }
     let pool = f.pool.clone();
     wait_for(
         "3 samples stored by fiber-etl run",
-        Duration::from_secs(60),
+        Duration::from_secs(15),
         Duration::from_millis(100),
         || {
             let pool = pool.clone();

@@ -112,7 +112,9 @@ async fn main() -> Result<()> {
         let mut config = ConsumerConfig::new(&region, format!("bench-{i}"));
         config.read_count = 20;
         config.block = Duration::from_millis(50);
-        let mut consumer = Consumer::new(redis.clone(), pool.clone(), config);
+        let consumer_redis =
+            fiber_etl::consumer::connect_redis(&env.redis_url, config.block).await?;
+        let mut consumer = Consumer::new(consumer_redis, pool.clone(), config);
         stats.push(consumer.stats());
         let rx = stop_rx.clone();
         handles.push(tokio::spawn(async move { consumer.run(rx).await }));
