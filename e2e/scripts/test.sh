@@ -13,11 +13,12 @@ fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 timed() {
-  local label=$1 start=$SECONDS
+  local label=$1 start=$SECONDS rc=0
   shift
   echo "==> $label"
-  "$@"
+  "$@" || rc=$?
   echo "==> $label: $((SECONDS - start))s"
+  return "$rc"
 }
 
 total=$SECONDS

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::{MIGRATOR, StorageMode, migrate};
 use fiberstack_e2e::{LocalEnv, unique_name};
-use sqlx::PgPool;
+use sqlx::{Executor, PgPool};
 
 /// A new, empty PostgreSQL database; returns its URL.
 async fn fresh_postgres_database() -> Result<String> {
@@ -226,6 +226,13 @@ async fn drop_timescale_schema(pool: &PgPool, schema: &str) -> Result<()> {
 #[tokio::test]
 async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<()> {
     let env = LocalEnv::load()?;
+    // The extension goes to `public` first: created by the migration it would land in this
+    // test's schema and be dropped with it, and PGlite's single backend cannot load the
+    // extension's library a second time for the next test that creates it.
+    pool(&env.timescale_url, None)
+        .await?
+        .execute("create extension if not exists timescaledb")
+        .await?;
     let schema = unique_name("fs_migrate").replace('-', "_");
     let pool = pool(&env.timescale_url, Some(&schema)).await?;
     let first = migrate(&pool).await?;
