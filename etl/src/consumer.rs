@@ -82,6 +82,13 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Entries acknowledged.
     pub entries_acked: AtomicU64,
+    /// Entries in the stream at the last housekeeping (acknowledged ones are trimmed, so
+    /// about what is not stored yet).
+    pub stream_length: AtomicU64,
+    /// Entries delivered to some worker and not acknowledged, at the last housekeeping.
+    pub pending: AtomicU64,
+    /// Duration of each committed database write.
+    pub write_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Earliest sample time (Unix seconds) written since the rollups were last refreshed;
     /// `i64::MAX` when nothing was written since.
     pub dirty_since: AtomicI64,
@@ -96,6 +103,11 @@ impl Default for Stats {
             dead_lettered: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             entries_acked: AtomicU64::new(0),
+            stream_length: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            write_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14),
+            ),
             dirty_since: AtomicI64::new(i64::MAX),
         }
     }
@@ -317,8 +329,12 @@ impl Consumer {
             return Ok(());
         }
         let batches: Vec<Batch> = hand.batches.iter().map(|(_, b)| b.clone()).collect();
+        let started = Instant::now();
         match writer::write(&self.pool, &batches, Utc::now()).await {
             Ok(w) => {
+                self.stats
+                    .write_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 self.count(w);
                 hand.batches.clear();
                 Ok(())
@@ -368,6 +384,11 @@ impl Consumer {
     async fn trim(&mut self) -> Result<(), ConsumerError> {
         let pending: redis::streams::StreamPendingReply =
             self.redis.xpending(&self.stream, CONSUMER_GROUP).await?;
+        self.stats
+            .pending
+            .store(pending.count() as u64, Ordering::Relaxed);
+        let length: u64 = self.redis.xlen(&self.stream).await?;
+        self.stats.stream_length.store(length, Ordering::Relaxed);
         let min_id = match pending {
             redis::streams::StreamPendingReply::Data(data) => data.start_id,
             _ => {

@@ -4,5 +4,6 @@
 pub mod consumer;
 pub mod db;
 pub mod maintenance;
+pub mod metrics;
 pub mod migrate;
 pub mod writer;

@@ -66,6 +66,9 @@ struct RunArgs {
     /// and daily rollups, applying retention); TimescaleDB does this with its own policies.
     #[arg(long, env = "FIBER_ETL_MAINTENANCE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     maintenance_secs: u64,
+    /// Address of this worker's /metrics (Prometheus) and /healthz.
+    #[arg(long, env = "FIBER_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: std::net::SocketAddr,
     /// Database connections in the pool.
     #[arg(long, env = "FIBER_DB_MAX_CONNECTIONS", default_value_t = 4)]
     db_max_connections: u32,
@@ -153,6 +156,32 @@ async fn run_consumer(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(region = %config.region, consumer = %config.consumer, database = %redact(&db.url), "consuming");
     let mut consumer = Consumer::new(redis, pool.clone(), config);
     let stats = consumer.stats();
+    let registry = std::sync::Arc::new(fiber_etl::metrics::registry(stats.clone()));
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("listening on {} for /metrics", args.metrics_listen))?;
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        fiber_etl::metrics::render(&registry),
+                    )
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
     let maintenance = tokio::spawn(fiber_etl::maintenance::run(
         pool.clone(),
         stats.clone(),

@@ -314,8 +314,12 @@ async fn acknowledged_entries_are_trimmed_pending_ones_kept() -> Result<()> {
 async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
     let mut f = fixture().await?;
     let env = LocalEnv::load()?;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
         .args(["run", "--region", &f.region, "--consumer", "worker-cli"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .env("REDIS_URL", &env.redis_url)
         .env("DATABASE_URL", &f.url)
         .stdout(Stdio::null())
@@ -353,6 +357,14 @@ async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
         },
     )
     .await?;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("fiber_etl_samples_inserted_total 3"),
+        "{metrics}"
+    );
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
