@@ -44,8 +44,10 @@ struct Config {
     /// Batches a node may send at once above its average rate.
     #[arg(long, env = "FIBER_RATE_BURST", default_value_t = 50)]
     rate_burst: u32,
-    /// Stream length above which batches are refused with 503 (the ETL is behind).
-    #[arg(long, env = "FIBER_MAX_BACKLOG", default_value_t = 100_000)]
+    /// Stream length (entries, one batch each) above which batches are refused with 503:
+    /// the ETL is behind, and probes keep their samples on disk meanwhile instead of Redis
+    /// holding them in memory. 10,000 batches of 500 samples are about 1 GB.
+    #[arg(long, env = "FIBER_MAX_BACKLOG", default_value_t = 10_000)]
     max_backlog: u64,
 }
 
