@@ -30,6 +30,8 @@ pub struct AppState {
     pub writer: StreamWriter,
     pub metrics: Metrics,
     pub registry: Registry,
+    /// The database of the read API (read-only role); the read API answers 503 without it.
+    pub db: Option<sqlx::PgPool>,
 }
 
 impl AppState {
@@ -44,7 +46,14 @@ impl AppState {
             writer,
             metrics,
             registry,
+            db: None,
         }
+    }
+
+    /// Enables the read API on `pool`.
+    pub fn with_database(mut self, pool: sqlx::PgPool) -> Self {
+        self.db = Some(pool);
+        self
     }
 }
 
@@ -52,6 +61,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/samples", post(post_samples))
         .route("/api/push", post(post_push))
+        .route("/api/v1/nodes", get(crate::read::nodes))
+        .route("/api/v1/metrics", get(crate::read::metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -68,9 +79,9 @@ pub struct Accepted {
 }
 
 /// A request's refusal (boxed: a `Response` is large to carry in every `Result`).
-type Refusal = Box<Response>;
+pub(crate) type Refusal = Box<Response>;
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         axum::Json(serde_json::json!({ "error": message.into() })),
@@ -121,6 +132,21 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode,
 }
 
 /// Checks the token and undoes the content encoding: the JSON of a request, or its refusal.
+pub(crate) fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if state.token.admits(authorization) {
+        Ok(())
+    } else {
+        state.metrics.outcome("unauthorized");
+        Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        )))
+    }
+}
+
 fn authorized_json(state: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, Refusal> {
     let authorization = headers
         .get(header::AUTHORIZATION)

@@ -5,4 +5,5 @@ pub mod api;
 pub mod auth;
 pub mod metrics;
 pub mod ratelimit;
+pub mod read;
 pub mod stream;

@@ -44,6 +44,13 @@ struct Config {
     /// Batches a node may send at once above its average rate.
     #[arg(long, env = "FIBER_RATE_BURST", default_value_t = 50)]
     rate_burst: u32,
+    /// PostgreSQL URL (read-only role) for the read API, GET /api/v1/nodes and
+    /// /api/v1/metrics; without it those answer 503.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Schema holding FiberStack's tables; the role's default search_path when unset.
+    #[arg(long, env = "FIBER_DB_SCHEMA")]
+    db_schema: Option<String>,
     /// Stream length (entries, one batch each) above which batches are refused with 503:
     /// the ETL is behind, and probes keep their samples on disk meanwhile instead of Redis
     /// holding them in memory. 10,000 batches of 500 samples are about 1 GB.
@@ -71,7 +78,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("connecting to Redis (REDIS_URL)")?;
     let writer = StreamWriter::new(redis, &config.region, config.max_backlog);
     let limiter = RateLimiter::new(config.rate_per_node, config.rate_burst);
-    let state = Arc::new(AppState::new(&config.region, token, limiter, writer));
+    let mut state = AppState::new(&config.region, token, limiter, writer);
+    if let Some(url) = &config.database_url {
+        let db = fiber_etl::db::DbConfig {
+            schema: config.db_schema.clone(),
+            ..fiber_etl::db::DbConfig::new(url)
+        };
+        state = state.with_database(db.connect().await?);
+    }
+    let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

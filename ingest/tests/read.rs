@@ -1,0 +1,211 @@
+//! The read API against real PostgreSQL: a fresh, migrated database per test, seeded through
+//! the ETL's writer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Result;
+use chrono::{DateTime, Duration, Utc};
+use fiber_etl::db::DbConfig;
+use fiber_ingest::api::{AppState, router};
+use fiber_ingest::auth::Token;
+use fiber_ingest::ratelimit::RateLimiter;
+use fiber_ingest::stream::StreamWriter;
+use fiberstack_e2e::{LocalEnv, unique_name};
+use fiberstack_model::{Batch, CheckKind, Sample};
+use serde_json::Value;
+
+const TOKEN: &str = "read-test-token-0123456789";
+
+/// Two hours ago, on the hour: every sample of a test falls in one hourly bucket.
+fn hour() -> DateTime<Utc> {
+    DateTime::from_timestamp(Utc::now().timestamp() / 3600 * 3600 - 2 * 3600, 0).unwrap()
+}
+
+fn sample(target: &str, minute: i64, latency: f64, up: bool) -> Sample {
+    Sample {
+        latency_ms: up.then_some(latency),
+        ..Sample::new(
+            hour() + Duration::minutes(minute),
+            target,
+            CheckKind::Tcp,
+            up,
+        )
+    }
+}
+
+fn batch(node: &str, samples: Vec<Sample>) -> Batch {
+    Batch {
+        probe: "fiberstack/accra-edge".into(),
+        region: "ghana".into(),
+        country: "GH".into(),
+        node: node.into(),
+        agent_version: "0.1.0".into(),
+        samples,
+    }
+}
+
+/// An ingest server whose read API uses a fresh database seeded with `batches`.
+async fn serve(batches: &[Batch], with_db: bool) -> Result<String> {
+    let env = LocalEnv::load()?;
+    let redis = fiber_ingest::stream::connect(&env.redis_url).await?;
+    let region = unique_name("read-test");
+    let writer = StreamWriter::new(redis, &region, 1_000);
+    let mut state = AppState::new(
+        &region,
+        Token::new(TOKEN).unwrap(),
+        RateLimiter::new(100.0, 100),
+        writer,
+    );
+    if with_db {
+        let url = env.fresh_postgres_database("fs_read").await?;
+        let pool = DbConfig::new(url).connect().await?;
+        fiber_etl::migrate::migrate(&pool).await?;
+        fiber_etl::writer::write(&pool, batches, Utc::now()).await?;
+        sqlx::query("select fiberstack_refresh_rollups($1, 'infinity')")
+            .bind(hour() - Duration::days(1))
+            .execute(&pool)
+            .await?;
+        state = state.with_database(pool);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state))).await });
+    Ok(format!("http://{addr}"))
+}
+
+async fn get(url: &str) -> Result<(u16, Value)> {
+    let response = reqwest::Client::new()
+        .get(url)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+fn seed() -> Vec<Batch> {
+    vec![
+        batch(
+            "gh-accra-1",
+            vec![
+                sample("db", 1, 10.0, true),
+                sample("db", 2, 20.0, true),
+                sample("api", 2, 30.0, true),
+            ],
+        ),
+        batch(
+            "ng-lagos-1",
+            vec![sample("db", 1, 40.0, true), sample("db", 2, 0.0, false)],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn nodes_are_listed() -> Result<()> {
+    let url = serve(&seed(), true).await?;
+    let (status, body) = get(&format!("{url}/api/v1/nodes")).await?;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gh-accra-1", "ng-lagos-1"]);
+    assert_eq!(body[0]["country"], "GH");
+    Ok(())
+}
+
+#[tokio::test]
+async fn raw_and_rolled_up_metrics_with_filters() -> Result<()> {
+    let url = serve(&seed(), true).await?;
+    let start = (hour() - Duration::minutes(5))
+        .to_rfc3339()
+        .replace("+00:00", "Z");
+    let base = format!("{url}/api/v1/metrics?start={start}");
+
+    let (status, body) = get(&format!("{base}&node=gh-accra-1&target=db")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["aggregation"], "raw");
+    let latencies: Vec<f64> = body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["latency_ms"].as_f64().unwrap())
+        .collect();
+    assert_eq!(latencies, [10.0, 20.0]);
+
+    let (status, body) = get(&format!("{base}&aggregation=hourly&target=db")).await?;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{body}");
+    assert_eq!(
+        (rows[0]["node"].as_str(), rows[0]["samples"].as_i64()),
+        (Some("gh-accra-1"), Some(2))
+    );
+    assert_eq!(rows[0]["latency_p50_ms"], 15.0);
+    assert_eq!(
+        (rows[1]["node"].as_str(), rows[1]["uptime_pct"].as_f64()),
+        (Some("ng-lagos-1"), Some(50.0))
+    );
+
+    let day_start = (hour() - Duration::days(1))
+        .to_rfc3339()
+        .replace("+00:00", "Z");
+    let (status, body) = get(&format!(
+        "{url}/api/v1/metrics?start={day_start}&aggregation=daily&node=gh-accra-1"
+    ))
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let samples: i64 = body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["samples"].as_i64().unwrap())
+        .sum();
+    assert_eq!(samples, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_parameters_are_named() -> Result<()> {
+    let url = serve(&seed(), true).await?;
+    for (query, expected) in [
+        (
+            "aggregation=weekly",
+            "aggregation: \"weekly\" is not one of raw, hourly, daily",
+        ),
+        (
+            "start=yesterday",
+            "start: \"yesterday\" is not an RFC 3339 time",
+        ),
+        (
+            "start=2026-11-23T10:00:00Z&end=2026-11-23T09:00:00Z",
+            "is not before end",
+        ),
+        ("limit=0", "limit: 0 is out of range"),
+    ] {
+        let (status, body) = get(&format!("{url}/api/v1/metrics?{query}")).await?;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(expected),
+            "{query}: {body}"
+        );
+    }
+    let unauthorized = reqwest::get(format!("{url}/api/v1/nodes")).await?;
+    assert_eq!(unauthorized.status().as_u16(), 401);
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_database_the_read_api_says_so() -> Result<()> {
+    let url = serve(&[], false).await?;
+    let (status, body) = get(&format!("{url}/api/v1/nodes")).await?;
+    assert_eq!(status, 503);
+    assert!(
+        body["error"].as_str().unwrap().contains("no DATABASE_URL"),
+        "{body}"
+    );
+    Ok(())
+}
