@@ -35,10 +35,12 @@ const INSERT_METRICS: &str = "
 insert into metrics (time, node, probe, region, target, kind, address, up, latency_ms,
                      latency_min_ms, latency_max_ms, jitter_ms, packet_loss, sent, received,
                      status_code, error, metadata)
-select * from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::text[], $7::text[], $8::bool[], $9::float8[], $10::float8[],
-                     $11::float8[], $12::float8[], $13::float8[], $14::int4[], $15::int4[],
-                     $16::int2[], $17::text[], $18::jsonb[])
+select t, n, p, r, tg, k, a, u, l, lmin, lmax, j, pl, s, rc, sc, e, coalesce(m, '{}'::jsonb)
+  from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
+              $6::text[], $7::text[], $8::bool[], $9::float8[], $10::float8[],
+              $11::float8[], $12::float8[], $13::float8[], $14::int4[], $15::int4[],
+              $16::int2[], $17::text[], $18::jsonb[])
+       as x(t, n, p, r, tg, k, a, u, l, lmin, lmax, j, pl, s, rc, sc, e, m)
 on conflict (node, probe, target, time) do nothing";
 
 const UPSERT_NODES: &str = "
@@ -99,8 +101,9 @@ pub async fn write(
             c.status_code
                 .push(s.status_code.map(|v| i16::try_from(v).unwrap_or(i16::MAX)));
             c.error.push(s.error.clone());
-            c.metadata
-                .push(serde_json::Value::Object(s.metadata.clone()));
+            c.metadata.push(
+                (!s.metadata.is_empty()).then(|| serde_json::Value::Object(s.metadata.clone())),
+            );
         }
     }
 
@@ -180,7 +183,8 @@ struct Columns {
     received: Vec<Option<i32>>,
     status_code: Vec<Option<i16>>,
     error: Vec<Option<String>>,
-    metadata: Vec<serde_json::Value>,
+    /// `None` for an empty object: the database fills in `{}` without parsing JSON.
+    metadata: Vec<Option<serde_json::Value>>,
 }
 
 impl Columns {
