@@ -438,3 +438,110 @@ async fn plain_mode_maintenance_refreshes_rollups_of_what_was_written() -> Resul
     );
     Ok(())
 }
+
+fn spawn_run(f: &Fixture, redis_url: &str, consumer: &str) -> Result<std::process::Child> {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
+        .args(["run", "--region", &f.region, "--consumer", consumer])
+        .args(["--claim-idle-secs", "1", "--read-count", "5"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .env("REDIS_URL", redis_url)
+        .env("DATABASE_URL", &f.url)
+        .env("FIBER_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+#[tokio::test]
+async fn kill_9_mid_stream_then_restart_stores_every_sample_once() -> Result<()> {
+    let mut f = fixture().await?;
+    let env = LocalEnv::load()?;
+    let mut worker = spawn_run(&f, &env.redis_url, "worker-a")?;
+    let batch_n = |n: u32| {
+        let samples = (0..10u32).map(|i| Sample {
+            time: at(0) + chrono::Duration::milliseconds(i64::from(n * 10 + i)),
+            ..icmp(0, 20.0 + f64::from(i))
+        });
+        encode_batch(&batch("gh-accra-1", samples.collect()))
+    };
+    for n in 0..50 {
+        f.add(&batch_n(n)).await?;
+    }
+    // Hold the table so the worker is caught between reading entries and committing them.
+    let mut lock = f.pool.begin().await?;
+    sqlx::query("lock table metrics in exclusive mode")
+        .execute(&mut *lock)
+        .await?;
+    for n in 50..100 {
+        f.add(&batch_n(n)).await?;
+    }
+    let mut redis = f.redis.clone();
+    let stream = samples_stream(&f.region);
+    let pending_at_kill = wait_for(
+        "worker-a holding unacknowledged entries",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            let mut redis = redis.clone();
+            let stream = stream.clone();
+            async move {
+                let reply: redis::streams::StreamPendingReply =
+                    redis.xpending(&stream, CONSUMER_GROUP).await?;
+                Ok(if reply.count() > 0 {
+                    Ok(reply.count())
+                } else {
+                    Err("nothing pending yet".to_owned())
+                })
+            }
+        },
+    )
+    .await?;
+    worker.kill()?; // SIGKILL: no chance to finish or acknowledge
+    worker.wait()?;
+    lock.rollback().await?;
+    for n in 100..200 {
+        f.add(&batch_n(n)).await?;
+    }
+    let expected = 2000i64;
+    let mut restarted = spawn_run(&f, &env.redis_url, "worker-b")?;
+    let pool = f.pool.clone();
+    let result = wait_for(
+        "every sample stored after the restart",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar("select count(*) from metrics")
+                    .fetch_one(&pool)
+                    .await?;
+                Ok(if n == expected {
+                    Ok(n)
+                } else {
+                    Err(format!("{n} of {expected} rows"))
+                })
+            }
+        },
+    )
+    .await;
+    restarted.kill()?;
+    restarted.wait()?;
+    assert!(pending_at_kill > 0);
+    assert_eq!(result?, expected);
+    let distinct: i64 = f
+        .count("select count(*) from (select distinct node, probe, target, time from metrics) d")
+        .await?;
+    assert_eq!(distinct, expected, "no duplicates");
+    let pending: redis::streams::StreamPendingReply = redis
+        .xpending(samples_stream(&f.region), CONSUMER_GROUP)
+        .await?;
+    assert_eq!(
+        pending.count(),
+        0,
+        "everything acknowledged, the dead worker's entries included"
+    );
+    Ok(())
+}
