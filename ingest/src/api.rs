@@ -63,6 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/push", post(post_push))
         .route("/api/v1/nodes", get(crate::read::nodes))
         .route("/api/v1/metrics", get(crate::read::metrics))
+        .route("/api/status", get(crate::read::status))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -1,5 +1,6 @@
 //! The read API: `GET /api/v1/nodes` and `GET /api/v1/metrics`, over the shared surface of
-//! both storage modes (`nodes`, `metrics`, `metrics_hourly`, `metrics_daily`).
+//! both storage modes (`nodes`, `metrics`, `metrics_hourly`, `metrics_daily`), and
+//! `GET /api/status`.
 
 use std::sync::Arc;
 
@@ -241,3 +242,49 @@ select bucket, node, probe, target, samples, uptime_pct::float8 as uptime_pct, l
    and ($3::text is null or node = $3) and ($4::text is null or probe = $4)
    and ($5::text is null or target = $5)
  order by bucket, node, probe, target limit $6";
+
+#[derive(Debug, Serialize)]
+struct Status {
+    service: &'static str,
+    version: &'static str,
+    region: String,
+    stream: String,
+    /// "ok" or "unavailable".
+    redis: &'static str,
+    /// Entries in the stream (about what the ETL has not stored yet), when Redis answers.
+    stream_length: Option<u64>,
+    /// "ok", "unavailable", or "off" without a DATABASE_URL.
+    database: &'static str,
+}
+
+/// `GET /api/status`: what this ingest service serves and whether its dependencies answer.
+/// 200 when Redis answers (samples can be accepted), 503 otherwise.
+pub async fn status(State(state): State<Arc<AppState>>) -> Response {
+    let stream_length = state.writer.length().await;
+    let database = match &state.db {
+        None => "off",
+        Some(db) => match sqlx::query("select 1").execute(db).await {
+            Ok(_) => "ok",
+            Err(_) => "unavailable",
+        },
+    };
+    let body = Status {
+        service: "fiber-ingest",
+        version: env!("CARGO_PKG_VERSION"),
+        region: state.region.clone(),
+        stream: state.writer.stream().to_owned(),
+        redis: if stream_length.is_some() {
+            "ok"
+        } else {
+            "unavailable"
+        },
+        stream_length,
+        database,
+    };
+    let code = if stream_length.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}

@@ -79,6 +79,17 @@ impl StreamWriter {
         Ok(id)
     }
 
+    /// The stream's length, or `None` when Redis does not answer in time.
+    pub async fn length(&self) -> Option<u64> {
+        let mut redis = self.redis.clone();
+        let stream = self.stream.clone();
+        let len = async move { redis.xlen::<_, u64>(&stream).await };
+        match tokio::time::timeout(REDIS_DEADLINE, len).await {
+            Ok(Ok(n)) => Some(n),
+            _ => None,
+        }
+    }
+
     /// Whether Redis answers.
     pub async fn ping(&self) -> bool {
         let mut redis = self.redis.clone();

@@ -209,3 +209,29 @@ async fn without_a_database_the_read_api_says_so() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn status_names_the_region_stream_and_dependencies() -> Result<()> {
+    let url = serve(&seed(), true).await?;
+    let body: Value = reqwest::get(format!("{url}/api/status"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(body["service"], "fiber-ingest");
+    assert!(body["region"].as_str().unwrap().starts_with("read-test-"));
+    assert_eq!(
+        body["stream"],
+        format!("fiber:samples:{}", body["region"].as_str().unwrap())
+    );
+    assert_eq!(
+        (body["redis"].as_str(), body["database"].as_str()),
+        (Some("ok"), Some("ok"))
+    );
+    assert_eq!(body["stream_length"], 0);
+    let without_db: Value = reqwest::get(format!("{}/api/status", serve(&[], false).await?))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(without_db["database"], "off");
+    Ok(())
+}
