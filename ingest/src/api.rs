@@ -132,7 +132,7 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode,
     }
 }
 
-/// Checks the token and undoes the content encoding: the JSON of a request, or its refusal.
+/// Checks the bearer token: nothing, or the 401 refusal.
 pub(crate) fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -148,17 +148,9 @@ pub(crate) fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Re
     }
 }
 
+/// Checks the token and undoes the content encoding: the JSON of a request, or its refusal.
 fn authorized_json(state: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, Refusal> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if !state.token.admits(authorization) {
-        state.metrics.outcome("unauthorized");
-        return Err(Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        )));
-    }
+    authorized(state, headers)?;
     decode_body(headers, body).map_err(|(status, message)| {
         let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
         state
@@ -166,6 +158,12 @@ fn authorized_json(state: &AppState, headers: &HeaderMap, body: Bytes) -> Result
             .outcome(if too_large { "too_large" } else { "invalid" });
         Box::new(error(status, message))
     })
+}
+
+/// A 400 for a request whose content breaks a rule, counted as `invalid`.
+fn invalid(state: &AppState, message: String) -> Response {
+    state.metrics.outcome("invalid");
+    error(StatusCode::BAD_REQUEST, message)
 }
 
 /// Rate-limits by node and appends a batch of valid samples: the entry id, or the refusal.
@@ -220,17 +218,11 @@ async fn post_samples(
     let m = &state.metrics;
     let batch: Batch = match serde_json::from_slice(&json) {
         Ok(batch) => batch,
-        Err(e) => {
-            m.outcome("invalid");
-            return error(StatusCode::BAD_REQUEST, format!("body is not a batch: {e}"));
-        }
+        Err(e) => return invalid(&state, format!("body is not a batch: {e}")),
     };
     let (valid, rejected) = match batch.into_valid(chrono::Utc::now()) {
         Ok(split) => split,
-        Err(e) => {
-            m.outcome("invalid");
-            return error(StatusCode::BAD_REQUEST, format!("batch refused: {e}"));
-        }
+        Err(e) => return invalid(&state, format!("batch refused: {e}")),
     };
     if let Err(refusal) = admit(&state, &valid).await {
         return *refusal;
@@ -259,33 +251,17 @@ async fn post_push(
     let now = chrono::Utc::now();
     let push: PushSample = match serde_json::from_slice(&json) {
         Ok(push) => push,
-        Err(e) => {
-            m.outcome("invalid");
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("body is not a push sample: {e}"),
-            );
-        }
+        Err(e) => return invalid(&state, format!("body is not a push sample: {e}")),
     };
     if let Err(e) = push.validate(now) {
-        m.outcome("invalid");
-        return error(StatusCode::BAD_REQUEST, format!("sample refused: {e}"));
+        return invalid(&state, format!("sample refused: {e}"));
     }
     let batch = push.into_batch(&state.region);
     // The mapping can still break a rule of the batch (the region name, say): say which.
     match batch.validate(now) {
         Ok(rejected) if rejected.is_empty() => {}
-        Ok(rejected) => {
-            m.outcome("invalid");
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("sample refused: {}", rejected[0].error),
-            );
-        }
-        Err(e) => {
-            m.outcome("invalid");
-            return error(StatusCode::BAD_REQUEST, format!("sample refused: {e}"));
-        }
+        Ok(rejected) => return invalid(&state, format!("sample refused: {}", rejected[0].error)),
+        Err(e) => return invalid(&state, format!("sample refused: {e}")),
     }
     match admit(&state, &batch).await {
         Ok(id) => {
