@@ -225,23 +225,26 @@ pub async fn metrics(
     }
 }
 
-const ROLLUP_HOURLY: &str = "
-select bucket, node, probe, target, samples, uptime_pct::float8 as uptime_pct, latency_avg_ms,
-       latency_p50_ms, latency_p95_ms, latency_p99_ms, jitter_avg_ms, packet_loss_avg
-  from metrics_hourly
- where bucket >= $1 and bucket < $2
-   and ($3::text is null or node = $3) and ($4::text is null or probe = $4)
-   and ($5::text is null or target = $5)
- order by bucket, node, probe, target limit $6";
+/// The query of a rollup table; both have the same columns in both storage modes.
+macro_rules! rollup_query {
+    ($table:literal) => {
+        concat!(
+            "select bucket, node, probe, target, samples, uptime_pct::float8 as uptime_pct,
+                    latency_avg_ms, latency_p50_ms, latency_p95_ms, latency_p99_ms,
+                    jitter_avg_ms, packet_loss_avg
+               from ",
+            $table,
+            "
+              where bucket >= $1 and bucket < $2
+                and ($3::text is null or node = $3) and ($4::text is null or probe = $4)
+                and ($5::text is null or target = $5)
+              order by bucket, node, probe, target limit $6"
+        )
+    };
+}
 
-const ROLLUP_DAILY: &str = "
-select bucket, node, probe, target, samples, uptime_pct::float8 as uptime_pct, latency_avg_ms,
-       latency_p50_ms, latency_p95_ms, latency_p99_ms, jitter_avg_ms, packet_loss_avg
-  from metrics_daily
- where bucket >= $1 and bucket < $2
-   and ($3::text is null or node = $3) and ($4::text is null or probe = $4)
-   and ($5::text is null or target = $5)
- order by bucket, node, probe, target limit $6";
+const ROLLUP_HOURLY: &str = rollup_query!("metrics_hourly");
+const ROLLUP_DAILY: &str = rollup_query!("metrics_daily");
 
 #[derive(Debug, Serialize)]
 struct Status {
