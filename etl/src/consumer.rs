@@ -206,12 +206,14 @@ impl Consumer {
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<usize, ConsumerError> {
-        self.ensure_group().await?;
         let mut handled = 0;
         let due = self
             .last_housekeeping
             .is_none_or(|at| at.elapsed() >= self.config.housekeeping_every);
         if due {
+            // Not on every read: the group exists after the first round, and a read that
+            // finds it gone (NOGROUP) makes the next round recreate it.
+            self.ensure_group().await?;
             handled += self.reclaim(shutdown).await?;
             self.trim().await?;
             self.last_housekeeping = Some(Instant::now());
@@ -220,10 +222,19 @@ impl Consumer {
             .group(CONSUMER_GROUP, &self.config.consumer)
             .count(self.config.read_count)
             .block(self.config.block.as_millis() as usize);
-        let reply: StreamReadReply = self
+        let reply: StreamReadReply = match self
             .redis
             .xread_options(&[&self.stream], &[">"], &opts)
-            .await?;
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                if e.code() == Some("NOGROUP") {
+                    self.last_housekeeping = None;
+                }
+                return Err(e.into());
+            }
+        };
         let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
         handled += entries.len();
         if !entries.is_empty() {

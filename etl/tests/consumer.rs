@@ -545,3 +545,23 @@ async fn kill_9_mid_stream_then_restart_stores_every_sample_once() -> Result<()>
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_vanished_stream_and_group_are_recreated() -> Result<()> {
+    let mut f = fixture().await?;
+    f.add(&encode_batch(&batch("gh-accra-1", vec![icmp(1, 20.0)])))
+        .await?;
+    let mut consumer = f.consumer("worker-1");
+    f.drain(&mut consumer).await?;
+    // Redis lost the stream (flushed, or restarted without its data).
+    let _: () = f.redis.del(samples_stream(&f.region)).await?;
+    let (_tx, mut rx) = watch::channel(false);
+    let err = consumer.step(&mut rx).await.unwrap_err();
+    assert!(err.to_string().contains("NOGROUP"), "{err}");
+    f.add(&encode_batch(&batch("gh-accra-1", vec![icmp(2, 20.0)])))
+        .await?;
+    f.drain(&mut consumer).await?;
+    assert_eq!(f.count("select count(*) from metrics").await?, 2);
+    assert_eq!(f.pending().await?, 0);
+    Ok(())
+}
