@@ -381,3 +381,30 @@ async fn timescaledb_gives_each_connection_a_fresh_session() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn timescaledb_takes_statements_larger_than_one_socket_read() -> Result<()> {
+    // pglite-socket passed each TCP read to PGlite as it came; a message split across reads
+    // (anything over 64 KiB) aborted the server. server.mjs re-frames the stream.
+    let env = LocalEnv::load()?;
+    let db = env.timescale().await?;
+    let literal = "x".repeat(1 << 20);
+    let sql = format!("select length('{literal}')");
+    let length: i32 = db.query_one(&sql, &[]).await?.get(0);
+    assert_eq!(length, 1 << 20);
+    // A large bound parameter travels in an extended-protocol Bind message.
+    let echoed: i32 = db
+        .query_one("select length($1::text)", &[&literal])
+        .await?
+        .get(0);
+    assert_eq!(echoed, 1 << 20);
+    drop(db);
+    let next: i32 = env
+        .timescale()
+        .await?
+        .query_one("select 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(next, 1, "the server still answers");
+    Ok(())
+}

@@ -50,6 +50,43 @@ await db.exec(`load 'timescaledb-tsl-${version}'`);
 // tables) would leak into the next connection. Real PostgreSQL gives each connection a fresh
 // session: emulate that by discarding the session before a new connection is attached.
 const BUSY = { isAttached: true };
+
+// pglite-socket hands every TCP read straight to PGlite, which aborts the whole process
+// ("RuntimeError: unreachable") when a read ends inside a protocol message — as any message
+// over the socket's 64 KiB reads does (a big INSERT). Re-frame the stream: deliver only whole
+// messages, in order, one delivery at a time.
+const SSL_REQUEST = 80877103;
+const GSSENC_REQUEST = 80877104;
+function frameMessages(socket) {
+  const on = socket.on.bind(socket);
+  socket.on = (event, listener) => {
+    if (event !== "data") return on(event, listener);
+    let buffered = Buffer.alloc(0);
+    let startup = true; // the first messages have no type byte
+    let delivering = Promise.resolve();
+    return on("data", (chunk) => {
+      buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+      let end = 0;
+      for (;;) {
+        const header = startup ? 4 : 5;
+        if (buffered.length - end < header) break;
+        const length = buffered.readUInt32BE(end + header - 4);
+        const size = startup ? length : 1 + length;
+        if (buffered.length - end < size) break;
+        if (startup) {
+          const code = length >= 8 ? buffered.readUInt32BE(end + 4) : 0;
+          // After SSLRequest/GSSENCRequest the client sends its real startup message.
+          startup = code === SSL_REQUEST || code === GSSENC_REQUEST;
+        }
+        end += size;
+      }
+      if (end === 0) return;
+      const whole = buffered.subarray(0, end);
+      buffered = buffered.subarray(end);
+      delivering = delivering.then(() => listener(whole)).catch(() => {});
+    });
+  };
+}
 class FreshSessionServer extends PGLiteSocketServer {
   async attachSocketToNewHandler(socket, info) {
     // Hold the slot while the session is reset, so a connection arriving meanwhile queues.
@@ -68,6 +105,7 @@ class FreshSessionServer extends PGLiteSocketServer {
     } finally {
       if (this.activeHandler === BUSY) this.activeHandler = null;
     }
+    frameMessages(socket);
     return super.attachSocketToNewHandler(socket, info);
   }
 }

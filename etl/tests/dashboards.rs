@@ -1,0 +1,539 @@
+//! The Grafana dashboards in `charts/fiberstack/dashboards/` run every query they hold —
+//! template variables and panels — against both storage modes, with Grafana's PostgreSQL
+//! macros expanded the way Grafana expands them, on seeded samples: TimescaleDB (PGlite, one
+//! connection) and plain PostgreSQL 15. A query that errors, names a column that does not
+//! exist, or returns nothing but NULLs on data that should fill it fails the test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use fiber_etl::db::DbConfig;
+use fiber_etl::migrate::{StorageMode, migrate};
+use fiberstack_e2e::{LocalEnv, unique_name};
+use serde_json::Value;
+use sqlx::{Executor, PgPool};
+
+fn dashboards_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/fiberstack/dashboards")
+}
+
+struct Dashboard {
+    file: String,
+    json: Value,
+}
+
+fn load_dashboards() -> Result<Vec<Dashboard>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dashboards_dir())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path)?;
+            let json = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            found.push(Dashboard {
+                file: path.file_name().unwrap().to_string_lossy().into_owned(),
+                json,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(found)
+}
+
+/// What Grafana substitutes before it sends a query: the time range, the interval it picked
+/// for the panel, and the chosen values of the dashboard's variables.
+struct QueryContext {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    interval: Duration,
+    /// Grafana's `timescaledb` datasource option: `$__timeGroup` becomes `time_bucket`.
+    timescaledb: bool,
+    variables: BTreeMap<String, VariableValue>,
+}
+
+#[derive(Clone)]
+enum VariableValue {
+    /// A single-value variable is interpolated as it is (the dashboard quotes it).
+    Single(String),
+    /// Multi-value and "All": Grafana's PostgreSQL datasource joins quoted literals.
+    Multi(Vec<String>),
+}
+
+impl VariableValue {
+    fn interpolate(&self) -> String {
+        match self {
+            Self::Single(v) => v.clone(),
+            Self::Multi(vs) => vs
+                .iter()
+                .map(|v| format!("'{}'", v.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+fn grafana_interval(d: Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn parse_interval(text: &str) -> Result<Duration> {
+    let t = text.trim().trim_matches('\'');
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: i64 = number
+        .parse()
+        .with_context(|| format!("interval {text:?}"))?;
+    Ok(match unit {
+        "ms" => Duration::milliseconds(n),
+        "s" => Duration::seconds(n),
+        "m" => Duration::minutes(n),
+        "h" => Duration::hours(n),
+        "d" => Duration::days(n),
+        _ => bail!("interval {text:?}: unknown unit"),
+    })
+}
+
+impl QueryContext {
+    fn rfc3339(t: DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    }
+
+    /// Interpolates variables (`$name`, `${name}`, Grafana's global `$__interval` and
+    /// `$__interval_ms`), then expands the PostgreSQL datasource's macros. Anything it does
+    /// not know is an error: the test must not pass a query Grafana would not run.
+    fn expand(&self, sql: &str) -> Result<String> {
+        let sql = sql
+            .replace(
+                "$__interval_ms",
+                &self.interval.num_milliseconds().to_string(),
+            )
+            .replace("$__interval", &grafana_interval(self.interval));
+        let sql = self.interpolate_variables(&sql)?;
+        let expanded = self.expand_macros(&sql)?;
+        if let Some(at) = expanded.find('$') {
+            bail!("unexpanded `{}` in {expanded}", &expanded[at..]);
+        }
+        Ok(expanded)
+    }
+
+    fn interpolate_variables(&self, sql: &str) -> Result<String> {
+        let mut out = String::with_capacity(sql.len());
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            if after.starts_with("__") {
+                // A macro: left for expand_macros.
+                out.push('$');
+                rest = after;
+                continue;
+            }
+            let (name, consumed) = if let Some(braced) = after.strip_prefix('{') {
+                let end = braced.find('}').context("unclosed ${")?;
+                (&braced[..end], end + 2)
+            } else {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], end)
+            };
+            let value = self
+                .variables
+                .get(name)
+                .with_context(|| format!("variable ${name} is not defined by the dashboard"))?;
+            out.push_str(&value.interpolate());
+            rest = &after[consumed..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn expand_macros(&self, sql: &str) -> Result<String> {
+        let mut out = String::with_capacity(sql.len());
+        let mut rest = sql;
+        while let Some(at) = rest.find("$__") {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 3..];
+            let name_end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..name_end];
+            let open = after[name_end..]
+                .strip_prefix('(')
+                .with_context(|| format!("macro $__{name} without arguments"))?;
+            let close = open
+                .find(')')
+                .with_context(|| format!("macro $__{name}: no closing parenthesis"))?;
+            let args: Vec<&str> = open[..close]
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .collect();
+            out.push_str(&self.macro_value(name, &args)?);
+            rest = &open[close + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn macro_value(&self, name: &str, args: &[&str]) -> Result<String> {
+        let from = Self::rfc3339(self.from);
+        let to = Self::rfc3339(self.to);
+        let arg = |i: usize| -> Result<&str> {
+            args.get(i)
+                .copied()
+                .with_context(|| format!("macro $__{name} needs argument {}", i + 1))
+        };
+        Ok(match name {
+            "time" => format!("{} AS \"time\"", arg(0)?),
+            "timeEpoch" => format!("extract(epoch from {}) AS \"time\"", arg(0)?),
+            "timeFilter" => format!("{} BETWEEN '{from}' AND '{to}'", arg(0)?),
+            "timeFrom" => format!("'{from}'"),
+            "timeTo" => format!("'{to}'"),
+            "timeGroup" | "timeGroupAlias" => {
+                let column = arg(0)?;
+                let seconds = parse_interval(arg(1)?)?.num_seconds();
+                let group = if self.timescaledb {
+                    format!("time_bucket('{seconds}s',{column})")
+                } else {
+                    format!("floor(extract(epoch from {column})/{seconds})*{seconds}")
+                };
+                if name == "timeGroupAlias" {
+                    format!("{group} AS \"time\"")
+                } else {
+                    group
+                }
+            }
+            other => bail!("macro $__{other} is not one Grafana's PostgreSQL datasource knows"),
+        })
+    }
+}
+
+/// Runs one query, returning its rows as JSON objects (column → value).
+async fn rows(pool: &PgPool, sql: &str) -> Result<Vec<serde_json::Map<String, Value>>> {
+    let wrapped = format!("select to_jsonb(q)::text from ({sql}) q");
+    let texts: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wrapped))
+        .fetch_all(pool)
+        .await?;
+    texts
+        .into_iter()
+        .map(|t| match serde_json::from_str(&t)? {
+            Value::Object(map) => Ok(map),
+            other => bail!("row is not an object: {other}"),
+        })
+        .collect()
+}
+
+/// Seeds two regions over the last three hours: an ICMP target with loss on both nodes, an
+/// HTTP target with phases in its metadata and a share of failures, and a third node that
+/// has gone silent.
+async fn seed(pool: &PgPool, now: DateTime<Utc>) -> Result<()> {
+    sqlx::raw_sql(
+        "insert into nodes (name, region, country, agent_version, last_seen_at) values
+           ('gh-accra-1', 'ghana', 'GH', '0.1.0', now()),
+           ('ng-lagos-1', 'nigeria', 'NG', '0.1.0', now()),
+           ('ke-nairobi-1', 'kenya', 'KE', '0.1.0', now() - interval '1 hour')",
+    )
+    .execute(pool)
+    .await?;
+    let mut values = Vec::new();
+    for minute in 0..180 {
+        let time = now - Duration::minutes(minute) - Duration::seconds(10);
+        let t = time.to_rfc3339();
+        for (node, region) in [("gh-accra-1", "ghana"), ("ng-lagos-1", "nigeria")] {
+            let latency = 20.0 + (minute % 7) as f64 * 3.0;
+            let loss = if minute % 10 == 0 { 20.0 } else { 0.0 };
+            values.push(format!(
+                "('{t}', '{node}', 'fiberstack/edge', '{region}', 'gateway', 'icmp', '10.0.0.1', true,
+                  {latency}, {}, {}, 1.5, {loss}, 5, {}, null, null, '{{}}')",
+                latency - 2.0,
+                latency + 4.0,
+                if loss > 0.0 { 4 } else { 5 },
+            ));
+            let up = minute % 9 != 0;
+            let (status, error) = if up {
+                ("200", "null".to_owned())
+            } else {
+                ("503", "'status 503 not in [200]'".to_owned())
+            };
+            values.push(format!(
+                "('{t}', '{node}', 'fiberstack/edge', '{region}', 'api', 'http', 'http://10.0.0.2/health', {up},
+                  {latency}, null, null, null, null, null, null, {status}, {error},
+                  '{{\"dns_ms\": 1.0, \"connect_ms\": 2.0, \"tls_ms\": 3.5, \"ttfb_ms\": 9.0, \"total_ms\": 12.0}}')"
+            ));
+        }
+    }
+    let sql = format!(
+        "insert into metrics (time, node, probe, region, target, kind, address, up,
+           latency_ms, latency_min_ms, latency_max_ms, jitter_ms, packet_loss, sent, received,
+           status_code, error, metadata) values {}",
+        values.join(",\n")
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn refresh_rollups(pool: &PgPool, mode: StorageMode, now: DateTime<Utc>) -> Result<()> {
+    let from = (now - Duration::days(2)).to_rfc3339();
+    let to = (now + Duration::days(1)).to_rfc3339();
+    match mode {
+        StorageMode::TimescaleDb => {
+            // One CALL per statement: PGlite refuses CALL inside a multi-statement batch.
+            for view in ["metrics_hourly", "metrics_daily"] {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "call refresh_continuous_aggregate('{view}', '{from}', '{to}')"
+                )))
+                .execute(pool)
+                .await?;
+            }
+        }
+        StorageMode::Postgres => {
+            sqlx::query("select fiberstack_refresh_rollups($1::timestamptz, $2::timestamptz)")
+                .bind(&from)
+                .bind(&to)
+                .execute(pool)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every query of every dashboard, run on a seeded database for every choice a user can
+/// make of its single-value variables (a multi-value one takes all its values). A query must
+/// never fail; each panel must draw something (a row with a value) for at least one choice —
+/// a loss panel has nothing to show for an HTTP target, but must for an ICMP one. Returns the
+/// queries that ran.
+async fn run_every_query(pool: &PgPool, timescaledb: bool) -> Result<BTreeSet<String>> {
+    let now = Utc::now();
+    let context = |variables: &BTreeMap<String, VariableValue>| QueryContext {
+        from: now - Duration::hours(6),
+        to: now,
+        interval: Duration::minutes(5),
+        timescaledb,
+        variables: variables.clone(),
+    };
+    let mut ran = BTreeSet::new();
+    for dashboard in load_dashboards()? {
+        let file = &dashboard.file;
+        let mut choices = vec![BTreeMap::new()];
+        // Variables in their order: a later one may use an earlier one's value.
+        let variables = dashboard.json["templating"]["list"]
+            .as_array()
+            .context("templating.list")?;
+        for variable in variables {
+            let name = variable["name"].as_str().context("variable name")?;
+            match variable["type"].as_str() {
+                Some("datasource") => continue,
+                Some("query") => {}
+                other => bail!("{file}: variable {name} of type {other:?}"),
+            }
+            let query = variable["query"].as_str().context("variable query")?;
+            let multi = variable["multi"].as_bool().unwrap_or(false)
+                || variable["includeAll"].as_bool().unwrap_or(false);
+            let mut next = Vec::new();
+            for chosen in &choices {
+                let sql = context(chosen)
+                    .expand(query)
+                    .with_context(|| format!("{file}: variable {name}"))?;
+                let values: Vec<String> = rows(pool, &sql)
+                    .await
+                    .with_context(|| format!("{file}: variable {name}: {sql}"))?
+                    .into_iter()
+                    .filter_map(|row| {
+                        row.values()
+                            .next()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                    })
+                    .collect();
+                ensure!(
+                    !values.is_empty(),
+                    "{file}: variable {name} offers no value on seeded data: {sql}"
+                );
+                let mut with = |value| {
+                    let mut chosen = chosen.clone();
+                    chosen.insert(name.to_owned(), value);
+                    next.push(chosen);
+                };
+                if multi {
+                    with(VariableValue::Multi(values));
+                } else {
+                    values
+                        .into_iter()
+                        .for_each(|v| with(VariableValue::Single(v)));
+                }
+            }
+            choices = next;
+            ran.insert(format!("{file}: variable {name}"));
+        }
+
+        for panel in dashboard.json["panels"].as_array().context("panels")? {
+            let title = panel["title"].as_str().context("panel title")?;
+            let targets = panel["targets"].as_array().context("panel targets")?;
+            ensure!(!targets.is_empty(), "{file}: panel {title:?} has no query");
+            for target in targets {
+                let raw = target["rawSql"].as_str().context("rawSql")?;
+                let mut drew = false;
+                for chosen in &choices {
+                    let sql = context(chosen)
+                        .expand(raw)
+                        .with_context(|| format!("{file}: panel {title:?}"))?;
+                    let result = rows(pool, &sql)
+                        .await
+                        .with_context(|| format!("{file}: panel {title:?}: {sql}"))?;
+                    if target["format"] == "time_series" {
+                        ensure!(
+                            result.iter().all(|row| row.contains_key("time")),
+                            "{file}: time series panel {title:?} has no `time` column"
+                        );
+                    }
+                    // Something to draw: a value besides the time and series name columns.
+                    drew |= result.iter().any(|row| {
+                        row.iter()
+                            .any(|(k, v)| k != "time" && k != "metric" && !v.is_null())
+                    });
+                }
+                ensure!(
+                    drew,
+                    "{file}: panel {title:?} draws nothing (no rows, or only NULLs) for any \
+                     choice of variables on seeded data: {raw}"
+                );
+                ran.insert(format!("{file}: {title}"));
+            }
+        }
+    }
+    Ok(ran)
+}
+
+#[test]
+fn dashboards_are_well_formed() -> Result<()> {
+    let dashboards = load_dashboards()?;
+    let files: Vec<&str> = dashboards.iter().map(|d| d.file.as_str()).collect();
+    assert_eq!(
+        files,
+        ["etl.json", "fleet.json", "region.json", "target.json"]
+    );
+    let mut uids = BTreeSet::new();
+    for d in &dashboards {
+        let file = &d.file;
+        let uid = d.json["uid"].as_str().context("uid")?;
+        assert!(uids.insert(uid.to_owned()), "{file}: uid {uid} used twice");
+        let title = d.json["title"].as_str().context("title")?;
+        assert!(title.starts_with("FiberStack / "), "{file}: title {title}");
+        let mut ids = BTreeSet::new();
+        for panel in d.json["panels"].as_array().context("panels")? {
+            let id = panel["id"].as_u64().context("panel id")?;
+            assert!(ids.insert(id), "{file}: panel id {id} used twice");
+            // Provisioned dashboards must not pin a datasource uid of one installation.
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{file}: panel {id} datasource"
+            );
+            let grid = &panel["gridPos"];
+            let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+            assert!(x + w <= 24, "{file}: panel {id} wider than the grid");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn macro_expansion_matches_grafana() -> Result<()> {
+    let to: DateTime<Utc> = "2026-11-20T12:00:00Z".parse()?;
+    let mut context = QueryContext {
+        from: to - Duration::hours(1),
+        to,
+        interval: Duration::minutes(5),
+        timescaledb: false,
+        variables: BTreeMap::from([
+            (
+                "region".to_owned(),
+                VariableValue::Multi(vec!["gh".into(), "o'k".into()]),
+            ),
+            (
+                "node".to_owned(),
+                VariableValue::Single("gh-accra-1".into()),
+            ),
+        ]),
+    };
+    let sql = "select $__timeGroupAlias(time, $__interval), x from t \
+               where $__timeFilter(time) and region in ($region) and node = '${node}' \
+               and $__interval_ms > 0 and time < $__timeTo()";
+    assert_eq!(
+        context.expand(sql)?,
+        "select floor(extract(epoch from time)/300)*300 AS \"time\", x from t \
+         where time BETWEEN '2026-11-20T11:00:00.000000000Z' AND '2026-11-20T12:00:00.000000000Z' \
+         and region in ('gh','o''k') and node = 'gh-accra-1' \
+         and 300000 > 0 and time < '2026-11-20T12:00:00.000000000Z'"
+    );
+    context.timescaledb = true;
+    assert_eq!(
+        context.expand("$__timeGroup(bucket, '1h')")?,
+        "time_bucket('3600s',bucket)"
+    );
+    let unknown = context.expand("$__unixEpochGroup(t, 5m)").unwrap_err();
+    assert!(unknown.to_string().contains("unixEpochGroup"), "{unknown}");
+    let undefined = context.expand("select '$probe'").unwrap_err();
+    assert!(format!("{undefined:#}").contains("$probe"), "{undefined:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_panel_runs_on_plain_postgres() -> Result<()> {
+    let url = LocalEnv::load()?
+        .fresh_postgres_database("fs_dashboards")
+        .await?;
+    let pool = DbConfig::new(&url).connect().await?;
+    assert_eq!(migrate(&pool).await?.mode, StorageMode::Postgres);
+    let now = Utc::now();
+    seed(&pool, now).await?;
+    refresh_rollups(&pool, StorageMode::Postgres, now).await?;
+    let ran = run_every_query(&pool, false).await?;
+    assert!(ran.len() >= 30, "only {} queries ran: {ran:?}", ran.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_panel_runs_on_timescaledb() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let single = |schema: Option<String>| DbConfig {
+        schema,
+        max_connections: 1,
+        ..DbConfig::new(&env.timescale_url)
+    };
+    // The extension lives in `public` (see tests/migrate.rs: PGlite cannot load it twice).
+    single(None)
+        .connect()
+        .await?
+        .execute("create extension if not exists timescaledb")
+        .await?;
+    let schema = unique_name("fs_dashboards").replace('-', "_");
+    let pool = single(Some(schema.clone())).connect().await?;
+    assert_eq!(migrate(&pool).await?.mode, StorageMode::TimescaleDb);
+    let now = Utc::now();
+    seed(&pool, now).await?;
+    refresh_rollups(&pool, StorageMode::TimescaleDb, now).await?;
+    let outcome = run_every_query(&pool, true).await;
+
+    // Clean up before judging: a hypertable cannot go in a schema's cascade.
+    sqlx::raw_sql("drop materialized view if exists metrics_hourly, metrics_daily cascade")
+        .execute(&pool)
+        .await?;
+    sqlx::raw_sql("drop table if exists metrics")
+        .execute(&pool)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema {schema} cascade")))
+        .execute(&pool)
+        .await?;
+    let ran = outcome?;
+    assert!(ran.len() >= 30, "only {} queries ran: {ran:?}", ran.len());
+    Ok(())
+}
