@@ -1,4 +1,5 @@
-//! The HTTP API: `POST /api/v1/samples`, health, readiness and metrics.
+//! The HTTP API: `POST /api/v1/samples`, `POST /api/push`, health, readiness, metrics and the
+//! OpenAPI document; the read API's handlers are in `read.rs`.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/nodes", get(crate::read::nodes))
         .route("/api/v1/metrics", get(crate::read::metrics))
         .route("/api/status", get(crate::read::status))
+        .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -276,6 +278,14 @@ async fn post_push(
         }
         Err(refusal) => *refusal,
     }
+}
+
+/// The OpenAPI 3.1 description of this service (`ingest/src/openapi.json`; its test sends
+/// every documented request and checks each answer against it).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

@@ -1,105 +1,12 @@
 //! The read API against real PostgreSQL: a fresh, migrated database per test, seeded through
 //! the ETL's writer.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
 
 use anyhow::Result;
-use chrono::{DateTime, Duration, Utc};
-use fiber_etl::db::DbConfig;
-use fiber_ingest::api::{AppState, router};
-use fiber_ingest::auth::Token;
-use fiber_ingest::ratelimit::RateLimiter;
-use fiber_ingest::stream::StreamWriter;
-use fiberstack_e2e::{LocalEnv, unique_name};
-use fiberstack_model::{Batch, CheckKind, Sample};
+use chrono::Duration;
+use common::{get, hour, seed, serve};
 use serde_json::Value;
-
-const TOKEN: &str = "read-test-token-0123456789";
-
-/// Two hours ago, on the hour: every sample of a test falls in one hourly bucket.
-fn hour() -> DateTime<Utc> {
-    DateTime::from_timestamp(Utc::now().timestamp() / 3600 * 3600 - 2 * 3600, 0).unwrap()
-}
-
-fn sample(target: &str, minute: i64, latency: f64, up: bool) -> Sample {
-    Sample {
-        latency_ms: up.then_some(latency),
-        ..Sample::new(
-            hour() + Duration::minutes(minute),
-            target,
-            CheckKind::Tcp,
-            up,
-        )
-    }
-}
-
-fn batch(node: &str, samples: Vec<Sample>) -> Batch {
-    Batch {
-        probe: "fiberstack/accra-edge".into(),
-        region: "ghana".into(),
-        country: "GH".into(),
-        node: node.into(),
-        agent_version: "0.1.0".into(),
-        samples,
-    }
-}
-
-/// An ingest server whose read API uses a fresh database seeded with `batches`.
-async fn serve(batches: &[Batch], with_db: bool) -> Result<String> {
-    let env = LocalEnv::load()?;
-    let redis = fiber_ingest::stream::connect(&env.redis_url).await?;
-    let region = unique_name("read-test");
-    let writer = StreamWriter::new(redis, &region, 1_000);
-    let mut state = AppState::new(
-        &region,
-        Token::new(TOKEN).unwrap(),
-        RateLimiter::new(100.0, 100),
-        writer,
-    );
-    if with_db {
-        let url = env.fresh_postgres_database("fs_read").await?;
-        let pool = DbConfig::new(url).connect().await?;
-        fiber_etl::migrate::migrate(&pool).await?;
-        fiber_etl::writer::write(&pool, batches, Utc::now()).await?;
-        sqlx::query("select fiberstack_refresh_rollups($1, 'infinity')")
-            .bind(hour() - Duration::days(1))
-            .execute(&pool)
-            .await?;
-        state = state.with_database(pool);
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr: SocketAddr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state))).await });
-    Ok(format!("http://{addr}"))
-}
-
-async fn get(url: &str) -> Result<(u16, Value)> {
-    let response = reqwest::Client::new()
-        .get(url)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await?))
-}
-
-fn seed() -> Vec<Batch> {
-    vec![
-        batch(
-            "gh-accra-1",
-            vec![
-                sample("db", 1, 10.0, true),
-                sample("db", 2, 20.0, true),
-                sample("api", 2, 30.0, true),
-            ],
-        ),
-        batch(
-            "ng-lagos-1",
-            vec![sample("db", 1, 40.0, true), sample("db", 2, 0.0, false)],
-        ),
-    ]
-}
 
 #[tokio::test]
 async fn nodes_are_listed() -> Result<()> {
