@@ -152,7 +152,12 @@ pub struct Consumer {
     dlq: String,
     stats: Arc<Stats>,
     last_housekeeping: Option<Instant>,
+    last_stats_pruned: Option<Instant>,
 }
+
+/// How long `stream_stats` rows are kept, and how often a worker deletes older ones.
+const STREAM_STATS_KEPT_DAYS: i32 = 7;
+const STREAM_STATS_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Consumer {
     pub fn new(redis: ConnectionManager, pool: PgPool, config: ConsumerConfig) -> Self {
@@ -164,6 +169,7 @@ impl Consumer {
             config,
             stats: Arc::default(),
             last_housekeeping: None,
+            last_stats_pruned: None,
         }
     }
 
@@ -216,6 +222,7 @@ impl Consumer {
             self.ensure_group().await?;
             handled += self.reclaim(shutdown).await?;
             self.trim().await?;
+            self.record_stream_stats().await;
             self.last_housekeeping = Some(Instant::now());
         }
         let opts = StreamReadOptions::default()
@@ -387,6 +394,51 @@ impl Consumer {
             self.stats
                 .dirty_since
                 .fetch_min(earliest.timestamp(), Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the stream's length, pending count and dead-letter count to `stream_stats`, so
+    /// dashboards and the operator see the data path's state with database access alone.
+    /// Best effort: during a database outage the write path's own retries say what is wrong,
+    /// and a missing row is a gap in a graph, not lost data.
+    async fn record_stream_stats(&mut self) {
+        let dead_letters: u64 = match self.redis.xlen(&self.dlq).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "dead-letter stream length unknown");
+                return;
+            }
+        };
+        let recorded = sqlx::query(
+            "insert into stream_stats (time, region, consumer, stream_length, pending, dead_letters)
+             values (now(), $1, $2, $3, $4, $5)",
+        )
+        .bind(&self.config.region)
+        .bind(&self.config.consumer)
+        .bind(Stats::get(&self.stats.stream_length) as i64)
+        .bind(Stats::get(&self.stats.pending) as i64)
+        .bind(dead_letters as i64)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = recorded {
+            tracing::debug!(error = %e, "stream stats not recorded");
+            return;
+        }
+        if self
+            .last_stats_pruned
+            .is_none_or(|at| at.elapsed() >= STREAM_STATS_PRUNE_EVERY)
+        {
+            let pruned = sqlx::query(
+                "delete from stream_stats where region = $1 and time < now() - make_interval(days => $2)",
+            )
+            .bind(&self.config.region)
+            .bind(STREAM_STATS_KEPT_DAYS)
+            .execute(&self.pool)
+            .await;
+            match pruned {
+                Ok(_) => self.last_stats_pruned = Some(Instant::now()),
+                Err(e) => tracing::debug!(error = %e, "old stream stats not pruned"),
+            }
         }
     }
 

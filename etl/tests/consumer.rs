@@ -235,6 +235,26 @@ async fn what_can_never_be_stored_is_dead_lettered_with_the_reason() -> Result<(
         vec![one_bad.samples[1].clone()],
         "only the refused sample is dead-lettered"
     );
+
+    // Housekeeping records the data path's state for dashboards and the operator.
+    let mut config = ConsumerConfig::new(&f.region, "worker-2");
+    config.block = Duration::from_millis(100);
+    config.housekeeping_every = Duration::ZERO;
+    let mut observer = Consumer::new(f.redis.clone(), f.pool.clone(), config);
+    let (_tx, mut rx) = watch::channel(false);
+    observer.step(&mut rx).await?;
+    let (region, stream_length, pending, dead_letters): (String, i64, i64, i64) = sqlx::query_as(
+        "select region, stream_length, pending, dead_letters from stream_stats
+          where consumer = 'worker-2' order by time desc limit 1",
+    )
+    .fetch_one(&f.pool)
+    .await?;
+    assert_eq!(region, f.region);
+    assert_eq!((pending, dead_letters), (0, 3));
+    assert!(
+        stream_length <= 3,
+        "acknowledged entries are trimmed: {stream_length}"
+    );
     Ok(())
 }
 

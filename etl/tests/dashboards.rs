@@ -232,14 +232,22 @@ async fn rows(pool: &PgPool, sql: &str) -> Result<Vec<serde_json::Map<String, Va
 }
 
 /// Seeds two regions over the last three hours: an ICMP target with loss on both nodes, an
-/// HTTP target with phases in its metadata and a share of failures, and a third node that
-/// has gone silent.
+/// HTTP target with phases in its metadata and a share of failures, a third node that has
+/// gone silent, and the ETL's stream stats.
 async fn seed(pool: &PgPool, now: DateTime<Utc>) -> Result<()> {
     sqlx::raw_sql(
         "insert into nodes (name, region, country, agent_version, last_seen_at) values
            ('gh-accra-1', 'ghana', 'GH', '0.1.0', now()),
            ('ng-lagos-1', 'nigeria', 'NG', '0.1.0', now()),
            ('ke-nairobi-1', 'kenya', 'KE', '0.1.0', now() - interval '1 hour')",
+    )
+    .execute(pool)
+    .await?;
+    // What ETL housekeeping records every 10 s; here one row a minute per region.
+    sqlx::raw_sql(
+        "insert into stream_stats (time, region, consumer, stream_length, pending, dead_letters)
+         select now() - m * interval '1 minute', r, 'etl-0', (m % 13) * 4, m % 3, 2
+           from generate_series(0, 179) m, unnest(array['ghana', 'nigeria']) r",
     )
     .execute(pool)
     .await?;
@@ -419,7 +427,7 @@ fn dashboards_are_well_formed() -> Result<()> {
     let files: Vec<&str> = dashboards.iter().map(|d| d.file.as_str()).collect();
     assert_eq!(
         files,
-        ["etl.json", "fleet.json", "region.json", "target.json"]
+        ["datapath.json", "fleet.json", "region.json", "target.json"]
     );
     let mut uids = BTreeSet::new();
     for d in &dashboards {

@@ -79,7 +79,8 @@ async fn plain_postgres_mode_applies_once_and_rolls_up() -> Result<()> {
             "metrics",
             "metrics_daily",
             "metrics_hourly",
-            "nodes"
+            "nodes",
+            "stream_stats"
         ]
     );
 
