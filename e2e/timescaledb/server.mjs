@@ -55,18 +55,43 @@ const BUSY = { isAttached: true };
 // ("RuntimeError: unreachable") when a read ends inside a protocol message — as any message
 // over the socket's 64 KiB reads does (a big INSERT). Re-frame the stream: deliver only whole
 // messages, in order, one delivery at a time.
+//
+// PGlite also cannot take `COPY … FROM STDIN` over the wire (it aborts the same way): it
+// reads COPY data only from its virtual file /dev/blob. The framing layer answers the COPY
+// sub-protocol itself — CopyInResponse, then it collects CopyData until CopyDone — and runs
+// the statement as `COPY … FROM '/dev/blob'` with the collected bytes, passing PGlite's own
+// answer (CommandComplete or ErrorResponse, then ReadyForQuery) back to the client.
 const SSL_REQUEST = 80877103;
 const GSSENC_REQUEST = 80877104;
+const COPY_FROM_STDIN = /^\s*copy\b[\s\S]*\bfrom\s+stdin\b/i;
+
+function message(type, body) {
+  const head = Buffer.alloc(5);
+  head.write(type, 0, "latin1");
+  head.writeUInt32BE(4 + body.length, 1);
+  return Buffer.concat([head, body]);
+}
+
 function frameMessages(socket) {
   const on = socket.on.bind(socket);
   socket.on = (event, listener) => {
     if (event !== "data") return on(event, listener);
     let buffered = Buffer.alloc(0);
     let startup = true; // the first messages have no type byte
+    let copy = null; // { sql, chunks } while a COPY FROM STDIN receives its data
     let delivering = Promise.resolve();
+    const then = (task) => {
+      delivering = delivering.then(task).catch((e) => {
+        console.error(`timescaledb: ${e?.stack ?? e}`);
+      });
+    };
+    const pass = (bytes) => then(() => listener(bytes));
+    const write = (bytes) => new Promise((done) => socket.write(bytes, done));
+
     return on("data", (chunk) => {
       buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
       let end = 0;
+      let runStart = 0; // start of the messages not yet passed on
       for (;;) {
         const header = startup ? 4 : 5;
         if (buffered.length - end < header) break;
@@ -77,16 +102,54 @@ function frameMessages(socket) {
           const code = length >= 8 ? buffered.readUInt32BE(end + 4) : 0;
           // After SSLRequest/GSSENCRequest the client sends its real startup message.
           startup = code === SSL_REQUEST || code === GSSENC_REQUEST;
+          end += size;
+          continue;
+        }
+        const type = String.fromCharCode(buffered[end]);
+        const body = buffered.subarray(end + 5, end + size);
+        const sql = type === "Q" ? body.subarray(0, body.length - 1).toString("utf8") : "";
+        if (copy || COPY_FROM_STDIN.test(sql)) {
+          if (runStart < end) pass(buffered.subarray(runStart, end));
+          runStart = end + size;
+          if (!copy) {
+            copy = { sql, chunks: [] };
+            const binary = /\bformat\s+binary\b|\(\s*format\s+binary/i.test(sql);
+            // Overall format, then zero per-column formats: clients do not need them.
+            const response = Buffer.from([binary ? 1 : 0, 0, 0]);
+            then(() => write(message("G", response)));
+          } else if (type === "d") {
+            copy.chunks.push(Buffer.from(body));
+          } else if (type === "c" || type === "f") {
+            const { sql: statement, chunks } = copy;
+            copy = null;
+            const failed = type === "f";
+            then(async () => {
+              let run = statement.replace(/\bfrom\s+stdin\b/i, "FROM '/dev/blob'");
+              if (failed) {
+                // The client gave up: fail as PostgreSQL does (57014, query_canceled), so the
+                // session's transaction state is what the client expects.
+                const reason = body.subarray(0, body.length - 1).toString("utf8").replaceAll("'", "''");
+                run = `do $$ begin raise exception using errcode = '57014', message = 'COPY from stdin failed: ${reason}'; end $$`;
+              }
+              await db._handleBlob(failed ? undefined : new Blob(chunks));
+              try {
+                const query = Buffer.concat([Buffer.from(run, "utf8"), Buffer.from([0])]);
+                await write(Buffer.from(await db.execProtocolRaw(new Uint8Array(message("Q", query)))));
+              } finally {
+                await db._cleanupBlob();
+              }
+            });
+          }
+          // Other messages during COPY (Flush, Sync) need no answer here.
         }
         end += size;
       }
-      if (end === 0) return;
-      const whole = buffered.subarray(0, end);
+      if (runStart < end) pass(buffered.subarray(runStart, end));
       buffered = buffered.subarray(end);
-      delivering = delivering.then(() => listener(whole)).catch(() => {});
     });
   };
 }
+
 class FreshSessionServer extends PGLiteSocketServer {
   async attachSocketToNewHandler(socket, info) {
     // Hold the slot while the session is reset, so a connection arriving meanwhile queues.

@@ -1,5 +1,10 @@
-//! Writes batches into the database: the nodes registry and `metrics`, in one transaction,
-//! with one statement per table (arrays bound as parameters and UNNESTed).
+//! Writes batches into the database: the nodes registry and `metrics`, in one transaction.
+//!
+//! Samples go in by binary `COPY`, the cheapest way into PostgreSQL. `COPY` cannot skip rows
+//! that are already stored, so when a write meets a sample stored before (a redelivery after a
+//! crash: rare) the whole write is redone conflict-tolerantly, as one `INSERT … SELECT FROM
+//! UNNEST(…) ON CONFLICT DO NOTHING` — the approach Promscale measured and DESIGN.md §3 asks
+//! to try. Both paths store exactly the same rows.
 
 use std::collections::BTreeMap;
 
@@ -59,9 +64,75 @@ pub async fn write(
     batches: &[Batch],
     now: DateTime<Utc>,
 ) -> Result<Written, sqlx::Error> {
+    match write_with(pool, batches, now, Path::Copy).await {
+        Err(e) if is_unique_violation(&e) => {
+            tracing::debug!("a sample was stored before: writing conflict-tolerantly");
+            write_with(pool, batches, now, Path::ConflictTolerant).await
+        }
+        other => other,
+    }
+}
+
+/// [`write`] without the `COPY` fast path: every write goes through `ON CONFLICT DO NOTHING`.
+/// For comparison in benchmarks and tests.
+pub async fn write_conflict_tolerant(
+    pool: &PgPool,
+    batches: &[Batch],
+    now: DateTime<Utc>,
+) -> Result<Written, sqlx::Error> {
+    write_with(pool, batches, now, Path::ConflictTolerant).await
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+#[derive(Clone, Copy)]
+enum Path {
+    Copy,
+    ConflictTolerant,
+}
+
+const COPY_METRICS: &str =
+    "copy metrics (time, node, probe, region, target, kind, address, up, latency_ms,
+                     latency_min_ms, latency_max_ms, jitter_ms, packet_loss, sent, received,
+                     status_code, error, metadata) from stdin (format binary)";
+
+async fn write_with(
+    pool: &PgPool,
+    batches: &[Batch],
+    now: DateTime<Utc>,
+    path: Path,
+) -> Result<Written, sqlx::Error> {
     let count: usize = batches.iter().map(|b| b.samples.len()).sum();
-    let mut c = Columns::with_capacity(count);
-    // A node is upserted once per write, with its newest sample time (not after `now`).
+    let mut tx = pool.begin().await?;
+    upsert_nodes(&mut tx, batches, now).await?;
+    let inserted = match (count, path) {
+        (0, _) => 0,
+        (_, Path::Copy) => {
+            let mut copy = tx.copy_in_raw(COPY_METRICS).await?;
+            copy.send(copy_binary(batches)).await?;
+            copy.finish().await?
+        }
+        (_, Path::ConflictTolerant) => insert_unnest(&mut tx, batches, count).await?,
+    };
+    tx.commit().await?;
+    Ok(Written {
+        samples: count as u64,
+        inserted,
+        earliest: batches
+            .iter()
+            .flat_map(|b| b.samples.iter().map(|s| s.time))
+            .min(),
+    })
+}
+
+/// Upserts each node of the write once, with its newest sample time (not after `now`).
+async fn upsert_nodes(
+    tx: &mut sqlx::PgTransaction<'_>,
+    batches: &[Batch],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
     let mut nodes: BTreeMap<&str, (&Batch, DateTime<Utc>)> = BTreeMap::new();
     for batch in batches {
         let newest = batch
@@ -80,6 +151,37 @@ pub async fn write(
                 }
             })
             .or_insert((batch, newest));
+    }
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let (mut name, mut region, mut country, mut version, mut seen) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for (node, (batch, at)) in &nodes {
+        name.push(node.to_string());
+        region.push(batch.region.clone());
+        country.push(batch.country.clone());
+        version.push(batch.agent_version.clone());
+        seen.push(*at);
+    }
+    sqlx::query(UPSERT_NODES)
+        .bind(name)
+        .bind(region)
+        .bind(country)
+        .bind(version)
+        .bind(seen)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_unnest(
+    tx: &mut sqlx::PgTransaction<'_>,
+    batches: &[Batch],
+    count: usize,
+) -> Result<u64, sqlx::Error> {
+    let mut c = Columns::with_capacity(count);
+    for batch in batches {
         for s in &batch.samples {
             c.time.push(s.time);
             c.node.push(batch.node.clone());
@@ -94,74 +196,116 @@ pub async fn write(
             c.latency_max_ms.push(s.latency_max_ms);
             c.jitter_ms.push(s.jitter_ms);
             c.packet_loss.push(s.packet_loss);
-            c.sent
-                .push(s.sent.map(|v| i32::try_from(v).unwrap_or(i32::MAX)));
-            c.received
-                .push(s.received.map(|v| i32::try_from(v).unwrap_or(i32::MAX)));
-            c.status_code
-                .push(s.status_code.map(|v| i16::try_from(v).unwrap_or(i16::MAX)));
+            c.sent.push(s.sent.map(clamp_i32));
+            c.received.push(s.received.map(clamp_i32));
+            c.status_code.push(s.status_code.map(clamp_i16));
             c.error.push(s.error.clone());
             c.metadata.push(
                 (!s.metadata.is_empty()).then(|| serde_json::Value::Object(s.metadata.clone())),
             );
         }
     }
+    Ok(sqlx::query(INSERT_METRICS)
+        .bind(c.time)
+        .bind(c.node)
+        .bind(c.probe)
+        .bind(c.region)
+        .bind(c.target)
+        .bind(c.kind)
+        .bind(c.address)
+        .bind(c.up)
+        .bind(c.latency_ms)
+        .bind(c.latency_min_ms)
+        .bind(c.latency_max_ms)
+        .bind(c.jitter_ms)
+        .bind(c.packet_loss)
+        .bind(c.sent)
+        .bind(c.received)
+        .bind(c.status_code)
+        .bind(c.error)
+        .bind(c.metadata)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
+}
 
-    let mut tx = pool.begin().await?;
-    if !nodes.is_empty() {
-        let (mut name, mut region, mut country, mut version, mut seen) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for (node, (batch, at)) in &nodes {
-            name.push(node.to_string());
-            region.push(batch.region.clone());
-            country.push(batch.country.clone());
-            version.push(batch.agent_version.clone());
-            seen.push(*at);
-        }
-        sqlx::query(UPSERT_NODES)
-            .bind(name)
-            .bind(region)
-            .bind(country)
-            .bind(version)
-            .bind(seen)
-            .execute(&mut *tx)
-            .await?;
+// Validation bounds these far below the limits; clamping only keeps a broken value from
+// wrapping around (the database's CHECKs then refuse it).
+fn clamp_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn clamp_i16(v: u16) -> i16 {
+    i16::try_from(v).unwrap_or(i16::MAX)
+}
+
+/// The samples in PostgreSQL's binary `COPY` format, in the column order of [`COPY_METRICS`].
+fn copy_binary(batches: &[Batch]) -> Vec<u8> {
+    /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+    const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    let mut out = Vec::with_capacity(64 * 1024);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
     }
-    let inserted = if count == 0 {
-        0
-    } else {
-        sqlx::query(INSERT_METRICS)
-            .bind(c.time)
-            .bind(c.node)
-            .bind(c.probe)
-            .bind(c.region)
-            .bind(c.target)
-            .bind(c.kind)
-            .bind(c.address)
-            .bind(c.up)
-            .bind(c.latency_ms)
-            .bind(c.latency_min_ms)
-            .bind(c.latency_max_ms)
-            .bind(c.jitter_ms)
-            .bind(c.packet_loss)
-            .bind(c.sent)
-            .bind(c.received)
-            .bind(c.status_code)
-            .bind(c.error)
-            .bind(c.metadata)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-    };
-    tx.commit().await?;
-    Ok(Written {
-        samples: count as u64,
-        inserted,
-        earliest: batches
-            .iter()
-            .flat_map(|b| b.samples.iter().map(|s| s.time))
-            .min(),
-    })
+    fn null(out: &mut Vec<u8>) {
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+    fn float(out: &mut Vec<u8>, v: Option<f64>) {
+        match v {
+            Some(v) => field(out, &v.to_be_bytes()),
+            None => null(out),
+        }
+    }
+    for batch in batches {
+        for s in &batch.samples {
+            out.extend_from_slice(&18i16.to_be_bytes());
+            let micros = s.time.timestamp_micros() - PG_EPOCH_MICROS;
+            field(&mut out, &micros.to_be_bytes());
+            field(&mut out, batch.node.as_bytes());
+            field(&mut out, batch.probe.as_bytes());
+            field(&mut out, batch.region.as_bytes());
+            field(&mut out, s.target.as_bytes());
+            field(&mut out, s.kind.as_str().as_bytes());
+            field(&mut out, s.address.as_bytes());
+            field(&mut out, &[u8::from(s.up)]);
+            float(&mut out, s.latency_ms);
+            float(&mut out, s.latency_min_ms);
+            float(&mut out, s.latency_max_ms);
+            float(&mut out, s.jitter_ms);
+            float(&mut out, s.packet_loss);
+            match s.sent {
+                Some(v) => field(&mut out, &clamp_i32(v).to_be_bytes()),
+                None => null(&mut out),
+            }
+            match s.received {
+                Some(v) => field(&mut out, &clamp_i32(v).to_be_bytes()),
+                None => null(&mut out),
+            }
+            match s.status_code {
+                Some(v) => field(&mut out, &clamp_i16(v).to_be_bytes()),
+                None => null(&mut out),
+            }
+            match &s.error {
+                Some(e) => field(&mut out, e.as_bytes()),
+                None => null(&mut out),
+            }
+            // jsonb's binary form: a version byte, then the JSON text. COPY does not apply
+            // the column default, so an empty object is sent as `{}`.
+            let mut json = vec![1u8];
+            if s.metadata.is_empty() {
+                json.extend_from_slice(b"{}");
+            } else {
+                serde_json::to_writer(&mut json, &s.metadata).expect("a JSON map serializes");
+            }
+            field(&mut out, &json);
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes()); // trailer
+    out
 }
 
 /// The samples of a write, column by column.

@@ -1,0 +1,164 @@
+//! The database writer's two paths — binary COPY, and the conflict-tolerant UNNEST insert it
+//! falls back to when a sample was stored before — store exactly the same rows.
+
+use anyhow::Result;
+use chrono::{DateTime, Duration, Utc};
+use fiber_etl::db::DbConfig;
+use fiber_etl::migrate::migrate;
+use fiber_etl::writer::{write, write_conflict_tolerant};
+use fiberstack_e2e::{LocalEnv, unique_name};
+use fiberstack_model::{Batch, CheckKind, Sample};
+use sqlx::{Executor, PgPool};
+
+async fn fresh() -> Result<PgPool> {
+    let url = LocalEnv::load()?
+        .fresh_postgres_database("fs_writer")
+        .await?;
+    let pool = DbConfig::new(url).connect().await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+fn base_time() -> DateTime<Utc> {
+    // An hour ago on the hour, plus a fraction of a second in microseconds (what PostgreSQL
+    // keeps): the fraction must survive both paths.
+    let hour = Utc::now().timestamp() / 3600 * 3600 - 3600;
+    DateTime::from_timestamp_micros(hour * 1_000_000 + 488_843).unwrap()
+}
+
+/// Samples that exercise every column: all set, all absent, odd text, nested metadata.
+fn samples() -> Vec<Sample> {
+    let t = base_time();
+    let full = Sample {
+        address: "10.0.0.1".into(),
+        latency_ms: Some(12.345_678),
+        latency_min_ms: Some(0.001),
+        latency_max_ms: Some(9_999.5),
+        jitter_ms: Some(0.25),
+        packet_loss: Some(33.3),
+        sent: Some(6),
+        received: Some(4),
+        metadata: serde_json::json!({"ttl": 64, "nested": {"a": [1, 2.5, null]}, "s": "é\"'\\"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        ..Sample::new(t, "full", CheckKind::Icmp, true)
+    };
+    let bare = Sample::new(t + Duration::microseconds(1), "bare", CheckKind::Tcp, false);
+    let http = Sample {
+        address: "https://api.example.com/health?q=1&r=2".into(),
+        latency_ms: Some(80.0),
+        status_code: Some(503),
+        error: Some("status 503 — \"Service Unavailable\"\n\tretry".into()),
+        ..Sample::new(t + Duration::seconds(1), "http ✓", CheckKind::Http, true)
+    };
+    vec![full, bare, http]
+}
+
+fn batch(node: &str, samples: Vec<Sample>) -> Batch {
+    Batch {
+        probe: "fiberstack/accra-edge".into(),
+        region: "ghana".into(),
+        country: "GH".into(),
+        node: node.into(),
+        agent_version: "0.1.0".into(),
+        samples,
+    }
+}
+
+/// Every column of a node's rows but the node, as JSON text, in a stable order.
+async fn rows(pool: &PgPool, node: &str) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "select (to_jsonb(m) - 'node')::text from metrics m where node = $1 order by time, target",
+    )
+    .bind(node)
+    .fetch_all(pool)
+    .await?)
+}
+
+#[tokio::test]
+async fn copy_and_conflict_tolerant_paths_store_the_same_rows() -> Result<()> {
+    let pool = fresh().await?;
+    let copied = write(&pool, &[batch("by-copy", samples())], Utc::now()).await?;
+    let inserted =
+        write_conflict_tolerant(&pool, &[batch("by-insert", samples())], Utc::now()).await?;
+    assert_eq!((copied.samples, copied.inserted), (3, 3));
+    assert_eq!((inserted.samples, inserted.inserted), (3, 3));
+    let by_copy = rows(&pool, "by-copy").await?;
+    assert_eq!(by_copy.len(), 3);
+    assert_eq!(by_copy, rows(&pool, "by-insert").await?);
+    // And what went in is what was sent (spot checks of the binary encoding).
+    let (time, metadata, error): (DateTime<Utc>, serde_json::Value, Option<String>) =
+        sqlx::query_as(
+            "select time, metadata, error from metrics where node = 'by-copy' and target = 'full'",
+        )
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(time, base_time());
+    assert_eq!(
+        metadata,
+        serde_json::Value::Object(samples()[0].metadata.clone())
+    );
+    assert_eq!(error, None);
+    let empty: serde_json::Value = sqlx::query_scalar(
+        "select metadata from metrics where node = 'by-copy' and target = 'bare'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(empty, serde_json::json!({}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_partly_stored_write_falls_back_and_stores_the_rest_once() -> Result<()> {
+    let pool = fresh().await?;
+    let first = batch("gh-accra-1", samples()[..1].to_vec());
+    write(&pool, std::slice::from_ref(&first), Utc::now()).await?;
+    let both = [first, batch("gh-accra-1", samples()[1..].to_vec())];
+    let written = write(&pool, &both, Utc::now()).await?;
+    assert_eq!((written.samples, written.inserted), (3, 2));
+    let again = write(&pool, &both, Utc::now()).await?;
+    assert_eq!((again.samples, again.inserted), (3, 0));
+    let count: i64 = sqlx::query_scalar("select count(*) from metrics")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(count, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn copy_writes_into_the_timescaledb_hypertable() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let single = |schema: Option<String>| DbConfig {
+        schema,
+        max_connections: 1,
+        ..DbConfig::new(&env.timescale_url)
+    };
+    // The extension lives in `public` (see tests/migrate.rs: PGlite cannot load it twice).
+    single(None)
+        .connect()
+        .await?
+        .execute("create extension if not exists timescaledb")
+        .await?;
+    let schema = unique_name("fs_writer").replace('-', "_");
+    let pool = single(Some(schema.clone())).connect().await?;
+    migrate(&pool).await?;
+    let outcome = async {
+        let written = write(&pool, &[batch("gh-accra-1", samples())], Utc::now()).await?;
+        let again = write(&pool, &[batch("gh-accra-1", samples())], Utc::now()).await?;
+        let stored = rows(&pool, "gh-accra-1").await?;
+        anyhow::Ok((written.inserted, again.inserted, stored.len()))
+    }
+    .await;
+    sqlx::raw_sql("drop materialized view if exists metrics_hourly, metrics_daily cascade")
+        .execute(&pool)
+        .await?;
+    sqlx::raw_sql("drop table if exists metrics")
+        .execute(&pool)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema {schema} cascade")))
+        .execute(&pool)
+        .await?;
+    assert_eq!(outcome?, (3, 0, 3));
+    Ok(())
+}
