@@ -239,14 +239,37 @@ start_postgres() {
   fi
   mkdir -p "$socket"
   chown postgres "$socket"
+  postgres_tls_cert "$data"
   # Run the postmaster in the foreground of our own process (no pg_ctl daemonizing), so its
   # pid is known and `down` stops exactly it.
   spawn_as postgres postgres "$PG_BIN/postgres" -D "$data" -p "$POSTGRES_PORT" \
     -c listen_addresses="$HOST" -c unix_socket_directories="$socket" \
-    -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off
+    -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+    -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key
   wait_for postgres 60 check_postgres
   # From here on the pid file names the postmaster itself, not runuser.
   head -n 1 "$data/postmaster.pid" >"$PIDS/postgres.pid"
+}
+
+# TLS, so clients can be tested with sslmode=require and verify-full: a server certificate
+# for 127.0.0.1/localhost signed by the environment's CA (pki/ca.crt), in the data directory
+# where the postgres user can read it (the key must be private to that user).
+postgres_tls_cert() {
+  local data=$1
+  [[ -f "$data/server.crt" ]] && return
+  local tmp
+  tmp=$(mktemp -d)
+  (
+    cd "$tmp"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=fiberstack-postgres" -keyout server.key \
+      -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+      -days 3650 -extfile server.ext -out server.crt 2>/dev/null
+  )
+  install -o postgres -m 0600 "$tmp/server.key" "$data/server.key"
+  install -o postgres -m 0644 "$tmp/server.crt" "$data/server.crt"
+  rm -rf "$tmp"
 }
 
 start_timescaledb() {

@@ -30,6 +30,12 @@ pub fn env_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".env/env.sh")
 }
 
+/// The environment's certificate authority: it signed the kube-apiserver's and PostgreSQL's
+/// serving certificates (for clients that verify them: `sslmode=verify-full&sslrootcert=…`).
+pub fn ca_certificate() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".env/pki/ca.crt")
+}
+
 impl LocalEnv {
     /// Takes each address from the process environment, or else from `e2e/.env/env.sh`, so
     /// tests also run from a shell that has not sourced it. Fails, naming what is missing,

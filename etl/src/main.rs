@@ -43,7 +43,9 @@ struct RunArgs {
     /// Redis URL, e.g. redis://redis:6379
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: String,
-    /// PostgreSQL URL of the writer role (the schema must be migrated).
+    /// PostgreSQL URL of the writer role (the schema must be migrated). TLS with
+    /// `?sslmode=require`, or `?sslmode=verify-full&sslrootcert=/path/ca.crt` to verify the
+    /// server (the system's roots are used without sslrootcert).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// Schema holding FiberStack's tables; the role's default search_path when unset.
@@ -77,7 +79,8 @@ struct RunArgs {
 #[derive(clap::Args)]
 struct MigrateArgs {
     /// PostgreSQL URL of a role allowed to create tables (and, for TimescaleDB, the
-    /// extension), e.g. postgres://fiberstack:secret@db:5432/fiberstack?sslmode=disable
+    /// extension), e.g. postgres://fiberstack:secret@db:5432/fiberstack?sslmode=verify-full
+    /// (sslmode disable|prefer|require|verify-ca|verify-full; sslrootcert=/path/ca.crt)
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// Schema to create FiberStack's objects in (created if missing); the role's default

@@ -330,3 +330,35 @@ async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<
         .context("cleaning up")?;
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_to_postgresql_is_verified_against_the_given_ca() -> Result<()> {
+    let url = fresh_postgres_database().await?;
+    let plain = url.replace("sslmode=disable", "");
+    let ca = fiberstack_e2e::ca_certificate();
+    let verified = format!("{plain}sslmode=verify-full&sslrootcert={}", ca.display());
+    let pool = pool(&verified, None).await?;
+    let (ssl, version): (bool, String) =
+        sqlx::query_as("select ssl, version from pg_stat_ssl where pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await?;
+    assert!(ssl, "the connection is encrypted");
+    assert!(version.starts_with("TLS"), "{version}");
+    assert_eq!(migrate(&pool).await?.mode, StorageMode::Postgres);
+
+    // Without the CA, the server's certificate is not trusted: refused, and the error says so.
+    let untrusted = format!("{plain}sslmode=verify-full");
+    let error = pool_error(&untrusted).await;
+    assert!(
+        error.contains("certificate") || error.contains("Certificate"),
+        "{error}"
+    );
+    Ok(())
+}
+
+async fn pool_error(url: &str) -> String {
+    match DbConfig::new(url).connect().await {
+        Ok(_) => panic!("connected to {url}"),
+        Err(e) => format!("{e:#} {:?}", std::error::Error::source(&e)),
+    }
+}

@@ -7,6 +7,10 @@
 //!
 //!   cargo bench -p fiber-ingest --bench load
 //!   FIBER_LOAD_PROBES=20 FIBER_LOAD_SECS=20 FIBER_LOAD_BATCH=500 FIBER_LOAD_CONSUMERS=2 cargo bench ...
+//!
+//! `FIBER_LOAD_RATE=25000` paces the probes to that many samples/s in all (default 0: each
+//! probe sends its next batch as soon as the last one is answered, which measures saturation;
+//! a paced run measures latency and freshness at a given load).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +83,9 @@ async fn main() -> Result<()> {
     let secs = setting("FIBER_LOAD_SECS", 20);
     let size = setting("FIBER_LOAD_BATCH", 500) as usize;
     let consumers = setting("FIBER_LOAD_CONSUMERS", 2) as usize;
+    let rate = setting("FIBER_LOAD_RATE", 0);
+    // Each probe's time between batches when paced.
+    let period = (rate > 0).then(|| Duration::from_secs_f64((probes * size) as f64 / rate as f64));
     let env = LocalEnv::load()?;
     let url = env.fresh_postgres_database("fs_load").await?;
     let pool = DbConfig {
@@ -144,7 +151,11 @@ async fn main() -> Result<()> {
     };
 
     println!(
-        "load: {probes} probes × batches of {size} samples for {secs}s, {consumers} ETL consumers, PostgreSQL 15"
+        "load: {probes} probes × batches of {size} samples for {secs}s, {consumers} ETL consumers, PostgreSQL 15, {}",
+        match rate {
+            0 => "unpaced (saturation)".to_owned(),
+            r => format!("paced at {r} samples/s"),
+        }
     );
     let accepted = Arc::new(AtomicU64::new(0));
     let accept_log: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
@@ -165,7 +176,14 @@ async fn main() -> Result<()> {
         );
         senders.push(tokio::spawn(async move {
             let mut seq = 0;
+            // Probes start spread over one period, as real ones would.
+            let mut next = tokio::time::Instant::now()
+                + period.map_or(Duration::ZERO, |d| d.mul_f64(p as f64 / probes as f64));
             while Instant::now() < deadline {
+                if let Some(period) = period {
+                    tokio::time::sleep_until(next).await;
+                    next += period;
+                }
                 let body = serde_json::to_vec(&batch(p, seq, size, base)).expect("json");
                 let sent = Instant::now();
                 let response = client

@@ -45,7 +45,7 @@ struct Config {
     #[arg(long, env = "FIBER_RATE_BURST", default_value_t = 50)]
     rate_burst: u32,
     /// PostgreSQL URL (read-only role) for the read API, GET /api/v1/nodes and
-    /// /api/v1/metrics; without it those answer 503.
+    /// /api/v1/metrics; without it those answer 503. TLS: `?sslmode=verify-full&sslrootcert=…`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Schema holding FiberStack's tables; the role's default search_path when unset.
