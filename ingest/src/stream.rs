@@ -33,6 +33,20 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> 
         .await
 }
 
+/// XADD unless the stream already holds `ARGV[1]` entries or more. Returns `{id, length}`
+/// on success and `{false, length}` when refused (Lua's false becomes a nil reply).
+static APPEND_UNDER_CAP: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local len = redis.call('XLEN', KEYS[1])
+        if len >= tonumber(ARGV[1]) then
+            return {false, len}
+        end
+        return {redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3]), len + 1}
+        ",
+    )
+});
+
 #[derive(Clone)]
 pub struct StreamWriter {
     redis: ConnectionManager,
@@ -65,18 +79,21 @@ impl StreamWriter {
 
     async fn append_now(&self, batch: &Batch) -> Result<String, AppendError> {
         let mut redis = self.redis.clone();
-        let len: u64 = redis.xlen(&self.stream).await?;
-        if len >= self.max_backlog {
-            return Err(AppendError::Backlog {
-                stream: self.stream.clone(),
-                len,
-                cap: self.max_backlog,
-            });
-        }
-        let id: String = redis
-            .xadd(&self.stream, "*", &[(BATCH_FIELD, encode_batch(batch))])
-            .await?;
-        Ok(id)
+        // One round trip, and atomic: the length check and the append cannot be split by
+        // another writer's append.
+        let appended: Result<String, u64> = APPEND_UNDER_CAP
+            .key(&self.stream)
+            .arg(self.max_backlog)
+            .arg(BATCH_FIELD)
+            .arg(encode_batch(batch))
+            .invoke_async::<(Option<String>, u64)>(&mut redis)
+            .await
+            .map(|(id, len)| id.ok_or(len))?;
+        appended.map_err(|len| AppendError::Backlog {
+            stream: self.stream.clone(),
+            len,
+            cap: self.max_backlog,
+        })
     }
 
     /// The stream's length, or `None` when Redis does not answer in time.
