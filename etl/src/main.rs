@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fiber_etl::consumer::{Consumer, ConsumerConfig, Stats};
 use fiber_etl::db::{DbConfig, redact};
-use fiber_etl::migrate::migrate;
+use fiber_etl::migrate::{Retention, RetentionPeriod, current_retention, migrate, set_retention};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -87,6 +87,16 @@ struct MigrateArgs {
     /// search_path when unset.
     #[arg(long, env = "FIBER_DB_SCHEMA")]
     schema: Option<String>,
+    /// How long raw samples are kept, e.g. 7d or 36h (default 7d; unset: keep the current
+    /// setting).
+    #[arg(long, env = "FIBER_RETAIN_RAW")]
+    retain_raw: Option<RetentionPeriod>,
+    /// How long hourly rollups are kept (default 90d; unset: keep the current setting).
+    #[arg(long, env = "FIBER_RETAIN_HOURLY")]
+    retain_hourly: Option<RetentionPeriod>,
+    /// How long daily rollups are kept (default 365d; unset: keep the current setting).
+    #[arg(long, env = "FIBER_RETAIN_DAILY")]
+    retain_daily: Option<RetentionPeriod>,
 }
 
 fn init_logging() {
@@ -108,6 +118,17 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
     };
     let pool = config.connect().await?;
     let report = migrate(&pool).await?;
+    let retention = Retention {
+        raw: args.retain_raw,
+        hourly: args.retain_hourly,
+        daily: args.retain_daily,
+    };
+    let [raw, hourly, daily] = if retention.is_unchanged() {
+        current_retention(&pool).await?
+    } else {
+        set_retention(&pool, retention).await?
+    };
+    tracing::info!(raw = %raw, hourly = %hourly, daily = %daily, "retention");
     if report.applied.is_empty() {
         tracing::info!(mode = %report.mode, database = %redact(&config.url), "schema already up to date");
     } else {

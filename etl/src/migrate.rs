@@ -46,6 +46,99 @@ pub enum MigrateError {
     UnknownMode(String),
 }
 
+/// A retention period: whole days or hours, at least one hour (`7d`, `36h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPeriod {
+    hours: u32,
+}
+
+impl RetentionPeriod {
+    pub fn days(days: u32) -> Self {
+        Self { hours: days * 24 }
+    }
+
+    /// The period as PostgreSQL interval text.
+    pub fn as_interval(&self) -> String {
+        match self.hours % 24 {
+            0 => format!("{} days", self.hours / 24),
+            _ => format!("{} hours", self.hours),
+        }
+    }
+}
+
+impl std::str::FromStr for RetentionPeriod {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let bad = || {
+            format!(
+                "{text:?} is not a retention period such as 7d or 36h (whole days or hours, at least 1h)"
+            )
+        };
+        let (number, per) = if let Some(n) = t.strip_suffix('d') {
+            (n, 24)
+        } else if let Some(n) = t.strip_suffix('h') {
+            (n, 1)
+        } else {
+            return Err(bad());
+        };
+        let n: u32 = number.parse().map_err(|_| bad())?;
+        let hours = n.checked_mul(per).filter(|h| *h >= 1).ok_or_else(bad)?;
+        // Ten years: past that a typo (`3650000d`) is likelier than intent.
+        if hours > 24 * 3653 {
+            return Err(format!("{text:?} is over ten years"));
+        }
+        Ok(Self { hours })
+    }
+}
+
+/// How long raw samples and the two rollups are kept. `None`: leave the current setting.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub raw: Option<RetentionPeriod>,
+    pub hourly: Option<RetentionPeriod>,
+    pub daily: Option<RetentionPeriod>,
+}
+
+impl Retention {
+    pub fn is_unchanged(&self) -> bool {
+        self.raw.is_none() && self.hourly.is_none() && self.daily.is_none()
+    }
+}
+
+/// Sets the retention periods (TimescaleDB: replaces the retention policies; plain
+/// PostgreSQL: the maintenance loop reads them) and returns the settings now in force, as
+/// PostgreSQL interval text: raw, hourly, daily.
+pub async fn set_retention(
+    pool: &PgPool,
+    retention: Retention,
+) -> Result<[String; 3], sqlx::Error> {
+    let text = |p: Option<RetentionPeriod>| p.map(|p| p.as_interval());
+    sqlx::query(
+        "select fiberstack_set_retention(coalesce($1::interval, fiberstack_retention('raw')),
+                                         coalesce($2::interval, fiberstack_retention('hourly')),
+                                         coalesce($3::interval, fiberstack_retention('daily')))",
+    )
+    .bind(text(retention.raw))
+    .bind(text(retention.hourly))
+    .bind(text(retention.daily))
+    .execute(pool)
+    .await?;
+    current_retention(pool).await
+}
+
+/// The retention periods in force: raw, hourly, daily.
+pub async fn current_retention(pool: &PgPool) -> Result<[String; 3], sqlx::Error> {
+    let (raw, hourly, daily) = sqlx::query_as(
+        "select fiberstack_retention('raw')::text, fiberstack_retention('hourly')::text,
+                fiberstack_retention('daily')::text",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok([raw, hourly, daily])
+}
+
 async fn applied_versions(pool: &PgPool) -> Result<BTreeSet<i64>, sqlx::Error> {
     let exists: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
         .fetch_one(pool)
@@ -88,4 +181,24 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrateReport, MigrateError> {
         applied,
         mode: storage_mode(pool).await?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_periods_parse_days_and_hours_only() {
+        assert_eq!("7d".parse(), Ok(RetentionPeriod::days(7)));
+        assert_eq!(
+            "36h".parse::<RetentionPeriod>().unwrap().as_interval(),
+            "36 hours"
+        );
+        for bad in [
+            "", "d", "0d", "0h", "7", "7 days", "1.5d", "-1d", "3w", "4000d",
+        ] {
+            let e = bad.parse::<RetentionPeriod>().unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+    }
 }

@@ -5,7 +5,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use fiber_etl::db::DbConfig;
-use fiber_etl::migrate::{MIGRATOR, StorageMode, migrate};
+use fiber_etl::migrate::{
+    MIGRATOR, Retention, StorageMode, current_retention, migrate, set_retention,
+};
 use fiberstack_e2e::{LocalEnv, unique_name};
 use sqlx::{Executor, PgPool};
 
@@ -224,6 +226,34 @@ async fn drop_timescale_schema(pool: &PgPool, schema: &str) -> Result<()> {
     Ok(())
 }
 
+/// TimescaleDB's policy jobs of this test's schema: (procedure, relation, period), with
+/// continuous aggregates named by their view.
+async fn policy_jobs(pool: &PgPool) -> Result<Vec<(String, String, String)>> {
+    let mut jobs: Vec<(String, String, String)> = sqlx::query_as(
+        "select j.proc_name::text, j.hypertable_name::text,
+                coalesce(j.config->>'drop_after', j.config->>'compress_after', j.config->>'start_offset')
+           from timescaledb_information.jobs j
+          where j.hypertable_schema = current_schema() or j.hypertable_name in (
+                select materialization_hypertable_name from timescaledb_information.continuous_aggregates
+                 where view_schema = current_schema())",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mat_names: Vec<(String, String)> = sqlx::query_as(
+        "select materialization_hypertable_name::text, view_name::text
+           from timescaledb_information.continuous_aggregates where view_schema = current_schema()",
+    )
+    .fetch_all(pool)
+    .await?;
+    for job in &mut jobs {
+        if let Some((_, view)) = mat_names.iter().find(|(mat, _)| *mat == job.1) {
+            job.1 = view.clone();
+        }
+    }
+    jobs.sort();
+    Ok(jobs)
+}
+
 #[tokio::test]
 async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<()> {
     let env = LocalEnv::load()?;
@@ -270,28 +300,7 @@ async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<
     .fetch_all(&pool)
     .await?;
     assert_eq!(caggs, ["metrics_daily", "metrics_hourly"]);
-    let mut jobs: Vec<(String, String, String)> = sqlx::query_as(
-        "select j.proc_name::text, j.hypertable_name::text,
-                coalesce(j.config->>'drop_after', j.config->>'compress_after', j.config->>'start_offset')
-           from timescaledb_information.jobs j
-          where j.hypertable_schema = current_schema() or j.hypertable_name in (
-                select materialization_hypertable_name from timescaledb_information.continuous_aggregates
-                 where view_schema = current_schema())",
-    )
-    .fetch_all(&pool)
-    .await?;
-    let mat_names: Vec<(String, String)> = sqlx::query_as(
-        "select materialization_hypertable_name::text, view_name::text
-           from timescaledb_information.continuous_aggregates where view_schema = current_schema()",
-    )
-    .fetch_all(&pool)
-    .await?;
-    for job in &mut jobs {
-        if let Some((_, view)) = mat_names.iter().find(|(mat, _)| *mat == job.1) {
-            job.1 = view.clone();
-        }
-    }
-    jobs.sort();
+    let jobs = policy_jobs(&pool).await?;
     let expected = [
         ("policy_compression", "metrics", "3 days"),
         (
@@ -310,6 +319,29 @@ async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<
     ]
     .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
     assert_eq!(jobs, expected);
+
+    // Retention is a setting: new periods replace the policies, the others stay.
+    let retention = Retention {
+        raw: Some("14d".parse().unwrap()),
+        daily: Some("400d".parse().unwrap()),
+        ..Retention::default()
+    };
+    let now = set_retention(&pool, retention).await?;
+    assert_eq!(now, ["14 days", "90 days", "400 days"]);
+    let retention_jobs: Vec<(String, String)> = policy_jobs(&pool)
+        .await?
+        .into_iter()
+        .filter(|(proc, _, _)| proc == "policy_retention")
+        .map(|(_, relation, period)| (relation, period))
+        .collect();
+    assert_eq!(
+        retention_jobs,
+        [
+            ("metrics".to_owned(), "14 days".to_owned()),
+            ("metrics_daily".to_owned(), "400 days".to_owned()),
+            ("metrics_hourly".to_owned(), "90 days".to_owned()),
+        ]
+    );
 
     sqlx::raw_sql(SEED).execute(&pool).await?;
     sqlx::raw_sql(
@@ -361,4 +393,82 @@ async fn pool_error(url: &str) -> String {
         Ok(_) => panic!("connected to {url}"),
         Err(e) => format!("{e:#} {:?}", std::error::Error::source(&e)),
     }
+}
+
+#[tokio::test]
+async fn plain_retention_follows_the_settings() -> Result<()> {
+    let url = fresh_postgres_database().await?;
+    let pool = pool(&url, None).await?;
+    migrate(&pool).await?;
+    assert_eq!(
+        current_retention(&pool).await?,
+        ["7 days", "90 days", "365 days"],
+        "the defaults"
+    );
+    sqlx::raw_sql(
+        "insert into metrics (time, node, probe, region, target, kind, up) values
+           ('2026-11-19T12:00:00Z', 'n', 'ns/p', 'r', 'day-old', 'tcp', true),
+           ('2026-11-17T12:00:00Z', 'n', 'ns/p', 'r', 'three-days-old', 'tcp', true)",
+    )
+    .execute(&pool)
+    .await?;
+    let retention = Retention {
+        raw: Some("2d".parse().unwrap()),
+        ..Retention::default()
+    };
+    assert_eq!(
+        set_retention(&pool, retention).await?,
+        ["2 days", "90 days", "365 days"]
+    );
+    sqlx::query("select fiberstack_apply_retention('2026-11-20T12:00:00Z')")
+        .execute(&pool)
+        .await?;
+    let kept: Vec<String> = sqlx::query_scalar("select target from metrics order by 1")
+        .fetch_all(&pool)
+        .await?;
+    assert_eq!(kept, ["day-old"]);
+
+    // The database refuses a period under an hour, naming which, and changes nothing.
+    let refused =
+        sqlx::query("select fiberstack_set_retention('10 minutes', '90 days', '365 days')")
+            .execute(&pool)
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(
+        refused.contains("retention of raw samples: 00:10:00 is shorter than 1 hour"),
+        "{refused}"
+    );
+    assert_eq!(current_retention(&pool).await?[0], "2 days");
+
+    // So does the command line, before touching the database.
+    let out = Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
+        .args([
+            "migrate",
+            "--database-url",
+            &url,
+            "--retain-hourly",
+            "3 weeks",
+        ])
+        .env("FIBER_LOG", "off")
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--retain-hourly"), "{stderr}");
+    assert!(stderr.contains("such as 7d or 36h"), "{stderr}");
+    // And accepts a good one.
+    let out = Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
+        .args(["migrate", "--database-url", &url, "--retain-hourly", "30d"])
+        .env("FIBER_LOG", "off")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        current_retention(&pool).await?,
+        ["2 days", "30 days", "365 days"]
+    );
+    Ok(())
 }
