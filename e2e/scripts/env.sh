@@ -256,7 +256,10 @@ start_postgres() {
 # where the postgres user can read it (the key must be private to that user).
 postgres_tls_cert() {
   local data=$1
-  [[ -f "$data/server.crt" ]] && return
+  # The data directory may outlive the CA (it can sit outside the checkout): reissue when
+  # the certificate is not the current CA's.
+  [[ -f "$data/server.crt" ]] && openssl verify -CAfile "$PKI/ca.crt" "$data/server.crt" >/dev/null 2>&1 &&
+    return
   local tmp
   tmp=$(mktemp -d)
   (
