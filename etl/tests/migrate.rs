@@ -106,9 +106,19 @@ async fn plain_postgres_mode_applies_once_and_rolls_up() -> Result<()> {
     .await?;
     assert_eq!(hourly_10(&pool).await?, (4, 75.0, 25.0));
 
+    // Two indexes to maintain on insert: the natural key (probe and target first, so it also
+    // serves per-target queries) and time (retention, rollups).
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "select indexname::text from pg_indexes where tablename = 'metrics'
+            and schemaname = current_schema() order by 1",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(indexes, ["metrics_natural_key_ptn", "metrics_time"]);
+
     // The natural key refuses a second copy of a sample.
     let dup = sqlx::raw_sql(SEED).execute(&pool).await.unwrap_err();
-    assert!(dup.to_string().contains("metrics_natural_key"), "{dup}");
+    assert!(dup.to_string().contains("metrics_natural_key_ptn"), "{dup}");
 
     // Retention: 7 days of raw samples, 90 of hourly, 365 of daily.
     sqlx::query("select fiberstack_apply_retention('2026-11-27T10:03:30Z')")
