@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fiber_etl::consumer::{Consumer, ConsumerConfig, Stats};
 use fiber_etl::db::{DbConfig, redact};
-use fiber_etl::migrate::{Retention, RetentionPeriod, current_retention, migrate, set_retention};
+use fiber_etl::migrate::{
+    Grant, Retention, RetentionPeriod, current_retention, ensure_login, migrate, set_retention,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -97,6 +99,18 @@ struct MigrateArgs {
     /// How long daily rollups are kept (default 365d; unset: keep the current setting).
     #[arg(long, env = "FIBER_RETAIN_DAILY")]
     retain_daily: Option<RetentionPeriod>,
+    /// Create (or update) this login user as a member of fiberstack_reader (read-only:
+    /// Grafana, the read API, the operator); its password from --reader-password.
+    #[arg(long, env = "FIBER_READER_USER", requires = "reader_password")]
+    reader_user: Option<String>,
+    #[arg(long, env = "FIBER_READER_PASSWORD", hide_env_values = true)]
+    reader_password: Option<String>,
+    /// Create (or update) this login user as a member of fiberstack_writer (fiber-etl run);
+    /// its password from --writer-password.
+    #[arg(long, env = "FIBER_WRITER_USER", requires = "writer_password")]
+    writer_user: Option<String>,
+    #[arg(long, env = "FIBER_WRITER_PASSWORD", hide_env_values = true)]
+    writer_password: Option<String>,
 }
 
 fn init_logging() {
@@ -129,6 +143,15 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
         set_retention(&pool, retention).await?
     };
     tracing::info!(raw = %raw, hourly = %hourly, daily = %daily, "retention");
+    for (user, password, grant) in [
+        (&args.reader_user, &args.reader_password, Grant::Reader),
+        (&args.writer_user, &args.writer_password, Grant::Writer),
+    ] {
+        if let (Some(user), Some(password)) = (user, password) {
+            ensure_login(&pool, user, password, grant).await?;
+            tracing::info!(user = %user, role = ?grant, "login user ready");
+        }
+    }
     if report.applied.is_empty() {
         tracing::info!(mode = %report.mode, database = %redact(&config.url), "schema already up to date");
     } else {

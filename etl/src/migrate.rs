@@ -139,6 +139,61 @@ pub async fn current_retention(pool: &PgPool) -> Result<[String; 3], sqlx::Error
     Ok([raw, hourly, daily])
 }
 
+/// Which of the roles the migrations create a login user joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// `fiberstack_writer`: the ETL and the ingest service.
+    Writer,
+    /// `fiberstack_reader`: Grafana, the read API, the operator.
+    Reader,
+}
+
+impl Grant {
+    fn role(self) -> &'static str {
+        match self {
+            Grant::Writer => "fiberstack_writer",
+            Grant::Reader => "fiberstack_reader",
+        }
+    }
+}
+
+/// Creates login user `user` as a member of `grant`'s role, or sets its password and
+/// membership when it exists, so a deployment can hand each component a user with only the
+/// rights it needs. The password travels as a bound parameter, never inside SQL text.
+pub async fn ensure_login(
+    pool: &PgPool,
+    user: &str,
+    password: &str,
+    grant: Grant,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select set_config('fiberstack.login_user', $1, true), set_config('fiberstack.login_password', $2, true), set_config('fiberstack.login_role', $3, true)")
+        .bind(user)
+        .bind(password)
+        .bind(grant.role())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "do $login$
+         declare
+             u text := current_setting('fiberstack.login_user');
+             p text := current_setting('fiberstack.login_password');
+             r text := current_setting('fiberstack.login_role');
+         begin
+             if exists (select 1 from pg_roles where rolname = u) then
+                 execute format('alter role %I login password %L', u, p);
+             else
+                 execute format('create role %I login password %L', u, p);
+             end if;
+             execute format('grant %I to %I', r, u);
+         end
+         $login$",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
 async fn applied_versions(pool: &PgPool) -> Result<BTreeSet<i64>, sqlx::Error> {
     let exists: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
         .fetch_one(pool)

@@ -6,7 +6,8 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::{
-    MIGRATOR, Retention, StorageMode, current_retention, migrate, set_retention,
+    Grant, MIGRATOR, Retention, StorageMode, current_retention, ensure_login, migrate,
+    set_retention,
 };
 use fiberstack_e2e::{LocalEnv, unique_name};
 use sqlx::{Executor, PgPool};
@@ -481,4 +482,79 @@ async fn plain_retention_follows_the_settings() -> Result<()> {
         ["2 days", "30 days", "365 days"]
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn login_users_get_exactly_their_roles_rights() -> Result<()> {
+    let url = fresh_postgres_database().await?;
+    let admin = pool(&url, None).await?;
+    migrate(&admin).await?;
+    let reader = unique_name("fs_reader").replace('-', "_");
+    let writer = unique_name("fs_writer").replace('-', "_");
+    let as_user = |user: &str, password: &str| {
+        let mut parsed = url::Url::parse(&url).unwrap();
+        parsed.set_username(user).unwrap();
+        parsed.set_password(Some(password)).unwrap();
+        parsed.to_string()
+    };
+    let outcome = async {
+        ensure_login(&admin, &reader, "first 'pass\\word", Grant::Reader).await?;
+        // Again, with another password: updated, not duplicated.
+        ensure_login(&admin, &reader, "second-password", Grant::Reader).await?;
+        ensure_login(&admin, &writer, "writer-password", Grant::Writer).await?;
+
+        let read = pool(&as_user(&reader, "second-password"), None).await?;
+        let count: i64 = sqlx::query_scalar("select count(*) from metrics")
+            .fetch_one(&read)
+            .await?;
+        assert_eq!(count, 0);
+        let refused = sqlx::raw_sql(
+            "insert into metrics (time, node, probe, region, target, kind, up)
+             values (now(), 'n', 'ns/p', 'r', 't', 'tcp', true)",
+        )
+        .execute(&read)
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains("permission denied"), "{refused}");
+        read.close().await;
+        assert!(
+            DbConfig::new(as_user(&reader, "first 'pass\\word"))
+                .connect()
+                .await
+                .is_err(),
+            "the old password no longer works"
+        );
+
+        let write = pool(&as_user(&writer, "writer-password"), None).await?;
+        sqlx::raw_sql(
+            "insert into metrics (time, node, probe, region, target, kind, up)
+             values (now(), 'n', 'ns/p', 'r', 't', 'tcp', true)",
+        )
+        .execute(&write)
+        .await?;
+        let dropped = sqlx::raw_sql("drop table metrics").execute(&write).await;
+        assert!(dropped.is_err(), "the writer cannot drop tables");
+        write.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    admin.close().await;
+    // Roles are cluster-wide: drop them with the database.
+    let env = LocalEnv::load()?;
+    let server = pool(&env.database_url, None).await?;
+    let database = url::Url::parse(&url)?
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    for statement in [
+        format!("drop database {database} with (force)"),
+        format!("drop role {reader}"),
+        format!("drop role {writer}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&server)
+            .await?;
+    }
+    outcome
 }
