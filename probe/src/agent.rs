@@ -57,7 +57,8 @@ impl Sink for BufferSink {
     }
 }
 
-fn warn_if_icmp_not_permitted(settings: &Settings) {
+/// Logs, with the remedy, when the configuration has ICMP targets this process may not probe.
+pub fn warn_if_icmp_not_permitted(settings: &Settings) {
     let has_icmp = settings
         .config
         .targets
@@ -179,6 +180,7 @@ pub async fn run(
 
 /// `fiber-probe once`: every target once, at the same time; the samples in target order.
 pub async fn once(settings: &Settings) -> Vec<Sample> {
+    warn_if_icmp_not_permitted(settings);
     let ctx = CheckContext::new(settings.config.timeout.as_std());
     let mut set = JoinSet::new();
     for (i, target) in settings.config.targets.iter().enumerate() {

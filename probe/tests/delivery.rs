@@ -400,3 +400,27 @@ async fn config_change_is_picked_up_without_restart() {
         "the old target stopped when the new one started"
     );
 }
+
+#[tokio::test]
+async fn sigterm_with_ingest_down_exits_and_keeps_the_samples() {
+    let scratch = Scratch::new("sigterm");
+    let (target, _t) = tcp_target().await;
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let config = scratch.path("probe.yaml");
+    let buf = scratch.path("buf");
+    std::fs::write(
+        &config,
+        tcp_config("n1", &["a", "b"], target, &[url], &buf, ""),
+    )
+    .unwrap();
+    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(probe.terminate().success(), "SIGTERM exits 0");
+    let log = probe.log_text();
+    assert!(
+        log.contains("stopping with samples still buffered"),
+        "{log}"
+    );
+    let b = Buffer::open(&buf, 4 << 20, std::sync::Arc::new(Stats::default())).unwrap();
+    assert!(b.pending() >= 4, "{} samples kept", b.pending());
+}

@@ -152,3 +152,27 @@ fn measured_loss_matches_the_injected_loss_and_silence_is_told_apart() {
         "{syn:?}"
     );
 }
+
+#[test]
+fn icmp_not_permitted_is_said_clearly_with_the_remedy() {
+    let ns = Netns::new();
+    // Back to the kernel's default: no group may open ping sockets, not even root's.
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=1 0"]);
+    let scratch = Scratch::new("netns-denied");
+    let config = scratch.path("probe.yaml");
+    std::fs::write(
+        &config,
+        "node: n1\nprobe: t/p\nregion: r\ncountry: GH\ninterval: 10s\ntimeout: 1s\ningest: { urls: [\"http://127.0.0.1:1\"] }\ntargets:\n  - { name: ping, icmp: { host: 127.0.0.1, count: 1 } }\n",
+    )
+    .unwrap();
+    let out = ns.exec(&[binary(), "once", "--config", config.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("unprivileged ICMP is not permitted")
+            && log.contains("sysctl -w net.ipv4.ping_group_range"),
+        "{log}"
+    );
+    let s: Sample = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert!(!s.up);
+    assert!(s.error.unwrap().contains("ping_group_range"));
+}

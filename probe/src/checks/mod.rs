@@ -43,11 +43,13 @@ pub async fn run(target: &Target, ctx: &CheckContext) -> Sample {
             return s;
         }
     };
+    // Boxed: a round's state lives on the heap only while the round runs, so a thousand
+    // idle targets cost a thousand small tasks, not a thousand HTTP-sized futures.
     let mut sample = match check {
-        Check::Icmp(c) => icmp::run(c, ctx.timeout).await,
-        Check::Tcp(c) => tcp::run(c, ctx.timeout).await,
-        Check::Http(c) => http::run(c, ctx).await,
-        Check::Dns(c) => dns::run(c, ctx.timeout).await,
+        Check::Icmp(c) => Box::pin(icmp::run(c, ctx.timeout)).await,
+        Check::Tcp(c) => Box::pin(tcp::run(c, ctx.timeout)).await,
+        Check::Http(c) => Box::pin(http::run(c, ctx)).await,
+        Check::Dns(c) => Box::pin(dns::run(c, ctx.timeout)).await,
     };
     sample.time = time;
     sample.target = target.name.clone();
