@@ -2,6 +2,7 @@
 //! and the metrics endpoint wired together, and the orderly stop on SIGTERM.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ impl AgentOptions {
 /// Writes each sample to the buffer and wakes the delivery.
 struct BufferSink {
     buffer: Arc<Mutex<Buffer>>,
+    /// `ingest.batchMaxSamples` of the running configuration.
+    batch_max: Arc<AtomicUsize>,
     appended: Arc<Notify>,
     stats: Arc<Stats>,
 }
@@ -48,12 +51,20 @@ struct BufferSink {
 impl Sink for BufferSink {
     fn record(&self, sample: Sample) {
         self.stats.check_done(sample.kind, sample.up);
-        if let Err(e) = self.buffer.lock().expect("buffer lock").append(&sample) {
-            // Counted as dropped: nothing else can be done with it.
-            self.stats.dropped(crate::metrics::DropReason::Corrupt, 1);
-            tracing::error!(error = %e, kind = e.kind(), target = %sample.target, "cannot write a sample to the buffer; it is lost");
+        let pending = {
+            let mut buffer = self.buffer.lock().expect("buffer lock");
+            if let Err(e) = buffer.append(&sample) {
+                // Counted as dropped: nothing else can be done with it.
+                self.stats.dropped(crate::metrics::DropReason::Corrupt, 1);
+                tracing::error!(error = %e, kind = e.kind(), target = %sample.target, "cannot write a sample to the buffer; it is lost");
+            }
+            buffer.pending()
+        };
+        // The delivery only needs waking for the first sample of a batch (to start its
+        // batchMaxDelay clock) and for a full batch; not for every sample in between.
+        if pending == 1 || pending >= self.batch_max.load(Ordering::Relaxed) as u64 {
+            self.appended.notify_one();
         }
-        self.appended.notify_one();
     }
 }
 
@@ -116,7 +127,15 @@ pub async fn run(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Err(e) = buffer.lock().expect("buffer lock").sync() {
+                let file = buffer.lock().expect("buffer lock").take_unsynced();
+                let synced = match file {
+                    Ok(Some(f)) => tokio::task::spawn_blocking(move || f.sync_data())
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(std::io::Error::other(e)),
+                };
+                if let Err(e) = synced {
                     tracing::error!(error = %e, "cannot sync the buffer to disk");
                 }
             }
@@ -130,8 +149,12 @@ pub async fn run(
     );
     let delivery = tokio::spawn(deliverer.run(stop_rx, options.flush_for));
 
+    let batch_max = Arc::new(AtomicUsize::new(
+        settings_rx.borrow().config.ingest.batch_max_samples,
+    ));
     let sink: Arc<dyn Sink> = Arc::new(BufferSink {
         buffer: buffer.clone(),
+        batch_max: batch_max.clone(),
         appended,
         stats: stats.clone(),
     });
@@ -160,6 +183,7 @@ pub async fn run(
                     tracing::warn!("buffer settings changed; they take effect at the next restart");
                 }
                 warn_if_icmp_not_permitted(&new);
+                batch_max.store(new.config.ingest.batch_max_samples, Ordering::Relaxed);
                 // Rounds in flight are abandoned: a target may have been removed or changed.
                 rounds.abort_all();
                 start_rounds(&mut rounds, &new);

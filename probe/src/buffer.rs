@@ -345,6 +345,19 @@ impl Buffer {
         Ok(())
     }
 
+    /// A handle to sync the current segment with off the async thread (an `fdatasync` can
+    /// take milliseconds on a busy disk, which would delay every measurement in flight);
+    /// `None` when nothing was written since the last one.
+    pub fn take_unsynced(&mut self) -> Result<Option<File>, BufferError> {
+        if !self.unsynced {
+            return Ok(None);
+        }
+        let path = segment_path(&self.dir, self.segments.back().expect("never empty").id);
+        let file = self.writer.try_clone().map_err(io_err(&path))?;
+        self.unsynced = false;
+        Ok(Some(file))
+    }
+
     /// Reads up to `max` samples from the cursor on, without moving it.
     pub fn peek(&self, max: usize) -> Result<Pending, BufferError> {
         let mut samples = Vec::new();

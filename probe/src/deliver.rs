@@ -164,11 +164,17 @@ impl Deliverer {
             }
             match self.send_one(&settings, None).await {
                 Ok(()) => {
-                    // What is left is at least as old as what was sent: keep `since`, so a
-                    // backlog drains at once.
-                    if self.pending() == 0 {
-                        oldest_since = None;
-                    }
+                    // A full batch left: a backlog drains at once. Less than one: mostly
+                    // samples that came in during the send, which start a new batch rather
+                    // than leave in a small POST of their own.
+                    let left = self.pending();
+                    oldest_since = if left == 0 {
+                        None
+                    } else if left as usize >= ingest.batch_max_samples {
+                        Some(since)
+                    } else {
+                        Some(Instant::now())
+                    };
                 }
                 Err(wait_until) => {
                     tokio::select! {
