@@ -176,3 +176,51 @@ fn icmp_not_permitted_is_said_clearly_with_the_remedy() {
     assert!(!s.up);
     assert!(s.error.unwrap().contains("ping_group_range"));
 }
+
+#[test]
+fn duplicated_replies_are_counted_apart_not_as_received() {
+    let ns = Netns::new();
+    // Every echo reply leaves twice.
+    ns.exec(&["nft", "add", "table", "ip", "t"]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "t",
+        "out",
+        "{ type filter hook output priority 0; }",
+    ]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "t",
+        "out",
+        "icmp",
+        "type",
+        "echo-reply",
+        "dup",
+        "to",
+        "127.0.0.1",
+        "device",
+        "lo",
+    ]);
+    let scratch = Scratch::new("netns-dup");
+    let config = scratch.path("probe.yaml");
+    std::fs::write(
+        &config,
+        "node: n1\nprobe: t/p\nregion: r\ncountry: GH\ninterval: 10s\ntimeout: 1s\ningest: { urls: [\"http://127.0.0.1:1\"] }\ntargets:\n  - { name: ping, icmp: { host: 127.0.0.1, count: 10, spacing: 20ms } }\n",
+    )
+    .unwrap();
+    let out = ns.exec(&[binary(), "once", "--config", config.to_str().unwrap()]);
+    let s: Sample = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    s.validate(chrono::Utc::now()).unwrap();
+    assert_eq!((s.sent, s.received), (Some(10), Some(10)), "{s:?}");
+    assert_eq!(s.packet_loss, Some(0.0));
+    // The round ends at the last first reply, so the last duplicate may come too late to
+    // be seen.
+    let dups = s.metadata["duplicates"].as_u64().unwrap();
+    assert!((9..=10).contains(&dups), "{s:?}");
+}
