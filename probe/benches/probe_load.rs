@@ -13,6 +13,15 @@
 //! Run: `cargo bench -p fiber-probe` (as root: it sets net.ipv4.ping_group_range and uses
 //! `ip netns`). `PROBE_BENCH_SECS=30` shortens part 1; `PROBE_BENCH_KINDS=icmp,tcp` limits it
 //! to some kinds (still 1,000 targets); `PROBE_BENCH_SKIP_ICMP=1` skips part 2.
+//!
+//! Measured 2026-11-23 on 2 shared vCPUs with a load average of about 6 (other builds):
+//! part 1, 120 s: VmHWM 8.2 MiB, CPU 3.39 % of one core (user 1.32 %, system 2.07 %),
+//! 100.0 samples/s delivered, none down; part 2: 57,800 echoes per CPU-second, 29.71 %
+//! loss measured for 30 % injected. 1,000 targets at 10 s is 100 rounds/s, about 340 µs of
+//! CPU per round, two thirds of it in the kernel, which on loopback includes the targets'
+//! side of every exchange (a SYN's SYN-ACK, the echo reply, the DNS answer are processed in
+//! the probe's system calls). A profile of the DNS-only run: 60 % in system calls, of which
+//! about a third is the per-round socket's life (socket, bind, epoll_ctl, close).
 
 #[path = "../tests/support/mod.rs"]
 mod support;

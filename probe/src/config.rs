@@ -232,5 +232,6 @@ mod tests {
         assert_eq!(s.token().unwrap().as_deref(), Some("abc"));
         std::fs::remove_file(&file).unwrap();
         assert_eq!(s.token().unwrap_err().kind(), "token");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
