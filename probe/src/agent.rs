@@ -168,7 +168,9 @@ pub async fn run(
             sink.clone(),
         );
     };
-    let current = settings_rx.borrow_and_update().clone();
+    let mut current = settings_rx.borrow_and_update().clone();
+    // The buffer is opened once; a changed buffer section waits for the next start.
+    let running_buffer = current.config.buffer.clone();
     start_rounds(&mut rounds, &current);
     tokio::pin!(stop);
     loop {
@@ -179,14 +181,22 @@ pub async fn run(
                     continue;
                 }
                 let new = settings_rx.borrow_and_update().clone();
-                if new.config.buffer != current.config.buffer {
+                if new.config.buffer != running_buffer {
                     tracing::warn!("buffer settings changed; they take effect at the next restart");
                 }
-                warn_if_icmp_not_permitted(&new);
                 batch_max.store(new.config.ingest.batch_max_samples, Ordering::Relaxed);
-                // Rounds in flight are abandoned: a target may have been removed or changed.
-                rounds.abort_all();
-                start_rounds(&mut rounds, &new);
+                let schedule_changed = new.config.targets != current.config.targets
+                    || new.config.interval != current.config.interval
+                    || new.config.timeout != current.config.timeout;
+                if schedule_changed {
+                    warn_if_icmp_not_permitted(&new);
+                    // Rounds in flight are abandoned: their target may be gone or changed.
+                    rounds.abort_all();
+                    start_rounds(&mut rounds, &new);
+                }
+                // Ingest settings and the envelope (node, region, …) are read by the delivery
+                // at each batch: nothing to restart for them.
+                current = new;
             }
         }
     }

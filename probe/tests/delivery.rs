@@ -424,3 +424,51 @@ async fn sigterm_with_ingest_down_exits_and_keeps_the_samples() {
     let b = Buffer::open(&buf, 4 << 20, std::sync::Arc::new(Stats::default())).unwrap();
     assert!(b.pending() >= 4, "{} samples kept", b.pending());
 }
+
+#[tokio::test]
+async fn ingest_url_change_is_applied_without_disturbing_the_rounds() {
+    let scratch = Scratch::new("reload-url");
+    let (target, _t) = tcp_target().await;
+    let first = Receiver::start().await;
+    let second = Receiver::start().await;
+    let config = scratch.path("probe.yaml");
+    let write = |url: String| {
+        let tmp = scratch.path("probe.yaml.tmp");
+        std::fs::write(
+            &tmp,
+            tcp_config("n1", &["a"], target, &[url], &scratch.path("buf"), ""),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    write(first.url());
+    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    wait_for(
+        "samples at the first receiver",
+        Duration::from_secs(20),
+        || (first.keys().len() >= 2).then_some(()),
+    )
+    .await;
+    write(second.url());
+    wait_for(
+        "samples at the second receiver",
+        Duration::from_secs(30),
+        || (second.keys().len() >= 3).then_some(()),
+    )
+    .await;
+    assert!(probe.terminate().success());
+    let mut all = first.keys();
+    all.extend(second.keys());
+    assert!(all.values().all(|n| *n == 1));
+    assert_no_gaps(&all, INTERVAL, 0);
+    // The schedule kept its phase: a restarted schedule would draw a new offset and put two
+    // rounds closer than an interval.
+    let times = &times_by_target(&all)["a"];
+    for w in times.windows(2) {
+        let gap = (w[1] - w[0]).to_std().unwrap();
+        assert!(
+            gap >= Duration::from_millis(900),
+            "rounds {gap:?} apart: {times:?}"
+        );
+    }
+}
