@@ -543,6 +543,31 @@ mod tests {
     }
 
     #[test]
+    fn an_acknowledgement_for_samples_dropped_meanwhile_changes_nothing() {
+        let d = dir("ack-dropped");
+        let stats = Arc::new(Stats::default());
+        let mut b = Buffer::open(&d, 1 << 20, stats.clone()).unwrap();
+        b.append(&sample(0)).unwrap();
+        // A batch is in flight while the outage fills the buffer past its bound.
+        let in_flight = b.peek(10).unwrap();
+        let mut i = 1;
+        while stats.dropped_total(DropReason::BufferFull) == 0 {
+            b.append(&sample(i)).unwrap();
+            i += 1;
+        }
+        let pending = b.pending();
+        let head = b.peek(1).unwrap().samples[0].target.clone();
+        b.ack(in_flight.end).unwrap();
+        assert_eq!(
+            b.pending(),
+            pending,
+            "the late 202 must not acknowledge newer samples"
+        );
+        assert_eq!(b.peek(1).unwrap().samples[0].target, head);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn full_buffer_drops_oldest_first_and_counts_every_sample() {
         let d = dir("full");
         let stats = Arc::new(Stats::default());
