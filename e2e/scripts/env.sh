@@ -54,6 +54,7 @@ install_packages() {
   command -v psql >/dev/null || missing+=(postgresql-client-15)
   command -v runuser >/dev/null || missing+=(util-linux)
   command -v node >/dev/null || missing+=(nodejs npm)
+  command -v nft >/dev/null || missing+=(nftables)
   if ((${#missing[@]})); then
     local start=$SECONDS
     log "installing Debian packages: ${missing[*]}"
@@ -424,6 +425,8 @@ up() {
   # PostgreSQL runs as the postgres user: it must be able to reach its data directory.
   chmod 755 "$ENV_DIR"
   install_packages
+  # fiber-probe's ICMP tests use unprivileged ping sockets (as the probe does in its pod).
+  sysctl -qw net.ipv4.ping_group_range="0 2147483647" || log "cannot set net.ipv4.ping_group_range; ICMP tests will fail"
   install_npm
   install_binaries
   make_pki

@@ -1,0 +1,435 @@
+//! Delivery: batches from the disk buffer to `POST /api/v1/samples`, gzip, bearer token.
+//!
+//! A batch leaves once `batchMaxSamples` are waiting or its oldest sample has waited
+//! `batchMaxDelay`. The URLs are tried in order (regional first, then fallbacks). A URL that
+//! failed is left alone until its own time to retry: the `Retry-After` it sent with 429/503,
+//! else an exponential backoff with full jitter (AWS's "full jitter": a uniform wait between
+//! zero and the capped exponential, which spreads a fleet's retries after an outage). Only a
+//! 202 moves the buffer's cursor; the samples it names as rejected are dropped and counted,
+//! never sent again. 400 and 401 are configuration or data errors: logged loudly and
+//! retried only at the longest backoff, so a fixed token or configuration is picked up
+//! without a restart and nothing spins.
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fiberstack_model::{Batch, Rejection};
+use http_body_util::Full;
+use serde::Deserialize;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::buffer::{Buffer, Pending};
+use crate::config::Settings;
+use crate::metrics::{DropReason, Stats};
+
+/// First backoff step; doubled per consecutive failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The longest `Retry-After` obeyed; a server asking for more is retried after this.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+/// Longest a single POST may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The ingest path appended to a bare base URL.
+pub const SAMPLES_PATH: &str = "/api/v1/samples";
+
+/// The 202 body.
+#[derive(Debug, Deserialize)]
+struct Accepted {
+    #[serde(default)]
+    accepted: u64,
+    #[serde(default)]
+    rejected: Vec<Rejection>,
+}
+
+/// The endpoint for a configured URL: a base URL gets [`SAMPLES_PATH`]; a URL with a path is
+/// used as it is.
+pub fn endpoint(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) if u.path() == "/" || u.path().is_empty() => {
+            format!("{}{SAMPLES_PATH}", url.trim_end_matches('/'))
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A wait from 0 to `min(BACKOFF_MAX, BACKOFF_BASE · 2^failures)`.
+pub fn full_jitter(failures: u32) -> Duration {
+    let cap = BACKOFF_BASE
+        .saturating_mul(1u32 << failures.min(16))
+        .min(BACKOFF_MAX);
+    cap.mul_f64(fastrand::f64())
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by fiber-ingest; it falls back
+/// to the backoff).
+fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(hyper::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(RETRY_AFTER_MAX))
+}
+
+fn gzip(json: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(json.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder
+        .write_all(json)
+        .expect("writing to a Vec cannot fail");
+    encoder.finish().expect("writing to a Vec cannot fail")
+}
+
+/// What one attempt at one URL came to.
+enum Outcome {
+    Accepted(Accepted),
+    /// Try this URL again no earlier than after the wait.
+    RetryAfter(Duration),
+    /// Failed; retry after the backoff (or the longest backoff when `config_error`).
+    Failed {
+        config_error: bool,
+    },
+}
+
+/// Moves samples from the buffer to the ingest service until told to stop.
+pub struct Deliverer {
+    buffer: Arc<Mutex<Buffer>>,
+    settings: watch::Receiver<Arc<Settings>>,
+    stats: Arc<Stats>,
+    /// Signalled on every append to the buffer.
+    appended: Arc<Notify>,
+    tls: Arc<rustls::ClientConfig>,
+    failures: u32,
+    next_try: Vec<Instant>,
+}
+
+impl Deliverer {
+    pub fn new(
+        buffer: Arc<Mutex<Buffer>>,
+        settings: watch::Receiver<Arc<Settings>>,
+        stats: Arc<Stats>,
+        appended: Arc<Notify>,
+    ) -> Self {
+        Self {
+            buffer,
+            settings,
+            stats,
+            appended,
+            tls: crate::connect::tls_config(),
+            failures: 0,
+            next_try: Vec::new(),
+        }
+    }
+
+    fn pending(&self) -> u64 {
+        self.buffer.lock().expect("buffer lock").pending()
+    }
+
+    /// Runs until `stop` turns true, then tries for at most `flush_for` to send what is
+    /// left, and returns. What is not accepted by then stays in the buffer.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>, flush_for: Duration) {
+        let mut oldest_since: Option<Instant> = None;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let settings = self.settings.borrow().clone();
+            let ingest = &settings.config.ingest;
+            let pending = self.pending();
+            if pending == 0 {
+                oldest_since = None;
+                tokio::select! {
+                    _ = self.appended.notified() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            let since = *oldest_since.get_or_insert_with(Instant::now);
+            let due = since + ingest.batch_max_delay.as_std();
+            if (pending as usize) < ingest.batch_max_samples && Instant::now() < due {
+                tokio::select! {
+                    _ = self.appended.notified() => {}
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            match self.send_one(&settings, None).await {
+                Ok(()) => {
+                    // A full batch left: a backlog drains at once. Less than one: mostly
+                    // samples that came in during the send, which start a new batch rather
+                    // than leave in a small POST of their own.
+                    let left = self.pending();
+                    oldest_since = if left == 0 {
+                        None
+                    } else if left as usize >= ingest.batch_max_samples {
+                        Some(since)
+                    } else {
+                        Some(Instant::now())
+                    };
+                }
+                Err(wait_until) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(wait_until) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+        self.flush(flush_for).await;
+    }
+
+    async fn flush(&mut self, flush_for: Duration) {
+        let deadline = Instant::now() + flush_for;
+        // At shutdown every URL gets a chance, whatever its backoff said.
+        self.next_try.clear();
+        while self.pending() > 0 && Instant::now() < deadline {
+            let settings = self.settings.borrow().clone();
+            match self.send_one(&settings, Some(deadline)).await {
+                Ok(()) => {}
+                Err(wait_until) => {
+                    if wait_until >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(wait_until).await;
+                }
+            }
+        }
+        let left = self.pending();
+        if left > 0 {
+            tracing::info!(
+                samples = left,
+                "stopping with samples still buffered; they are sent after the next start"
+            );
+        }
+    }
+
+    /// Sends one batch from the buffer's head. `Err` holds when to try again.
+    async fn send_one(
+        &mut self,
+        settings: &Settings,
+        deadline: Option<Instant>,
+    ) -> Result<(), Instant> {
+        let config = &settings.config;
+        let urls = &config.ingest.urls;
+        if self.next_try.len() != urls.len() {
+            self.next_try = vec![Instant::now(); urls.len()];
+        }
+        let pending: Pending = match self
+            .buffer
+            .lock()
+            .expect("buffer lock")
+            .peek(config.ingest.batch_max_samples)
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, kind = e.kind(), "cannot read the buffer");
+                return Err(Instant::now() + BACKOFF_MAX);
+            }
+        };
+        if pending.samples.is_empty() {
+            // Only corrupt records were left; move past them.
+            let _ = self.buffer.lock().expect("buffer lock").ack(pending.end);
+            return Ok(());
+        }
+        let count = pending.samples.len();
+        let batch = Batch {
+            probe: config.probe.clone(),
+            region: config.region.clone(),
+            country: config.country.clone(),
+            node: config.node.clone(),
+            agent_version: crate::AGENT_VERSION.to_string(),
+            samples: pending.samples,
+        };
+        let json = serde_json::to_vec(&batch).expect("a batch always serializes");
+        drop(batch);
+        let body = Bytes::from(gzip(&json));
+        drop(json);
+        let token = match settings.token() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the ingest token; not sending");
+                return Err(Instant::now() + BACKOFF_MAX);
+            }
+        };
+        for (i, url) in urls.iter().enumerate() {
+            if self.next_try[i] > Instant::now() {
+                continue;
+            }
+            let timeout = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => REQUEST_TIMEOUT,
+            };
+            self.stats.push_attempts.fetch_add(1, Ordering::Relaxed);
+            match self
+                .post(url, body.clone(), token.as_deref(), timeout)
+                .await
+            {
+                Outcome::Accepted(answer) => {
+                    self.failures = 0;
+                    self.next_try[i] = Instant::now();
+                    let rejected = answer.rejected.len() as u64;
+                    if let Err(e) = self.buffer.lock().expect("buffer lock").ack(pending.end) {
+                        tracing::error!(error = %e, kind = e.kind(), "cannot move the buffer's cursor; the batch may be sent again");
+                    }
+                    self.stats
+                        .samples_delivered
+                        .fetch_add(answer.accepted, Ordering::Relaxed);
+                    if rejected > 0 {
+                        self.stats.dropped(DropReason::Rejected, rejected);
+                        for r in answer.rejected.iter().take(5) {
+                            tracing::warn!(index = r.index, error = %r.error, "the ingest service rejected a sample as invalid; dropped");
+                        }
+                        tracing::warn!(
+                            rejected,
+                            batch = count,
+                            "samples rejected as invalid and dropped (not retried)"
+                        );
+                    }
+                    tracing::debug!(
+                        url,
+                        samples = count,
+                        accepted = answer.accepted,
+                        "batch delivered"
+                    );
+                    return Ok(());
+                }
+                Outcome::RetryAfter(wait) => {
+                    self.stats.push_failures.fetch_add(1, Ordering::Relaxed);
+                    self.next_try[i] = Instant::now() + wait;
+                }
+                Outcome::Failed { config_error } => {
+                    self.stats.push_failures.fetch_add(1, Ordering::Relaxed);
+                    let wait = if config_error {
+                        BACKOFF_MAX
+                    } else {
+                        full_jitter(self.failures)
+                    };
+                    self.next_try[i] = Instant::now() + wait;
+                }
+            }
+        }
+        self.failures = self.failures.saturating_add(1);
+        Err(self
+            .next_try
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + BACKOFF_MAX))
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        body: Bytes,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Outcome {
+        let endpoint = endpoint(url);
+        let mut request = hyper::Request::post(&endpoint)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .header(
+                "user-agent",
+                concat!("fiber-probe/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        let request = match request.body(Full::new(body)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(url, error = %e, "ingest URL or token cannot form a request");
+                return Outcome::Failed { config_error: true };
+            }
+        };
+        let response = match crate::connect::send(request, &self.tls, timeout, 64 << 10).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(url, error = %e, kind = e.kind(), "ingest unreachable");
+                return Outcome::Failed {
+                    config_error: false,
+                };
+            }
+        };
+        let text = || {
+            String::from_utf8_lossy(&response.body)
+                .chars()
+                .take(500)
+                .collect::<String>()
+        };
+        match response.status {
+            202 | 200 => match serde_json::from_slice::<Accepted>(&response.body) {
+                Ok(a) => Outcome::Accepted(a),
+                Err(e) => {
+                    tracing::warn!(url, error = %e, body = %text(), "ingest answered 202 with a body that is not the contract's; treating every sample as accepted");
+                    Outcome::Accepted(Accepted {
+                        accepted: 0,
+                        rejected: Vec::new(),
+                    })
+                }
+            },
+            429 | 503 => {
+                let wait =
+                    retry_after(&response.headers).unwrap_or_else(|| full_jitter(self.failures));
+                tracing::warn!(
+                    url,
+                    status = response.status,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "ingest asks to retry later"
+                );
+                Outcome::RetryAfter(wait)
+            }
+            401 | 403 => {
+                tracing::error!(url, status = response.status, body = %text(), "ingest refused the token: check FIBER_TOKEN / FIBER_TOKEN_FILE / ingest.tokenFile; retrying every minute");
+                Outcome::Failed { config_error: true }
+            }
+            400 | 413 | 404 => {
+                tracing::error!(url, status = response.status, body = %text(), "ingest refused the batch as a whole (configuration: probe/region/country/node, or the URL); retrying every minute");
+                Outcome::Failed { config_error: true }
+            }
+            status => {
+                tracing::warn!(url, status, body = %text(), "ingest failed");
+                Outcome::Failed {
+                    config_error: false,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(endpoint("http://i:8080"), "http://i:8080/api/v1/samples");
+        assert_eq!(endpoint("http://i:8080/"), "http://i:8080/api/v1/samples");
+        assert_eq!(endpoint("https://i/custom/path"), "https://i/custom/path");
+    }
+
+    #[test]
+    fn full_jitter_stays_under_its_cap() {
+        for failures in 0..40 {
+            let cap = BACKOFF_BASE
+                .saturating_mul(1 << failures.min(16))
+                .min(BACKOFF_MAX);
+            for _ in 0..50 {
+                assert!(full_jitter(failures) <= cap);
+            }
+        }
+        // Spread, not a constant: 200 draws under a 60 s cap are not all alike.
+        let draws: std::collections::HashSet<u128> =
+            (0..200).map(|_| full_jitter(20).as_millis()).collect();
+        assert!(draws.len() > 100);
+    }
+}
