@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
     name = "fiber-probe",
     version,
     about = "FiberStack's probe agent: measures ICMP, TCP, HTTP(S) and DNS targets once per interval and delivers every sample to fiber-ingest through a disk buffer that survives restarts and outages.",
-    after_help = "Environment overrides of the configuration file: NODE_NAME (node), FIBER_INGEST_URL (ingest.urls, comma-separated, tried in order), FIBER_TOKEN (the bearer token itself) or FIBER_TOKEN_FILE (ingest.tokenFile), FIBER_BUFFER_DIR (buffer.dir). Logs are JSON on stderr; RUST_LOG sets the level (default info). Unprivileged ICMP needs net.ipv4.ping_group_range to include the process's group."
+    after_help = "Environment overrides of the configuration file: NODE_NAME (node), FIBER_INGEST_URL (ingest.urls, comma-separated, tried in order), FIBER_TOKEN (the bearer token itself) or FIBER_TOKEN_FILE (ingest.tokenFile), FIBER_BUFFER_DIR (buffer.dir). Logs are JSON on stderr; FIBER_LOG sets the level (default info), as for every FiberStack binary. Unprivileged ICMP needs net.ipv4.ping_group_range to include the process's group."
 )]
 struct Cli {
     /// The ProbeConfig YAML (DESIGN.md §3). Re-read every few seconds; a valid change is
@@ -42,7 +42,7 @@ fn init_logs() {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            tracing_subscriber::EnvFilter::try_from_env("FIBER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
