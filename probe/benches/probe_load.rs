@@ -119,7 +119,7 @@ async fn load(secs: u64) {
     }
     let config = scratch.path("probe.yaml");
     std::fs::write(&config, text).unwrap();
-    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[("RUST_LOG", "warn")]);
+    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[("FIBER_LOG", "warn")]);
     let pid = probe.child.id();
     tokio::time::sleep(Duration::from_secs(15)).await;
     let cpu0 = cpu_seconds(pid);

@@ -258,7 +258,7 @@ impl ProbeProcess {
         cmd.arg("--config")
             .arg(config)
             .env("FIBER_TOKEN", TOKEN)
-            .env("RUST_LOG", "info")
+            .env("FIBER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(out);
         for (k, v) in env {
