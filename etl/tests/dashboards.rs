@@ -7,13 +7,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use anyhow::{Context, Result, bail, ensure};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use common::TimescaleSchema;
 use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::{StorageMode, migrate};
-use fiberstack_e2e::{LocalEnv, unique_name};
+use fiberstack_e2e::LocalEnv;
 use serde_json::Value;
-use sqlx::{Executor, PgPool};
+use sqlx::PgPool;
 
 fn dashboards_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/fiberstack/dashboards")
@@ -511,36 +514,18 @@ async fn every_panel_runs_on_plain_postgres() -> Result<()> {
 
 #[tokio::test]
 async fn every_panel_runs_on_timescaledb() -> Result<()> {
-    let env = LocalEnv::load()?;
-    let single = |schema: Option<String>| DbConfig {
-        schema,
-        max_connections: 1,
-        ..DbConfig::new(&env.timescale_url)
-    };
-    // The extension lives in `public` (see tests/migrate.rs: PGlite cannot load it twice).
-    single(None)
-        .connect()
-        .await?
-        .execute("create extension if not exists timescaledb")
-        .await?;
-    let schema = unique_name("fs_dashboards").replace('-', "_");
-    let pool = single(Some(schema.clone())).connect().await?;
-    assert_eq!(migrate(&pool).await?.mode, StorageMode::TimescaleDb);
-    let now = Utc::now();
-    seed(&pool, now).await?;
-    refresh_rollups(&pool, StorageMode::TimescaleDb, now).await?;
-    let outcome = run_every_query(&pool, true).await;
-
-    // Clean up before judging: a hypertable cannot go in a schema's cascade.
-    sqlx::raw_sql("drop materialized view if exists metrics_hourly, metrics_daily cascade")
-        .execute(&pool)
-        .await?;
-    sqlx::raw_sql("drop table if exists metrics")
-        .execute(&pool)
-        .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema {schema} cascade")))
-        .execute(&pool)
-        .await?;
+    let schema = TimescaleSchema::create("fs_dashboards").await?;
+    let outcome = async {
+        let pool = &schema.pool;
+        assert_eq!(migrate(pool).await?.mode, StorageMode::TimescaleDb);
+        let now = Utc::now();
+        seed(pool, now).await?;
+        refresh_rollups(pool, StorageMode::TimescaleDb, now).await?;
+        run_every_query(pool, true).await
+    }
+    .await;
+    // Clean up before judging.
+    schema.drop().await?;
     let ran = outcome?;
     assert!(ran.len() >= 30, "only {} queries ran: {ran:?}", ran.len());
     Ok(())

@@ -3,14 +3,17 @@
 
 use std::process::Command;
 
-use anyhow::{Context, Result};
+mod common;
+
+use anyhow::Result;
+use common::TimescaleSchema;
 use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::{
     Grant, MIGRATOR, Retention, StorageMode, current_retention, ensure_login, migrate,
     set_retention,
 };
 use fiberstack_e2e::{LocalEnv, unique_name};
-use sqlx::{Executor, PgPool};
+use sqlx::PgPool;
 
 /// A new, empty PostgreSQL database; returns its URL.
 async fn fresh_postgres_database() -> Result<String> {
@@ -223,20 +226,6 @@ async fn migrate_command_names_the_unreachable_database_without_its_password() -
     Ok(())
 }
 
-/// Drops a test schema holding a hypertable (TimescaleDB refuses to drop one in a cascade).
-async fn drop_timescale_schema(pool: &PgPool, schema: &str) -> Result<()> {
-    sqlx::raw_sql("drop materialized view if exists metrics_hourly, metrics_daily cascade")
-        .execute(pool)
-        .await?;
-    sqlx::raw_sql("drop table if exists metrics")
-        .execute(pool)
-        .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema {schema} cascade")))
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// TimescaleDB's policy jobs of this test's schema: (procedure, relation, period), with
 /// continuous aggregates named by their view.
 async fn policy_jobs(pool: &PgPool) -> Result<Vec<(String, String, String)>> {
@@ -267,16 +256,8 @@ async fn policy_jobs(pool: &PgPool) -> Result<Vec<(String, String, String)>> {
 
 #[tokio::test]
 async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<()> {
-    let env = LocalEnv::load()?;
-    // The extension goes to `public` first: created by the migration it would land in this
-    // test's schema and be dropped with it, and PGlite's single backend cannot load the
-    // extension's library a second time for the next test that creates it.
-    pool(&env.timescale_url, None)
-        .await?
-        .execute("create extension if not exists timescaledb")
-        .await?;
-    let schema = unique_name("fs_migrate").replace('-', "_");
-    let pool = pool(&env.timescale_url, Some(&schema)).await?;
+    let schema = TimescaleSchema::create("fs_migrate").await?;
+    let pool = schema.pool.clone();
     let first = migrate(&pool).await?;
     assert_eq!(first.mode, StorageMode::TimescaleDb);
     assert_eq!(first.applied, all_migrations());
@@ -368,9 +349,7 @@ async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<
         .await?;
     assert_eq!(inserted.rows_affected(), 0);
 
-    drop_timescale_schema(&pool, &schema)
-        .await
-        .context("cleaning up")?;
+    schema.drop().await?;
     Ok(())
 }
 

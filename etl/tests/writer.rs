@@ -1,14 +1,17 @@
 //! The database writer's two paths — binary COPY, and the conflict-tolerant UNNEST insert it
 //! falls back to when a sample was stored before — store exactly the same rows.
 
+mod common;
+
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
+use common::TimescaleSchema;
 use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::migrate;
 use fiber_etl::writer::{write, write_conflict_tolerant};
-use fiberstack_e2e::{LocalEnv, unique_name};
+use fiberstack_e2e::LocalEnv;
 use fiberstack_model::{Batch, CheckKind, Sample};
-use sqlx::{Executor, PgPool};
+use sqlx::PgPool;
 
 async fn fresh() -> Result<PgPool> {
     let url = LocalEnv::load()?
@@ -128,37 +131,17 @@ async fn a_partly_stored_write_falls_back_and_stores_the_rest_once() -> Result<(
 
 #[tokio::test]
 async fn copy_writes_into_the_timescaledb_hypertable() -> Result<()> {
-    let env = LocalEnv::load()?;
-    let single = |schema: Option<String>| DbConfig {
-        schema,
-        max_connections: 1,
-        ..DbConfig::new(&env.timescale_url)
-    };
-    // The extension lives in `public` (see tests/migrate.rs: PGlite cannot load it twice).
-    single(None)
-        .connect()
-        .await?
-        .execute("create extension if not exists timescaledb")
-        .await?;
-    let schema = unique_name("fs_writer").replace('-', "_");
-    let pool = single(Some(schema.clone())).connect().await?;
-    migrate(&pool).await?;
+    let schema = TimescaleSchema::create("fs_writer").await?;
     let outcome = async {
-        let written = write(&pool, &[batch("gh-accra-1", samples())], Utc::now()).await?;
-        let again = write(&pool, &[batch("gh-accra-1", samples())], Utc::now()).await?;
-        let stored = rows(&pool, "gh-accra-1").await?;
+        let pool = &schema.pool;
+        migrate(pool).await?;
+        let written = write(pool, &[batch("gh-accra-1", samples())], Utc::now()).await?;
+        let again = write(pool, &[batch("gh-accra-1", samples())], Utc::now()).await?;
+        let stored = rows(pool, "gh-accra-1").await?;
         anyhow::Ok((written.inserted, again.inserted, stored.len()))
     }
     .await;
-    sqlx::raw_sql("drop materialized view if exists metrics_hourly, metrics_daily cascade")
-        .execute(&pool)
-        .await?;
-    sqlx::raw_sql("drop table if exists metrics")
-        .execute(&pool)
-        .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema {schema} cascade")))
-        .execute(&pool)
-        .await?;
+    schema.drop().await?;
     assert_eq!(outcome?, (3, 0, 3));
     Ok(())
 }
