@@ -6,6 +6,14 @@
 //! server-side apply under one field manager, then compute status ([`status`],
 //! [`conditions`]).
 
+pub mod conditions;
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod error;
+pub mod lease;
+pub mod metrics;
 pub mod render;
+pub mod server;
+pub mod status;
+pub mod validate;

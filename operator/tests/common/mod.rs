@@ -96,3 +96,75 @@ pub fn region(name: &str) -> FiberRegion {
 pub fn probe(name: &str, region: &str) -> FiberProbe {
     serde_json::from_value(probe_json(name, region)).unwrap()
 }
+
+/// The controllers, in this process, watching one test namespace.
+pub struct Operator {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub fn images() -> fiberstack_operator::render::Images {
+    fiberstack_operator::render::Images {
+        ingest: "fiberstack/fiber-ingest:test".to_owned(),
+        etl: "fiberstack/fiber-etl:test".to_owned(),
+        probe: "fiberstack/fiber-probe:test".to_owned(),
+        pull_policy: "IfNotPresent".to_owned(),
+    }
+}
+
+impl Operator {
+    pub fn start(client: &Client, namespace: &str, db: Option<sqlx::PgPool>) -> Self {
+        let settings = fiberstack_operator::controller::Settings {
+            images: images(),
+            namespace: Some(namespace.to_owned()),
+            status_every: std::time::Duration::from_secs(2),
+            hysteresis: fiberstack_operator::conditions::Hysteresis {
+                evaluations: 2,
+                min_gap: std::time::Duration::from_secs(1),
+            },
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(fiberstack_operator::controller::run(
+            client.clone(),
+            settings,
+            db,
+            std::sync::Arc::new(fiberstack_operator::metrics::Metrics::default()),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.task).await;
+    }
+}
+
+/// Creates (or updates) an object from JSON with server-side apply, as `kubectl apply
+/// --server-side` would.
+pub async fn apply_json<K>(api: &Api<K>, value: &Value) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = value["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply("fiberstack-tests").force(),
+            &Patch::Apply(value),
+        )
+        .await?)
+}
+
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+pub const EVERY: std::time::Duration = std::time::Duration::from_millis(300);
