@@ -209,12 +209,14 @@ pub struct IcmpCheck {
     pub host: String,
     /// Echo requests per round.
     #[serde(default = "default_icmp_count")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 1, max = MAX_ICMP_COUNT)))]
     pub count: u32,
     /// Time between two echo requests of a round.
     #[serde(default = "default_icmp_spacing")]
     pub spacing: Duration,
     /// ICMP payload size in bytes.
     #[serde(default = "default_icmp_payload")]
+    #[cfg_attr(feature = "schemars", schemars(range(max = MAX_ICMP_PAYLOAD)))]
     pub payload_bytes: u32,
 }
 

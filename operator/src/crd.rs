@@ -97,7 +97,7 @@ pub struct RateLimit {
     pub per_probe_per_second: f64,
     /// Batches a node may send at once after being quiet. Default 50.
     #[serde(default = "default_burst")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub burst: u32,
 }
 

@@ -166,3 +166,13 @@ async fn an_empty_target_list_is_refused() -> Result<()> {
     assert_says(&e, &["spec.targets", "should have at least 1 items"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn numbers_the_operator_could_not_read_are_refused() -> Result<()> {
+    let e = refusal(|v| v["spec"]["targets"][0]["icmp"]["count"] = json!(4_294_967_296u64)).await?;
+    assert_says(
+        &e,
+        &["spec.targets[0].icmp.count", "less than or equal to 100"],
+    );
+    Ok(())
+}

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use kube::api::{Patch, PatchParams};
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -112,6 +113,67 @@ where
     Ok(())
 }
 
+/// An object the operator cannot read (stored under an older, laxer schema, say) is
+/// reported in its own status and left alone; the watch, and every other object, go on.
+async fn report_unreadable<K>(ctx: &Context, invalid: &InvalidObject) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = invalid
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let ns = invalid
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    tracing::warn!(name = %name, namespace = %ns, kind = %K::kind(&()), error = %invalid.error, "object cannot be read; skipping it");
+    let status = unreadable_status(invalid, chrono::Utc::now());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    ctx.api::<K>(&ns)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(Action::await_change())
+}
+
+/// The status of an unreadable object: Ready=False, reason InvalidObject, and the
+/// deserialization error, which names the field.
+pub fn unreadable_status(
+    invalid: &InvalidObject,
+    now: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let message = format!("the operator cannot read this object: {}", invalid.error);
+    let ready = crate::conditions::merge(
+        &[],
+        vec![crate::conditions::condition(
+            "Ready",
+            crate::conditions::FALSE,
+            "InvalidObject",
+            message,
+        )],
+        invalid.metadata.generation,
+        now,
+    );
+    serde_json::json!({
+        "observedGeneration": invalid.metadata.generation,
+        "conditions": ready,
+        "health": "InvalidSpec",
+    })
+}
+
 fn error_policy<K: Resource>(
     controller: &'static str,
 ) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
@@ -167,7 +229,7 @@ pub async fn run(
     // Probes: reconciled on their changes, their DaemonSet's, their region's, and every
     // `status_every`. A status write triggers one more reconcile, which finds nothing new
     // (health evaluations closer than the hysteresis gap count once), so it settles.
-    let probes = all_or_namespaced::<FiberProbe>(&client, ns.as_deref());
+    let probes = all_or_namespaced::<DeserializeGuard<FiberProbe>>(&client, ns.as_deref());
     let probe_controller = Controller::new(probes, watcher::Config::default().any_semantic());
     let store = probe_controller.store();
     let probe_controller = probe_controller
@@ -176,7 +238,7 @@ pub async fn run(
             managed("fiber-probe"),
         )
         .watches(
-            all_or_namespaced::<FiberRegion>(&client, ns.as_deref()),
+            all_or_namespaced::<DeserializeGuard<FiberRegion>>(&client, ns.as_deref()),
             watcher::Config::default(),
             move |region| {
                 let namespace = region.namespace();
@@ -184,7 +246,10 @@ pub async fn run(
                 store
                     .state()
                     .into_iter()
-                    .filter(|p| p.namespace() == namespace && p.spec.region == name)
+                    .filter(|p| {
+                        p.namespace() == namespace
+                            && p.0.as_ref().is_ok_and(|p| p.spec.region == name)
+                    })
                     .map(|p| ObjectRef::from_obj(&*p))
                     .collect::<Vec<_>>()
             },
@@ -194,7 +259,7 @@ pub async fn run(
         .for_each(|_| async {});
 
     let region_controller = Controller::new(
-        all_or_namespaced::<FiberRegion>(&client, ns.as_deref()),
+        all_or_namespaced::<DeserializeGuard<FiberRegion>>(&client, ns.as_deref()),
         watcher::Config::default().any_semantic(),
     )
     .owns(
@@ -211,4 +276,31 @@ pub async fn run(
         let _ = tx.send(());
     });
     futures::join!(probe_controller, region_controller);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_probe_is_kept_apart_and_its_status_says_why() {
+        // 2^32 echoes: a schema without the upper bound would have let this through.
+        let guard: DeserializeGuard<FiberProbe> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fiberstack.io/v1alpha1",
+            "kind": "FiberProbe",
+            "metadata": { "name": "old", "namespace": "ns", "generation": 4 },
+            "spec": {
+                "region": "ghana",
+                "targets": [{ "name": "x", "icmp": { "host": "8.8.8.8", "count": 4294967296u64 } }]
+            }
+        }))
+        .unwrap();
+        let invalid = guard.0.unwrap_err();
+        assert_eq!(invalid.metadata.name.as_deref(), Some("old"));
+        let status = unreadable_status(&invalid, chrono::Utc::now());
+        assert_eq!(status["conditions"][0]["reason"], "InvalidObject");
+        assert_eq!(status["observedGeneration"], 4);
+        let message = status["conditions"][0]["message"].as_str().unwrap();
+        assert!(message.contains("4294967296"), "{message}");
+    }
 }

@@ -8,6 +8,7 @@ use chrono::Utc;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams};
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -22,9 +23,16 @@ use crate::validate::validate_probe;
 
 const CONTROLLER: &str = "probe";
 
-pub async fn reconcile(probe: Arc<FiberProbe>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<FiberProbe>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let probe = match &guard.0 {
+        Ok(probe) => probe,
+        Err(invalid) => return super::report_unreadable::<FiberProbe>(&ctx, invalid).await,
+    };
     let started = Instant::now();
-    let result = reconcile_inner(&probe, &ctx).await;
+    let result = reconcile_inner(probe, &ctx).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     tracing::debug!(name = %probe.name_any(), namespace = %probe.namespace().unwrap_or_default(), took_ms = started.elapsed().as_millis() as u64, "reconciled probe");
     result

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, PostParams};
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
@@ -22,9 +23,16 @@ use crate::validate::validate_region;
 
 const CONTROLLER: &str = "region";
 
-pub async fn reconcile(region: Arc<FiberRegion>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<FiberRegion>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let region = match &guard.0 {
+        Ok(region) => region,
+        Err(invalid) => return super::report_unreadable::<FiberRegion>(&ctx, invalid).await,
+    };
     let started = Instant::now();
-    let result = reconcile_inner(&region, &ctx).await;
+    let result = reconcile_inner(region, &ctx).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     result
 }
