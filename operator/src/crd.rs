@@ -29,6 +29,7 @@ pub const GROUP: &str = "fiberstack.io";
     printcolumn = r#"{"name":"Country","type":"string","jsonPath":".spec.country"}"#,
     printcolumn = r#"{"name":"Ingest","type":"string","jsonPath":".status.ingest","description":"Ready/desired ingest replicas"}"#,
     printcolumn = r#"{"name":"ETL","type":"string","jsonPath":".status.etl","description":"Ready/desired ETL replicas"}"#,
+    printcolumn = r#"{"name":"Backlog","type":"integer","jsonPath":".status.backlog","description":"Entries in the region's Redis stream"}"#,
     printcolumn = r#"{"name":"Probes","type":"integer","jsonPath":".status.probes","description":"FiberProbes of this region"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -191,7 +192,8 @@ pub struct FiberRegionStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, IngestAvailable, EtlAvailable.
+    /// Ready, IngestAvailable, EtlAvailable, Degraded (the stream cannot be read, or holds
+    /// dead letters).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -201,6 +203,17 @@ pub struct FiberRegionStatus {
     /// Ready/desired ETL replicas, e.g. "2/2".
     #[serde(default)]
     pub etl: String,
+    /// Entries in the region's stream fiber:samples:<region>: not yet written to the
+    /// database, or written and not yet trimmed (the ETL trims acknowledged entries every
+    /// maintenance round). Absent when Redis cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<i64>,
+    /// Stream entries delivered to an ETL worker and not yet acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<i64>,
+    /// Entries in fiber:dlq:<region>: batches that can never be stored, with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<i64>,
     /// FiberProbes in the namespace that name this region.
     #[serde(default)]
     pub probes: i32,

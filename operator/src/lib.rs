@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod render;
 pub mod server;
 pub mod status;
+pub mod stream;
 pub mod validate;

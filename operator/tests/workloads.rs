@@ -428,3 +428,124 @@ async fn a_probe_without_its_region_says_so_and_recovers_when_it_appears() -> Re
     ns.delete().await?;
     result
 }
+
+#[tokio::test]
+async fn region_status_reports_availability_and_its_stream() -> Result<()> {
+    let env = fiberstack_e2e::LocalEnv::load()?;
+    let client = env.kube().await?;
+    common::install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "op-region").await?;
+    // A region name of its own: its stream keys are this test's alone.
+    let name = fiberstack_e2e::unique_name("gh");
+    let samples = format!("fiber:samples:{name}");
+    let dlq = format!("fiber:dlq:{name}");
+    let mut redis = env.redis().await?;
+    let operator = Operator::start(&client, &ns.name, None);
+    let result = async {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": "fiberstack-redis" },
+            "stringData": { "url": env.redis_url }
+        }))?;
+        Api::<Secret>::namespaced(client.clone(), &ns.name)
+            .create(&Default::default(), &secret)
+            .await?;
+        for i in 0..3 {
+            redis::cmd("XADD")
+                .arg(&samples)
+                .arg("*")
+                .arg("batch")
+                .arg(i)
+                .query_async::<String>(&mut redis)
+                .await?;
+        }
+        redis::cmd("XADD")
+            .arg(&dlq)
+            .arg("*")
+            .arg("reason")
+            .arg("test")
+            .query_async::<String>(&mut redis)
+            .await?;
+
+        let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
+        apply_json(&regions, &common::region_json(&name)).await?;
+        let cond = |r: &FiberRegion, t: &str| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned())
+                .unwrap_or_default()
+        };
+        wait_for(
+            "region available, with its stream figures",
+            WAIT,
+            EVERY,
+            || async {
+                let r = regions.get(&name).await?;
+                let s = r.status.clone().unwrap_or_default();
+                let ok = s.ingest == "1/1"
+                    && s.etl == "1/1"
+                    && cond(&r, "IngestAvailable").status == "True"
+                    && cond(&r, "EtlAvailable").status == "True"
+                    && cond(&r, "Ready").status == "True"
+                    && s.backlog == Some(3)
+                    && s.pending == Some(0)
+                    && s.dead_letters == Some(1)
+                    && cond(&r, "Degraded").reason == "DeadLetters";
+                Ok(if ok { Ok(()) } else { Err(format!("{s:?}")) })
+            },
+        )
+        .await?;
+        redis::cmd("DEL")
+            .arg(&dlq)
+            .query_async::<i64>(&mut redis)
+            .await?;
+        wait_for("Degraded=False", WAIT, EVERY, || async {
+            let r = regions.get(&name).await?;
+            let c = cond(&r, "Degraded");
+            Ok(if c.status == "False" {
+                Ok(())
+            } else {
+                Err(format!("{c:?}"))
+            })
+        })
+        .await?;
+        let out = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &env.kubeconfig)
+            .args(["get", "fiberregions", "-n", &ns.name])
+            .output()?;
+        let table = String::from_utf8_lossy(&out.stdout).to_string();
+        let header: Vec<&str> = table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "NAME", "COUNTRY", "INGEST", "ETL", "BACKLOG", "PROBES", "READY", "AGE"
+            ],
+            "{table}"
+        );
+        let row: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            &row[1..7],
+            ["GH", "1/1", "1/1", "3", "0", "True"],
+            "{table}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    operator.stop().await;
+    let _ = redis::cmd("DEL")
+        .arg(&samples)
+        .arg(&dlq)
+        .query_async::<i64>(&mut redis)
+        .await;
+    ns.delete().await?;
+    result
+}

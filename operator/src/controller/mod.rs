@@ -47,6 +47,8 @@ pub struct Context {
     pub db: Option<PgPool>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Connections to the regions' Redis.
+    pub streams: crate::stream::Streams,
 }
 
 impl Context {
@@ -217,6 +219,7 @@ pub async fn run(
         db,
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
+        streams: Default::default(),
     });
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let stop = |tx: &tokio::sync::broadcast::Sender<()>| {

@@ -19,6 +19,7 @@ use crate::conditions::{FALSE, TRUE, condition, merge};
 use crate::crd::{Condition, FiberProbe, FiberRegion, FiberRegionStatus};
 use crate::error::Error;
 use crate::render::{names, region as render};
+use crate::stream::StreamFigures;
 use crate::validate::validate_region;
 
 const CONTROLLER: &str = "region";
@@ -121,6 +122,8 @@ async fn reconcile_inner(region: &FiberRegion, ctx: &Context) -> Result<Action, 
         .filter(|p| p.spec.region == name)
         .count() as i32;
 
+    let (figures, degraded) = stream_health(ctx, region, &ns, &name).await?;
+
     let ingest_available = availability("IngestAvailable", "ingest", &ingest);
     let etl_available = availability("EtlAvailable", "ETL", &etl);
     let ready = if ingest_available.status == TRUE && etl_available.status == TRUE {
@@ -137,13 +140,16 @@ async fn reconcile_inner(region: &FiberRegion, ctx: &Context) -> Result<Action, 
         observed_generation: region.metadata.generation,
         conditions: merge(
             &previous.conditions,
-            vec![ready, ingest_available, etl_available],
+            vec![ready, ingest_available, etl_available, degraded],
             region.metadata.generation,
             now,
         ),
         ingest: replicas(&ingest),
         etl: replicas(&etl),
         probes: probes_of_region,
+        backlog: figures.map(|f| f.length as i64),
+        pending: figures.map(|f| f.pending as i64),
+        dead_letters: figures.map(|f| f.dead_letters as i64),
         ingest_url: Some(names::ingest_url(&name, &ns)),
         token_secret: Some(token_name),
     };
@@ -200,4 +206,58 @@ fn availability(type_: &str, what: &str, d: &Deployment) -> Condition {
             format!("{ready} of {desired} {what} pods ready"),
         )
     }
+}
+
+/// The stream's figures and the Degraded condition they make.
+async fn stream_health(
+    ctx: &Context,
+    region: &FiberRegion,
+    ns: &str,
+    name: &str,
+) -> Result<(Option<StreamFigures>, Condition), Error> {
+    let reference = &region.spec.redis.url_secret_ref;
+    let secret = ctx.api::<Secret>(ns).get_opt(&reference.name).await?;
+    let url = secret
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(&reference.key))
+        .and_then(|v| String::from_utf8(v.0).ok());
+    let Some(url) = url else {
+        return Ok((
+            None,
+            condition(
+                "Degraded",
+                TRUE,
+                "RedisSecretMissing",
+                format!(
+                    "Secret {:?} has no key {:?} (spec.redis.urlSecretRef)",
+                    reference.name, reference.key
+                ),
+            ),
+        ));
+    };
+    Ok(match ctx.streams.figures(url.trim(), name).await {
+        Err(e) => (None, condition("Degraded", TRUE, "StreamUnavailable", e)),
+        Ok(f) if f.dead_letters > 0 => (
+            Some(f),
+            condition(
+                "Degraded",
+                TRUE,
+                "DeadLetters",
+                format!(
+                    "{} entries in {} could not be stored; read their reasons there",
+                    f.dead_letters,
+                    fiberstack_model::stream::dead_letter_stream(name)
+                ),
+            ),
+        ),
+        Ok(f) => (
+            Some(f),
+            condition(
+                "Degraded",
+                FALSE,
+                "StreamHealthy",
+                format!("{} entries in the stream, {} pending", f.length, f.pending),
+            ),
+        ),
+    })
 }
