@@ -112,10 +112,19 @@ impl Default for BufferConfig {
 }
 
 /// One thing to probe: a name and exactly one check.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "schemars",
+    schemars(extend("x-kubernetes-validations" = [{
+        "rule": "[has(self.icmp), has(self.tcp), has(self.http), has(self.dns)].filter(x, x).size() == 1",
+        "message": "a target sets exactly one check: one of icmp, tcp, http, dns"
+    }]))
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Target {
     /// Unique within the probe; becomes the samples' `target`.
+    #[cfg_attr(feature = "schemars", schemars(length(min = 1, max = 63)))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp: Option<IcmpCheck>,
@@ -192,6 +201,7 @@ impl Target {
 }
 
 /// ICMP echo: `count` echoes per round, `spacing` apart.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IcmpCheck {
@@ -199,12 +209,14 @@ pub struct IcmpCheck {
     pub host: String,
     /// Echo requests per round.
     #[serde(default = "default_icmp_count")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 1, max = MAX_ICMP_COUNT)))]
     pub count: u32,
     /// Time between two echo requests of a round.
     #[serde(default = "default_icmp_spacing")]
     pub spacing: Duration,
     /// ICMP payload size in bytes.
     #[serde(default = "default_icmp_payload")]
+    #[cfg_attr(feature = "schemars", schemars(range(max = MAX_ICMP_PAYLOAD)))]
     pub payload_bytes: u32,
 }
 
@@ -258,6 +270,7 @@ impl IcmpCheck {
 }
 
 /// TCP connect.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpCheck {
@@ -279,6 +292,7 @@ impl TcpCheck {
 }
 
 /// HTTP(S) request.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpCheck {
@@ -337,6 +351,7 @@ impl HttpCheck {
 }
 
 /// DNS query.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DnsCheck {
@@ -350,6 +365,7 @@ pub struct DnsCheck {
     pub server: Option<String>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum DnsRecordType {

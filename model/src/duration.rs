@@ -177,6 +177,30 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// Go's duration syntax as a JSON Schema pattern, so an API server refuses what
+/// [`Duration::from_str`] would refuse before any controller sees it.
+#[cfg(feature = "schemars")]
+pub const DURATION_PATTERN: &str = r"^(0|(([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$";
+
+#[cfg(feature = "schemars")]
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": 64,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

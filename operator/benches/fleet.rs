@@ -1,0 +1,187 @@
+//! 2,000 FiberProbes across 3 FiberRegions on the local control plane, reconciled by the
+//! `fiberstack-operator` binary (a separate process, so its memory is its own): time until
+//! every probe has a status for its generation, reconciles per second, the operator's peak
+//! RSS. Prints figures; never fails on time.
+//!
+//! `cargo bench -p fiberstack-operator --bench fleet` (FIBER_BENCH_PROBES overrides 2000).
+//! The probes select no node (`fiberstack.io/bench: none`), so what is measured is the
+//! operator and the API server, not 2,000 DaemonSets' worth of fake pods.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use fiberstack_e2e::{LocalEnv, TestNamespace, wait_for};
+use fiberstack_operator::crd::{FiberProbe, FiberRegion};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fiberstack-operator");
+
+async fn install_crds(client: &Client) -> Result<()> {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for (_, yaml) in fiberstack_operator::crdgen::manifests() {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("fiberstack-bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+async fn reconciles(port: u16) -> Result<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("fiberstack_operator_reconciles_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+async fn statused(probes: &Api<FiberProbe>) -> Result<usize> {
+    let list = probes.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| {
+            p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
+                && p.status.as_ref().is_some_and(|s| !s.conditions.is_empty())
+        })
+        .count())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let count: usize = std::env::var("FIBER_BENCH_PROBES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let env = LocalEnv::load()?;
+    let client = env.kube().await?;
+    install_crds(&client).await?;
+    let db_url = env.fresh_postgres_database("fs_op_bench").await?;
+    let pool = fiber_etl::db::DbConfig::new(&db_url).connect().await?;
+    fiber_etl::migrate::migrate(&pool).await?;
+    let ns = TestNamespace::create(&client, "op-bench").await?;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut operator = Command::new(BIN)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("FIBER_LOG", "warn")
+        .args(["--watch-namespace", &ns.name, "--no-leader-election"])
+        .args(["--database-url", &db_url])
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the operator")?;
+    let pid = operator.id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = peak_rss_mib(pid).unwrap_or_default();
+
+    let result = async {
+        let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
+        let probes: Api<FiberProbe> = Api::namespaced(client.clone(), &ns.name);
+        for (name, country, label) in [("ghana", "GH", "gh"), ("nigeria", "NG", "ng"), ("kenya", "KE", "ke")] {
+            let region = json!({
+                "apiVersion": "fiberstack.io/v1alpha1", "kind": "FiberRegion",
+                "metadata": { "name": name },
+                "spec": {
+                    "country": country,
+                    "nodeSelector": { "topology.kubernetes.io/region": label },
+                    "ingest": { "replicas": 1 }, "etl": { "replicas": 1 },
+                    "redis": { "urlSecretRef": { "name": "redis", "key": "url" } },
+                    "database": { "urlSecretRef": { "name": "db", "key": "url" } }
+                }
+            });
+            regions.patch(name, &PatchParams::apply("fiberstack-bench"), &Patch::Apply(&region)).await?;
+        }
+
+        let start = Instant::now();
+        let before = reconciles(port).await?;
+        futures::stream::iter(0..count)
+            .map(|i| {
+                let probes = probes.clone();
+                async move {
+                    let region = ["ghana", "nigeria", "kenya"][i % 3];
+                    let name = format!("probe-{i:05}");
+                    let probe = json!({
+                        "apiVersion": "fiberstack.io/v1alpha1", "kind": "FiberProbe",
+                        "metadata": { "name": name },
+                        "spec": {
+                            "region": region,
+                            "nodeSelector": { "fiberstack.io/bench": "none" },
+                            "interval": "60s",
+                            "targets": [
+                                { "name": "dns", "icmp": { "host": "8.8.8.8" } },
+                                { "name": "web", "http": { "url": "https://example.com/" } }
+                            ]
+                        }
+                    });
+                    probes
+                        .patch(&name, &PatchParams::apply("fiberstack-bench"), &Patch::Apply(&probe))
+                        .await
+                }
+            })
+            .buffer_unordered(32)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let created = start.elapsed();
+        println!("created {count} FiberProbes in {:.1} s", created.as_secs_f64());
+
+        let all = wait_for("every probe has status", Duration::from_secs(600), Duration::from_millis(500), || async {
+            let n = statused(&probes).await?;
+            Ok(if n == count { Ok(start.elapsed()) } else { Err(format!("{n} of {count}")) })
+        })
+        .await?;
+        let during = reconciles(port).await? - before;
+        println!(
+            "all {count} statuses written {:.1} s after the first create ({:.0} reconciles, {:.0} reconciles/s)",
+            all.as_secs_f64(),
+            during,
+            during / all.as_secs_f64()
+        );
+
+        // Steady state: every probe is recomputed at least every 30 s.
+        let steady_from = reconciles(port).await?;
+        let window = Duration::from_secs(30);
+        tokio::time::sleep(window).await;
+        let steady = reconciles(port).await? - steady_from;
+        println!(
+            "steady state: {:.0} reconciles/s over {} s (at least {:.0}/s needed for every probe every 30 s)",
+            steady / window.as_secs_f64(),
+            window.as_secs(),
+            count as f64 / 30.0
+        );
+        anyhow::Ok(())
+    }
+    .await;
+
+    let peak = peak_rss_mib(pid).unwrap_or_default();
+    println!("operator peak RSS: {peak:.1} MiB (idle at start: {idle_rss:.1} MiB)");
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = operator.wait();
+    ns.delete().await?;
+    result
+}

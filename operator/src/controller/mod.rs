@@ -1,0 +1,309 @@
+//! The two controllers and what they share. Each reconcile is one pipeline:
+//! dereference → validate → build → apply (server-side apply, one field manager) → status.
+
+pub mod probe;
+pub mod region;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use kube::api::{Patch, PatchParams};
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::PgPool;
+
+use crate::conditions::Hysteresis;
+use crate::crd::{FiberProbe, FiberRegion};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::render::{FIELD_MANAGER, Images, MANAGED_BY};
+
+/// The operator's settings, from its flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub images: Images,
+    /// Watch only this namespace; all namespaces when None.
+    pub namespace: Option<String>,
+    /// Status is recomputed at least this often.
+    pub status_every: Duration,
+    pub hysteresis: Hysteresis,
+}
+
+/// What a reconcile needs besides the object.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    /// Read-only database for fleet health; None when not configured.
+    pub db: Option<PgPool>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Connections to the regions' Redis.
+    pub streams: crate::stream::Streams,
+}
+
+impl Context {
+    fn api<K>(&self, namespace: &str) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+}
+
+fn all_or_namespaced<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Server-side apply of an owned object under the operator's field manager; forced, since
+/// the operator owns these objects' fields.
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?)
+}
+
+/// Server-side apply of a custom resource's status.
+async fn apply_status<K>(api: &Api<K>, object: &K, status: serde_json::Value) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// An object the operator cannot read (stored under an older, laxer schema, say) is
+/// reported in its own status and left alone; the watch, and every other object, go on.
+async fn report_unreadable<K>(ctx: &Context, invalid: &InvalidObject) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = invalid
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let ns = invalid
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    tracing::warn!(name = %name, namespace = %ns, kind = %K::kind(&()), error = %invalid.error, "object cannot be read; skipping it");
+    let status = unreadable_status(invalid, chrono::Utc::now());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    ctx.api::<K>(&ns)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(Action::await_change())
+}
+
+/// The status of an unreadable object: Ready=False, reason InvalidObject, and the
+/// deserialization error, which names the field.
+pub fn unreadable_status(
+    invalid: &InvalidObject,
+    now: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let message = format!("the operator cannot read this object: {}", invalid.error);
+    let ready = crate::conditions::merge(
+        &[],
+        vec![crate::conditions::condition(
+            "Ready",
+            crate::conditions::FALSE,
+            "InvalidObject",
+            message,
+        )],
+        invalid.metadata.generation,
+        now,
+    );
+    serde_json::json!({
+        "observedGeneration": invalid.metadata.generation,
+        "conditions": ready,
+        "health": "InvalidSpec",
+    })
+}
+
+fn error_policy<K: Resource>(
+    controller: &'static str,
+) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+    move |object, error, ctx| {
+        ctx.metrics.failed(controller, error.kind());
+        tracing::warn!(
+            controller,
+            name = %object.meta().name.as_deref().unwrap_or_default(),
+            namespace = %object.meta().namespace.as_deref().unwrap_or_default(),
+            kind = error.kind(),
+            %error,
+            "reconcile failed; retrying"
+        );
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+fn managed(app: &str) -> watcher::Config {
+    watcher::Config::default().labels(&format!(
+        "{}={},app.kubernetes.io/name={app}",
+        MANAGED_BY.0, MANAGED_BY.1
+    ))
+}
+
+/// Runs both controllers until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    db: Option<PgPool>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.to_owned(),
+        instance: std::env::var("HOSTNAME").ok(),
+    };
+    let ns = settings.namespace.clone();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        db,
+        metrics,
+        recorder: Recorder::new(client.clone(), reporter),
+        streams: Default::default(),
+    });
+    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stop = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+
+    // Probes: reconciled on their changes, their DaemonSet's, their region's, and every
+    // `status_every`. A status write triggers one more reconcile, which finds nothing new
+    // (health evaluations closer than the hysteresis gap count once), so it settles.
+    let probes = all_or_namespaced::<DeserializeGuard<FiberProbe>>(&client, ns.as_deref());
+    let probe_controller = Controller::new(probes, watcher::Config::default().any_semantic());
+    let store = probe_controller.store();
+    let probe_controller = probe_controller
+        .owns(
+            all_or_namespaced::<DaemonSet>(&client, ns.as_deref()),
+            managed("fiber-probe"),
+        )
+        .watches(
+            all_or_namespaced::<DeserializeGuard<FiberRegion>>(&client, ns.as_deref()),
+            watcher::Config::default(),
+            move |region| {
+                let namespace = region.namespace();
+                let name = region.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|p| {
+                        p.namespace() == namespace
+                            && p.0.as_ref().is_ok_and(|p| p.spec.region == name)
+                    })
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stop(&shutdown_tx))
+        .run(probe::reconcile, error_policy("probe"), ctx.clone())
+        .for_each(|_| async {});
+
+    let region_controller = Controller::new(
+        all_or_namespaced::<DeserializeGuard<FiberRegion>>(&client, ns.as_deref()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(
+        all_or_namespaced::<Deployment>(&client, ns.as_deref()),
+        watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
+    )
+    .graceful_shutdown_on(stop(&shutdown_tx))
+    .run(region::reconcile, error_policy("region"), ctx.clone())
+    .for_each(|_| async {});
+
+    let tx = shutdown_tx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(());
+    });
+    futures::join!(probe_controller, region_controller);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_probe_is_kept_apart_and_its_status_says_why() {
+        // 2^32 echoes: a schema without the upper bound would have let this through.
+        let guard: DeserializeGuard<FiberProbe> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fiberstack.io/v1alpha1",
+            "kind": "FiberProbe",
+            "metadata": { "name": "old", "namespace": "ns", "generation": 4 },
+            "spec": {
+                "region": "ghana",
+                "targets": [{ "name": "x", "icmp": { "host": "8.8.8.8", "count": 4294967296u64 } }]
+            }
+        }))
+        .unwrap();
+        let invalid = guard.0.unwrap_err();
+        assert_eq!(invalid.metadata.name.as_deref(), Some("old"));
+        let status = unreadable_status(&invalid, chrono::Utc::now());
+        assert_eq!(status["conditions"][0]["reason"], "InvalidObject");
+        assert_eq!(status["observedGeneration"], 4);
+        let message = status["conditions"][0]["message"].as_str().unwrap();
+        assert!(message.contains("4294967296"), "{message}");
+    }
+}

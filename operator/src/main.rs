@@ -1,0 +1,193 @@
+//! `fiberstack-operator`: configuration, wiring and signals only; the work is in the library.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use fiberstack_operator::conditions::Hysteresis;
+use fiberstack_operator::controller::{self, Settings};
+use fiberstack_operator::lease::{LeaderLease, LeaseConfig};
+use fiberstack_operator::metrics::Metrics;
+use fiberstack_operator::render::Images;
+use fiberstack_operator::server::{self, Health};
+use fiberstack_operator::status;
+use tokio::signal::unix::{SignalKind, signal};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Parser)]
+#[command(
+    name = "fiberstack-operator",
+    version,
+    about = "Reconciles FiberRegions into ingest and ETL workloads and FiberProbes into probe DaemonSets, and writes fleet health (from the samples database) into their status."
+)]
+struct Config {
+    /// Image of the ingest service (runs `fiber-ingest`).
+    #[arg(long, env = "FIBER_INGEST_IMAGE", default_value_t = format!("ghcr.io/fiberstack/fiber-ingest:{VERSION}"))]
+    ingest_image: String,
+    /// Image of the ETL workers (runs `fiber-etl run`).
+    #[arg(long, env = "FIBER_ETL_IMAGE", default_value_t = format!("ghcr.io/fiberstack/fiber-etl:{VERSION}"))]
+    etl_image: String,
+    /// Image of the probe agent (runs `fiber-probe`).
+    #[arg(long, env = "FIBER_PROBE_IMAGE", default_value_t = format!("ghcr.io/fiberstack/fiber-probe:{VERSION}"))]
+    probe_image: String,
+    /// imagePullPolicy of every workload: Always, IfNotPresent or Never.
+    #[arg(long, env = "FIBER_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    image_pull_policy: String,
+    /// PostgreSQL URL of a read-only role, for fleet health in status. Without it, status
+    /// says Reporting=Unknown (DatabaseUnavailable).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Schema holding FiberStack's tables; the role's default search_path when unset.
+    #[arg(long, env = "FIBER_DB_SCHEMA")]
+    db_schema: Option<String>,
+    /// Watch only this namespace; all namespaces when unset.
+    #[arg(long, env = "FIBER_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Seconds between status recomputations of each object (at most 30 is the contract).
+    #[arg(long, env = "FIBER_STATUS_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=30))]
+    status_interval_secs: u64,
+    /// Consecutive evaluations a change of health must hold before Healthy follows it.
+    #[arg(long, env = "FIBER_HEALTH_EVALUATIONS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    health_evaluations: u32,
+    /// Seconds that must pass between two evaluations counted towards that hold.
+    #[arg(long, env = "FIBER_HEALTH_EVALUATION_GAP_SECS", default_value_t = 20)]
+    health_evaluation_gap_secs: u64,
+    /// Run without leader election (a single replica only).
+    #[arg(long, env = "FIBER_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// Name of the coordination.k8s.io Lease used for leader election.
+    #[arg(long, env = "FIBER_LEASE_NAME", default_value = "fiberstack-operator")]
+    lease_name: String,
+    /// Namespace of that Lease; the operator's own namespace in a pod.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease; the pod name in a pod.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader that stops renewing keeps the Lease.
+    #[arg(long, env = "FIBER_LEASE_DURATION_SECS", default_value_t = 15)]
+    lease_duration_secs: u64,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "FIBER_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    metrics_listen: SocketAddr,
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FIBER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_logging();
+
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("binding --metrics-listen {}", config.metrics_listen))?;
+    let app = server::router(metrics.clone(), health.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let db = config
+        .database_url
+        .as_deref()
+        .map(|url| status::connect_lazy(url, config.db_schema.as_deref()))
+        .transpose()
+        .context("--database-url is not a PostgreSQL URL")?;
+    let settings = Settings {
+        images: Images {
+            ingest: config.ingest_image,
+            etl: config.etl_image,
+            probe: config.probe_image,
+            pull_policy: config.image_pull_policy,
+        },
+        namespace: config.watch_namespace,
+        status_every: Duration::from_secs(config.status_interval_secs),
+        hysteresis: Hysteresis {
+            evaluations: config.health_evaluations,
+            min_gap: Duration::from_secs(config.health_evaluation_gap_secs),
+        },
+    };
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let lease = (!config.no_leader_election).then(|| {
+        LeaderLease::new(
+            client.clone(),
+            LeaseConfig {
+                name: config.lease_name,
+                namespace: config.lease_namespace,
+                identity: config
+                    .identity
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .unwrap_or_else(|| format!("fiberstack-operator-{}", std::process::id())),
+                duration: Duration::from_secs(config.lease_duration_secs),
+                renew_every: Duration::from_secs((config.lease_duration_secs / 3).max(1)),
+            },
+        )
+    });
+    // A standby is ready: it serves and will take over; only the leader reconciles.
+    health.ready.store(true, Ordering::Relaxed);
+    if let Some(lease) = &lease {
+        tokio::select! {
+            _ = lease.acquire() => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+    metrics.leader.set(1);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controllers = tokio::spawn(controller::run(client, settings, db, metrics, async move {
+        let _ = stop_rx.await;
+    }));
+    let lost = async {
+        match &lease {
+            Some(lease) => lease.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let lost_lease = tokio::select! {
+        _ = &mut shutdown => false,
+        _ = lost => true,
+    };
+    let _ = stop_tx.send(());
+    let _ = controllers.await;
+    if let Some(lease) = &lease {
+        lease.release().await;
+    }
+    if lost_lease {
+        // Another replica leads now; exit so that this one restarts as a standby.
+        anyhow::bail!("lost the leader lease");
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The operator's Prometheus metrics: reconciles, errors by kind, reconcile duration, and
+//! whether this replica leads.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub kind: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.002, 2.0, 14))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub reconciles: Family<ControllerLabel, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub duration: Family<ControllerLabel, Histogram, fn() -> Histogram>,
+    pub leader: Gauge,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let reconciles = Family::<ControllerLabel, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let duration =
+            Family::<ControllerLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        let leader = Gauge::default();
+        let mut registry = Registry::default();
+        registry.register(
+            "fiberstack_operator_reconciles",
+            "Reconciles run, by controller",
+            reconciles.clone(),
+        );
+        registry.register(
+            "fiberstack_operator_reconcile_errors",
+            "Reconciles that failed, by controller and error kind",
+            errors.clone(),
+        );
+        registry.register(
+            "fiberstack_operator_reconcile_duration_seconds",
+            "Duration of reconciles, by controller",
+            duration.clone(),
+        );
+        registry.register(
+            "fiberstack_operator_leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
+        Self {
+            reconciles,
+            errors,
+            duration,
+            leader,
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(&self, controller: &'static str, took: Duration) {
+        let label = ControllerLabel { controller };
+        self.reconciles.get_or_create(&label).inc();
+        self.duration
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn failed(&self, controller: &'static str, kind: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels { controller, kind })
+            .inc();
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_reconciles_and_errors_by_kind() {
+        let m = Metrics::default();
+        m.reconciled("probe", Duration::from_millis(5));
+        m.failed("probe", "conflict");
+        let text = m.render();
+        assert!(
+            text.contains("fiberstack_operator_reconciles_total{controller=\"probe\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fiberstack_operator_reconcile_errors_total{controller=\"probe\",kind=\"conflict\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "fiberstack_operator_reconcile_duration_seconds_count{controller=\"probe\"} 1"
+        ));
+    }
+}

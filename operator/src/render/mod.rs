@@ -1,0 +1,163 @@
+//! Build step of the pipelines: pure functions from a custom resource (and what it points
+//! to) to the Kubernetes objects that realize it. No client, no clock, no randomness, so each
+//! is tested against golden YAML.
+
+pub mod probe;
+pub mod region;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Capabilities, ResourceRequirements, SeccompProfile};
+use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::crd::Resources;
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "fiberstack-operator";
+/// Label on everything the operator creates; owned-object watches select on it.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fiberstack-operator");
+/// Where the region's probe token is mounted in probe and ingest pods.
+pub const TOKEN_DIR: &str = "/var/run/fiberstack";
+/// The key of the token in the region's token Secret.
+pub const TOKEN_KEY: &str = "token";
+/// The ingest service's port.
+pub const INGEST_PORT: i32 = 8080;
+/// User and group the pods run as (distroless "nonroot").
+pub const NONROOT_ID: i64 = 65532;
+
+/// Images and pull policy of the workloads, from the operator's flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Images {
+    pub ingest: String,
+    pub etl: String,
+    pub probe: String,
+    /// Always, IfNotPresent or Never.
+    pub pull_policy: String,
+}
+
+/// Names of the objects a region or probe owns, in one place so controllers, renderers and
+/// tests agree.
+pub mod names {
+    pub fn ingest(region: &str) -> String {
+        format!("fiberstack-ingest-{region}")
+    }
+    pub fn etl(region: &str) -> String {
+        format!("fiberstack-etl-{region}")
+    }
+    pub fn token_secret(region: &str) -> String {
+        format!("fiberstack-probe-token-{region}")
+    }
+    pub fn probe(probe: &str) -> String {
+        format!("fiberstack-probe-{probe}")
+    }
+    /// The in-cluster URL of a region's ingest Service.
+    pub fn ingest_url(region: &str, namespace: &str) -> String {
+        format!(
+            "http://{}.{namespace}.svc:{}",
+            ingest(region),
+            super::INGEST_PORT
+        )
+    }
+}
+
+fn labels(name: &str, instance: &str, component: &str) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name", name),
+        ("app.kubernetes.io/instance", instance),
+        ("app.kubernetes.io/component", component),
+        ("app.kubernetes.io/part-of", "fiberstack"),
+        MANAGED_BY,
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn selector(name: &str, instance: &str) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name", name),
+        ("app.kubernetes.io/instance", instance),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn quantities(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>> {
+    (!map.is_empty()).then(|| {
+        map.iter()
+            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+            .collect()
+    })
+}
+
+fn resources(given: Option<&Resources>, default: Resources) -> ResourceRequirements {
+    let r = given.unwrap_or(&default);
+    ResourceRequirements {
+        requests: quantities(&r.requests),
+        limits: quantities(&r.limits),
+        ..Default::default()
+    }
+}
+
+fn small(cpu: &str, memory: &str, memory_limit: &str) -> Resources {
+    Resources {
+        requests: [("cpu", cpu), ("memory", memory)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        limits: [("memory".to_owned(), memory_limit.to_owned())].into(),
+    }
+}
+
+/// Non-root, no privilege escalation, read-only root, no capabilities.
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NONROOT_ID),
+        run_as_group: Some(NONROOT_ID),
+        fs_group: Some(NONROOT_ID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Golden-file comparison for the render tests: `UPDATE_GOLDEN=1` rewrites the files.
+#[cfg(test)]
+pub(crate) fn assert_golden<T: serde::Serialize>(name: &str, objects: &[T]) {
+    let actual: String = objects
+        .iter()
+        .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap()))
+        .collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
+    assert!(
+        expected == actual,
+        "{} differs from the rendered objects (UPDATE_GOLDEN=1 rewrites it):\n{actual}",
+        path.display()
+    );
+}

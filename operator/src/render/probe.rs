@@ -1,0 +1,329 @@
+//! FiberProbe → the probe's ConfigMap (its `ProbeConfig`) and DaemonSet.
+
+use std::collections::BTreeMap;
+
+use fiberstack_model::{BufferConfig, Duration, IngestConfig, ProbeConfig};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, SecretVolumeSource, Sysctl,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::{Resource, ResourceExt};
+
+use super::{Images, TOKEN_DIR, TOKEN_KEY, labels, names, resources, selector, small};
+use crate::crd::{FiberProbe, FiberRegion};
+
+/// Where the ConfigMap is mounted and its key.
+pub const CONFIG_DIR: &str = "/etc/fiberstack";
+pub const CONFIG_KEY: &str = "probe.yaml";
+/// The probe's disk buffer.
+pub const BUFFER_DIR: &str = "/var/lib/fiberstack/buffer";
+/// The probe's own /metrics.
+pub const METRICS_PORT: u16 = 9090;
+/// Stands in for the node in the rendered file; every pod sets `NODE_NAME`, which overrides it.
+pub const NODE_PLACEHOLDER: &str = "${NODE_NAME}";
+/// Lets every group open unprivileged ICMP datagram sockets, so no NET_RAW is needed.
+pub const PING_GROUP_RANGE: &str = "0 2147483647";
+
+/// `namespace/name`, as the samples carry it.
+pub fn probe_key(probe: &FiberProbe) -> String {
+    format!(
+        "{}/{}",
+        probe.namespace().unwrap_or_default(),
+        probe.name_any()
+    )
+}
+
+/// The configuration `fiber-probe` reads, with the node left to `NODE_NAME`.
+pub fn probe_config(probe: &FiberProbe, region: &FiberRegion) -> ProbeConfig {
+    let namespace = probe.namespace().unwrap_or_default();
+    ProbeConfig {
+        node: NODE_PLACEHOLDER.to_owned(),
+        probe: probe_key(probe),
+        region: region.name_any(),
+        country: region.spec.country.clone(),
+        interval: probe.spec.interval,
+        timeout: probe.spec.timeout,
+        ingest: IngestConfig {
+            urls: vec![names::ingest_url(&region.name_any(), &namespace)],
+            token_file: Some(format!("{TOKEN_DIR}/{TOKEN_KEY}").into()),
+            batch_max_samples: 500,
+            batch_max_delay: Duration::from_secs(5),
+        },
+        buffer: BufferConfig {
+            dir: BUFFER_DIR.into(),
+            ..BufferConfig::default()
+        },
+        metrics_listen: Some(([0, 0, 0, 0], METRICS_PORT).into()),
+        targets: probe.spec.targets.clone(),
+    }
+}
+
+/// Nodes of the region that the probe also selects; `None` when the two disagree on a key
+/// (no node can match both), which validation reports.
+pub fn node_selector(probe: &FiberProbe, region: &FiberRegion) -> Option<BTreeMap<String, String>> {
+    let mut merged = region.spec.node_selector.clone();
+    for (key, value) in &probe.spec.node_selector {
+        match merged.get(key) {
+            Some(existing) if existing != value => return None,
+            _ => {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Some(merged)
+}
+
+fn metadata(probe: &FiberProbe) -> ObjectMeta {
+    let mut labels = labels("fiber-probe", &probe.name_any(), "probe");
+    labels.insert("fiberstack.io/region".to_owned(), probe.spec.region.clone());
+    ObjectMeta {
+        name: Some(names::probe(&probe.name_any())),
+        namespace: probe.namespace(),
+        labels: Some(labels),
+        owner_references: probe.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+pub fn build_configmap(probe: &FiberProbe, region: &FiberRegion) -> ConfigMap {
+    ConfigMap {
+        metadata: metadata(probe),
+        data: Some([(CONFIG_KEY.to_owned(), probe_config(probe, region).to_yaml())].into()),
+        ..Default::default()
+    }
+}
+
+/// The DaemonSet; its pod template changes only when pods must be replaced (image, nodes,
+/// region), never for a change of targets or timing, which the probe reloads from the file.
+pub fn build_daemonset(
+    probe: &FiberProbe,
+    region: &FiberRegion,
+    images: &Images,
+) -> Option<DaemonSet> {
+    let name = probe.name_any();
+    let pod_labels = {
+        let mut l = labels("fiber-probe", &name, "probe");
+        l.insert("fiberstack.io/region".to_owned(), probe.spec.region.clone());
+        l
+    };
+    let container = Container {
+        name: "probe".to_owned(),
+        image: Some(images.probe.clone()),
+        image_pull_policy: Some(images.pull_policy.clone()),
+        command: Some(vec!["fiber-probe".to_owned()]),
+        args: Some(vec![
+            "--config".to_owned(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "NODE_NAME".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "spec.nodeName".to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".to_owned()),
+            container_port: i32::from(METRICS_PORT),
+            ..Default::default()
+        }]),
+        resources: Some(resources(None, small("10m", "32Mi", "128Mi"))),
+        security_context: Some(super::restricted_container()),
+        volume_mounts: Some(vec![
+            mount("config", CONFIG_DIR),
+            mount("token", TOKEN_DIR),
+            VolumeMount {
+                name: "buffer".to_owned(),
+                mount_path: BUFFER_DIR.to_owned(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    let mut security = super::restricted_pod();
+    security.sysctls = Some(vec![Sysctl {
+        name: "net.ipv4.ping_group_range".to_owned(),
+        value: PING_GROUP_RANGE.to_owned(),
+    }]);
+    Some(DaemonSet {
+        metadata: metadata(probe),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector("fiber-probe", &name)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    node_selector: Some(node_selector(probe, region)?),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(security),
+                    containers: vec![container],
+                    termination_grace_period_seconds: Some(30),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".to_owned(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: names::probe(&name),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "token".to_owned(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(names::token_secret(&region.name_any())),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "buffer".to_owned(),
+                            empty_dir: Some(EmptyDirVolumeSource {
+                                // The buffer's own cap is 64Mi; the volume leaves headroom.
+                                size_limit: Some(Quantity("128Mi".to_owned())),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::crd::{FiberProbe, FiberRegion};
+
+    pub fn region() -> FiberRegion {
+        let mut r: FiberRegion = serde_yaml::from_str(
+            r#"
+apiVersion: fiberstack.io/v1alpha1
+kind: FiberRegion
+metadata: { name: ghana, namespace: fiberstack, uid: 11111111-1111-1111-1111-111111111111 }
+spec:
+  country: GH
+  displayName: Ghana
+  nodeSelector: { topology.kubernetes.io/region: gh }
+  redis: { urlSecretRef: { name: fiberstack-redis, key: url } }
+  database: { urlSecretRef: { name: fiberstack-db, key: url } }
+"#,
+        )
+        .unwrap();
+        r.spec.ingest.rate_limit.burst = 50;
+        r
+    }
+
+    pub fn probe() -> FiberProbe {
+        serde_yaml::from_str(
+            r#"
+apiVersion: fiberstack.io/v1alpha1
+kind: FiberProbe
+metadata: { name: accra-edge, namespace: fiberstack, uid: 22222222-2222-2222-2222-222222222222 }
+spec:
+  region: ghana
+  nodeSelector: { fiberstack.io/edge: "true" }
+  interval: 60s
+  timeout: 5s
+  targets:
+    - { name: google-dns, icmp: { host: 8.8.8.8, count: 5 } }
+    - { name: api, http: { url: "https://api.example.com/health", expectStatus: [200] } }
+    - { name: db, tcp: { host: 10.0.0.5, port: 5432 } }
+    - { name: resolver, dns: { query: example.com, server: 1.1.1.1 } }
+  thresholds: { latencyP95Ms: 150, packetLossPct: 2, uptimePct: 99 }
+"#,
+        )
+        .unwrap()
+    }
+
+    pub fn images() -> super::Images {
+        super::Images {
+            ingest: "ghcr.io/fiberstack/fiber-ingest:0.1.0".to_owned(),
+            etl: "ghcr.io/fiberstack/fiber-etl:0.1.0".to_owned(),
+            probe: "ghcr.io/fiberstack/fiber-probe:0.1.0".to_owned(),
+            pull_policy: "IfNotPresent".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use crate::render::assert_golden;
+
+    #[test]
+    fn renders_the_design_example() {
+        let (p, r) = (probe(), region());
+        assert_golden("probe-configmap.yaml", &[build_configmap(&p, &r)]);
+        assert_golden(
+            "probe-daemonset.yaml",
+            &[build_daemonset(&p, &r, &images()).unwrap()],
+        );
+    }
+
+    #[test]
+    fn rendered_config_is_a_valid_probe_config_once_the_node_is_set() {
+        let yaml = build_configmap(&probe(), &region()).data.unwrap()[CONFIG_KEY].clone();
+        let config = ProbeConfig::from_yaml(&yaml).unwrap();
+        assert_eq!(config.probe, "fiberstack/accra-edge");
+        assert_eq!(
+            config.ingest.urls,
+            ["http://fiberstack-ingest-ghana.fiberstack.svc:8080"]
+        );
+        assert_eq!(config.targets.len(), 4);
+    }
+
+    #[test]
+    fn selectors_are_anded_and_a_conflict_is_refused() {
+        let (mut p, r) = (probe(), region());
+        let merged = node_selector(&p, &r).unwrap();
+        assert_eq!(merged["topology.kubernetes.io/region"], "gh");
+        assert_eq!(merged["fiberstack.io/edge"], "true");
+        p.spec
+            .node_selector
+            .insert("topology.kubernetes.io/region".into(), "ng".into());
+        assert_eq!(node_selector(&p, &r), None);
+        assert!(build_daemonset(&p, &r, &images()).is_none());
+    }
+
+    #[test]
+    fn a_config_only_change_keeps_the_pod_template() {
+        let (p, r) = (probe(), region());
+        let mut changed = p.clone();
+        changed.spec.targets.pop();
+        changed.spec.interval = Duration::from_secs(30);
+        let before = build_daemonset(&p, &r, &images()).unwrap();
+        let after = build_daemonset(&changed, &r, &images()).unwrap();
+        assert_eq!(before, after);
+        assert_ne!(build_configmap(&p, &r), build_configmap(&changed, &r));
+        let mut moved = p.clone();
+        moved.spec.node_selector.insert("disk".into(), "ssd".into());
+        assert_ne!(before, build_daemonset(&moved, &r, &images()).unwrap());
+    }
+}

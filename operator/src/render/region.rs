@@ -1,0 +1,332 @@
+//! FiberRegion → ingest Deployment and Service, ETL Deployment, PodDisruptionBudgets, and
+//! the Secret holding the region's probe token.
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use super::{INGEST_PORT, Images, TOKEN_DIR, TOKEN_KEY, labels, names, resources, selector, small};
+use crate::crd::{FiberRegion, SecretKeyRef};
+
+/// Port of the ETL's /metrics and /healthz.
+pub const ETL_METRICS_PORT: i32 = 9090;
+
+fn metadata(region: &FiberRegion, name: String, app: &str, component: &str) -> ObjectMeta {
+    let mut labels = labels(app, &region.name_any(), component);
+    labels.insert("fiberstack.io/region".to_owned(), region.name_any());
+    ObjectMeta {
+        name: Some(name),
+        namespace: region.namespace(),
+        labels: Some(labels),
+        owner_references: region.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The Secret holding the probes' bearer token. The token comes from the caller: it is made
+/// once, when the Secret does not exist, and never replaced by a reconcile.
+pub fn build_token_secret(region: &FiberRegion, token: &str) -> Secret {
+    Secret {
+        metadata: metadata(
+            region,
+            names::token_secret(&region.name_any()),
+            "fiberstack",
+            "probe-token",
+        ),
+        type_: Some("Opaque".to_owned()),
+        data: Some([(TOKEN_KEY.to_owned(), ByteString(token.as_bytes().to_vec()))].into()),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn env_from_secret(name: &str, source: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: source.name.clone(),
+                key: source.key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, port: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(port.to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        ..Default::default()
+    }
+}
+
+fn deployment(
+    region: &FiberRegion,
+    name: String,
+    app: &str,
+    component: &str,
+    replicas: i32,
+    container: Container,
+    volumes: Vec<Volume>,
+) -> Deployment {
+    let mut pod_labels = labels(app, &region.name_any(), component);
+    pod_labels.insert("fiberstack.io/region".to_owned(), region.name_any());
+    Deployment {
+        metadata: metadata(region, name, app, component),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(app, &region.name_any())),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(super::restricted_pod()),
+                    containers: vec![container],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deployment {
+    let spec = &region.spec;
+    let container = Container {
+        name: "ingest".to_owned(),
+        image: Some(images.ingest.clone()),
+        image_pull_policy: Some(images.pull_policy.clone()),
+        command: Some(vec!["fiber-ingest".to_owned()]),
+        env: Some(vec![
+            env("FIBER_LISTEN", format!("0.0.0.0:{INGEST_PORT}")),
+            env("FIBER_REGION", region.name_any()),
+            env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
+            env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
+            env("FIBER_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_KEY}")),
+            env(
+                "FIBER_RATE_PER_NODE",
+                spec.ingest.rate_limit.per_probe_per_second.to_string(),
+            ),
+            env("FIBER_RATE_BURST", spec.ingest.rate_limit.burst.to_string()),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: INGEST_PORT,
+            ..Default::default()
+        }]),
+        readiness_probe: Some(http_probe("/readyz", "http")),
+        liveness_probe: Some(http_probe("/healthz", "http")),
+        resources: Some(resources(
+            spec.ingest.resources.as_ref(),
+            small("50m", "64Mi", "256Mi"),
+        )),
+        security_context: Some(super::restricted_container()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "token".to_owned(),
+            mount_path: TOKEN_DIR.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let token = Volume {
+        name: "token".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::token_secret(&region.name_any())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    deployment(
+        region,
+        names::ingest(&region.name_any()),
+        "fiber-ingest",
+        "ingest",
+        spec.ingest.replicas,
+        container,
+        vec![token],
+    )
+}
+
+pub fn build_ingest_service(region: &FiberRegion) -> Service {
+    Service {
+        metadata: metadata(
+            region,
+            names::ingest(&region.name_any()),
+            "fiber-ingest",
+            "ingest",
+        ),
+        spec: Some(ServiceSpec {
+            selector: Some(selector("fiber-ingest", &region.name_any())),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: INGEST_PORT,
+                target_port: Some(IntOrString::String("http".to_owned())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn build_etl_deployment(region: &FiberRegion, images: &Images) -> Deployment {
+    let spec = &region.spec;
+    let container = Container {
+        name: "etl".to_owned(),
+        image: Some(images.etl.clone()),
+        image_pull_policy: Some(images.pull_policy.clone()),
+        command: Some(vec!["fiber-etl".to_owned()]),
+        args: Some(vec!["run".to_owned()]),
+        env: Some(vec![
+            env("FIBER_REGION", region.name_any()),
+            env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
+            env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
+            // Each pod is its own consumer of the group; its name survives restarts of the
+            // container, so pending entries are picked up again by the same consumer.
+            EnvVar {
+                name: "FIBER_CONSUMER".to_owned(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".to_owned(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            env("FIBER_ETL_READ_COUNT", spec.etl.batch_size.to_string()),
+            env(
+                "FIBER_METRICS_LISTEN",
+                format!("0.0.0.0:{ETL_METRICS_PORT}"),
+            ),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".to_owned()),
+            container_port: ETL_METRICS_PORT,
+            ..Default::default()
+        }]),
+        liveness_probe: Some(http_probe("/healthz", "metrics")),
+        resources: Some(resources(
+            spec.etl.resources.as_ref(),
+            small("50m", "64Mi", "256Mi"),
+        )),
+        security_context: Some(super::restricted_container()),
+        ..Default::default()
+    };
+    deployment(
+        region,
+        names::etl(&region.name_any()),
+        "fiber-etl",
+        "etl",
+        spec.etl.replicas,
+        container,
+        vec![],
+    )
+}
+
+/// At most one pod of the component down at a time during voluntary disruptions.
+pub fn build_pdb(region: &FiberRegion, app: &str, component: &str) -> PodDisruptionBudget {
+    let name = match component {
+        "ingest" => names::ingest(&region.name_any()),
+        _ => names::etl(&region.name_any()),
+    };
+    PodDisruptionBudget {
+        metadata: metadata(region, name, app, component),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(app, &region.name_any())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::assert_golden;
+    use crate::render::probe::fixtures::{images, region};
+
+    #[test]
+    fn renders_the_design_example() {
+        let r = region();
+        assert_golden(
+            "region-deployments.yaml",
+            &[
+                build_ingest_deployment(&r, &images()),
+                build_etl_deployment(&r, &images()),
+            ],
+        );
+        assert_golden("region-service.yaml", &[build_ingest_service(&r)]);
+        assert_golden(
+            "region-pdbs.yaml",
+            &[
+                build_pdb(&r, "fiber-ingest", "ingest"),
+                build_pdb(&r, "fiber-etl", "etl"),
+            ],
+        );
+        assert_golden(
+            "region-token-secret.yaml",
+            &[build_token_secret(&r, "not-a-real-token")],
+        );
+    }
+
+    #[test]
+    fn env_comes_from_the_referenced_secrets() {
+        let d = build_ingest_deployment(&region(), &images());
+        let env = d.spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let redis = env.iter().find(|e| e.name == "REDIS_URL").unwrap();
+        let key = redis
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (key.name.as_str(), key.key.as_str()),
+            ("fiberstack-redis", "url")
+        );
+        assert!(
+            redis.value.is_none(),
+            "the URL must not be copied into the spec"
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! Fixtures shared by the operator's tests against the local control plane.
+#![allow(dead_code)]
+
+use anyhow::Result;
+use fiberstack_operator::crd::{FiberProbe, FiberRegion};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+/// Installs the CRDs exactly as `crds/` holds them, the way a user would.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for (_, yaml) in fiberstack_operator::crdgen::manifests() {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("fiberstack-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        fiberstack_e2e::wait_for(
+            &format!("CRD {name} established"),
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_millis(200),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await?;
+                    let established = crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    Ok(if established {
+                        Ok(())
+                    } else {
+                        Err("not established".to_owned())
+                    })
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn client() -> Result<Client> {
+    fiberstack_e2e::LocalEnv::load()?.kube().await
+}
+
+/// A FiberRegion for the fake `gh` nodes, as JSON so tests can break it at will.
+pub fn region_json(name: &str) -> Value {
+    json!({
+        "apiVersion": "fiberstack.io/v1alpha1",
+        "kind": "FiberRegion",
+        "metadata": { "name": name },
+        "spec": {
+            "country": "GH",
+            "displayName": "Ghana",
+            "nodeSelector": { "topology.kubernetes.io/region": "gh" },
+            "ingest": { "replicas": 1 },
+            "etl": { "replicas": 1 },
+            "redis": { "urlSecretRef": { "name": "fiberstack-redis", "key": "url" } },
+            "database": { "urlSecretRef": { "name": "fiberstack-db", "key": "url" } }
+        }
+    })
+}
+
+/// A FiberProbe of `region` on its edge nodes.
+pub fn probe_json(name: &str, region: &str) -> Value {
+    json!({
+        "apiVersion": "fiberstack.io/v1alpha1",
+        "kind": "FiberProbe",
+        "metadata": { "name": name },
+        "spec": {
+            "region": region,
+            "nodeSelector": { "fiberstack.io/edge": "true" },
+            "interval": "60s",
+            "timeout": "5s",
+            "targets": [
+                { "name": "google-dns", "icmp": { "host": "8.8.8.8", "count": 5 } },
+                { "name": "db", "tcp": { "host": "10.0.0.5", "port": 5432 } }
+            ]
+        }
+    })
+}
+
+pub fn region(name: &str) -> FiberRegion {
+    serde_json::from_value(region_json(name)).unwrap()
+}
+
+pub fn probe(name: &str, region: &str) -> FiberProbe {
+    serde_json::from_value(probe_json(name, region)).unwrap()
+}
+
+/// The controllers, in this process, watching one test namespace.
+pub struct Operator {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub fn images() -> fiberstack_operator::render::Images {
+    fiberstack_operator::render::Images {
+        ingest: "fiberstack/fiber-ingest:test".to_owned(),
+        etl: "fiberstack/fiber-etl:test".to_owned(),
+        probe: "fiberstack/fiber-probe:test".to_owned(),
+        pull_policy: "IfNotPresent".to_owned(),
+    }
+}
+
+impl Operator {
+    pub fn start(client: &Client, namespace: &str, db: Option<sqlx::PgPool>) -> Self {
+        let settings = fiberstack_operator::controller::Settings {
+            images: images(),
+            namespace: Some(namespace.to_owned()),
+            status_every: std::time::Duration::from_secs(2),
+            hysteresis: fiberstack_operator::conditions::Hysteresis {
+                evaluations: 2,
+                min_gap: std::time::Duration::from_secs(1),
+            },
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(fiberstack_operator::controller::run(
+            client.clone(),
+            settings,
+            db,
+            std::sync::Arc::new(fiberstack_operator::metrics::Metrics::default()),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.task).await;
+    }
+}
+
+/// Creates (or updates) an object from JSON with server-side apply, as `kubectl apply
+/// --server-side` would.
+pub async fn apply_json<K>(api: &Api<K>, value: &Value) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = value["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply("fiberstack-tests").force(),
+            &Patch::Apply(value),
+        )
+        .await?)
+}
+
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+pub const EVERY: std::time::Duration = std::time::Duration::from_millis(300);

@@ -1,0 +1,268 @@
+//! Fleet health in FiberProbe status from samples in a real, freshly migrated PostgreSQL
+//! database: Reporting, the 15-minute summary, Healthy with its hysteresis and Events, what
+//! `kubectl get fiberprobes` shows, and a database that cannot be reached.
+
+mod common;
+
+use anyhow::{Context, Result};
+use common::{EVERY, Operator, WAIT, apply_json};
+use fiberstack_e2e::{LocalEnv, TestNamespace, wait_for};
+use fiberstack_operator::crd::{Condition, FiberProbe, FiberProbeStatus, FiberRegion};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use sqlx::PgPool;
+
+async fn migrated_database() -> Result<(String, PgPool)> {
+    let url = LocalEnv::load()?
+        .fresh_postgres_database("fs_operator")
+        .await?;
+    let pool = fiber_etl::db::DbConfig::new(&url).connect().await?;
+    fiber_etl::migrate::migrate(&pool).await?;
+    Ok((url, pool))
+}
+
+/// `count` successful samples of one target from gh-accra-1, one every 10 s back from now
+/// (offset by `skew_ms` so that two series never share a key).
+async fn seed(
+    pool: &PgPool,
+    probe: &str,
+    target: &str,
+    count: i32,
+    latency_ms: f64,
+    skew_ms: i32,
+) -> Result<()> {
+    sqlx::query(
+        "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss)
+         select now() - make_interval(secs => g * 10) - make_interval(secs => $5::float8 / 1000),
+                'gh-accra-1', $1, 'ghana', $2, 'icmp', true, $3, 0
+           from generate_series(1, $4) g",
+    )
+    .bind(probe)
+    .bind(target)
+    .bind(latency_ms)
+    .bind(count)
+    .bind(skew_ms)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+fn cond(s: &FiberProbeStatus, t: &str) -> Condition {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn wait_status(
+    probes: &Api<FiberProbe>,
+    what: &str,
+    check: impl Fn(&FiberProbeStatus) -> bool,
+) -> Result<FiberProbeStatus> {
+    wait_for(what, WAIT, EVERY, || async {
+        let s = probes.get("accra-edge").await?.status.unwrap_or_default();
+        Ok(if check(&s) {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        })
+    })
+    .await
+}
+
+async fn health_events(client: &Client, ns: &str) -> Result<Vec<String>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect())
+}
+
+#[tokio::test]
+async fn samples_drive_reporting_and_healthy_with_events() -> Result<()> {
+    let client = common::client().await?;
+    common::install_crds(&client).await?;
+    let (url, pool) = migrated_database().await?;
+    let ns = TestNamespace::create(&client, "op-health").await?;
+    let db = fiberstack_operator::status::connect_lazy(&url, None)?;
+    let operator = Operator::start(&client, &ns.name, Some(db));
+    let result = health(&client, &ns.name, &pool).await;
+    operator.stop().await;
+    ns.delete().await?;
+    result
+}
+
+async fn health(client: &Client, ns: &str, pool: &PgPool) -> Result<()> {
+    let regions: Api<FiberRegion> = Api::namespaced(client.clone(), ns);
+    let probes: Api<FiberProbe> = Api::namespaced(client.clone(), ns);
+    apply_json(&regions, &common::region_json("ghana")).await?;
+    apply_json(&probes, &common::probe_json("accra-edge", "ghana")).await?;
+    let key = format!("{ns}/accra-edge");
+
+    // No samples yet: placed, not reporting, health unknown.
+    let s = wait_status(&probes, "NoRecentSamples", |s| {
+        cond(s, "Reporting").reason == "NoRecentSamples" && s.ready == "1/1"
+    })
+    .await?;
+    assert_eq!(cond(&s, "Healthy").status, "Unknown");
+    assert_eq!(s.health, "NoData");
+
+    // Healthy samples from the one node the probe runs on.
+    seed(pool, &key, "google-dns", 30, 20.0, 0).await?;
+    seed(pool, &key, "db", 30, 5.0, 1).await?;
+    let s = wait_status(&probes, "Reporting and Healthy", |s| {
+        cond(s, "Reporting").status == "True" && cond(s, "Healthy").status == "True"
+    })
+    .await?;
+    assert_eq!(s.reporting_probes, 1);
+    assert!(s.last_sample_time.is_some());
+    let summary = s.summary.clone().context("summary")?;
+    assert_eq!(summary.samples, 60);
+    assert_eq!(summary.uptime_pct, Some(100.0));
+    assert_eq!(s.targets.len(), 2);
+    assert_eq!(s.targets[0].name, "google-dns");
+    assert_eq!(s.targets[0].summary.latency_p95_ms, Some(20.0));
+    assert_eq!(s.targets[0].state, "Healthy");
+    let healthy_since = cond(&s, "Healthy").last_transition_time;
+
+    // `kubectl get` tells the story in one line.
+    let env = LocalEnv::load()?;
+    let out = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(["get", "fiberprobes", "-n", ns])
+        .output()
+        .context("running kubectl")?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "REGION",
+            "READY",
+            "REPORTING",
+            "P95",
+            "LOSS",
+            "UPTIME",
+            "HEALTH",
+            "AGE"
+        ]
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        &row[..8],
+        [
+            "accra-edge",
+            "ghana",
+            "1/1",
+            "1",
+            "20",
+            "0",
+            "100",
+            "Healthy"
+        ],
+        "{table}"
+    );
+
+    // A later evaluation with nothing new keeps the transition time.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let s = probes.get("accra-edge").await?.status.unwrap_or_default();
+    assert_eq!(cond(&s, "Healthy").last_transition_time, healthy_since);
+
+    // The DNS target degrades: 60 slow, lossy samples outweigh the 30 good ones.
+    sqlx::query(
+        "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss)
+         select now() - make_interval(secs => g) - interval '3 milliseconds',
+                'gh-accra-1', $1, 'ghana', 'google-dns', 'icmp', true, 400, 10
+           from generate_series(1, 60) g",
+    )
+    .bind(&key)
+    .execute(pool)
+    .await?;
+    let s = wait_status(&probes, "Healthy=False", |s| {
+        cond(s, "Healthy").status == "False"
+    })
+    .await?;
+    let healthy = cond(&s, "Healthy");
+    assert_eq!(healthy.reason, "ThresholdsBreached");
+    assert!(
+        healthy
+            .message
+            .starts_with("worst target google-dns: p95 latency 400 ms > 150 ms"),
+        "{}",
+        healthy.message
+    );
+    assert_eq!(s.health, "Degraded");
+    let target = &s.targets[0];
+    assert_eq!(
+        (target.name.as_str(), target.state.as_str()),
+        ("google-dns", "Breaching")
+    );
+    wait_for("HealthDegraded event", WAIT, EVERY, || async {
+        let reasons = health_events(client, ns).await?;
+        Ok(if reasons.iter().any(|r| r == "HealthDegraded") {
+            Ok(())
+        } else {
+            Err(format!("{reasons:?}"))
+        })
+    })
+    .await?;
+
+    // Recovery: the bad samples go away.
+    sqlx::query("delete from metrics where probe = $1 and latency_ms = 400")
+        .bind(&key)
+        .execute(pool)
+        .await?;
+    wait_status(&probes, "Healthy=True again", |s| {
+        cond(s, "Healthy").status == "True"
+    })
+    .await?;
+    wait_for("HealthRecovered event", WAIT, EVERY, || async {
+        let reasons = health_events(client, ns).await?;
+        Ok(if reasons.iter().any(|r| r == "HealthRecovered") {
+            Ok(())
+        } else {
+            Err(format!("{reasons:?}"))
+        })
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_database_makes_reporting_unknown() -> Result<()> {
+    let client = common::client().await?;
+    common::install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "op-nodb").await?;
+    // Nothing listens on port 1.
+    let db =
+        fiberstack_operator::status::connect_lazy("postgres://postgres@127.0.0.1:1/none", None)?;
+    let operator = Operator::start(&client, &ns.name, Some(db));
+    let result = async {
+        let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
+        let probes: Api<FiberProbe> = Api::namespaced(client.clone(), &ns.name);
+        apply_json(&regions, &common::region_json("ghana")).await?;
+        apply_json(&probes, &common::probe_json("accra-edge", "ghana")).await?;
+        let s = wait_status(&probes, "DatabaseUnavailable", |s| {
+            cond(s, "Reporting").reason == "DatabaseUnavailable" && s.ready == "1/1"
+        })
+        .await?;
+        assert_eq!(cond(&s, "Reporting").status, "Unknown");
+        assert!(
+            cond(&s, "Reporting")
+                .message
+                .contains("cannot read samples")
+        );
+        Ok(())
+    }
+    .await;
+    operator.stop().await;
+    ns.delete().await?;
+    result
+}

@@ -1,0 +1,551 @@
+//! The controllers against the local control plane: what a FiberRegion and a FiberProbe
+//! render, where the probe pods land (kube-controller-manager makes them, kube-scheduler
+//! places them, kwok runs them on paper), and how changes, pausing and deletion propagate.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use common::{EVERY, Operator, WAIT, apply_json};
+use fiberstack_e2e::{TestNamespace, wait_for};
+use fiberstack_operator::crd::{FiberProbe, FiberRegion};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Nodes running the probe's pods, once they are Running.
+async fn running_nodes(client: &Client, ns: &str, probe: &str) -> Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={probe},app.kubernetes.io/name=fiber-probe"
+        )))
+        .await?;
+    let mut nodes: Vec<String> = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .collect();
+    nodes.sort();
+    Ok(nodes)
+}
+
+async fn wait_nodes(client: &Client, ns: &str, probe: &str, expected: &[&str]) -> Result<()> {
+    wait_for(
+        &format!("probe pods on {expected:?}"),
+        WAIT,
+        EVERY,
+        || async {
+            let nodes = running_nodes(client, ns, probe).await?;
+            Ok(if nodes == expected {
+                Ok(())
+            } else {
+                Err(format!("{nodes:?}"))
+            })
+        },
+    )
+    .await
+}
+
+async fn wait_ready(probes: &Api<FiberProbe>, name: &str, expected: &str) -> Result<()> {
+    wait_for(&format!("status.ready {expected}"), WAIT, EVERY, || async {
+        let p = probes.get(name).await?;
+        let ready = p.status.map(|s| s.ready).unwrap_or_default();
+        Ok(if ready == expected {
+            Ok(())
+        } else {
+            Err(ready)
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn region_and_probe_render_place_update_pause_and_delete() -> Result<()> {
+    let client = common::client().await?;
+    common::install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "op-life").await?;
+    let operator = Operator::start(&client, &ns.name, None);
+    let result = lifecycle(&client, &ns.name).await;
+    operator.stop().await;
+    ns.delete().await?;
+    result
+}
+
+async fn lifecycle(client: &Client, ns: &str) -> Result<()> {
+    let regions: Api<FiberRegion> = Api::namespaced(client.clone(), ns);
+    let probes: Api<FiberProbe> = Api::namespaced(client.clone(), ns);
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let region = apply_json(&regions, &common::region_json("ghana")).await?;
+    let probe = apply_json(&probes, &common::probe_json("accra-edge", "ghana")).await?;
+
+    // The region's data path.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let token_of = || async {
+        let s = secrets.get("fiberstack-probe-token-ghana").await?;
+        anyhow::Ok(s.data.unwrap_or_default()["token"].0.clone())
+    };
+    let ingest = wait_for("ingest Deployment", WAIT, EVERY, || async {
+        Ok(deployments
+            .get_opt("fiberstack-ingest-ghana")
+            .await?
+            .ok_or("absent".to_owned()))
+    })
+    .await?;
+    let pod = ingest.spec.unwrap().template.spec.unwrap();
+    let env = pod.containers[0].env.clone().unwrap();
+    let by_name = |n: &str| env.iter().find(|e| e.name == n).cloned().unwrap();
+    let redis = by_name("REDIS_URL")
+        .value_from
+        .unwrap()
+        .secret_key_ref
+        .unwrap();
+    assert_eq!(
+        (redis.name.as_str(), redis.key.as_str()),
+        ("fiberstack-redis", "url")
+    );
+    let db = by_name("DATABASE_URL")
+        .value_from
+        .unwrap()
+        .secret_key_ref
+        .unwrap();
+    assert_eq!(
+        (db.name.as_str(), db.key.as_str()),
+        ("fiberstack-db", "url")
+    );
+    assert_eq!(by_name("FIBER_REGION").value.as_deref(), Some("ghana"));
+    assert_eq!(
+        by_name("FIBER_TOKEN_FILE").value.as_deref(),
+        Some("/var/run/fiberstack/token")
+    );
+    assert_eq!(
+        pod.containers[0].command.as_deref(),
+        Some(&["fiber-ingest".to_owned()][..])
+    );
+    let etl = wait_for("ETL Deployment", WAIT, EVERY, || async {
+        Ok(deployments
+            .get_opt("fiberstack-etl-ghana")
+            .await?
+            .ok_or("absent".to_owned()))
+    })
+    .await?;
+    let etl_env = etl.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let consumer = etl_env.iter().find(|e| e.name == "FIBER_CONSUMER").unwrap();
+    assert_eq!(
+        consumer
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "metadata.name"
+    );
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    let service = wait_for("ingest Service", WAIT, EVERY, || async {
+        Ok(services
+            .get_opt("fiberstack-ingest-ghana")
+            .await?
+            .ok_or("absent".to_owned()))
+    })
+    .await?;
+    assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 8080);
+    let token = wait_for("token Secret", WAIT, EVERY, || async {
+        Ok(token_of().await.map_err(|e| e.to_string()))
+    })
+    .await?;
+    assert!(token.len() >= 32, "token of {} bytes", token.len());
+
+    // The probe's ConfigMap and DaemonSet.
+    let ds = wait_for("probe DaemonSet", WAIT, EVERY, || async {
+        Ok(daemonsets
+            .get_opt("fiberstack-probe-accra-edge")
+            .await?
+            .ok_or("absent".to_owned()))
+    })
+    .await?;
+    let owner = &ds.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("FiberProbe", probe.uid().unwrap().as_str())
+    );
+    let cm = configmaps.get("fiberstack-probe-accra-edge").await?;
+    assert_eq!(
+        cm.metadata.owner_references.unwrap()[0].uid,
+        probe.uid().unwrap()
+    );
+    let config = fiberstack_model::ProbeConfig::from_yaml(&cm.data.unwrap()["probe.yaml"])?;
+    assert_eq!(config.probe, format!("{ns}/accra-edge"));
+    assert_eq!(
+        config.ingest.urls,
+        [format!("http://fiberstack-ingest-ghana.{ns}.svc:8080")]
+    );
+    assert_eq!(config.country, "GH");
+    let template = ds.spec.clone().unwrap().template;
+    let pod = template.spec.clone().unwrap();
+    assert_eq!(
+        pod.node_selector.clone().unwrap(),
+        map(&[
+            ("topology.kubernetes.io/region", "gh"),
+            ("fiberstack.io/edge", "true")
+        ])
+    );
+    let c = &pod.containers[0];
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+    let psc = pod.security_context.clone().unwrap();
+    assert_eq!(psc.sysctls.unwrap()[0].name, "net.ipv4.ping_group_range");
+    let node_name = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "NODE_NAME")
+        .unwrap();
+    assert_eq!(
+        node_name
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "spec.nodeName"
+    );
+
+    // Placement: only the Ghanaian edge node; readyProbes follows.
+    wait_nodes(client, ns, "accra-edge", &["gh-accra-1"]).await?;
+    wait_ready(&probes, "accra-edge", "1/1").await?;
+
+    // New targets: the ConfigMap changes, the pod template does not.
+    let mut changed = common::probe_json("accra-edge", "ghana");
+    changed["spec"]["targets"] =
+        json!([{ "name": "resolver", "dns": { "query": "example.com", "server": "1.1.1.1" } }]);
+    apply_json(&probes, &changed).await?;
+    wait_for("ConfigMap with the new target", WAIT, EVERY, || async {
+        let cm = configmaps.get("fiberstack-probe-accra-edge").await?;
+        let yaml = cm
+            .data
+            .unwrap_or_default()
+            .remove("probe.yaml")
+            .unwrap_or_default();
+        Ok(
+            if yaml.contains("resolver") && !yaml.contains("google-dns") {
+                Ok(())
+            } else {
+                Err(yaml)
+            },
+        )
+    })
+    .await?;
+    let after = daemonsets.get("fiberstack-probe-accra-edge").await?;
+    assert_eq!(
+        after.spec.unwrap().template,
+        template,
+        "a config-only change must not restart pods"
+    );
+    assert_eq!(after.metadata.generation, ds.metadata.generation);
+
+    // A new node selector on the probe, and a new one on the region: the DaemonSet follows
+    // both, and the pods move.
+    changed["spec"]["nodeSelector"] = json!({ "fiberstack.io/fake": "true" });
+    apply_json(&probes, &changed).await?;
+    let mut region_json = common::region_json("ghana");
+    region_json["spec"]["nodeSelector"] = json!({ "fiberstack.io/edge": "true" });
+    apply_json(&regions, &region_json).await?;
+    wait_for("DaemonSet with both new selectors", WAIT, EVERY, || async {
+        let ds = daemonsets.get("fiberstack-probe-accra-edge").await?;
+        let selector = ds
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .node_selector
+            .unwrap_or_default();
+        let want = map(&[
+            ("fiberstack.io/edge", "true"),
+            ("fiberstack.io/fake", "true"),
+        ]);
+        Ok(if selector == want {
+            Ok(())
+        } else {
+            Err(format!("{selector:?}"))
+        })
+    })
+    .await?;
+    wait_nodes(client, ns, "accra-edge", &["gh-accra-1", "ng-lagos-1"]).await?;
+    wait_ready(&probes, "accra-edge", "2/2").await?;
+    assert_eq!(
+        token_of().await?,
+        token,
+        "the token must survive reconciles"
+    );
+
+    // Paused: pods gone, status says so.
+    changed["spec"]["paused"] = json!(true);
+    apply_json(&probes, &changed).await?;
+    wait_for("paused", WAIT, EVERY, || async {
+        let gone = daemonsets
+            .get_opt("fiberstack-probe-accra-edge")
+            .await?
+            .is_none();
+        let p = probes.get("accra-edge").await?;
+        let status = p.status.unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .cloned()
+            .unwrap_or_default();
+        Ok(
+            if gone && status.health == "Paused" && ready.reason == "Paused" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "daemonset gone: {gone}, health {}, Ready {ready:?}",
+                    status.health
+                ))
+            },
+        )
+    })
+    .await?;
+    wait_nodes(client, ns, "accra-edge", &[]).await?;
+
+    // Deletion: owned objects are collected by kube-controller-manager.
+    probes
+        .delete("accra-edge", &DeleteParams::background())
+        .await?;
+    regions.delete("ghana", &DeleteParams::background()).await?;
+    wait_for("owned objects collected", WAIT, EVERY, || async {
+        let cm = configmaps
+            .get_opt("fiberstack-probe-accra-edge")
+            .await?
+            .is_some();
+        let d = deployments.list(&ListParams::default()).await?.items.len();
+        let s = secrets
+            .get_opt("fiberstack-probe-token-ghana")
+            .await?
+            .is_some();
+        Ok(if !cm && d == 0 && !s {
+            Ok(())
+        } else {
+            Err(format!("configmap {cm}, deployments {d}, token {s}"))
+        })
+    })
+    .await?;
+    let _ = region;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_probe_without_its_region_says_so_and_recovers_when_it_appears() -> Result<()> {
+    let client = common::client().await?;
+    common::install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "op-noregion").await?;
+    let operator = Operator::start(&client, &ns.name, None);
+    let result = async {
+        let probes: Api<FiberProbe> = Api::namespaced(client.clone(), &ns.name);
+        apply_json(&probes, &common::probe_json("orphan", "kenya")).await?;
+        wait_for("RegionNotFound", WAIT, EVERY, || async {
+            let p = probes.get("orphan").await?;
+            let s = p.status.unwrap_or_default();
+            let ready = s
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .cloned()
+                .unwrap_or_default();
+            Ok(
+                if ready.reason == "RegionNotFound"
+                    && ready.message.contains("\"kenya\"")
+                    && s.health == "RegionNotFound"
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{ready:?}"))
+                },
+            )
+        })
+        .await?;
+        let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
+        let mut kenya = common::region_json("kenya");
+        kenya["spec"]["country"] = json!("KE");
+        kenya["spec"]["nodeSelector"] = json!({ "topology.kubernetes.io/region": "ke" });
+        apply_json(&regions, &kenya).await?;
+        // The probe asks for edge nodes; Kenya has none.
+        let mut probe = common::probe_json("orphan", "kenya");
+        probe["spec"]["nodeSelector"] = json!({});
+        apply_json(&probes, &probe).await?;
+        wait_nodes(&client, &ns.name, "orphan", &["ke-nairobi-1"]).await?;
+        // A conflict between the two selectors is refused with the key named.
+        probe["spec"]["nodeSelector"] = json!({ "topology.kubernetes.io/region": "gh" });
+        apply_json(&probes, &probe).await?;
+        wait_for("InvalidSpec", WAIT, EVERY, || async {
+            let p = probes.get("orphan").await?;
+            let s = p.status.unwrap_or_default();
+            let ready = s
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .cloned()
+                .unwrap_or_default();
+            Ok(
+                if ready.reason == "InvalidSpec"
+                    && ready.message.contains("topology.kubernetes.io/region")
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{ready:?}"))
+                },
+            )
+        })
+        .await
+    }
+    .await;
+    operator.stop().await;
+    ns.delete().await?;
+    result
+}
+
+#[tokio::test]
+async fn region_status_reports_availability_and_its_stream() -> Result<()> {
+    let env = fiberstack_e2e::LocalEnv::load()?;
+    let client = env.kube().await?;
+    common::install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "op-region").await?;
+    // A region name of its own: its stream keys are this test's alone.
+    let name = fiberstack_e2e::unique_name("gh");
+    let samples = format!("fiber:samples:{name}");
+    let dlq = format!("fiber:dlq:{name}");
+    let mut redis = env.redis().await?;
+    let operator = Operator::start(&client, &ns.name, None);
+    let result = async {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": "fiberstack-redis" },
+            "stringData": { "url": env.redis_url }
+        }))?;
+        Api::<Secret>::namespaced(client.clone(), &ns.name)
+            .create(&Default::default(), &secret)
+            .await?;
+        for i in 0..3 {
+            redis::cmd("XADD")
+                .arg(&samples)
+                .arg("*")
+                .arg("batch")
+                .arg(i)
+                .query_async::<String>(&mut redis)
+                .await?;
+        }
+        redis::cmd("XADD")
+            .arg(&dlq)
+            .arg("*")
+            .arg("reason")
+            .arg("test")
+            .query_async::<String>(&mut redis)
+            .await?;
+
+        let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
+        apply_json(&regions, &common::region_json(&name)).await?;
+        let cond = |r: &FiberRegion, t: &str| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned())
+                .unwrap_or_default()
+        };
+        wait_for(
+            "region available, with its stream figures",
+            WAIT,
+            EVERY,
+            || async {
+                let r = regions.get(&name).await?;
+                let s = r.status.clone().unwrap_or_default();
+                let ok = s.ingest == "1/1"
+                    && s.etl == "1/1"
+                    && cond(&r, "IngestAvailable").status == "True"
+                    && cond(&r, "EtlAvailable").status == "True"
+                    && cond(&r, "Ready").status == "True"
+                    && s.backlog == Some(3)
+                    && s.pending == Some(0)
+                    && s.dead_letters == Some(1)
+                    && cond(&r, "Degraded").reason == "DeadLetters";
+                Ok(if ok { Ok(()) } else { Err(format!("{s:?}")) })
+            },
+        )
+        .await?;
+        redis::cmd("DEL")
+            .arg(&dlq)
+            .query_async::<i64>(&mut redis)
+            .await?;
+        wait_for("Degraded=False", WAIT, EVERY, || async {
+            let r = regions.get(&name).await?;
+            let c = cond(&r, "Degraded");
+            Ok(if c.status == "False" {
+                Ok(())
+            } else {
+                Err(format!("{c:?}"))
+            })
+        })
+        .await?;
+        let out = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &env.kubeconfig)
+            .args(["get", "fiberregions", "-n", &ns.name])
+            .output()?;
+        let table = String::from_utf8_lossy(&out.stdout).to_string();
+        let header: Vec<&str> = table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "NAME", "COUNTRY", "INGEST", "ETL", "BACKLOG", "PROBES", "READY", "AGE"
+            ],
+            "{table}"
+        );
+        let row: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            &row[1..7],
+            ["GH", "1/1", "1/1", "3", "0", "True"],
+            "{table}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    operator.stop().await;
+    let _ = redis::cmd("DEL")
+        .arg(&samples)
+        .arg(&dlq)
+        .query_async::<i64>(&mut redis)
+        .await;
+    ns.delete().await?;
+    result
+}
