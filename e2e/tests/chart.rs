@@ -1,0 +1,237 @@
+//! The Helm chart (`charts/fiberstack`): lint-clean, its values schema refuses bad values
+//! naming them, what it renders is accepted by the API server (server-side dry run, in a
+//! namespace that warns on anything the restricted Pod Security Standard forbids), and the
+//! copies it carries of the CRDs and the operator's RBAC are the originals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, ensure};
+use fiberstack_e2e::{LocalEnv, TestNamespace};
+use serde::Deserialize as _;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart() -> PathBuf {
+    repo().join("charts/fiberstack")
+}
+
+/// `helm`/`kubectl` from the environment's binaries, pointed at its cluster.
+fn tool(name: &str, env: &LocalEnv) -> Command {
+    let mut command = Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".env/bin")
+            .join(name),
+    );
+    command.env("KUBECONFIG", &env.kubeconfig);
+    command
+}
+
+fn run(mut command: Command) -> Result<Output> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    Ok(out)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn template(env: &LocalEnv, namespace: &str, sets: &[&str]) -> Result<Output> {
+    let mut helm = tool("helm", env);
+    helm.args([
+        "template",
+        "fs",
+        chart().to_str().unwrap(),
+        "--namespace",
+        namespace,
+    ]);
+    for set in sets {
+        helm.args(["--set", set]);
+    }
+    run(helm)
+}
+
+#[test]
+fn chart_lints_clean() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let mut helm = tool("helm", &env);
+    helm.args(["lint", "--strict", chart().to_str().unwrap()]);
+    let out = run(helm)?;
+    ensure!(
+        out.status.success(),
+        "helm lint: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn values_schema_refuses_bad_values_by_name() -> Result<()> {
+    let env = LocalEnv::load()?;
+    for (set, named) in [
+        ("operator.replicas=0", "/operator/replicas"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("migration.retainRaw=7days", "/migration/retainRaw"),
+        ("operatr.replicas=2", "operatr"),
+        ("timescaledb.storage.size=lots", "/timescaledb/storage/size"),
+        (
+            "grafana.datasource.sslmode=maybe",
+            "/grafana/datasource/sslmode",
+        ),
+    ] {
+        let out = template(&env, "default", &[set])?;
+        let stderr = text(&out.stderr);
+        ensure!(!out.status.success(), "{set} was accepted");
+        ensure!(
+            stderr.contains("values don't meet the specifications of the schema"),
+            "{set}: {stderr}"
+        );
+        ensure!(
+            stderr.contains(named),
+            "{set}: the error does not name {named}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn chart_carries_the_generated_crds_and_the_operators_rbac() -> Result<()> {
+    for (copy, original) in [
+        (
+            "charts/fiberstack/crds/fiberregions.yaml",
+            "crds/fiberregions.yaml",
+        ),
+        (
+            "charts/fiberstack/crds/fiberprobes.yaml",
+            "crds/fiberprobes.yaml",
+        ),
+        (
+            "charts/fiberstack/files/operator-rbac.yaml",
+            "operator/rbac.yaml",
+        ),
+    ] {
+        let a = std::fs::read_to_string(repo().join(copy)).with_context(|| copy.to_owned())?;
+        let b =
+            std::fs::read_to_string(repo().join(original)).with_context(|| original.to_owned())?;
+        ensure!(
+            a == b,
+            "{copy} differs from {original}: copy it again (cp {original} {copy})"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn rendered_objects_are_accepted_by_the_api_server_under_restricted_pod_security()
+-> Result<()> {
+    let env = LocalEnv::load()?;
+    let ns = TestNamespace::create(&env.kube().await?, "fs-chart").await?;
+    let outcome = async {
+        let mut label = tool("kubectl", &env);
+        label.args([
+            "label",
+            "namespace",
+            &ns.name,
+            "pod-security.kubernetes.io/warn=restricted",
+        ]);
+        let out = run(label)?;
+        ensure!(out.status.success(), "{}", text(&out.stderr));
+        for sets in [
+            &[][..],
+            &["timescaledb.enabled=true", "redis.enabled=true"][..],
+            &[
+                "database.existingSecret=my-db",
+                "operator.replicas=1",
+                "networkPolicy.enabled=false",
+            ][..],
+        ] {
+            let rendered = template(&env, &ns.name, sets)?;
+            ensure!(
+                rendered.status.success(),
+                "{sets:?}: {}",
+                text(&rendered.stderr)
+            );
+            let manifest = text(&rendered.stdout);
+            check_restricted(&manifest).with_context(|| format!("{sets:?}"))?;
+            let path = std::env::temp_dir().join(format!("{}-{}.yaml", ns.name, sets.len()));
+            std::fs::write(&path, &manifest)?;
+            let mut apply = tool("kubectl", &env);
+            apply.args([
+                "apply",
+                "--dry-run=server",
+                "-n",
+                &ns.name,
+                "-f",
+                path.to_str().unwrap(),
+            ]);
+            let out = run(apply)?;
+            let _ = std::fs::remove_file(&path);
+            let stderr = text(&out.stderr);
+            ensure!(
+                out.status.success(),
+                "{sets:?}: the API server refused: {stderr}"
+            );
+            // The bundled TimescaleDB's entrypoint needs a writable root (documented in
+            // values.yaml); everything of FiberStack's own must pass "restricted".
+            let warnings: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.contains("PodSecurity") && !l.contains("timescaledb"))
+                .collect();
+            ensure!(warnings.is_empty(), "{sets:?}: {warnings:?}");
+        }
+        Ok(())
+    }
+    .await;
+    ns.delete().await?;
+    outcome
+}
+
+/// FiberStack's own containers (operator, migration, Redis) run non-root, without privilege
+/// escalation or capabilities, read-only, with the runtime's seccomp profile.
+fn check_restricted(manifest: &str) -> Result<()> {
+    let mut checked = 0;
+    for doc in serde_yaml::Deserializer::from_str(manifest) {
+        let object = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
+        let kind = object["kind"].as_str().unwrap_or_default();
+        if !["Deployment", "StatefulSet", "Job"].contains(&kind) {
+            continue;
+        }
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        if name.ends_with("-timescaledb") {
+            continue;
+        }
+        let pod = &object["spec"]["template"]["spec"];
+        ensure!(
+            pod["securityContext"]["runAsNonRoot"] == true,
+            "{kind} {name}: runAsNonRoot"
+        );
+        for container in pod["containers"].as_array().context("containers")? {
+            let sc = &container["securityContext"];
+            let what = format!("{kind} {name} container {}", container["name"]);
+            ensure!(
+                sc["allowPrivilegeEscalation"] == false,
+                "{what}: allowPrivilegeEscalation"
+            );
+            ensure!(
+                sc["readOnlyRootFilesystem"] == true,
+                "{what}: readOnlyRootFilesystem"
+            );
+            ensure!(
+                sc["capabilities"]["drop"] == serde_json::json!(["ALL"]),
+                "{what}: drop ALL"
+            );
+            ensure!(
+                sc["seccompProfile"]["type"] == "RuntimeDefault",
+                "{what}: seccomp"
+            );
+            checked += 1;
+        }
+    }
+    ensure!(checked >= 1, "no container checked");
+    Ok(())
+}
