@@ -1,7 +1,7 @@
 # FiberStack: the two commands of the README, and the parts they are made of.
 #   make env-up      bring up the local environment (control plane, Redis, PostgreSQL, TimescaleDB)
 #   make test        everything CI checks: fmt, clippy, all tests against the real parts
-.PHONY: env-up env-down env-status test bench
+.PHONY: env-up env-down env-status test bench manifests crds
 
 env-up:
 	bash e2e/scripts/env.sh up
@@ -18,3 +18,12 @@ test:
 # Load benchmark of the data path (prints figures, never fails on time).
 bench: env-up
 	cargo bench -p fiber-ingest --bench load
+
+# Regenerate the CRDs from the operator's types, and the install bundle from the chart (tests
+# fail when either is stale).
+crds:
+	cargo run -q -p fiberstack-operator --bin crdgen
+	cp crds/*.yaml charts/fiberstack/crds/
+
+manifests:
+	bash e2e/scripts/render-manifests.sh --write

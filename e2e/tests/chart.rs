@@ -235,3 +235,51 @@ fn check_restricted(manifest: &str) -> Result<()> {
     ensure!(checked >= 1, "no container checked");
     Ok(())
 }
+
+#[test]
+fn install_bundle_is_up_to_date() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let mut render = Command::new("bash");
+    render
+        .arg(repo().join("e2e/scripts/render-manifests.sh"))
+        .env(
+            "HELM",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(".env/bin/helm"),
+        )
+        .env("KUBECONFIG", &env.kubeconfig);
+    let out = run(render)?;
+    ensure!(out.status.success(), "{}", text(&out.stderr));
+    let committed = std::fs::read_to_string(repo().join("manifests/fiberstack.yaml"))?;
+    ensure!(
+        text(&out.stdout) == committed,
+        "manifests/fiberstack.yaml is stale: run `make manifests`"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn examples_are_accepted_by_the_api_server() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let mut crds = tool("kubectl", &env);
+    crds.args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(repo().join("crds"));
+    let out = run(crds)?;
+    ensure!(
+        out.status.success(),
+        "installing the CRDs: {}",
+        text(&out.stderr)
+    );
+    let ns = TestNamespace::create(&env.kube().await?, "fs-examples").await?;
+    let mut apply = tool("kubectl", &env);
+    apply
+        .args(["apply", "--dry-run=server", "-n", &ns.name, "-f"])
+        .arg(repo().join("manifests/examples"));
+    let out = run(apply)?;
+    ns.delete().await?;
+    let stdout = text(&out.stdout);
+    ensure!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    // probe.yaml: one region and one probe; three-regions.yaml: three of each.
+    let accepted = stdout.matches("created (server dry run)").count();
+    ensure!(accepted == 8, "{accepted} objects accepted: {stdout}");
+    Ok(())
+}
