@@ -13,7 +13,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use kube::api::{Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -37,6 +37,9 @@ pub struct Settings {
     /// Status is recomputed at least this often.
     pub status_every: Duration,
     pub hysteresis: Hysteresis,
+    /// Reconciles running at once per controller. Unbounded, 2,000 probes' reconciles all
+    /// wait on one API server together and each takes tens of seconds.
+    pub concurrency: u16,
 }
 
 /// What a reconcile needs besides the object.
@@ -213,6 +216,7 @@ pub async fn run(
         instance: std::env::var("HOSTNAME").ok(),
     };
     let ns = settings.namespace.clone();
+    let concurrency = settings.concurrency;
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
@@ -257,6 +261,7 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
+        .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop(&shutdown_tx))
         .run(probe::reconcile, error_policy("probe"), ctx.clone())
         .for_each(|_| async {});
@@ -269,6 +274,7 @@ pub async fn run(
         all_or_namespaced::<Deployment>(&client, ns.as_deref()),
         watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
     )
+    .with_config(controller::Config::default().concurrency(concurrency))
     .graceful_shutdown_on(stop(&shutdown_tx))
     .run(region::reconcile, error_policy("region"), ctx.clone())
     .for_each(|_| async {});
