@@ -36,6 +36,14 @@ async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// The operator's JSON log, kept for a look at what limited the run.
+fn operator_log() -> Result<Stdio> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fleet-operator.log");
+    println!("operator log: {}", path.display());
+    Ok(std::fs::File::create(path)?.into())
+}
+
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -91,7 +99,7 @@ async fn main() -> Result<()> {
         .args(["--database-url", &db_url])
         .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(operator_log()?)
         .spawn()
         .context("starting the operator")?;
     let pid = operator.id();

@@ -57,6 +57,9 @@ struct Config {
     /// Seconds that must pass between two evaluations counted towards that hold.
     #[arg(long, env = "FIBER_HEALTH_EVALUATION_GAP_SECS", default_value_t = 20)]
     health_evaluation_gap_secs: u64,
+    /// Reconciles each controller runs at once (0: unbounded).
+    #[arg(long, env = "FIBER_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
     /// Run without leader election (a single replica only).
     #[arg(long, env = "FIBER_NO_LEADER_ELECTION")]
     no_leader_election: bool,
@@ -137,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
             evaluations: config.health_evaluations,
             min_gap: Duration::from_secs(config.health_evaluation_gap_secs),
         },
+        concurrency: config.concurrency,
     };
 
     let shutdown = shutdown_signal();

@@ -39,6 +39,7 @@ fn help_documents_every_option_and_its_environment_variable() {
         "--identity",
         "--lease-duration-secs",
         "--metrics-listen",
+        "--concurrency",
     ] {
         assert!(
             help.contains(flag),

@@ -122,6 +122,7 @@ impl Operator {
                 evaluations: 2,
                 min_gap: std::time::Duration::from_secs(1),
             },
+            concurrency: 8,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(fiberstack_operator::controller::run(
