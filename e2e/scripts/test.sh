@@ -9,6 +9,8 @@ cd "$root"
 # CI runs from a fresh clone each time: keep the compiled dependencies outside it.
 if [[ "${CI:-}" == true && -z "${CARGO_TARGET_DIR:-}" ]]; then
   export CARGO_TARGET_DIR="$HOME/.cache/fiberstack/cargo-target"
+  # Incremental state is per checkout path and only grows: a fresh clone cannot reuse it.
+  export CARGO_INCREMENTAL=0
 fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 

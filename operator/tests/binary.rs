@@ -173,12 +173,28 @@ async fn two_replicas_one_leads_and_the_other_takes_over_on_exit() -> Result<()>
                 .ok_or("absent".to_owned()))
         })
         .await?;
-        let (_, metrics_a) = a.get("/metrics").await?;
+        // The reconcile that applied the ConfigMap is counted when it ends (after its status
+        // write): wait for the count rather than race it.
+        let metrics_a = wait_for(
+            "the leader counts its probe reconcile",
+            WAIT,
+            EVERY,
+            || async {
+                let (_, text) = a.get("/metrics").await?;
+                Ok(
+                    if text.contains("fiberstack_operator_reconciles_total{controller=\"probe\"}") {
+                        Ok(text)
+                    } else {
+                        Err("no probe reconcile counted yet".to_owned())
+                    },
+                )
+            },
+        )
+        .await?;
         assert!(
             metrics_a.contains("fiberstack_operator_leader 1"),
             "{metrics_a}"
         );
-        assert!(metrics_a.contains("fiberstack_operator_reconciles_total{controller=\"probe\"}"));
         let (_, metrics_b) = b.get("/metrics").await?;
         assert!(
             metrics_b.contains("fiberstack_operator_leader 0"),

@@ -66,6 +66,20 @@ impl Context {
     }
 }
 
+/// The object as the API server has it now (None when it is gone).
+async fn fresh<K>(ctx: &Context, cached: &K) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let ns = cached
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    Ok(ctx.api::<K>(&ns).get_opt(&cached.name_any()).await?)
+}
+
 fn all_or_namespaced<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>

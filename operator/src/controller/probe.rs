@@ -32,7 +32,18 @@ pub async fn reconcile(
         Err(invalid) => return super::report_unreadable::<FiberProbe>(&ctx, invalid).await,
     };
     let started = Instant::now();
-    let result = reconcile_inner(probe, &ctx).await;
+    // The watch cache can trail this operator's own last status write (a requeue may fire
+    // before the watch delivers it); conditions merged onto that stale status would move
+    // lastTransitionTime a second time. Read the object as it is now.
+    let fresh = match super::fresh(&ctx, probe).await {
+        Ok(Some(fresh)) => fresh,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => {
+            ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+            return Err(e);
+        }
+    };
+    let result = reconcile_inner(&fresh, &ctx).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     tracing::debug!(name = %probe.name_any(), namespace = %probe.namespace().unwrap_or_default(), took_ms = started.elapsed().as_millis() as u64, "reconciled probe");
     result
