@@ -8,28 +8,29 @@ use std::time::Duration;
 use fiberstack_model::{ProbeConfig, ValidationError};
 use tokio::sync::watch;
 
-/// Why a configuration could not be loaded.
+/// Why a configuration could not be loaded. Each message already names its cause, so the
+/// cause is a plain field, not a `#[source]` that `{:#}` would print a second time.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the probe configuration {path}: {source}")]
+    #[error("cannot read the probe configuration {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("probe configuration {path} is not valid YAML for this version: {source}")]
+    #[error("probe configuration {path} is not valid YAML for this version: {cause}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml::Error,
+        cause: serde_yaml::Error,
     },
-    #[error("probe configuration {path} is invalid: {source}")]
+    #[error("probe configuration {path} is invalid: {cause}")]
     Invalid {
         path: PathBuf,
-        source: ValidationError,
+        cause: ValidationError,
     },
-    #[error("cannot read the ingest token from {path}: {source}")]
+    #[error("cannot read the ingest token from {path}: {cause}")]
     Token {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -103,9 +104,9 @@ impl Settings {
         if let Some(dir) = &overrides.buffer_dir {
             config.buffer.dir = dir.clone();
         }
-        config.validate().map_err(|source| ConfigError::Invalid {
+        config.validate().map_err(|cause| ConfigError::Invalid {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Ok(Self {
             config,
@@ -116,18 +117,18 @@ impl Settings {
     /// Parses YAML text (the content of `path`).
     pub fn from_yaml(text: &str, overrides: &Overrides, path: &Path) -> Result<Self, ConfigError> {
         let config: ProbeConfig =
-            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            serde_yaml::from_str(text).map_err(|cause| ConfigError::Parse {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })?;
         Self::new(config, overrides, path)
     }
 
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::from_yaml(&text, overrides, path)
     }
@@ -141,9 +142,9 @@ impl Settings {
         match &self.config.ingest.token_file {
             Some(path) => std::fs::read_to_string(path)
                 .map(|t| Some(t.trim().to_string()))
-                .map_err(|source| ConfigError::Token {
+                .map_err(|cause| ConfigError::Token {
                     path: path.clone(),
-                    source,
+                    cause,
                 }),
             None => Ok(None),
         }
