@@ -66,18 +66,42 @@ impl Context {
     }
 }
 
-/// The object as the API server has it now (None when it is gone).
-async fn fresh<K>(ctx: &Context, cached: &K) -> Result<Option<K>, Error>
+/// The front both reconciles share: an unreadable object is reported in its own status; a
+/// readable one is reconciled as the API server has it now — the watch cache can trail this
+/// operator's own last status write (a requeue may fire before the watch delivers it), and
+/// conditions merged onto that stale status would move lastTransitionTime a second time.
+/// Counts the reconcile and its duration under `controller`.
+async fn reconcile_fresh<K, F, Fut>(
+    guard: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+    controller: &'static str,
+    inner: F,
+) -> Result<Action, Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
+    F: FnOnce(K, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>>,
 {
+    let cached = match &guard.0 {
+        Ok(cached) => cached,
+        Err(invalid) => return report_unreadable::<K>(&ctx, invalid).await,
+    };
+    let started = std::time::Instant::now();
     let ns = cached
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    Ok(ctx.api::<K>(&ns).get_opt(&cached.name_any()).await?)
+    let name = cached.name_any();
+    let result = match ctx.api::<K>(&ns).get_opt(&name).await {
+        Ok(Some(fresh)) => inner(fresh, ctx.clone()).await,
+        Ok(None) => Ok(Action::await_change()),
+        Err(e) => Err(e.into()),
+    };
+    ctx.metrics.reconciled(controller, started.elapsed());
+    tracing::debug!(controller, name = %name, namespace = %ns, took_ms = started.elapsed().as_millis() as u64, "reconciled");
+    result
 }
 
 fn all_or_namespaced<K>(client: &Client, namespace: Option<&str>) -> Api<K>

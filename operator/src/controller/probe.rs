@@ -2,7 +2,6 @@
 //! status from the DaemonSet and the database.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -27,26 +26,10 @@ pub async fn reconcile(
     guard: Arc<DeserializeGuard<FiberProbe>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let probe = match &guard.0 {
-        Ok(probe) => probe,
-        Err(invalid) => return super::report_unreadable::<FiberProbe>(&ctx, invalid).await,
-    };
-    let started = Instant::now();
-    // The watch cache can trail this operator's own last status write (a requeue may fire
-    // before the watch delivers it); conditions merged onto that stale status would move
-    // lastTransitionTime a second time. Read the object as it is now.
-    let fresh = match super::fresh(&ctx, probe).await {
-        Ok(Some(fresh)) => fresh,
-        Ok(None) => return Ok(Action::await_change()),
-        Err(e) => {
-            ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-            return Err(e);
-        }
-    };
-    let result = reconcile_inner(&fresh, &ctx).await;
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    tracing::debug!(name = %probe.name_any(), namespace = %probe.namespace().unwrap_or_default(), took_ms = started.elapsed().as_millis() as u64, "reconciled probe");
-    result
+    super::reconcile_fresh(guard, ctx, CONTROLLER, |probe, ctx| async move {
+        reconcile_inner(&probe, &ctx).await
+    })
+    .await
 }
 
 /// Where the pipeline stopped before the workloads: said in Ready, reflected in `health`.

@@ -3,7 +3,6 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -28,25 +27,10 @@ pub async fn reconcile(
     guard: Arc<DeserializeGuard<FiberRegion>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let region = match &guard.0 {
-        Ok(region) => region,
-        Err(invalid) => return super::report_unreadable::<FiberRegion>(&ctx, invalid).await,
-    };
-    let started = Instant::now();
-    // The watch cache can trail this operator's own last status write (a requeue may fire
-    // before the watch delivers it); conditions merged onto that stale status would move
-    // lastTransitionTime a second time. Read the object as it is now.
-    let fresh = match super::fresh(&ctx, region).await {
-        Ok(Some(fresh)) => fresh,
-        Ok(None) => return Ok(Action::await_change()),
-        Err(e) => {
-            ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-            return Err(e);
-        }
-    };
-    let result = reconcile_inner(&fresh, &ctx).await;
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    result
+    super::reconcile_fresh(guard, ctx, CONTROLLER, |region, ctx| async move {
+        reconcile_inner(&region, &ctx).await
+    })
+    .await
 }
 
 /// 32 random bytes from the kernel, hex-encoded (64 characters).

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Capabilities, ResourceRequirements, SeccompProfile};
 use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
 
 use crate::crd::Resources;
 
@@ -58,6 +60,29 @@ pub mod names {
             ingest(region),
             super::INGEST_PORT
         )
+    }
+}
+
+/// Metadata of an object `owner` renders: in its namespace, owned by it (garbage-collected
+/// with it), labelled with the app, the owner, the component and the region.
+fn owned_metadata<K>(
+    owner: &K,
+    name: String,
+    app: &str,
+    component: &str,
+    region: &str,
+) -> ObjectMeta
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut labels = labels(app, &owner.name_any(), component);
+    labels.insert("fiberstack.io/region".to_owned(), region.to_owned());
+    ObjectMeta {
+        name: Some(name),
+        namespace: owner.namespace(),
+        labels: Some(labels),
+        owner_references: owner.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
     }
 }
 

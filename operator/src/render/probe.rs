@@ -11,9 +11,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
-use super::{Images, TOKEN_DIR, TOKEN_KEY, labels, names, resources, selector, small};
+use super::{
+    Images, TOKEN_DIR, TOKEN_KEY, labels, names, owned_metadata, resources, selector, small,
+};
 use crate::crd::{FiberProbe, FiberRegion};
 
 /// Where the ConfigMap is mounted and its key.
@@ -78,15 +80,8 @@ pub fn node_selector(probe: &FiberProbe, region: &FiberRegion) -> Option<BTreeMa
 }
 
 fn metadata(probe: &FiberProbe) -> ObjectMeta {
-    let mut labels = labels("fiber-probe", &probe.name_any(), "probe");
-    labels.insert("fiberstack.io/region".to_owned(), probe.spec.region.clone());
-    ObjectMeta {
-        name: Some(names::probe(&probe.name_any())),
-        namespace: probe.namespace(),
-        labels: Some(labels),
-        owner_references: probe.controller_owner_ref(&()).map(|o| vec![o]),
-        ..Default::default()
-    }
+    let name = names::probe(&probe.name_any());
+    owned_metadata(probe, name, "fiber-probe", "probe", &probe.spec.region)
 }
 
 pub fn build_configmap(probe: &FiberProbe, region: &FiberRegion) -> ConfigMap {

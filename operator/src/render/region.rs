@@ -11,24 +11,19 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
-use super::{INGEST_PORT, Images, TOKEN_DIR, TOKEN_KEY, labels, names, resources, selector, small};
+use super::{
+    INGEST_PORT, Images, TOKEN_DIR, TOKEN_KEY, labels, names, owned_metadata, resources, selector,
+    small,
+};
 use crate::crd::{FiberRegion, SecretKeyRef};
 
 /// Port of the ETL's /metrics and /healthz.
 pub const ETL_METRICS_PORT: i32 = 9090;
 
 fn metadata(region: &FiberRegion, name: String, app: &str, component: &str) -> ObjectMeta {
-    let mut labels = labels(app, &region.name_any(), component);
-    labels.insert("fiberstack.io/region".to_owned(), region.name_any());
-    ObjectMeta {
-        name: Some(name),
-        namespace: region.namespace(),
-        labels: Some(labels),
-        owner_references: region.controller_owner_ref(&()).map(|o| vec![o]),
-        ..Default::default()
-    }
+    owned_metadata(region, name, app, component, &region.name_any())
 }
 
 /// The Secret holding the probes' bearer token. The token comes from the caller: it is made
