@@ -161,69 +161,72 @@ pub async fn metrics(
             format!("limit: {limit} is out of range, expected 1 to {MAX_LIMIT}"),
         );
     }
-    let (node, probe, target) = (q.node.as_deref(), q.probe.as_deref(), q.target.as_deref());
-    let aggregation = q.aggregation.as_deref().unwrap_or("raw");
-    match aggregation {
-        "raw" => {
-            let rows = sqlx::query_as::<_, RawRow>(
-                "select time, node, probe, target, kind, up, latency_ms, jitter_ms, packet_loss, status_code, error
-                   from metrics
-                  where time >= $1 and time < $2
-                    and ($3::text is null or node = $3) and ($4::text is null or probe = $4)
-                    and ($5::text is null or target = $5)
-                  order by time, node, probe, target limit $6",
-            )
-            .bind(start)
-            .bind(end)
-            .bind(node)
-            .bind(probe)
-            .bind(target)
-            .bind(limit)
-            .fetch_all(db)
-            .await;
-            match rows {
-                Ok(rows) => Json(MetricsAnswer {
-                    aggregation: "raw",
-                    start,
-                    end,
-                    rows,
-                })
-                .into_response(),
-                Err(e) => db_error(e),
-            }
-        }
-        "hourly" | "daily" => {
-            let (name, sql) = if aggregation == "hourly" {
-                ("hourly", ROLLUP_HOURLY)
-            } else {
-                ("daily", ROLLUP_DAILY)
-            };
-            let rows = sqlx::query_as::<_, RollupRow>(sql)
-                .bind(start)
-                .bind(end)
-                .bind(node)
-                .bind(probe)
-                .bind(target)
-                .bind(limit)
-                .fetch_all(db)
-                .await;
-            match rows {
-                Ok(rows) => Json(MetricsAnswer {
-                    aggregation: name,
-                    start,
-                    end,
-                    rows,
-                })
-                .into_response(),
-                Err(e) => db_error(e),
-            }
-        }
+    let filters = Filters {
+        start,
+        end,
+        node: q.node.as_deref(),
+        probe: q.probe.as_deref(),
+        target: q.target.as_deref(),
+        limit,
+    };
+    match q.aggregation.as_deref().unwrap_or("raw") {
+        "raw" => answer::<RawRow>(db, RAW, "raw", &filters).await,
+        "hourly" => answer::<RollupRow>(db, ROLLUP_HOURLY, "hourly", &filters).await,
+        "daily" => answer::<RollupRow>(db, ROLLUP_DAILY, "daily", &filters).await,
         other => error(
             StatusCode::BAD_REQUEST,
             format!("aggregation: {other:?} is not one of raw, hourly, daily"),
         ),
     }
 }
+
+/// The checked parameters of a `/api/v1/metrics` query, bound as $1–$6 of every query.
+struct Filters<'a> {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    node: Option<&'a str>,
+    probe: Option<&'a str>,
+    target: Option<&'a str>,
+    limit: i64,
+}
+
+/// Runs one of the metrics queries and answers with its rows.
+async fn answer<T>(
+    db: &sqlx::PgPool,
+    sql: &'static str,
+    aggregation: &'static str,
+    f: &Filters<'_>,
+) -> Response
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Serialize + Send + Unpin,
+{
+    let rows = sqlx::query_as::<_, T>(sql)
+        .bind(f.start)
+        .bind(f.end)
+        .bind(f.node)
+        .bind(f.probe)
+        .bind(f.target)
+        .bind(f.limit)
+        .fetch_all(db)
+        .await;
+    match rows {
+        Ok(rows) => Json(MetricsAnswer {
+            aggregation,
+            start: f.start,
+            end: f.end,
+            rows,
+        })
+        .into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+const RAW: &str = "select time, node, probe, target, kind, up, latency_ms, jitter_ms, packet_loss, status_code, error
+                     from metrics
+                    where time >= $1 and time < $2
+                      and ($3::text is null or node = $3) and ($4::text is null or probe = $4)
+                      and ($5::text is null or target = $5)
+                    order by time, node, probe, target limit $6";
 
 /// The query of a rollup table; both have the same columns in both storage modes.
 macro_rules! rollup_query {
