@@ -4,8 +4,11 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
 use anyhow::Result;
 use chrono::{DateTime, Utc};
+use common::batch;
 use fiber_etl::consumer::{Consumer, ConsumerConfig, Stats};
 use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::migrate;
@@ -65,17 +68,6 @@ fn icmp(minute: u32, latency: f64) -> Sample {
     }
 }
 
-fn batch(node: &str, samples: Vec<Sample>) -> Batch {
-    Batch {
-        probe: "fiberstack/accra-edge".into(),
-        region: "ghana".into(),
-        country: "GH".into(),
-        node: node.into(),
-        agent_version: "0.1.0".into(),
-        samples,
-    }
-}
-
 impl Fixture {
     async fn add(&mut self, payload: &[u8]) -> Result<String> {
         Ok(self
@@ -85,9 +77,20 @@ impl Fixture {
     }
 
     fn consumer(&self, name: &str) -> Consumer {
+        self.consumer_with(name, self.pool.clone(), |_| {})
+    }
+
+    /// A consumer of this fixture's stream on `pool`, with `tweak` applied to its settings.
+    fn consumer_with(
+        &self,
+        name: &str,
+        pool: sqlx::PgPool,
+        tweak: impl FnOnce(&mut ConsumerConfig),
+    ) -> Consumer {
         let mut config = ConsumerConfig::new(&self.region, name);
         config.block = Duration::from_millis(100);
-        Consumer::new(self.redis.clone(), self.pool.clone(), config)
+        tweak(&mut config);
+        Consumer::new(self.redis.clone(), pool, config)
     }
 
     /// Steps `consumer` until a read finds nothing more.
@@ -237,10 +240,9 @@ async fn what_can_never_be_stored_is_dead_lettered_with_the_reason() -> Result<(
     );
 
     // Housekeeping records the data path's state for dashboards and the operator.
-    let mut config = ConsumerConfig::new(&f.region, "worker-2");
-    config.block = Duration::from_millis(100);
-    config.housekeeping_every = Duration::ZERO;
-    let mut observer = Consumer::new(f.redis.clone(), f.pool.clone(), config);
+    let mut observer = f.consumer_with("worker-2", f.pool.clone(), |c| {
+        c.housekeeping_every = Duration::ZERO;
+    });
     let (_tx, mut rx) = watch::channel(false);
     observer.step(&mut rx).await?;
     let (region, stream_length, pending, dead_letters): (String, i64, i64, i64) = sqlx::query_as(
@@ -267,9 +269,7 @@ async fn database_errors_ack_nothing_and_another_worker_reclaims() -> Result<()>
     // A worker whose database is gone: it reads the entry, cannot write, acknowledges nothing.
     let dead_pool = DbConfig::new(&f.url).connect().await?;
     dead_pool.close().await;
-    let mut config = ConsumerConfig::new(&f.region, "worker-dying");
-    config.block = Duration::from_millis(100);
-    let mut dying = Consumer::new(f.redis.clone(), dead_pool, config);
+    let mut dying = f.consumer_with("worker-dying", dead_pool, |_| {});
     let (tx, mut rx) = watch::channel(false);
     tx.send(true)?; // shutting down: give up after the first failed write
     assert!(dying.step(&mut rx).await.is_err());
@@ -277,11 +277,10 @@ async fn database_errors_ack_nothing_and_another_worker_reclaims() -> Result<()>
     assert_eq!(f.count("select count(*) from metrics").await?, 0);
 
     // A healthy worker takes the entry over once it has been idle long enough.
-    let mut config = ConsumerConfig::new(&f.region, "worker-2");
-    config.block = Duration::from_millis(100);
-    config.claim_idle = Duration::from_millis(200);
-    config.housekeeping_every = Duration::ZERO;
-    let mut healthy = Consumer::new(f.redis.clone(), f.pool.clone(), config);
+    let mut healthy = f.consumer_with("worker-2", f.pool.clone(), |c| {
+        c.claim_idle = Duration::from_millis(200);
+        c.housekeeping_every = Duration::ZERO;
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     f.drain(&mut healthy).await?;
     assert_eq!(f.count("select count(*) from metrics").await?, 1);
@@ -314,10 +313,9 @@ async fn acknowledged_entries_are_trimmed_pending_ones_kept() -> Result<()> {
     f.add(&encode_batch(&batch("gh-accra-1", vec![icmp(11, 20.0)])))
         .await?;
 
-    let mut config = ConsumerConfig::new(&f.region, "worker-1");
-    config.block = Duration::from_millis(100);
-    config.housekeeping_every = Duration::ZERO;
-    let mut trimmer = Consumer::new(f.redis.clone(), f.pool.clone(), config);
+    let mut trimmer = f.consumer_with("worker-1", f.pool.clone(), |c| {
+        c.housekeeping_every = Duration::ZERO;
+    });
     let (_tx, mut rx) = watch::channel(false);
     trimmer.step(&mut rx).await?; // trims, then reads the last entry
     trimmer.step(&mut rx).await?; // trims again

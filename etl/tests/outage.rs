@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use anyhow::{Context, Result, bail};
+use common::batch;
 use fiber_etl::db::DbConfig;
 use fiberstack_e2e::{LocalEnv, unique_name, wait_for};
 use fiberstack_model::stream::{BATCH_FIELD, CONSUMER_GROUP, encode_batch, samples_stream};
@@ -124,7 +127,8 @@ impl Drop for OwnPostgres {
     }
 }
 
-fn batch(n: u32, base: chrono::DateTime<chrono::Utc>) -> Batch {
+/// Batch `n` of the load: ten samples a few milliseconds apart.
+fn numbered_batch(n: u32, base: chrono::DateTime<chrono::Utc>) -> Batch {
     let samples = (0..10u32)
         .map(|i| Sample {
             latency_ms: Some(f64::from(i) + 1.0),
@@ -136,14 +140,7 @@ fn batch(n: u32, base: chrono::DateTime<chrono::Utc>) -> Batch {
             )
         })
         .collect();
-    Batch {
-        probe: "fiberstack/accra-edge".into(),
-        region: "ghana".into(),
-        country: "GH".into(),
-        node: "gh-accra-1".into(),
-        agent_version: "0.1.0".into(),
-        samples,
-    }
+    batch("gh-accra-1", samples)
 }
 
 #[tokio::test]
@@ -181,7 +178,7 @@ async fn postgres_down_for_30s_under_load_loses_nothing() -> Result<()> {
             .xadd(
                 &stream,
                 "*",
-                &[(BATCH_FIELD, encode_batch(&batch(n, base)))],
+                &[(BATCH_FIELD, encode_batch(&numbered_batch(n, base)))],
             )
             .await?;
         n += 1;

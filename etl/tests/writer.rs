@@ -5,12 +5,12 @@ mod common;
 
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
-use common::TimescaleSchema;
+use common::{TimescaleSchema, batch};
 use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::migrate;
 use fiber_etl::writer::{write, write_conflict_tolerant};
 use fiberstack_e2e::LocalEnv;
-use fiberstack_model::{Batch, CheckKind, Sample};
+use fiberstack_model::{CheckKind, Sample};
 use sqlx::PgPool;
 
 async fn fresh() -> Result<PgPool> {
@@ -56,17 +56,6 @@ fn samples() -> Vec<Sample> {
         ..Sample::new(t + Duration::seconds(1), "http ✓", CheckKind::Http, true)
     };
     vec![full, bare, http]
-}
-
-fn batch(node: &str, samples: Vec<Sample>) -> Batch {
-    Batch {
-        probe: "fiberstack/accra-edge".into(),
-        region: "ghana".into(),
-        country: "GH".into(),
-        node: node.into(),
-        agent_version: "0.1.0".into(),
-        samples,
-    }
 }
 
 /// Every column of a node's rows but the node, as JSON text, in a stable order.
