@@ -140,6 +140,12 @@ pub async fn connect_postgres(url: &str) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// A loopback address with a port free right now, for a server a test starts (another process
+/// could take the port in between; on these loopback-only machines none does).
+pub fn free_loopback_addr() -> Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
 /// A name no other test run uses: `prefix-<time><pid>`, within Kubernetes' 63 characters.
 pub fn unique_name(prefix: &str) -> String {
     let nanos = SystemTime::now()

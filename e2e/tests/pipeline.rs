@@ -3,13 +3,12 @@
 //! samples in a freshly migrated PostgreSQL database. The parts' own tests each speak to a
 //! stand-in of their neighbour; this one checks that the neighbours agree.
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fiberstack_e2e::{LocalEnv, unique_name, wait_for};
+use fiberstack_e2e::{LocalEnv, free_loopback_addr, unique_name, wait_for};
 
 /// The workspace's binaries, built next to this test by `cargo test --workspace`.
 fn binary(name: &str) -> Result<PathBuf> {
@@ -25,10 +24,6 @@ fn binary(name: &str) -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
-}
-
-fn free_port() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Child processes killed when the test ends, however it ends.
@@ -78,10 +73,10 @@ async fn probe_ingest_etl_and_postgres_agree() -> Result<()> {
     processes.spawn(
         Command::new(binary("fiber-etl")?)
             .args(["run", "--region", &region, "--database-url", &database])
-            .args(["--metrics-listen", &free_port()?.to_string()])
+            .args(["--metrics-listen", &free_loopback_addr()?.to_string()])
             .env("REDIS_URL", &env.redis_url),
     )?;
-    let ingest = free_port()?;
+    let ingest = free_loopback_addr()?;
     processes.spawn(
         Command::new(binary("fiber-ingest")?)
             .args(["--region", &region, "--listen", &ingest.to_string()])

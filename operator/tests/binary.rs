@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use common::{EVERY, WAIT, apply_json};
-use fiberstack_e2e::{LocalEnv, TestNamespace, wait_for};
+use fiberstack_e2e::{LocalEnv, TestNamespace, free_loopback_addr, wait_for};
 use fiberstack_operator::crd::{FiberProbe, FiberRegion};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -59,14 +59,6 @@ fn help_documents_every_option_and_its_environment_variable() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Replica {
     child: Child,
     port: u16,
@@ -74,7 +66,7 @@ struct Replica {
 
 impl Replica {
     fn start(env: &LocalEnv, ns: &str, identity: &str) -> Result<Self> {
-        let port = free_port();
+        let port = free_loopback_addr()?.port();
         let child = Command::new(BIN)
             .env("KUBECONFIG", &env.kubeconfig)
             .env_remove("DATABASE_URL")
