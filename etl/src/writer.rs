@@ -293,15 +293,19 @@ fn copy_binary(batches: &[Batch]) -> Vec<u8> {
                 Some(e) => field(&mut out, e.as_bytes()),
                 None => null(&mut out),
             }
-            // jsonb's binary form: a version byte, then the JSON text. COPY does not apply
-            // the column default, so an empty object is sent as `{}`.
-            let mut json = vec![1u8];
+            // jsonb's binary form: a version byte, then the JSON text, written in place (its
+            // length is filled in after). COPY does not apply the column default, so an empty
+            // object is sent as `{}`.
+            let length_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            out.push(1);
             if s.metadata.is_empty() {
-                json.extend_from_slice(b"{}");
+                out.extend_from_slice(b"{}");
             } else {
-                serde_json::to_writer(&mut json, &s.metadata).expect("a JSON map serializes");
+                serde_json::to_writer(&mut out, &s.metadata).expect("a JSON map serializes");
             }
-            field(&mut out, &json);
+            let length = (out.len() - length_at - 4) as i32;
+            out[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
         }
     }
     out.extend_from_slice(&(-1i16).to_be_bytes()); // trailer
