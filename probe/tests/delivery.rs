@@ -51,8 +51,12 @@ async fn receiver_down_then_up_every_sample_arrives_exactly_once() {
     }
     // SIGTERM flushed: nothing is left in the buffer.
     let buffer = Buffer::open(&scratch.path("buf"), 4 << 20, Default::default()).unwrap();
-    assert_eq!(buffer.pending(), 0);
     let log = probe.log_text();
+    assert_eq!(
+        buffer.pending(),
+        0,
+        "left in the buffer; the probe's log:\n{log}"
+    );
     assert!(log.contains("ingest unreachable"), "{log}");
 }
 
