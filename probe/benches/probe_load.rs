@@ -133,7 +133,7 @@ async fn load(secs: u64) {
     let samples = receiver.keys().len() - samples0;
     let hwm = status_kib(pid, "VmHWM:");
     let rss = status_kib(pid, "VmRSS:");
-    assert!(probe.terminate().success());
+    assert!(probe.terminate().await.success());
     let st = receiver.state.lock().unwrap();
     let down = st.samples.iter().filter(|s| !s.up).count();
     println!(

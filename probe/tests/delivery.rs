@@ -38,7 +38,7 @@ async fn receiver_down_then_up_every_sample_arrives_exactly_once() {
         (receiver.keys().len() >= 24).then_some(())
     })
     .await;
-    assert!(probe.terminate().success());
+    assert!(probe.terminate().await.success());
     let keys = receiver.keys();
     let dup: Vec<_> = keys.iter().filter(|(_, n)| **n != 1).collect();
     assert!(dup.is_empty(), "samples sent more than once: {dup:?}");
@@ -106,7 +106,7 @@ async fn kill_9_then_restart_delivers_what_was_buffered() {
         },
     )
     .await;
-    assert!(probe.terminate().success());
+    assert!(probe.terminate().await.success());
     let keys = receiver.keys();
     assert!(keys.len() > left.len(), "the restarted probe measured too");
     assert!(keys.values().all(|n| *n == 1), "{keys:?}");
@@ -140,7 +140,7 @@ async fn retry_after_on_429_and_503_is_honoured() {
         (!receiver.keys().is_empty()).then_some(())
     })
     .await;
-    assert!(probe.terminate().success());
+    assert!(probe.terminate().await.success());
     let requests = receiver.state.lock().unwrap().requests.clone();
     let statuses: Vec<u16> = requests.iter().map(|r| r.1).collect();
     assert_eq!(&statuses[..3], [429, 503, 202]);
@@ -197,7 +197,7 @@ async fn rejected_samples_are_dropped_counted_and_not_retried() {
         .text()
         .await
         .unwrap();
-    assert!(probe.terminate().success());
+    assert!(probe.terminate().await.success());
     let st = receiver.state.lock().unwrap();
     assert!(
         st.rejected_keys.values().all(|n| *n == 1),
@@ -238,7 +238,7 @@ async fn wrong_token_is_logged_and_does_not_spin() {
     .unwrap();
     let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[("FIBER_TOKEN", "wrong")]);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(probe.terminate().success());
+    assert!(probe.terminate().await.success());
     let requests = receiver.state.lock().unwrap().requests.clone();
     // One at start, then one per minute; the SIGTERM flush may try once more.
     assert!(
@@ -276,7 +276,7 @@ async fn fails_over_to_the_next_url() {
         || (receiver.keys().len() >= 3).then_some(()),
     )
     .await;
-    assert!(probe.terminate().success());
+    assert!(probe.terminate().await.success());
     assert_no_gaps(&receiver.keys(), INTERVAL, 0);
 }
 
@@ -309,7 +309,7 @@ async fn ingest_url_and_node_from_the_environment() {
         (!receiver.keys().is_empty()).then_some(())
     })
     .await;
-    assert!(probe.terminate().success());
+    assert!(probe.terminate().await.success());
     assert!(receiver.keys().keys().all(|k| k.0 == "env-node"));
     assert!(buf.exists() && !scratch.path("unused").exists());
 }
@@ -384,7 +384,7 @@ async fn config_change_is_picked_up_without_restart() {
     })
     .await;
     assert!(count_after() > before);
-    assert!(probe.terminate().success());
+    assert!(probe.terminate().await.success());
     let before_after_change: Vec<_> = receiver
         .keys()
         .keys()
@@ -419,7 +419,7 @@ async fn sigterm_with_ingest_down_exits_and_keeps_the_samples() {
     .unwrap();
     let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(probe.terminate().success(), "SIGTERM exits 0");
+    assert!(probe.terminate().await.success(), "SIGTERM exits 0");
     let log = probe.log_text();
     assert!(
         log.contains("stopping with samples still buffered"),
@@ -460,7 +460,7 @@ async fn ingest_url_change_is_applied_without_disturbing_the_rounds() {
         || (second.keys().len() >= 3).then_some(()),
     )
     .await;
-    assert!(probe.terminate().success());
+    assert!(probe.terminate().await.success());
     let mut all = first.keys();
     all.extend(second.keys());
     assert!(all.values().all(|n| *n == 1));

@@ -275,8 +275,10 @@ impl ProbeProcess {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM, then the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    /// SIGTERM, then the exit status. Waits without blocking the thread: a test's receiver
+    /// runs on the same (single-threaded) runtime and must keep answering the probe's
+    /// shutdown flush meanwhile.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -292,7 +294,7 @@ impl ProbeProcess {
                 Instant::now() < deadline,
                 "fiber-probe did not exit after SIGTERM"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
