@@ -1,7 +1,15 @@
 # FiberStack: the two commands of the README, and the parts they are made of.
-#   make env-up      bring up the local environment (control plane, Redis, PostgreSQL, TimescaleDB)
+#   make demo        the whole system on this machine, from custom resources to status
 #   make test        everything CI checks: fmt, clippy, all tests against the real parts
-.PHONY: env-up env-down env-status test bench manifests crds
+#   make env-up      only the local environment (control plane, Redis, PostgreSQL, TimescaleDB)
+.PHONY: demo demo-down env-up env-down env-status test bench manifests crds
+
+demo:
+	bash e2e/scripts/demo.sh up
+
+# Stops what `make demo` started, the local environment included.
+demo-down:
+	bash e2e/scripts/demo.sh down
 
 env-up:
 	bash e2e/scripts/env.sh up

@@ -2,6 +2,8 @@
 //! listen (`make env-up` writes it to `e2e/.env/env.sh`), clients for them, test
 //! namespaces, and waiting for a condition.
 
+pub mod pod_runner;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
