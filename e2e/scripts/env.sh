@@ -50,9 +50,12 @@ install_packages() {
   [[ -x "$PG_BIN/postgres" ]] || missing+=(postgresql-15)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v curl >/dev/null || missing+=(curl)
-  command -v ss >/dev/null || missing+=(iproute2)
+  # ss; ip (the pod runner's network namespaces and veths)
+  { command -v ss && command -v ip; } >/dev/null || missing+=(iproute2)
+  command -v jq >/dev/null || missing+=(jq)
   command -v psql >/dev/null || missing+=(postgresql-client-15)
-  command -v runuser >/dev/null || missing+=(util-linux)
+  # runuser; setpriv and mount (the pod runner drops to the pod's user, bind-mounts volumes)
+  { command -v runuser && command -v setpriv && command -v mount; } >/dev/null || missing+=(util-linux mount)
   command -v node >/dev/null || missing+=(nodejs npm)
   command -v nft >/dev/null || missing+=(nftables)
   if ((${#missing[@]})); then
@@ -451,6 +454,13 @@ down() {
   # Reverse order of start: the control plane first, then the stores.
   for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd timescaledb postgres redis; do
     stop "$name"
+  done
+  # Pod networks a killed pod runner left behind (a runner that stops cleans up after itself).
+  local netns
+  for netns in $(ip netns list 2>/dev/null | awk '$1 ~ /^fs-/ { print $1 }'); do
+    ip link del "fsv${netns#fs-}" 2>/dev/null || true
+    ip netns del "$netns" 2>/dev/null || true
+    rm -rf "/etc/netns/$netns"
   done
 }
 

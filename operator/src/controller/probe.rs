@@ -344,19 +344,23 @@ fn health_word(conditions: &[Condition], paused: bool) -> String {
     .to_owned()
 }
 
-/// An Event when Healthy turns between True and False.
+/// An Event when Healthy turns False — from True, or at the first evaluation with data
+/// (Unknown → False: a probe that is degraded from the start deserves the same warning) —
+/// and when it turns from False back to True.
 async fn publish_health_event(
     probe: &FiberProbe,
     ctx: &Context,
     before: &[Condition],
     after: &[Condition],
 ) {
-    let (Some(b), Some(a)) = (find(before, "Healthy"), find(after, "Healthy")) else {
+    let Some(a) = find(after, "Healthy") else {
         return;
     };
-    let (type_, reason) = match (b.status.as_str(), a.status.as_str()) {
-        (TRUE, FALSE) => (EventType::Warning, "HealthDegraded"),
-        (FALSE, TRUE) => (EventType::Normal, "HealthRecovered"),
+    let b = find(before, "Healthy").map(|c| c.status.as_str());
+    let (type_, reason) = match (b, a.status.as_str()) {
+        (Some(FALSE), FALSE) => return,
+        (_, FALSE) => (EventType::Warning, "HealthDegraded"),
+        (Some(FALSE), TRUE) => (EventType::Normal, "HealthRecovered"),
         _ => return,
     };
     let event = Event {
