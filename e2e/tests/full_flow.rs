@@ -10,11 +10,12 @@
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use fiberstack_e2e::{LocalEnv, TestNamespace, connect_postgres, free_loopback_addr, wait_for};
+use support::{Process, alive, run, runner_pods, start_runner, tool};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -23,90 +24,14 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
+mod support;
+
 const HOST_NAME: &str = "host.fiberstack.internal";
 const HOST_ADDRESS: &str = "10.240.255.254";
 const EVERY: Duration = Duration::from_secs(2);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `helm`/`kubectl` from the environment's binaries, pointed at its cluster.
-fn tool(name: &str, env: &LocalEnv) -> Command {
-    let mut command = Command::new(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(".env/bin")
-            .join(name),
-    );
-    command.env("KUBECONFIG", &env.kubeconfig);
-    command
-}
-
-fn run(mut command: Command, stdin: Option<&str>) -> Result<String> {
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("running {command:?}"))?;
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A child process stopped with SIGTERM (then SIGKILL) when the test ends, pass or fail.
-struct Process {
-    child: Child,
-    what: &'static str,
-}
-
-impl Process {
-    fn start(what: &'static str, mut command: Command, log: &Path) -> Result<Self> {
-        let out = std::fs::File::create(log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {what}"))?;
-        Ok(Self { child, what })
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        for _ in 0..120 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        eprintln!("{} did not stop after SIGTERM; killing it", self.what);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn free_udp_port() -> Result<u16> {
@@ -137,35 +62,6 @@ async fn matching_nodes(client: &Client, selector: &str) -> Result<BTreeSet<Stri
         .into_iter()
         .filter_map(|n| n.metadata.name)
         .collect())
-}
-
-/// The runner's `pods.json`: (pod name, container pids).
-fn runner_pods(state: &Path) -> Result<Vec<(String, Vec<u32>)>> {
-    let text = std::fs::read_to_string(state.join("pods.json"))?;
-    let pods: Vec<Value> = serde_json::from_str(&text)?;
-    Ok(pods
-        .iter()
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap_or_default().to_string(),
-                p["containers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c["pid"].as_u64().map(|p| p as u32))
-                    .collect(),
-            )
-        })
-        .collect())
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,8 +99,6 @@ async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
             bin_dir.display()
         );
     }
-    let state = PathBuf::from("/run/fiberstack-pod-runner").join(ns);
-    std::fs::create_dir_all(&state)?;
 
     // Targets on this machine: healthy HTTP, a degraded HTTP server, TCP, DNS.
     let http = free_loopback_addr()?.port();
@@ -226,15 +120,13 @@ async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
         "--fail-percent",
         "50",
     ]);
-    let _targets = Process::start("demo-targets", targets, &state.join("targets.log"))?;
+    let _targets = Process::start(
+        "demo-targets",
+        targets,
+        &std::env::temp_dir().join(format!("{ns}-targets.log")),
+    )?;
 
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_pod-runner"));
-    runner
-        .args(["run", "--namespace", ns, "--state-dir"])
-        .arg(&state)
-        .args(["--pod-network", "10.246.0.0/16", "--interval-ms", "500"])
-        .env("KUBECONFIG", &env.kubeconfig);
-    let _runner = Process::start("pod-runner", runner, &state.join("runner.log"))?;
+    let (_runner, state) = start_runner(env, ns, "10.246.0.0/16")?;
 
     // The Secrets the chart and the regions read: the database and Redis as pods see them.
     let db_url = env.fresh_postgres_database("flow").await?;
