@@ -499,3 +499,41 @@ async fn a_reserved_port_is_refused_and_not_handed_out() {
     let receiver = Receiver::start_on_reserved(reserved);
     tokio::net::TcpStream::connect(receiver.addr).await.unwrap();
 }
+
+#[tokio::test]
+async fn sigterm_delivers_a_batch_still_waiting_for_its_delay() {
+    let scratch = Scratch::new("sigterm-flush");
+    let (target, _t) = tcp_target().await;
+    let receiver = Receiver::start().await;
+    let config = scratch.path("probe.yaml");
+    let buf = scratch.path("buf");
+    // A batch leaves only after a minute: every sample is still buffered at SIGTERM.
+    let text = tcp_config("n1", &["a", "b"], target, &[receiver.url()], &buf, "")
+        .replace("batchMaxDelay: 300ms", "batchMaxDelay: 1m");
+    std::fs::write(&config, text).unwrap();
+    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        receiver.state.lock().unwrap().requests.is_empty(),
+        "sent before the batch was due"
+    );
+    assert!(probe.terminate().await.success());
+    let log = probe.log_text();
+    let keys = receiver.keys();
+    assert!(
+        keys.len() >= 4,
+        "{} samples delivered; log:\n{log}",
+        keys.len()
+    );
+    assert!(keys.values().all(|n| *n == 1), "{keys:?}");
+    assert!(
+        log.contains("stopping with everything buffered delivered"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("stopping with samples still buffered"),
+        "{log}"
+    );
+    let b = Buffer::open(&buf, 4 << 20, std::sync::Arc::new(Stats::default())).unwrap();
+    assert_eq!(b.pending(), 0);
+}
