@@ -203,7 +203,10 @@ pub async fn run(
     tracing::info!("stopping: no new rounds; delivering what is buffered");
     rounds.abort_all();
     let _ = stop_tx.send(true);
-    let _ = delivery.await;
+    if let Err(e) = delivery.await {
+        // A panic's message is already on stderr; this says what it cost.
+        tracing::error!(error = %e, "the delivery failed; what it had not sent stays in the buffer for the next start");
+    }
     if let Err(e) = buffer.lock().expect("buffer lock").sync() {
         tracing::error!(error = %e, "cannot sync the buffer to disk");
     }

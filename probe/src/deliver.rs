@@ -189,6 +189,7 @@ impl Deliverer {
 
     async fn flush(&mut self, flush_for: Duration) {
         let deadline = Instant::now() + flush_for;
+        let at_start = self.pending();
         // At shutdown every URL gets a chance, whatever its backoff said.
         self.next_try.clear();
         while self.pending() > 0 && Instant::now() < deadline {
@@ -208,6 +209,12 @@ impl Deliverer {
             tracing::info!(
                 samples = left,
                 "stopping with samples still buffered; they are sent after the next start"
+            );
+        } else if at_start > 0 {
+            // Said at info, unlike each batch: how a stop ended is worth a line either way.
+            tracing::info!(
+                samples = at_start,
+                "stopping with everything buffered delivered"
             );
         }
     }

@@ -95,7 +95,8 @@ async fn tcp_listener_is_up_with_a_connect_time() {
 
 #[tokio::test]
 async fn tcp_closed_port_is_refused() {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let closed = ReservedPort::new();
+    let addr = closed.addr();
     let s = checks::run(&tcp_target_of(addr), &ctx(1000)).await;
     assert_valid(&s);
     assert!(!s.up);
@@ -138,7 +139,8 @@ fn once_prints_one_json_sample_per_target() {
     permit_icmp();
     let scratch = Scratch::new("once");
     let config = scratch.path("probe.yaml");
-    let closed = free_port();
+    let reserved = ReservedPort::new();
+    let closed = reserved.port();
     std::fs::write(
         &config,
         format!(

@@ -15,8 +15,8 @@ const INTERVAL: Duration = Duration::from_secs(1);
 async fn receiver_down_then_up_every_sample_arrives_exactly_once() {
     let scratch = Scratch::new("down-up");
     let (target, _t) = tcp_target().await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let port = ReservedPort::new();
+    let url = port.url();
     let config = scratch.path("probe.yaml");
     std::fs::write(
         &config,
@@ -33,7 +33,7 @@ async fn receiver_down_then_up_every_sample_arrives_exactly_once() {
     let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
     // Down for 5 s: about 15 samples wait in the buffer.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let receiver = Receiver::start_on(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    let receiver = Receiver::start_on_reserved(port);
     wait_for("the backlog to arrive", Duration::from_secs(30), || {
         (receiver.keys().len() >= 24).then_some(())
     })
@@ -64,8 +64,8 @@ async fn receiver_down_then_up_every_sample_arrives_exactly_once() {
 async fn kill_9_then_restart_delivers_what_was_buffered() {
     let scratch = Scratch::new("kill9");
     let (target, _t) = tcp_target().await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let port = ReservedPort::new();
+    let url = port.url();
     let config = scratch.path("probe.yaml");
     let buf = scratch.path("buf");
     std::fs::write(
@@ -86,7 +86,7 @@ async fn kill_9_then_restart_delivers_what_was_buffered() {
         "only {} samples buffered in 4 s",
         left.len()
     );
-    let receiver = Receiver::start_on(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    let receiver = Receiver::start_on_reserved(port);
     let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
     let wanted: Vec<(String, String)> = left
         .iter()
@@ -172,7 +172,7 @@ async fn rejected_samples_are_dropped_counted_and_not_retried() {
         .unwrap()
         .reject_targets
         .push("bad".into());
-    let metrics = free_port();
+    let metrics = ReservedPort::new();
     let config = scratch.path("probe.yaml");
     std::fs::write(
         &config,
@@ -182,7 +182,7 @@ async fn rejected_samples_are_dropped_counted_and_not_retried() {
             target,
             &[receiver.url()],
             &scratch.path("buf"),
-            &format!("metricsListen: 127.0.0.1:{metrics}\n"),
+            &format!("metricsListen: {}\n", metrics.addr()),
         ),
     )
     .unwrap();
@@ -191,7 +191,7 @@ async fn rejected_samples_are_dropped_counted_and_not_retried() {
         (receiver.state.lock().unwrap().rejected_keys.len() >= 4).then_some(())
     })
     .await;
-    let text = reqwest::get(format!("http://127.0.0.1:{metrics}/metrics"))
+    let text = reqwest::get(format!("{}/metrics", metrics.url()))
         .await
         .unwrap()
         .text()
@@ -240,11 +240,13 @@ async fn wrong_token_is_logged_and_does_not_spin() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(probe.terminate().await.success());
     let requests = receiver.state.lock().unwrap().requests.clone();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.1).collect();
     // One at start, then one per minute; the SIGTERM flush may try once more.
     assert!(
         (1..=2).contains(&requests.len()),
-        "{} requests in 5 s with a refused token",
-        requests.len()
+        "{} requests in 5 s with a refused token, answered {statuses:?}; the probe's log:\n{}",
+        requests.len(),
+        probe.log_text()
     );
     assert!(requests.iter().all(|r| r.1 == 401));
     assert!(probe.log_text().contains("ingest refused the token"));
@@ -255,7 +257,8 @@ async fn fails_over_to_the_next_url() {
     let scratch = Scratch::new("failover");
     let (target, _t) = tcp_target().await;
     let receiver = Receiver::start().await;
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead_port = ReservedPort::new();
+    let dead = dead_port.url();
     let config = scratch.path("probe.yaml");
     std::fs::write(
         &config,
@@ -409,7 +412,8 @@ async fn config_change_is_picked_up_without_restart() {
 async fn sigterm_with_ingest_down_exits_and_keeps_the_samples() {
     let scratch = Scratch::new("sigterm");
     let (target, _t) = tcp_target().await;
-    let url = format!("http://127.0.0.1:{}", free_port());
+    let dead = ReservedPort::new();
+    let url = dead.url();
     let config = scratch.path("probe.yaml");
     let buf = scratch.path("buf");
     std::fs::write(
@@ -475,4 +479,61 @@ async fn ingest_url_change_is_applied_without_disturbing_the_rounds() {
             "rounds {gap:?} apart: {times:?}"
         );
     }
+}
+
+/// What the tests' dead URLs rely on: a held port refuses connections and is never the
+/// answer to a bind to port 0 (which the kernel picks at random among free ports; a port
+/// merely released was handed to another test's receiver often enough to fail CI).
+#[tokio::test]
+async fn a_reserved_port_is_refused_and_not_handed_out() {
+    let reserved = ReservedPort::new();
+    let refused = tokio::net::TcpStream::connect(reserved.addr())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    for _ in 0..5000 {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_ne!(other.local_addr().unwrap(), reserved.addr());
+    }
+    // A receiver can still come up on it later.
+    let receiver = Receiver::start_on_reserved(reserved);
+    tokio::net::TcpStream::connect(receiver.addr).await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_delivers_a_batch_still_waiting_for_its_delay() {
+    let scratch = Scratch::new("sigterm-flush");
+    let (target, _t) = tcp_target().await;
+    let receiver = Receiver::start().await;
+    let config = scratch.path("probe.yaml");
+    let buf = scratch.path("buf");
+    // A batch leaves only after a minute: every sample is still buffered at SIGTERM.
+    let text = tcp_config("n1", &["a", "b"], target, &[receiver.url()], &buf, "")
+        .replace("batchMaxDelay: 300ms", "batchMaxDelay: 1m");
+    std::fs::write(&config, text).unwrap();
+    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        receiver.state.lock().unwrap().requests.is_empty(),
+        "sent before the batch was due"
+    );
+    assert!(probe.terminate().await.success());
+    let log = probe.log_text();
+    let keys = receiver.keys();
+    assert!(
+        keys.len() >= 4,
+        "{} samples delivered; log:\n{log}",
+        keys.len()
+    );
+    assert!(keys.values().all(|n| *n == 1), "{keys:?}");
+    assert!(
+        log.contains("stopping with everything buffered delivered"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("stopping with samples still buffered"),
+        "{log}"
+    );
+    let b = Buffer::open(&buf, 4 << 20, std::sync::Arc::new(Stats::default())).unwrap();
+    assert_eq!(b.pending(), 0);
 }

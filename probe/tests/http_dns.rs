@@ -176,11 +176,8 @@ async fn http_statuses_body_delay_redirects_and_failures() {
     assert!(!s.up);
     assert!(s.error.as_deref().unwrap().starts_with("http:"), "{s:?}");
 
-    let s = check(
-        &http(format!("http://127.0.0.1:{}/", free_port()), |_| {}),
-        2000,
-    )
-    .await;
+    let closed = ReservedPort::new();
+    let s = check(&http(format!("{}/", closed.url()), |_| {}), 2000).await;
     assert_eq!(s.error.as_deref(), Some("connect: connection refused"));
 }
 

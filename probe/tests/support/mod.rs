@@ -138,6 +138,15 @@ impl Receiver {
     /// Serves `state` on `addr` (a receiver coming back up keeps what it recorded).
     pub async fn start_with(addr: SocketAddr, state: Arc<Mutex<Recorded>>) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener, state)
+    }
+
+    /// Starts answering on a port the test held until now (a receiver coming up late).
+    pub fn start_on_reserved(port: ReservedPort) -> Self {
+        Self::serve(port.listen(), Arc::new(Mutex::new(Recorded::default())))
+    }
+
+    fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<Recorded>>) -> Self {
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .route("/api/v1/samples", axum::routing::post(samples))
@@ -166,13 +175,55 @@ impl Receiver {
     }
 }
 
-/// A port nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port held for the length of a test: bound but not listening, so a connection
+/// to it is refused until [`ReservedPort::listen`], and a bind to port 0 anywhere on the
+/// machine (another test's receiver, in this process or another) is never handed it.
+///
+/// A port bound and at once released ("free") is not enough: the kernel picks port-0 binds
+/// at random among the free ports, so now and then a concurrent test's receiver got it. In
+/// CI the wrong-token test's receiver landed on the SIGTERM test's "dead" ingest port: the
+/// SIGTERM test's flush delivered everything there (202, no "still buffered" line) and the
+/// wrong-token test counted a third request.
+///
+/// SO_REUSEADDR on the held socket lets a process told this port (the probe's
+/// `metricsListen`, also SO_REUSEADDR) bind and listen on it while the test holds it; port-0
+/// binds still pass it over.
+pub struct ReservedPort {
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl ReservedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        Self { socket, addr }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts listening on the port (within a tokio runtime).
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self.socket.listen(1024).unwrap()
+    }
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A scratch directory removed on drop.
