@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use fiberstack_e2e::{LocalEnv, TestNamespace, connect_postgres, free_loopback_addr, wait_for};
-use support::{Process, alive, run, runner_pods, start_runner, tool};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -23,6 +22,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;
+use support::{Process, alive, run, runner_pods, start_runner, tool};
 
 mod support;
 

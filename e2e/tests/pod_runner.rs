@@ -19,10 +19,10 @@ use support::{alive, runner_pods, start_runner};
 const EVERY: Duration = Duration::from_millis(500);
 
 fn probe_config(port: u16, targets: usize) -> String {
-    let mut text = format!(
-        "node: ${{NODE_NAME}}\nprobe: runner-test/probe\nregion: ghana\ncountry: GH\n\
+    let mut text = String::from(
+        "node: ${NODE_NAME}\nprobe: runner-test/probe\nregion: ghana\ncountry: GH\n\
          interval: 2s\ntimeout: 1s\ningest:\n  urls: [\"http://127.0.0.1:9\"]\n\
-         buffer:\n  dir: /var/lib/fiberstack/buffer\n  maxBytes: 1Mi\ntargets:\n"
+         buffer:\n  dir: /var/lib/fiberstack/buffer\n  maxBytes: 1Mi\ntargets:\n",
     );
     for i in 0..targets {
         text.push_str(&format!(
@@ -120,25 +120,35 @@ async fn runs_a_pod_as_its_kubelet_would() -> Result<()> {
     }))?;
     pods.create(&PostParams::default(), &pod).await?;
 
-    let (pid, _) = wait_for("the probe process", Duration::from_secs(60), EVERY, || async {
-        Ok(pid_of(&state, "probe")?.ok_or_else(|| "not in pods.json yet".to_string()))
-    })
+    let (pid, _) = wait_for(
+        "the probe process",
+        Duration::from_secs(60),
+        EVERY,
+        || async { Ok(pid_of(&state, "probe")?.ok_or_else(|| "not in pods.json yet".to_string())) },
+    )
     .await?;
     let report: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(state.join("pods.json"))?)?;
-    let entry = report.iter().find(|p| p["name"] == "probe").context("listed")?;
+    let entry = report
+        .iter()
+        .find(|p| p["name"] == "probe")
+        .context("listed")?;
     let ip: std::net::IpAddr = entry["ip"].as_str().context("ip")?.parse()?;
     let netns = entry["netns"].as_str().context("netns")?.to_string();
     let log = std::path::PathBuf::from(entry["containers"][0]["log"].as_str().context("log")?);
 
     // The pod's user, in its own network namespace.
     ensure!(
-        status_field(pid, "Uid:")?.split_whitespace().all(|u| u == "65532"),
+        status_field(pid, "Uid:")?
+            .split_whitespace()
+            .all(|u| u == "65532"),
         "uid: {}",
         status_field(pid, "Uid:")?
     );
     ensure!(
-        status_field(pid, "Groups:")?.split_whitespace().any(|g| g == "65532"),
+        status_field(pid, "Groups:")?
+            .split_whitespace()
+            .any(|g| g == "65532"),
         "fsGroup is not a supplementary group"
     );
     ensure!(
@@ -147,14 +157,19 @@ async fn runs_a_pod_as_its_kubelet_would() -> Result<()> {
         "the probe shares the host's network namespace"
     );
     // The downward API, the ConfigMap at its mount path, the host name and the pod IP.
-    wait_for("the probe's TCP rounds from the pod IP", Duration::from_secs(30), EVERY, || async {
-        let from = peers.lock().unwrap().clone();
-        Ok(if from.contains(&ip) {
-            Ok(())
-        } else {
-            Err(format!("connections from {from:?}, pod IP {ip}"))
-        })
-    })
+    wait_for(
+        "the probe's TCP rounds from the pod IP",
+        Duration::from_secs(30),
+        EVERY,
+        || async {
+            let from = peers.lock().unwrap().clone();
+            Ok(if from.contains(&ip) {
+                Ok(())
+            } else {
+                Err(format!("connections from {from:?}, pod IP {ip}"))
+            })
+        },
+    )
     .await?;
     let text = std::fs::read_to_string(&log)?;
     ensure!(
@@ -170,45 +185,70 @@ async fn runs_a_pod_as_its_kubelet_would() -> Result<()> {
             &Patch::Merge(json!({"data": {"probe.yaml": probe_config(port, 2)}})),
         )
         .await?;
-    wait_for("the probe applies its new configuration", Duration::from_secs(30), EVERY, || async {
-        let text = std::fs::read_to_string(&log)?;
-        Ok(
-            if text.contains("configuration changed; applying it") && text.contains("\"targets\":2") {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            },
-        )
-    })
+    wait_for(
+        "the probe applies its new configuration",
+        Duration::from_secs(30),
+        EVERY,
+        || async {
+            let text = std::fs::read_to_string(&log)?;
+            Ok(
+                if text.contains("configuration changed; applying it")
+                    && text.contains("\"targets\":2")
+                {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                },
+            )
+        },
+    )
     .await?;
-    ensure!(pid_of(&state, "probe")?.map(|p| p.0) == Some(pid), "restarted for a config change");
+    ensure!(
+        pid_of(&state, "probe")?.map(|p| p.0) == Some(pid),
+        "restarted for a config change"
+    );
 
     // Killed: restarted (restartPolicy Always).
-    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
-    let (second, restarts) = wait_for("a restarted probe", Duration::from_secs(30), EVERY, || async {
-        Ok(match pid_of(&state, "probe")? {
-            Some((p, r)) if p != pid && r >= 1 => Ok((p, r)),
-            other => Err(format!("{other:?}")),
-        })
-    })
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    let (second, restarts) = wait_for(
+        "a restarted probe",
+        Duration::from_secs(30),
+        EVERY,
+        || async {
+            Ok(match pid_of(&state, "probe")? {
+                Some((p, r)) if p != pid && r >= 1 => Ok((p, r)),
+                other => Err(format!("{other:?}")),
+            })
+        },
+    )
     .await?;
     ensure!(restarts == 1 && alive(second));
 
     // Deleted: the process, the pod's network namespace and its listing go.
     pods.delete("probe", &DeleteParams::default()).await?;
-    wait_for("the pod stopped", Duration::from_secs(30), EVERY, || async {
-        let listed = runner_pods(&state)?.iter().any(|(p, _)| p == "probe");
-        let netns_left = std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()?
-            .stdout;
-        let netns_left = String::from_utf8_lossy(&netns_left).contains(&netns);
-        Ok(if !listed && !alive(second) && !netns_left {
-            Ok(())
-        } else {
-            Err(format!("listed {listed}, alive {}, netns {netns_left}", alive(second)))
-        })
-    })
+    wait_for(
+        "the pod stopped",
+        Duration::from_secs(30),
+        EVERY,
+        || async {
+            let listed = runner_pods(&state)?.iter().any(|(p, _)| p == "probe");
+            let netns_left = std::process::Command::new("ip")
+                .args(["netns", "list"])
+                .output()?
+                .stdout;
+            let netns_left = String::from_utf8_lossy(&netns_left).contains(&netns);
+            Ok(if !listed && !alive(second) && !netns_left {
+                Ok(())
+            } else {
+                Err(format!(
+                    "listed {listed}, alive {}, netns {netns_left}",
+                    alive(second)
+                ))
+            })
+        },
+    )
     .await?;
     drop(runner);
     let _ = std::fs::remove_dir_all(&state);

@@ -1,6 +1,9 @@
 //! What the pod-runner tests share: the environment's tools, child processes stopped at the
 //! end of a test, and reading the runner's `pods.json`.
 
+// Each test binary compiles this module and uses a part of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -115,7 +118,6 @@ pub fn alive(pid: u32) -> bool {
                 .is_some_and(|r| r.trim_start().starts_with('Z'))
         })
 }
-
 
 /// A pod runner for namespace `ns` with its own pod network; its state directory.
 pub fn start_runner(
