@@ -210,8 +210,9 @@ pub fn observed_health(
             crate::conditions::TRUE,
             "ThresholdsMet",
             format!(
-                "{} targets within thresholds over {WINDOW}; closest to a limit: {}",
+                "{}/{} targets reporting, all within thresholds over {WINDOW}; closest to a limit: {}",
                 with_data.len(),
+                rows.len(),
                 worst.name
             ),
         )
@@ -220,7 +221,7 @@ pub fn observed_health(
             crate::conditions::FALSE,
             "ThresholdsBreached",
             format!(
-                "worst target {}: {}; {breaching} of {} targets breaching over {WINDOW}",
+                "worst target {}: {}; {breaching} of {} reporting targets breaching over {WINDOW}",
                 worst.name,
                 worst.message.as_deref().unwrap_or(""),
                 with_data.len()
@@ -264,7 +265,7 @@ mod tests {
             message.starts_with("worst target b: packet loss 30 % > 2 %"),
             "{message}"
         );
-        assert!(message.contains("2 of 3 targets"), "{message}");
+        assert!(message.contains("2 of 3 reporting targets"), "{message}");
     }
 
     #[test]
