@@ -276,7 +276,9 @@ impl Runner {
             let plan = spec::plan(pod, &sources, &service_env);
             let uid = &uid.to_string();
             if self.running.contains_key(uid) {
-                self.refresh_volumes(uid, pod, plan.ok()).await?;
+                if let Err(e) = self.refresh_volumes(uid, pod, plan.ok()).await {
+                    tracing::warn!(pod = %format!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or_default()), error = format!("{e:#}"), "cannot update the pod's volumes; retrying");
+                }
                 let r = &self.running[uid];
                 if r.containers
                     .iter()
@@ -307,8 +309,10 @@ impl Runner {
                 }
                 Err(e) => {
                     let why = format!("{e:#}");
-                    tracing::warn!(pod = %pod.metadata.name.as_deref().unwrap_or_default(), reason = %why, "cannot start the pod");
-                    self.waiting.insert(uid.clone(), why);
+                    if self.waiting.get(uid) != Some(&why) {
+                        tracing::warn!(pod = %format!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or_default()), reason = %why, "cannot start the pod; retrying");
+                        self.waiting.insert(uid.clone(), why);
+                    }
                 }
             }
         }
@@ -342,6 +346,12 @@ impl Runner {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        // The "images" first: a missing binary leaves nothing half made behind.
+        let binaries = plan
+            .containers
+            .iter()
+            .map(|c| self.image_binary(&c.program))
+            .collect::<Result<Vec<_>>>()?;
         let dir = self.options.state_dir.join("pods").join(format!(
             "{ns}_{name}_{}",
             uid.chars().take(8).collect::<String>()
@@ -385,16 +395,19 @@ impl Runner {
             }
         }
         let network = PodNetwork::names(&uid, ip);
-        network.create(&plan.sysctls)?;
-        network::write_in_place(
-            &network.hosts_file(),
-            &self.hosts_text(&ns, &name, ip, entries),
-        )?;
+        if let Err(e) = network.create(&plan.sysctls).and_then(|()| {
+            network::write_in_place(
+                &network.hosts_file(),
+                &self.hosts_text(&ns, &name, ip, entries),
+            )
+        }) {
+            network.destroy();
+            return Err(e);
+        }
 
         let (stop, stop_rx) = watch::channel(false);
         let mut containers = Vec::new();
-        for c in &plan.containers {
-            let binary = self.image_binary(&c.program)?;
+        for (c, binary) in plan.containers.iter().zip(binaries) {
             let mut mounts = Vec::new();
             for m in &c.mounts {
                 let mut source = volumes_dir.join(&m.volume);
