@@ -87,6 +87,10 @@ summary() {
 
 up() {
   local start=$SECONDS t
+  if ((EUID != 0)); then
+    echo "make demo needs root: the pod runner creates a network namespace per pod (try sudo make demo)" >&2
+    exit 1
+  fi
   mkdir -p "$STATE"
   log "environment"
   bash e2e/scripts/env.sh up

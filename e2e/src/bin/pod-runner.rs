@@ -106,6 +106,17 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .unwrap_or("0");
+    anyhow::ensure!(
+        euid == "0",
+        "pod-runner needs root (effective uid {euid}): it creates network namespaces, veths and \
+         routes, and bind-mounts volumes; run it with sudo"
+    );
     let config = kube::Config::infer()
         .await
         .context("kubeconfig (set KUBECONFIG; `source e2e/.env/env.sh`)")?;
