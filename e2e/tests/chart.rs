@@ -10,23 +10,15 @@ use anyhow::{Context, Result, ensure};
 use fiberstack_e2e::{LocalEnv, TestNamespace};
 use serde::Deserialize as _;
 
+mod support;
+use support::tool;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn chart() -> PathBuf {
     repo().join("charts/fiberstack")
-}
-
-/// `helm`/`kubectl` from the environment's binaries, pointed at its cluster.
-fn tool(name: &str, env: &LocalEnv) -> Command {
-    let mut command = Command::new(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(".env/bin")
-            .join(name),
-    );
-    command.env("KUBECONFIG", &env.kubeconfig);
-    command
 }
 
 fn run(mut command: Command) -> Result<Output> {

@@ -178,21 +178,7 @@ impl Runner {
         Ok(())
     }
 
-    async fn list<K>(&self, ns: Option<&str>) -> Result<Vec<K>>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
-        let api: Api<K> = match ns {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        Ok(api.list(&ListParams::default()).await?.items)
-    }
-
+    /// Every object of kind `K` in the runner's namespaces (or all namespaces).
     async fn list_all<K>(&self) -> Result<Vec<K>>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -201,12 +187,18 @@ impl Runner {
             + std::fmt::Debug,
         K::DynamicType: Default,
     {
-        if self.options.namespaces.is_empty() {
-            return self.list(None).await;
-        }
+        let apis: Vec<Api<K>> = if self.options.namespaces.is_empty() {
+            vec![Api::all(self.client.clone())]
+        } else {
+            self.options
+                .namespaces
+                .iter()
+                .map(|ns| Api::namespaced(self.client.clone(), ns))
+                .collect()
+        };
         let mut out = Vec::new();
-        for ns in &self.options.namespaces {
-            out.extend(self.list::<K>(Some(ns)).await?);
+        for api in apis {
+            out.extend(api.list(&ListParams::default()).await?.items);
         }
         Ok(out)
     }
