@@ -1,8 +1,11 @@
 //! Shared pieces of FiberStack's end-to-end tests: where the local environment's parts
 //! listen (`make env-up` writes it to `e2e/.env/env.sh`), clients for them, test
-//! namespaces, and waiting for a condition.
+//! namespaces, ports held for the length of a test, and waiting for a condition.
 
 pub mod pod_runner;
+mod ports;
+
+pub use ports::ReservedPort;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -140,12 +143,6 @@ pub async fn connect_postgres(url: &str) -> Result<tokio_postgres::Client> {
         }
     });
     Ok(client)
-}
-
-/// A loopback address with a port free right now, for a server a test starts (another process
-/// could take the port in between; on these loopback-only machines none does).
-pub fn free_loopback_addr() -> Result<std::net::SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// A name no other test run uses: `prefix-<time><pid>`, within Kubernetes' 63 characters.

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use fiberstack_e2e::{LocalEnv, TestNamespace, connect_postgres, free_loopback_addr, wait_for};
+use fiberstack_e2e::{LocalEnv, ReservedPort, TestNamespace, connect_postgres, wait_for};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -34,6 +34,10 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A UDP port free right now. It cannot be held like a [`ReservedPort`]: a socket left
+/// bound to it would make `demo-targets`' plain bind fail (EADDRINUSE), whatever the
+/// addresses. So it is picked just before `demo-targets` starts, and only a UDP port-0 bind
+/// in the few milliseconds until `demo-targets` binds it could take it.
 fn free_udp_port() -> Result<u16> {
     Ok(UdpSocket::bind("0.0.0.0:0")?.local_addr()?.port())
 }
@@ -101,9 +105,14 @@ async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
     }
 
     // Targets on this machine: healthy HTTP, a degraded HTTP server, TCP, DNS.
-    let http = free_loopback_addr()?.port();
-    let degraded = free_loopback_addr()?.port();
-    let tcp = free_loopback_addr()?.port();
+    // Held for the whole test; demo-targets binds them on 0.0.0.0 all the same (see
+    // ReservedPort).
+    let (http_port, degraded_port, tcp_port) = (
+        ReservedPort::new()?,
+        ReservedPort::new()?,
+        ReservedPort::new()?,
+    );
+    let (http, degraded, tcp) = (http_port.port(), degraded_port.port(), tcp_port.port());
     let dns = free_udp_port()?;
     let mut targets = Command::new(env!("CARGO_BIN_EXE_demo-targets"));
     targets.args([

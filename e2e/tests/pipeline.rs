@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fiberstack_e2e::{LocalEnv, free_loopback_addr, unique_name, wait_for};
+use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
 
 /// The workspace's binaries, built next to this test by `cargo test --workspace`.
 fn binary(name: &str) -> Result<PathBuf> {
@@ -70,13 +70,16 @@ async fn probe_ingest_etl_and_postgres_agree() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&migrated.stderr)
     );
+    // Held until the end: the processes bind them, and no other test's server can meanwhile.
+    let etl_metrics = ReservedPort::new()?;
+    let ingest_port = ReservedPort::new()?;
     processes.spawn(
         Command::new(binary("fiber-etl")?)
             .args(["run", "--region", &region, "--database-url", &database])
-            .args(["--metrics-listen", &free_loopback_addr()?.to_string()])
+            .args(["--metrics-listen", &etl_metrics.addr().to_string()])
             .env("REDIS_URL", &env.redis_url),
     )?;
-    let ingest = free_loopback_addr()?;
+    let ingest = ingest_port.addr();
     processes.spawn(
         Command::new(binary("fiber-ingest")?)
             .args(["--region", &region, "--listen", &ingest.to_string()])

@@ -12,7 +12,7 @@ use common::batch;
 use fiber_etl::consumer::{Consumer, ConsumerConfig, Stats};
 use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::migrate;
-use fiberstack_e2e::{LocalEnv, unique_name, wait_for};
+use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
 use fiberstack_model::stream::{
     BATCH_FIELD, CONSUMER_GROUP, dead_letter_stream, encode_batch, samples_stream,
 };
@@ -332,12 +332,10 @@ async fn acknowledged_entries_are_trimmed_pending_ones_kept() -> Result<()> {
 async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
     let mut f = fixture().await?;
     let env = LocalEnv::load()?;
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let metrics = ReservedPort::new()?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
         .args(["run", "--region", &f.region, "--consumer", "worker-cli"])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--metrics-listen", &metrics.addr().to_string()])
         .env("REDIS_URL", &env.redis_url)
         .env("DATABASE_URL", &f.url)
         .stdout(Stdio::null())
@@ -375,7 +373,7 @@ async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
         },
     )
     .await?;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+    let metrics = reqwest::get(format!("{}/metrics", metrics.url()))
         .await?
         .text()
         .await?;
@@ -457,27 +455,31 @@ async fn plain_mode_maintenance_refreshes_rollups_of_what_was_written() -> Resul
     Ok(())
 }
 
-fn spawn_run(f: &Fixture, redis_url: &str, consumer: &str) -> Result<std::process::Child> {
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Ok(Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
+/// The worker and its metrics port, to hold while it runs.
+fn spawn_run(
+    f: &Fixture,
+    redis_url: &str,
+    consumer: &str,
+) -> Result<(std::process::Child, ReservedPort)> {
+    let metrics = ReservedPort::new()?;
+    let child = Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
         .args(["run", "--region", &f.region, "--consumer", consumer])
         .args(["--claim-idle-secs", "1", "--read-count", "5"])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--metrics-listen", &metrics.addr().to_string()])
         .env("REDIS_URL", redis_url)
         .env("DATABASE_URL", &f.url)
         .env("FIBER_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()?)
+        .spawn()?;
+    Ok((child, metrics))
 }
 
 #[tokio::test]
 async fn kill_9_mid_stream_then_restart_stores_every_sample_once() -> Result<()> {
     let mut f = fixture().await?;
     let env = LocalEnv::load()?;
-    let mut worker = spawn_run(&f, &env.redis_url, "worker-a")?;
+    let (mut worker, _worker_metrics) = spawn_run(&f, &env.redis_url, "worker-a")?;
     let batch_n = |n: u32| {
         let samples = (0..10u32).map(|i| Sample {
             time: at(0) + chrono::Duration::milliseconds(i64::from(n * 10 + i)),
@@ -524,7 +526,7 @@ async fn kill_9_mid_stream_then_restart_stores_every_sample_once() -> Result<()>
         f.add(&batch_n(n)).await?;
     }
     let expected = 2000i64;
-    let mut restarted = spawn_run(&f, &env.redis_url, "worker-b")?;
+    let (mut restarted, _restarted_metrics) = spawn_run(&f, &env.redis_url, "worker-b")?;
     let pool = f.pool.clone();
     let result = wait_for(
         "every sample stored after the restart",

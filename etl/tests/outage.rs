@@ -11,7 +11,7 @@ mod common;
 use anyhow::{Context, Result, bail};
 use common::batch;
 use fiber_etl::db::DbConfig;
-use fiberstack_e2e::{LocalEnv, unique_name, wait_for};
+use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
 use fiberstack_model::stream::{BATCH_FIELD, CONSUMER_GROUP, encode_batch, samples_stream};
 use fiberstack_model::{Batch, CheckKind, Sample};
 use redis::AsyncCommands;
@@ -21,7 +21,9 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// A throwaway PostgreSQL 15 run as the `postgres` user, trust auth on loopback.
 struct OwnPostgres {
     dir: PathBuf,
-    port: u16,
+    /// Held across the outage too: a port merely free while the server is down could be
+    /// handed to another test's server, and this one could not come back.
+    port: ReservedPort,
     server: Option<Child>,
 }
 
@@ -48,12 +50,9 @@ impl OwnPostgres {
         if !out.status.success() {
             bail!("initdb: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
         Ok(Self {
             dir,
-            port,
+            port: ReservedPort::new()?,
             server: None,
         })
     }
@@ -61,7 +60,7 @@ impl OwnPostgres {
     fn url(&self) -> String {
         format!(
             "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
-            self.port
+            self.port.port()
         )
     }
 
@@ -71,7 +70,7 @@ impl OwnPostgres {
             .arg(self.dir.join("data"))
             .args([
                 "-p",
-                &self.port.to_string(),
+                &self.port.port().to_string(),
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-k",
@@ -153,12 +152,10 @@ async fn postgres_down_for_30s_under_load_loses_nothing() -> Result<()> {
     pool.close().await;
 
     let region = unique_name("outage");
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let metrics = ReservedPort::new()?;
     let mut etl = Command::new(env!("CARGO_BIN_EXE_fiber-etl"))
         .args(["run", "--region", &region, "--consumer", "outage-worker"])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--metrics-listen", &metrics.addr().to_string()])
         .env("REDIS_URL", &env.redis_url)
         .env("DATABASE_URL", pg.url())
         .env("FIBER_LOG", "error")
@@ -224,7 +221,7 @@ async fn postgres_down_for_30s_under_load_loses_nothing() -> Result<()> {
         },
     )
     .await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+    let metrics = reqwest::get(format!("{}/metrics", metrics.url()))
         .await?
         .text()
         .await?;

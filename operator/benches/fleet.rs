@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use fiberstack_e2e::{LocalEnv, TestNamespace, wait_for};
+use fiberstack_e2e::{LocalEnv, ReservedPort, TestNamespace, wait_for};
 use fiberstack_operator::crd::{FiberProbe, FiberRegion};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -89,15 +89,14 @@ async fn main() -> Result<()> {
     fiber_etl::migrate::migrate(&pool).await?;
     let ns = TestNamespace::create(&client, "op-bench").await?;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let metrics = ReservedPort::new()?;
+    let port = metrics.port();
     let mut operator = Command::new(BIN)
         .env("KUBECONFIG", &env.kubeconfig)
         .env("FIBER_LOG", "warn")
         .args(["--watch-namespace", &ns.name, "--no-leader-election"])
         .args(["--database-url", &db_url])
-        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &metrics.addr().to_string()])
         .stdout(Stdio::null())
         .stderr(operator_log()?)
         .spawn()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use common::{EVERY, WAIT, apply_json};
-use fiberstack_e2e::{LocalEnv, TestNamespace, free_loopback_addr, wait_for};
+use fiberstack_e2e::{LocalEnv, ReservedPort, TestNamespace, wait_for};
 use fiberstack_operator::crd::{FiberProbe, FiberRegion};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -61,12 +61,13 @@ fn help_documents_every_option_and_its_environment_variable() {
 
 struct Replica {
     child: Child,
-    port: u16,
+    /// The metrics port, held while the replica runs (`Drop` kills it before fields drop).
+    metrics: ReservedPort,
 }
 
 impl Replica {
     fn start(env: &LocalEnv, ns: &str, identity: &str) -> Result<Self> {
-        let port = free_loopback_addr()?.port();
+        let metrics = ReservedPort::new()?;
         let child = Command::new(BIN)
             .env("KUBECONFIG", &env.kubeconfig)
             .env_remove("DATABASE_URL")
@@ -79,16 +80,16 @@ impl Replica {
                 identity,
             ])
             .args(["--lease-duration-secs", "3", "--status-interval-secs", "2"])
-            .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &metrics.addr().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting fiberstack-operator")?;
-        Ok(Self { child, port })
+        Ok(Self { child, metrics })
     }
 
     async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await?;
+        let r = reqwest::get(format!("{}{path}", self.metrics.url())).await?;
         Ok((r.status().as_u16(), r.text().await?))
     }
 

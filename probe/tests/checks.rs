@@ -95,7 +95,7 @@ async fn tcp_listener_is_up_with_a_connect_time() {
 
 #[tokio::test]
 async fn tcp_closed_port_is_refused() {
-    let closed = ReservedPort::new();
+    let closed = ReservedPort::new().unwrap();
     let addr = closed.addr();
     let s = checks::run(&tcp_target_of(addr), &ctx(1000)).await;
     assert_valid(&s);
@@ -139,7 +139,7 @@ fn once_prints_one_json_sample_per_target() {
     permit_icmp();
     let scratch = Scratch::new("once");
     let config = scratch.path("probe.yaml");
-    let reserved = ReservedPort::new();
+    let reserved = ReservedPort::new().unwrap();
     let closed = reserved.port();
     std::fs::write(
         &config,

@@ -176,7 +176,7 @@ async fn http_statuses_body_delay_redirects_and_failures() {
     assert!(!s.up);
     assert!(s.error.as_deref().unwrap().starts_with("http:"), "{s:?}");
 
-    let closed = ReservedPort::new();
+    let closed = ReservedPort::new().unwrap();
     let s = check(&http(format!("{}/", closed.url()), |_| {}), 2000).await;
     assert_eq!(s.error.as_deref(), Some("connect: connection refused"));
 }

@@ -16,6 +16,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+pub use fiberstack_e2e::ReservedPort;
 use fiberstack_model::{Batch, Sample};
 
 pub const TOKEN: &str = "test-token";
@@ -143,7 +144,10 @@ impl Receiver {
 
     /// Starts answering on a port the test held until now (a receiver coming up late).
     pub fn start_on_reserved(port: ReservedPort) -> Self {
-        Self::serve(port.listen(), Arc::new(Mutex::new(Recorded::default())))
+        Self::serve(
+            port.listen().unwrap(),
+            Arc::new(Mutex::new(Recorded::default())),
+        )
     }
 
     fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<Recorded>>) -> Self {
@@ -172,57 +176,6 @@ impl Receiver {
 
     pub fn keys(&self) -> BTreeMap<Key, u32> {
         self.state.lock().unwrap().keys.clone()
-    }
-}
-
-/// A loopback port held for the length of a test: bound but not listening, so a connection
-/// to it is refused until [`ReservedPort::listen`], and a bind to port 0 anywhere on the
-/// machine (another test's receiver, in this process or another) is never handed it.
-///
-/// A port bound and at once released ("free") is not enough: the kernel picks port-0 binds
-/// at random among the free ports, so now and then a concurrent test's receiver got it. In
-/// CI the wrong-token test's receiver landed on the SIGTERM test's "dead" ingest port: the
-/// SIGTERM test's flush delivered everything there (202, no "still buffered" line) and the
-/// wrong-token test counted a third request.
-///
-/// SO_REUSEADDR on the held socket lets a process told this port (the probe's
-/// `metricsListen`, also SO_REUSEADDR) bind and listen on it while the test holds it; port-0
-/// binds still pass it over.
-pub struct ReservedPort {
-    socket: tokio::net::TcpSocket,
-    addr: SocketAddr,
-}
-
-impl ReservedPort {
-    pub fn new() -> Self {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = socket.local_addr().unwrap();
-        Self { socket, addr }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Starts listening on the port (within a tokio runtime).
-    pub fn listen(self) -> tokio::net::TcpListener {
-        self.socket.listen(1024).unwrap()
-    }
-}
-
-impl Default for ReservedPort {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
