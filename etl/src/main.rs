@@ -113,17 +113,6 @@ struct MigrateArgs {
     writer_password: Option<String>,
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIBER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let config = DbConfig {
         schema: args.schema,
@@ -250,7 +239,7 @@ async fn run_consumer(args: RunArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let _telemetry = fiberstack_telemetry::init("fiber-etl");
     let result = match cli.command {
         Command::Migrate(args) => run_migrate(args).await,
         Command::Run(args) => run_consumer(args).await,

@@ -80,17 +80,6 @@ struct Config {
     metrics_listen: SocketAddr,
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIBER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// Completes on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     let (Ok(mut term), Ok(mut int)) = (
@@ -108,7 +97,7 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    init_logging();
+    let _telemetry = fiberstack_telemetry::init("fiberstack-operator");
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());

@@ -38,17 +38,6 @@ enum Command {
     Once,
 }
 
-fn init_logs() {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIBER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn terminated() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -67,7 +56,7 @@ async fn terminated() {
 // keeps the resident memory down.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    init_logs();
+    let _telemetry = fiberstack_telemetry::init("fiber-probe");
     let cli = Cli::parse();
     let overrides = Overrides::from_env();
     match cli.command {
