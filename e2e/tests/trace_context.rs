@@ -60,10 +60,15 @@ impl Processes {
             command.env_remove(var);
         }
         if let Some(otlp) = otlp {
-            command
-                .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-                // Export every 200 ms instead of every 5 s: the test waits for the spans.
-                .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+            command.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"));
+            // Export every 200 ms instead of every 5 s (the test waits for the spans),
+            // unless the test chose its own delay.
+            if !command
+                .get_envs()
+                .any(|(k, _)| k == "OTEL_BSP_SCHEDULE_DELAY")
+            {
+                command.env("OTEL_BSP_SCHEDULE_DELAY", "200");
+            }
         }
         let stderr = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let child = command
@@ -458,6 +463,88 @@ async fn without_an_otlp_endpoint_no_trace_context_travels() -> Result<()> {
     assert_json_lines("ingest", &ingest_log);
     assert_json_lines("probe", &processes.log("probe")?);
     let _: () = redis::AsyncCommands::del(&mut redis, &stream).await?;
+    let dir = processes.dir.clone();
+    drop(processes);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn spans_still_queued_are_exported_when_sigterm_stops_a_binary() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let (otlp, spans) = otlp_receiver().await?;
+    let region = unique_name("flush");
+    let ingest = loopback_addr()?;
+    let mut processes = Processes {
+        children: Vec::new(),
+        dir: scratch("fs-flush")?,
+    };
+    processes.spawn(
+        "ingest",
+        Command::new(binary("fiber-ingest")?)
+            .args(["--region", &region, "--listen", &ingest.to_string()])
+            .env("REDIS_URL", &env.redis_url)
+            .env("FIBER_TOKEN", TOKEN)
+            // No scheduled export within the test: what arrives was flushed at exit.
+            .env("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        Some(otlp),
+    )?;
+    // Any request makes a handler span, even one refused as invalid.
+    let answer = wait_for(
+        "fiber-ingest to answer a request",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let Ok(mut socket) = tokio::net::TcpStream::connect(ingest).await else {
+                return Ok(Err("not listening yet".to_owned()));
+            };
+            socket
+                .write_all(
+                    format!(
+                        "POST /api/v1/samples HTTP/1.1\r\nhost: ingest\r\n\
+                         authorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\n\
+                         traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+                         content-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+            let mut answer = String::new();
+            socket.read_to_string(&mut answer).await?;
+            Ok(Ok(answer))
+        },
+    )
+    .await?;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Give a (wrongly) scheduled export time to show up before the stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        spans.lock().unwrap().is_empty(),
+        "spans exported before the stop: the test would prove nothing"
+    );
+    let child = &mut processes.children[0];
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -TERM failed");
+    let exit = wait_for(
+        "fiber-ingest to exit after SIGTERM",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let exited = child.try_wait();
+            async move { Ok(exited?.ok_or_else(|| "still running".to_owned())) }
+        },
+    )
+    .await?;
+    assert!(exit.success(), "{exit:?}: {}", processes.log("ingest")?);
+    let exported = spans.lock().unwrap().clone();
+    let request = exported
+        .iter()
+        .find(|s| s.service == "fiber-ingest" && s.name == "post_samples")
+        .unwrap_or_else(|| panic!("the request's span was not flushed at exit: {exported:?}"));
+    assert_eq!(request.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(request.parent_span_id, "00f067aa0ba902b7");
     let dir = processes.dir.clone();
     drop(processes);
     let _ = std::fs::remove_dir_all(dir);
