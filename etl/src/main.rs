@@ -18,7 +18,8 @@ use tokio::sync::watch;
 #[command(
     name = "fiber-etl",
     version,
-    about = "FiberStack's database side: `fiber-etl migrate` applies the schema migrations; `fiber-etl run` moves samples from a region's Redis stream into PostgreSQL/TimescaleDB."
+    about = "FiberStack's database side: `fiber-etl migrate` applies the schema migrations; `fiber-etl run` moves samples from a region's Redis stream into PostgreSQL/TimescaleDB.",
+    after_help = fiberstack_telemetry::ENV_HELP
 )]
 struct Cli {
     #[command(subcommand)]

@@ -16,7 +16,7 @@ use fiber_ingest::stream::StreamWriter;
 /// only after it was appended to the region's Redis stream fiber:samples:<region>.
 /// POST /api/push takes the original single-sample contract onto the same path.
 #[derive(Parser)]
-#[command(name = "fiber-ingest", version)]
+#[command(name = "fiber-ingest", version, after_help = fiberstack_telemetry::ENV_HELP)]
 struct Config {
     /// Address to listen on.
     #[arg(long, env = "FIBER_LISTEN", default_value = "0.0.0.0:8080")]

@@ -22,7 +22,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[command(
     name = "fiberstack-operator",
     version,
-    about = "Reconciles FiberRegions into ingest and ETL workloads and FiberProbes into probe DaemonSets, and writes fleet health (from the samples database) into their status."
+    about = "Reconciles FiberRegions into ingest and ETL workloads and FiberProbes into probe DaemonSets, and writes fleet health (from the samples database) into their status.",
+    after_help = fiberstack_telemetry::ENV_HELP
 )]
 struct Config {
     /// Image of the ingest service (runs `fiber-ingest`).

@@ -17,6 +17,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// What every binary's `--help` says about its logs and traces.
+pub const ENV_HELP: &str = "Logs are JSON lines on stderr; FIBER_LOG sets the filter (default info). \
+Spans are exported over OTLP/HTTP (protobuf) when OTEL_EXPORTER_OTLP_ENDPOINT (e.g. \
+http://otel-collector:4318) or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (plain http:// \
+only); OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT and OTEL_BSP_* apply as \
+usual. Trace context travels probe → ingest → stream → ETL as W3C traceparent.";
+
 /// The header (and stream field) carrying W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
