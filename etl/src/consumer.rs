@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fiberstack_model::stream::{
-    BATCH_FIELD, CONSUMER_GROUP, REASON_FIELD, SOURCE_ID_FIELD, dead_letter_stream, decode_batch,
-    samples_stream,
+    BATCH_FIELD, CONSUMER_GROUP, REASON_FIELD, SOURCE_ID_FIELD, TRACEPARENT_FIELD,
+    dead_letter_stream, decode_batch, samples_stream,
 };
 use fiberstack_model::{Batch, Rejection};
 use redis::AsyncCommands;
@@ -20,6 +20,7 @@ use redis::streams::{
 };
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::writer::{self, is_data_error};
 
@@ -142,6 +143,8 @@ struct InHand {
     /// (entry id, valid part of its batch)
     batches: Vec<(String, Batch)>,
     dead: Vec<DeadLetter>,
+    /// Trace contexts of the ingest requests that appended the entries (those that have one).
+    traceparents: Vec<String>,
 }
 
 pub struct Consumer {
@@ -296,7 +299,21 @@ impl Consumer {
         self.stats
             .entries_received
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        let mut hand = sort(entries);
+        let hand = sort(entries);
+        // One write serves batches of many probes, hence many traces: the span links to each
+        // rather than pretending to belong to one.
+        let span = tracing::info_span!("store_entries", entries = hand.ids.len());
+        for tp in &hand.traceparents {
+            fiberstack_telemetry::add_link(&span, tp);
+        }
+        self.store(hand, shutdown).instrument(span).await
+    }
+
+    async fn store(
+        &mut self,
+        mut hand: InHand,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ConsumerError> {
         let mut failures = 0u32;
         loop {
             match self.write(&mut hand).await {
@@ -485,6 +502,9 @@ fn sort(entries: Vec<StreamId>) -> InHand {
     let mut hand = InHand::default();
     for entry in entries {
         hand.ids.push(entry.id.clone());
+        if let Some(tp) = entry.get::<String>(TRACEPARENT_FIELD) {
+            hand.traceparents.push(tp);
+        }
         let payload: Option<Vec<u8>> = entry.get(BATCH_FIELD);
         let Some(payload) = payload else {
             hand.dead.push(DeadLetter {

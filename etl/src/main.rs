@@ -18,7 +18,8 @@ use tokio::sync::watch;
 #[command(
     name = "fiber-etl",
     version,
-    about = "FiberStack's database side: `fiber-etl migrate` applies the schema migrations; `fiber-etl run` moves samples from a region's Redis stream into PostgreSQL/TimescaleDB."
+    about = "FiberStack's database side: `fiber-etl migrate` applies the schema migrations; `fiber-etl run` moves samples from a region's Redis stream into PostgreSQL/TimescaleDB.",
+    after_help = fiberstack_telemetry::ENV_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -111,17 +112,6 @@ struct MigrateArgs {
     writer_user: Option<String>,
     #[arg(long, env = "FIBER_WRITER_PASSWORD", hide_env_values = true)]
     writer_password: Option<String>,
-}
-
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIBER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
@@ -250,7 +240,7 @@ async fn run_consumer(args: RunArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let _telemetry = fiberstack_telemetry::init("fiber-etl");
     let result = match cli.command {
         Command::Migrate(args) => run_migrate(args).await,
         Command::Run(args) => run_consumer(args).await,

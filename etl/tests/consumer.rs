@@ -14,7 +14,8 @@ use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::migrate;
 use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
 use fiberstack_model::stream::{
-    BATCH_FIELD, CONSUMER_GROUP, dead_letter_stream, encode_batch, samples_stream,
+    BATCH_FIELD, CONSUMER_GROUP, TRACEPARENT_FIELD, dead_letter_stream, encode_batch,
+    samples_stream,
 };
 use fiberstack_model::{Batch, CheckKind, Sample};
 use redis::AsyncCommands;
@@ -183,6 +184,52 @@ async fn batches_land_field_for_field_exactly_once_and_are_acked() -> Result<()>
     .fetch_one(&f.pool)
     .await?;
     assert_eq!(node, ("ghana".into(), "GH".into(), "0.1.0".into(), at(2)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn entries_with_trace_context_are_stored_like_those_without() -> Result<()> {
+    let mut f = fixture().await?;
+    let stream = samples_stream(&f.region);
+    let payload = |node: &str| encode_batch(&batch(node, vec![icmp(1, 20.0)]));
+    let _: String = f
+        .redis
+        .xadd(
+            &stream,
+            "*",
+            &[
+                (BATCH_FIELD, payload("traced").as_slice()),
+                (
+                    TRACEPARENT_FIELD,
+                    b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".as_slice(),
+                ),
+            ],
+        )
+        .await?;
+    // Trace context is advisory: a malformed one must not cost the samples.
+    let _: String = f
+        .redis
+        .xadd(
+            &stream,
+            "*",
+            &[
+                (BATCH_FIELD, payload("garbled").as_slice()),
+                (TRACEPARENT_FIELD, b"not-a-traceparent".as_slice()),
+            ],
+        )
+        .await?;
+    f.add(&payload("untraced")).await?;
+    let mut consumer = f.consumer("worker-1");
+    let stats = consumer.stats();
+    f.drain(&mut consumer).await?;
+
+    let nodes: Vec<String> = sqlx::query_scalar("select node from metrics order by node")
+        .fetch_all(&f.pool)
+        .await?;
+    assert_eq!(nodes, ["garbled", "traced", "untraced"]);
+    assert_eq!(Stats::get(&stats.entries_acked), 3);
+    assert_eq!(Stats::get(&stats.dead_lettered), 0);
+    assert_eq!(f.pending().await?, 0);
     Ok(())
 }
 

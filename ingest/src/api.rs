@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use fiberstack_model::{Batch, PushSample, Rejection};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::auth::Token;
 use crate::metrics::Metrics;
@@ -182,7 +183,9 @@ async fn admit(state: &AppState, batch: &Batch) -> Result<Option<String>, Refusa
     if batch.samples.is_empty() {
         return Ok(None);
     }
-    match state.writer.append(batch).await {
+    // The entry carries this request's trace context on to the ETL.
+    let traceparent = fiberstack_telemetry::traceparent(&tracing::Span::current());
+    match state.writer.append(batch, traceparent.as_deref()).await {
         Ok(id) => {
             m.samples_accepted.inc_by(batch.samples.len() as u64);
             Ok(Some(id))
@@ -208,11 +211,27 @@ async fn admit(state: &AppState, batch: &Batch) -> Result<Option<String>, Refusa
     }
 }
 
+/// The span of a request, a child of the caller's span when it sent a `traceparent`.
+fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
+    if let Some(tp) = headers
+        .get(fiberstack_telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        fiberstack_telemetry::set_parent(&span, tp);
+    }
+    span
+}
+
 async fn post_samples(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let span = request_span(tracing::info_span!("post_samples"), &headers);
+    accept_samples(state, headers, body).instrument(span).await
+}
+
+async fn accept_samples(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let json = match authorized_json(&state, &headers, body) {
         Ok(json) => json,
         Err(refusal) => return *refusal,
@@ -245,6 +264,11 @@ async fn post_push(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let span = request_span(tracing::info_span!("post_push"), &headers);
+    accept_push(state, headers, body).instrument(span).await
+}
+
+async fn accept_push(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let json = match authorized_json(&state, &headers, body) {
         Ok(json) => json,
         Err(refusal) => return *refusal,

@@ -16,7 +16,7 @@ use fiber_ingest::stream::StreamWriter;
 /// only after it was appended to the region's Redis stream fiber:samples:<region>.
 /// POST /api/push takes the original single-sample contract onto the same path.
 #[derive(Parser)]
-#[command(name = "fiber-ingest", version)]
+#[command(name = "fiber-ingest", version, after_help = fiberstack_telemetry::ENV_HELP)]
 struct Config {
     /// Address to listen on.
     #[arg(long, env = "FIBER_LISTEN", default_value = "0.0.0.0:8080")]
@@ -109,14 +109,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIBER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let _telemetry = fiberstack_telemetry::init("fiber-ingest");
     match run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -3,7 +3,7 @@
 //! filling Redis' memory.
 
 use fiberstack_model::Batch;
-use fiberstack_model::stream::{BATCH_FIELD, encode_batch, samples_stream};
+use fiberstack_model::stream::{BATCH_FIELD, TRACEPARENT_FIELD, encode_batch, samples_stream};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -34,7 +34,8 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> 
 }
 
 /// XADD unless the stream already holds `ARGV[1]` entries or more. Returns `{id, length}`
-/// on success and `{false, length}` when refused (Lua's false becomes a nil reply).
+/// on success and `{false, length}` when refused (Lua's false becomes a nil reply). The
+/// entry's fields are the pairs from `ARGV[2]` on: the batch, then the optional ones.
 static APPEND_UNDER_CAP: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -42,7 +43,7 @@ static APPEND_UNDER_CAP: std::sync::LazyLock<redis::Script> = std::sync::LazyLoc
         if len >= tonumber(ARGV[1]) then
             return {false, len}
         end
-        return {redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3]), len + 1}
+        return {redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2)), len + 1}
         ",
     )
 });
@@ -67,25 +68,38 @@ impl StreamWriter {
         &self.stream
     }
 
-    /// Appends `batch`; returns the entry id. The backlog is the stream's length: the ETL
-    /// trims acknowledged entries, so what remains is (about) what it has not stored yet.
-    pub async fn append(&self, batch: &Batch) -> Result<String, AppendError> {
+    /// Appends `batch`, with the `traceparent` of the request's span when there is one;
+    /// returns the entry id. The backlog is the stream's length: the ETL trims acknowledged
+    /// entries, so what remains is (about) what it has not stored yet.
+    pub async fn append(
+        &self,
+        batch: &Batch,
+        traceparent: Option<&str>,
+    ) -> Result<String, AppendError> {
         // While Redis is down the connection manager reconnects in the background and a
         // command may wait for it: bound the wait so probes hear 503 quickly.
-        tokio::time::timeout(REDIS_DEADLINE, self.append_now(batch))
+        tokio::time::timeout(REDIS_DEADLINE, self.append_now(batch, traceparent))
             .await
             .unwrap_or(Err(AppendError::Timeout(REDIS_DEADLINE)))
     }
 
-    async fn append_now(&self, batch: &Batch) -> Result<String, AppendError> {
+    async fn append_now(
+        &self,
+        batch: &Batch,
+        traceparent: Option<&str>,
+    ) -> Result<String, AppendError> {
         let mut redis = self.redis.clone();
         // One round trip, and atomic: the length check and the append cannot be split by
         // another writer's append.
-        let appended: Result<String, u64> = APPEND_UNDER_CAP
-            .key(&self.stream)
+        let mut script = APPEND_UNDER_CAP.key(&self.stream);
+        script
             .arg(self.max_backlog)
             .arg(BATCH_FIELD)
-            .arg(encode_batch(batch))
+            .arg(encode_batch(batch));
+        if let Some(tp) = traceparent {
+            script.arg(TRACEPARENT_FIELD).arg(tp);
+        }
+        let appended: Result<String, u64> = script
             .invoke_async::<(Option<String>, u64)>(&mut redis)
             .await
             .map(|(id, len)| id.ok_or(len))?;

@@ -7,6 +7,10 @@ use crate::sample::Batch;
 pub const CONSUMER_GROUP: &str = "fiber-etl";
 /// The entry field holding the batch as JSON.
 pub const BATCH_FIELD: &str = "batch";
+/// The optional entry field holding the W3C `traceparent` of the ingest request that
+/// appended it, so that the ETL's write joins the probe's trace. Absent when tracing is off
+/// (and in entries from before it existed).
+pub const TRACEPARENT_FIELD: &str = "traceparent";
 /// The dead-letter entry field holding why the entry could not be stored.
 pub const REASON_FIELD: &str = "reason";
 /// The dead-letter entry field holding the original entry's id.

@@ -22,7 +22,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[command(
     name = "fiberstack-operator",
     version,
-    about = "Reconciles FiberRegions into ingest and ETL workloads and FiberProbes into probe DaemonSets, and writes fleet health (from the samples database) into their status."
+    about = "Reconciles FiberRegions into ingest and ETL workloads and FiberProbes into probe DaemonSets, and writes fleet health (from the samples database) into their status.",
+    after_help = fiberstack_telemetry::ENV_HELP
 )]
 struct Config {
     /// Image of the ingest service (runs `fiber-ingest`).
@@ -80,17 +81,6 @@ struct Config {
     metrics_listen: SocketAddr,
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIBER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// Completes on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     let (Ok(mut term), Ok(mut int)) = (
@@ -108,7 +98,7 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    init_logging();
+    let _telemetry = fiberstack_telemetry::init("fiberstack-operator");
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());

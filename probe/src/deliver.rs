@@ -21,6 +21,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::buffer::{Buffer, Pending};
 use crate::config::Settings;
@@ -276,8 +277,13 @@ impl Deliverer {
                 None => REQUEST_TIMEOUT,
             };
             self.stats.push_attempts.fetch_add(1, Ordering::Relaxed);
+            // One span per attempt, its context sent along so that ingest's handling (and
+            // the ETL's write) join the same trace.
+            let span = tracing::info_span!("deliver_batch", url, samples = count);
+            let traceparent = fiberstack_telemetry::traceparent(&span);
             match self
-                .post(url, body.clone(), token.as_deref(), timeout)
+                .post(url, body.clone(), token.as_deref(), timeout, traceparent)
+                .instrument(span)
                 .await
             {
                 Outcome::Accepted(answer) => {
@@ -339,6 +345,7 @@ impl Deliverer {
         body: Bytes,
         token: Option<&str>,
         timeout: Duration,
+        traceparent: Option<String>,
     ) -> Outcome {
         let endpoint = endpoint(url);
         let mut request = hyper::Request::post(&endpoint)
@@ -350,6 +357,9 @@ impl Deliverer {
             );
         if let Some(t) = token {
             request = request.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(tp) = traceparent {
+            request = request.header(fiberstack_telemetry::TRACEPARENT, tp);
         }
         let request = match request.body(Full::new(body)) {
             Ok(r) => r,

@@ -10,12 +10,20 @@ use fiber_probe::config::{Overrides, Settings};
 use fiber_probe::metrics::Stats;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// The probe's own environment, then what every binary shares.
+static PROBE_HELP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "Environment overrides of the configuration file: NODE_NAME (node), FIBER_INGEST_URL (ingest.urls, comma-separated, tried in order), FIBER_TOKEN (the bearer token itself) or FIBER_TOKEN_FILE (ingest.tokenFile), FIBER_BUFFER_DIR (buffer.dir). Unprivileged ICMP needs net.ipv4.ping_group_range to include the process's group.\n\n{}",
+        fiberstack_telemetry::ENV_HELP
+    )
+});
+
 #[derive(Parser)]
 #[command(
     name = "fiber-probe",
     version,
     about = "FiberStack's probe agent: measures ICMP, TCP, HTTP(S) and DNS targets once per interval and delivers every sample to fiber-ingest through a disk buffer that survives restarts and outages.",
-    after_help = "Environment overrides of the configuration file: NODE_NAME (node), FIBER_INGEST_URL (ingest.urls, comma-separated, tried in order), FIBER_TOKEN (the bearer token itself) or FIBER_TOKEN_FILE (ingest.tokenFile), FIBER_BUFFER_DIR (buffer.dir). Logs are JSON on stderr; FIBER_LOG sets the level (default info), as for every FiberStack binary. Unprivileged ICMP needs net.ipv4.ping_group_range to include the process's group."
+    after_help = PROBE_HELP.as_str()
 )]
 struct Cli {
     /// The ProbeConfig YAML (DESIGN.md §3). Re-read every few seconds; a valid change is
@@ -38,17 +46,6 @@ enum Command {
     Once,
 }
 
-fn init_logs() {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIBER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn terminated() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -67,7 +64,7 @@ async fn terminated() {
 // keeps the resident memory down.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    init_logs();
+    let _telemetry = fiberstack_telemetry::init("fiber-probe");
     let cli = Cli::parse();
     let overrides = Overrides::from_env();
     match cli.command {
