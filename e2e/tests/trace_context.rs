@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::http::StatusCode;
-use fiberstack_e2e::{LocalEnv, unique_name, wait_for};
+use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
@@ -37,12 +37,6 @@ fn binary(name: &str) -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
-}
-
-/// A loopback address free a moment ago, for a child process to listen on (a listener
-/// cannot be handed to it).
-fn loopback_addr() -> Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Child processes killed when the test ends, however it ends; their stderr in files.
@@ -261,7 +255,8 @@ async fn probe_and_ingest(
     node: &str,
     otlp: Option<SocketAddr>,
 ) -> Result<Arc<Mutex<Vec<u8>>>> {
-    let ingest = loopback_addr()?;
+    let ingest_port = ReservedPort::new()?;
+    let ingest = ingest_port.addr();
     processes.spawn(
         "ingest",
         Command::new(binary("fiber-ingest")?)
@@ -317,11 +312,12 @@ async fn one_trace_from_probe_through_ingest_to_the_etl_write() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&migrated.stderr)
     );
+    let etl_metrics = ReservedPort::new()?;
     processes.spawn(
         "etl",
         Command::new(binary("fiber-etl")?)
             .args(["run", "--region", &region, "--database-url", &database])
-            .args(["--metrics-listen", &loopback_addr()?.to_string()])
+            .args(["--metrics-listen", &etl_metrics.addr().to_string()])
             .env("REDIS_URL", &env.redis_url),
         Some(otlp),
     )?;
@@ -474,7 +470,8 @@ async fn spans_still_queued_are_exported_when_sigterm_stops_a_binary() -> Result
     let env = LocalEnv::load()?;
     let (otlp, spans) = otlp_receiver().await?;
     let region = unique_name("flush");
-    let ingest = loopback_addr()?;
+    let ingest_port = ReservedPort::new()?;
+    let ingest = ingest_port.addr();
     let mut processes = Processes {
         children: Vec::new(),
         dir: scratch("fs-flush")?,
