@@ -75,6 +75,10 @@ fn values_schema_refuses_bad_values_by_name() -> Result<()> {
             "grafana.datasource.sslmode=maybe",
             "/grafana/datasource/sslmode",
         ),
+        (
+            "telemetry.otlpEndpoint=collector:4318",
+            "/telemetry/otlpEndpoint",
+        ),
     ] {
         let out = template(&env, "default", &[set])?;
         let stderr = text(&out.stderr);
@@ -88,6 +92,31 @@ fn values_schema_refuses_bad_values_by_name() -> Result<()> {
             "{set}: the error does not name {named}: {stderr}"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn an_otlp_endpoint_reaches_the_operator_and_through_it_the_workloads() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let endpoint = "http://otel-collector.monitoring:4318";
+    let with = template(
+        &env,
+        "default",
+        &[&format!("telemetry.otlpEndpoint={endpoint}")],
+    )?;
+    ensure!(with.status.success(), "{}", text(&with.stderr));
+    let operator = text(&with.stdout);
+    for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "FIBER_OTLP_ENDPOINT"] {
+        ensure!(
+            operator.contains(&format!(
+                "- name: {var}\n              value: \"{endpoint}\""
+            )),
+            "{var} not set to {endpoint} in the operator's env"
+        );
+    }
+    let without = template(&env, "default", &[])?;
+    ensure!(without.status.success(), "{}", text(&without.stderr));
+    ensure!(!text(&without.stdout).contains("OTLP_ENDPOINT"));
     Ok(())
 }
 

@@ -39,6 +39,12 @@ struct Config {
     #[arg(long, env = "FIBER_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
           value_parser = ["Always", "IfNotPresent", "Never"])]
     image_pull_policy: String,
+    /// OTLP/HTTP endpoint (e.g. http://otel-collector.monitoring:4318) set as
+    /// OTEL_EXPORTER_OTLP_ENDPOINT in every ingest, ETL and probe pod, so their spans (one
+    /// trace per batch, probe → ingest → ETL) are exported. The operator's own spans follow
+    /// its OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, env = "FIBER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// PostgreSQL URL of a read-only role, for fleet health in status. Without it, status
     /// says Reporting=Unknown (DatabaseUnavailable).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -123,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
             etl: config.etl_image,
             probe: config.probe_image,
             pull_policy: config.image_pull_policy,
+            otlp_endpoint: config.otlp_endpoint,
         },
         namespace: config.watch_namespace,
         status_every: Duration::from_secs(config.status_interval_secs),

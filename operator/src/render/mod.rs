@@ -28,7 +28,8 @@ pub const INGEST_PORT: i32 = 8080;
 /// User and group the pods run as (distroless "nonroot").
 pub const NONROOT_ID: i64 = 65532;
 
-/// Images and pull policy of the workloads, from the operator's flags.
+/// What the rendered workloads run with, from the operator's flags: images, pull policy and
+/// where their spans go.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Images {
     pub ingest: String,
@@ -36,6 +37,23 @@ pub struct Images {
     pub probe: String,
     /// Always, IfNotPresent or Never.
     pub pull_policy: String,
+    /// OTLP/HTTP endpoint given to every ingest, ETL and probe container
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`); none: they export no spans.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Images {
+    /// The environment that turns on span export in a workload, if configured.
+    pub fn telemetry_env(&self) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
+        self.otlp_endpoint
+            .iter()
+            .map(|e| k8s_openapi::api::core::v1::EnvVar {
+                name: "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+                value: Some(e.clone()),
+                ..Default::default()
+            })
+            .collect()
+    }
 }
 
 /// Names of the objects a region or probe owns, in one place so controllers, renderers and

@@ -114,17 +114,23 @@ pub fn build_daemonset(
             "--config".to_owned(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
         ]),
-        env: Some(vec![EnvVar {
-            name: "NODE_NAME".to_owned(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "spec.nodeName".to_owned(),
+        env: Some(
+            [
+                vec![EnvVar {
+                    name: "NODE_NAME".to_owned(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "spec.nodeName".to_owned(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+                }],
+                images.telemetry_env(),
+            ]
+            .concat(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".to_owned()),
             container_port: i32::from(METRICS_PORT),
@@ -262,6 +268,7 @@ spec:
             etl: "ghcr.io/fiberstack/fiber-etl:0.1.0".to_owned(),
             probe: "ghcr.io/fiberstack/fiber-probe:0.1.0".to_owned(),
             pull_policy: "IfNotPresent".to_owned(),
+            otlp_endpoint: None,
         }
     }
 }

@@ -122,18 +122,24 @@ pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deploym
         image: Some(images.ingest.clone()),
         image_pull_policy: Some(images.pull_policy.clone()),
         command: Some(vec!["fiber-ingest".to_owned()]),
-        env: Some(vec![
-            env("FIBER_LISTEN", format!("0.0.0.0:{INGEST_PORT}")),
-            env("FIBER_REGION", region.name_any()),
-            env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
-            env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
-            env("FIBER_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_KEY}")),
-            env(
-                "FIBER_RATE_PER_NODE",
-                spec.ingest.rate_limit.per_probe_per_second.to_string(),
-            ),
-            env("FIBER_RATE_BURST", spec.ingest.rate_limit.burst.to_string()),
-        ]),
+        env: Some(
+            [
+                vec![
+                    env("FIBER_LISTEN", format!("0.0.0.0:{INGEST_PORT}")),
+                    env("FIBER_REGION", region.name_any()),
+                    env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
+                    env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
+                    env("FIBER_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_KEY}")),
+                    env(
+                        "FIBER_RATE_PER_NODE",
+                        spec.ingest.rate_limit.per_probe_per_second.to_string(),
+                    ),
+                    env("FIBER_RATE_BURST", spec.ingest.rate_limit.burst.to_string()),
+                ],
+                images.telemetry_env(),
+            ]
+            .concat(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("http".to_owned()),
             container_port: INGEST_PORT,
@@ -203,29 +209,35 @@ pub fn build_etl_deployment(region: &FiberRegion, images: &Images) -> Deployment
         image_pull_policy: Some(images.pull_policy.clone()),
         command: Some(vec!["fiber-etl".to_owned()]),
         args: Some(vec!["run".to_owned()]),
-        env: Some(vec![
-            env("FIBER_REGION", region.name_any()),
-            env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
-            env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
-            // Each pod is its own consumer of the group; its name survives restarts of the
-            // container, so pending entries are picked up again by the same consumer.
-            EnvVar {
-                name: "FIBER_CONSUMER".to_owned(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".to_owned(),
+        env: Some(
+            [
+                vec![
+                    env("FIBER_REGION", region.name_any()),
+                    env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
+                    env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
+                    // Each pod is its own consumer of the group; its name survives restarts of the
+                    // container, so pending entries are picked up again by the same consumer.
+                    EnvVar {
+                        name: "FIBER_CONSUMER".to_owned(),
+                        value_from: Some(EnvVarSource {
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "metadata.name".to_owned(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
                         ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            env("FIBER_ETL_READ_COUNT", spec.etl.batch_size.to_string()),
-            env(
-                "FIBER_METRICS_LISTEN",
-                format!("0.0.0.0:{ETL_METRICS_PORT}"),
-            ),
-        ]),
+                    },
+                    env("FIBER_ETL_READ_COUNT", spec.etl.batch_size.to_string()),
+                    env(
+                        "FIBER_METRICS_LISTEN",
+                        format!("0.0.0.0:{ETL_METRICS_PORT}"),
+                    ),
+                ],
+                images.telemetry_env(),
+            ]
+            .concat(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".to_owned()),
             container_port: ETL_METRICS_PORT,
@@ -274,7 +286,59 @@ pub fn build_pdb(region: &FiberRegion, app: &str, component: &str) -> PodDisrupt
 mod tests {
     use super::*;
     use crate::render::assert_golden;
-    use crate::render::probe::fixtures::{images, region};
+    use crate::render::probe::fixtures::{images, probe, region};
+
+    #[test]
+    fn an_otlp_endpoint_reaches_every_workload_and_nothing_else_changes() {
+        let env_of = |c: &k8s_openapi::api::core::v1::PodSpec| {
+            c.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| e.name == "OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|e| e.value.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        let (r, p) = (region(), probe());
+        let with = Images {
+            otlp_endpoint: Some("http://collector:4318".to_owned()),
+            ..images()
+        };
+        let specs = |i: &Images| {
+            [
+                build_ingest_deployment(&r, i)
+                    .spec
+                    .unwrap()
+                    .template
+                    .spec
+                    .unwrap(),
+                build_etl_deployment(&r, i)
+                    .spec
+                    .unwrap()
+                    .template
+                    .spec
+                    .unwrap(),
+                crate::render::probe::build_daemonset(&p, &r, i)
+                    .unwrap()
+                    .spec
+                    .unwrap()
+                    .template
+                    .spec
+                    .unwrap(),
+            ]
+        };
+        for (plain, traced) in specs(&images()).iter().zip(specs(&with).iter()) {
+            assert!(env_of(plain).is_empty());
+            assert_eq!(env_of(traced), ["http://collector:4318"]);
+            let mut stripped = traced.clone();
+            stripped.containers[0]
+                .env
+                .as_mut()
+                .unwrap()
+                .retain(|e| e.name != "OTEL_EXPORTER_OTLP_ENDPOINT");
+            assert_eq!(&stripped, plain);
+        }
+    }
 
     #[test]
     fn renders_the_design_example() {
