@@ -109,6 +109,7 @@ pub fn images() -> fiberstack_operator::render::Images {
         etl: "fiberstack/fiber-etl:test".to_owned(),
         probe: "fiberstack/fiber-probe:test".to_owned(),
         pull_policy: "IfNotPresent".to_owned(),
+        otlp_endpoint: None,
     }
 }
 
