@@ -44,14 +44,17 @@ stop_processes() {
 }
 
 probes_ready() {
-  # Every FiberProbe Ready and Reporting, with readyProbes = reportingProbes = desired > 0.
+  # Every FiberProbe Ready and Reporting, with readyProbes = reportingProbes > 0, and every
+  # target measured at least once (so the first table shows all of them).
   kubectl -n "$NS" get fiberprobes -o json | jq -e '
     (.items | length) == 3 and all(.items[];
       (.status.conditions // []) as $c
       | ($c | any(.type == "Ready" and .status == "True"))
       and ($c | any(.type == "Reporting" and .status == "True"))
       and (.status.readyProbes // 0) > 0
-      and (.status.reportingProbes // 0) == (.status.readyProbes // -1))' >/dev/null
+      and (.status.reportingProbes // 0) == (.status.readyProbes // -1)
+      and ((.status.targets // []) | length) > 0
+      and all(.status.targets[]; .state != "NoData"))' >/dev/null
 }
 
 degraded_seen() {
@@ -157,7 +160,10 @@ down() {
   if [[ -f e2e/.env/env.sh ]]; then
     # shellcheck source=/dev/null
     source e2e/.env/env.sh
-    if bash e2e/scripts/env.sh status 2>/dev/null | grep -q '^kube-apiserver *up'; then
+    local parts
+    # Not piped into grep -q: under pipefail, status's SIGPIPE would read as "down".
+    parts=$(bash e2e/scripts/env.sh status 2>/dev/null || true)
+    if grep -q '^kube-apiserver *up' <<<"$parts"; then
       helm uninstall "$RELEASE" -n "$NS" 2>/dev/null || true
       # The pod runner must still be up to stop the pods' processes as they go.
       kubectl delete namespace "$NS" --ignore-not-found --timeout=90s || true
