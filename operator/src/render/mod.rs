@@ -43,16 +43,22 @@ pub struct Images {
 }
 
 impl Images {
-    /// The environment that turns on span export in a workload, if configured.
-    pub fn telemetry_env(&self) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
-        self.otlp_endpoint
-            .iter()
-            .map(|e| k8s_openapi::api::core::v1::EnvVar {
-                name: "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
-                value: Some(e.clone()),
-                ..Default::default()
-            })
-            .collect()
+    /// `container` with the environment that turns on its span export, if configured.
+    pub fn with_telemetry(
+        &self,
+        mut container: k8s_openapi::api::core::v1::Container,
+    ) -> k8s_openapi::api::core::v1::Container {
+        if let Some(endpoint) = &self.otlp_endpoint {
+            container
+                .env
+                .get_or_insert_with(Vec::new)
+                .push(k8s_openapi::api::core::v1::EnvVar {
+                    name: "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+                    value: Some(endpoint.clone()),
+                    ..Default::default()
+                });
+        }
+        container
     }
 }
 

@@ -114,23 +114,17 @@ pub fn build_daemonset(
             "--config".to_owned(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
         ]),
-        env: Some(
-            [
-                vec![EnvVar {
-                    name: "NODE_NAME".to_owned(),
-                    value_from: Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector {
-                            field_path: "spec.nodeName".to_owned(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+        env: Some(vec![EnvVar {
+            name: "NODE_NAME".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "spec.nodeName".to_owned(),
                     ..Default::default()
-                }],
-                images.telemetry_env(),
-            ]
-            .concat(),
-        ),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".to_owned()),
             container_port: i32::from(METRICS_PORT),
@@ -170,7 +164,7 @@ pub fn build_daemonset(
                     node_selector: Some(node_selector(probe, region)?),
                     automount_service_account_token: Some(false),
                     security_context: Some(security),
-                    containers: vec![container],
+                    containers: vec![images.with_telemetry(container)],
                     termination_grace_period_seconds: Some(30),
                     volumes: Some(vec![
                         Volume {

@@ -122,24 +122,18 @@ pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deploym
         image: Some(images.ingest.clone()),
         image_pull_policy: Some(images.pull_policy.clone()),
         command: Some(vec!["fiber-ingest".to_owned()]),
-        env: Some(
-            [
-                vec![
-                    env("FIBER_LISTEN", format!("0.0.0.0:{INGEST_PORT}")),
-                    env("FIBER_REGION", region.name_any()),
-                    env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
-                    env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
-                    env("FIBER_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_KEY}")),
-                    env(
-                        "FIBER_RATE_PER_NODE",
-                        spec.ingest.rate_limit.per_probe_per_second.to_string(),
-                    ),
-                    env("FIBER_RATE_BURST", spec.ingest.rate_limit.burst.to_string()),
-                ],
-                images.telemetry_env(),
-            ]
-            .concat(),
-        ),
+        env: Some(vec![
+            env("FIBER_LISTEN", format!("0.0.0.0:{INGEST_PORT}")),
+            env("FIBER_REGION", region.name_any()),
+            env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
+            env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
+            env("FIBER_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_KEY}")),
+            env(
+                "FIBER_RATE_PER_NODE",
+                spec.ingest.rate_limit.per_probe_per_second.to_string(),
+            ),
+            env("FIBER_RATE_BURST", spec.ingest.rate_limit.burst.to_string()),
+        ]),
         ports: Some(vec![ContainerPort {
             name: Some("http".to_owned()),
             container_port: INGEST_PORT,
@@ -174,7 +168,7 @@ pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deploym
         "fiber-ingest",
         "ingest",
         spec.ingest.replicas,
-        container,
+        images.with_telemetry(container),
         vec![token],
     )
 }
@@ -209,35 +203,29 @@ pub fn build_etl_deployment(region: &FiberRegion, images: &Images) -> Deployment
         image_pull_policy: Some(images.pull_policy.clone()),
         command: Some(vec!["fiber-etl".to_owned()]),
         args: Some(vec!["run".to_owned()]),
-        env: Some(
-            [
-                vec![
-                    env("FIBER_REGION", region.name_any()),
-                    env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
-                    env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
-                    // Each pod is its own consumer of the group; its name survives restarts of the
-                    // container, so pending entries are picked up again by the same consumer.
-                    EnvVar {
-                        name: "FIBER_CONSUMER".to_owned(),
-                        value_from: Some(EnvVarSource {
-                            field_ref: Some(ObjectFieldSelector {
-                                field_path: "metadata.name".to_owned(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
+        env: Some(vec![
+            env("FIBER_REGION", region.name_any()),
+            env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
+            env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
+            // Each pod is its own consumer of the group; its name survives restarts of the
+            // container, so pending entries are picked up again by the same consumer.
+            EnvVar {
+                name: "FIBER_CONSUMER".to_owned(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".to_owned(),
                         ..Default::default()
-                    },
-                    env("FIBER_ETL_READ_COUNT", spec.etl.batch_size.to_string()),
-                    env(
-                        "FIBER_METRICS_LISTEN",
-                        format!("0.0.0.0:{ETL_METRICS_PORT}"),
-                    ),
-                ],
-                images.telemetry_env(),
-            ]
-            .concat(),
-        ),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            env("FIBER_ETL_READ_COUNT", spec.etl.batch_size.to_string()),
+            env(
+                "FIBER_METRICS_LISTEN",
+                format!("0.0.0.0:{ETL_METRICS_PORT}"),
+            ),
+        ]),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".to_owned()),
             container_port: ETL_METRICS_PORT,
@@ -257,7 +245,7 @@ pub fn build_etl_deployment(region: &FiberRegion, images: &Images) -> Deployment
         "fiber-etl",
         "etl",
         spec.etl.replicas,
-        container,
+        images.with_telemetry(container),
         vec![],
     )
 }
