@@ -145,6 +145,65 @@ pub async fn connect_postgres(url: &str) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// A workspace binary, built next to the running test binary (`target/<profile>/`) by
+/// `cargo test --workspace`.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test binary outside target/<profile>/deps")?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is not built: run `cargo test --workspace` (or cargo build) first",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// SIGTERM to `child`, then its exit status, waiting at most `within` without blocking the
+/// thread (a test's own servers may share the runtime and must keep answering the child's
+/// shutdown). A child still running after that is killed, and that is an error.
+pub async fn terminate(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Result<std::process::ExitStatus> {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(sent.success(), "kill -TERM {} failed", child.id());
+    let pid = child.id();
+    let exited = wait_for(
+        &format!("process {pid} to exit after SIGTERM"),
+        within,
+        Duration::from_millis(50),
+        || {
+            let exited = child.try_wait();
+            async move { Ok(exited?.ok_or_else(|| "still running".to_owned())) }
+        },
+    )
+    .await;
+    if exited.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    exited
+}
+
+/// A batch of `node` for the FiberProbe fiberstack/accra-edge of region ghana (GH): the
+/// envelope the ingest, ETL and end-to-end tests share.
+pub fn batch(node: &str, samples: Vec<fiberstack_model::Sample>) -> fiberstack_model::Batch {
+    fiberstack_model::Batch {
+        probe: "fiberstack/accra-edge".into(),
+        region: "ghana".into(),
+        country: "GH".into(),
+        node: node.into(),
+        agent_version: "0.1.0".into(),
+        samples,
+    }
+}
+
 /// A name no other test run uses: `prefix-<time><pid>`, within Kubernetes' 63 characters.
 pub fn unique_name(prefix: &str) -> String {
     let nanos = SystemTime::now()

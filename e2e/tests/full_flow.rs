@@ -14,7 +14,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use fiberstack_e2e::{LocalEnv, ReservedPort, TestNamespace, connect_postgres, wait_for};
+use fiberstack_e2e::{
+    LocalEnv, ReservedPort, TestNamespace, connect_postgres, wait_for, workspace_binary,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -22,7 +24,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;
-use support::{Process, alive, run, runner_pods, start_runner, tool};
+use support::{Process, alive, pids_of, run, runner_pods, start_runner, tool};
 
 mod support;
 
@@ -87,21 +89,13 @@ async fn from_custom_resources_to_status() -> Result<()> {
 }
 
 async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
-    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_pod-runner"))
-        .parent()
-        .context("binary directory")?
-        .to_path_buf();
     for name in [
         "fiberstack-operator",
         "fiber-ingest",
         "fiber-etl",
         "fiber-probe",
     ] {
-        ensure!(
-            bin_dir.join(name).is_file(),
-            "{name} is not built in {}: run `cargo test --workspace`",
-            bin_dir.display()
-        );
+        workspace_binary(name)?;
     }
 
     // Targets on this machine: healthy HTTP, a degraded HTTP server, TCP, DNS.
@@ -362,11 +356,7 @@ spec:
 
     // Deleting a FiberProbe removes its DaemonSet, its pods and their processes.
     let before = runner_pods(&state)?;
-    let accra_pids: Vec<u32> = before
-        .iter()
-        .filter(|(pod, _)| pod.starts_with("fiberstack-probe-accra-"))
-        .flat_map(|(_, pids)| pids.clone())
-        .collect();
+    let accra_pids = pids_of(&before, "fiberstack-probe-accra-");
     ensure!(
         !accra_pids.is_empty() && accra_pids.iter().all(|p| alive(*p)),
         "the runner shows no running accra probe process: {before:?}"
@@ -394,7 +384,7 @@ spec:
             let running: Vec<u32> = accra_pids.iter().copied().filter(|p| alive(*p)).collect();
             let listed = runner_pods(&state)?
                 .iter()
-                .any(|(pod, _)| pod.starts_with("fiberstack-probe-accra-"));
+                .any(|p| p.name.starts_with("fiberstack-probe-accra-"));
             Ok(if !ds && left_pods == 0 && running.is_empty() && !listed {
                 Ok(())
             } else {
@@ -411,11 +401,10 @@ spec:
         .query_one("select count(*) from metrics", &[])
         .await?
         .get(0);
-    let operator_pids: Vec<u32> = runner_pods(&state)?
-        .iter()
-        .filter(|(pod, _)| pod.starts_with(&format!("{release}-fiberstack-operator-")))
-        .flat_map(|(_, pids)| pids.clone())
-        .collect();
+    let operator_pids = pids_of(
+        &runner_pods(&state)?,
+        &format!("{release}-fiberstack-operator-"),
+    );
     ensure!(!operator_pids.is_empty(), "no operator process ran");
     let mut uninstall = tool("helm", env);
     uninstall.args(["uninstall", release, "-n", ns, "--wait", "--timeout", "2m"]);

@@ -3,28 +3,11 @@
 //! samples in a freshly migrated PostgreSQL database. The parts' own tests each speak to a
 //! stand-in of their neighbour; this one checks that the neighbours agree.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
-
-/// The workspace's binaries, built next to this test by `cargo test --workspace`.
-fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test binary outside target/<profile>/deps")?;
-    let path = dir.join(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is not built: run `cargo test --workspace` (or cargo build) first",
-        path.display()
-    );
-    Ok(path)
-}
+use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for, workspace_binary};
 
 /// Child processes killed when the test ends, however it ends.
 struct Processes(Vec<Child>);
@@ -61,7 +44,7 @@ async fn probe_ingest_etl_and_postgres_agree() -> Result<()> {
     std::fs::create_dir_all(&scratch)?;
     let mut processes = Processes(Vec::new());
 
-    let migrated = Command::new(binary("fiber-etl")?)
+    let migrated = Command::new(workspace_binary("fiber-etl")?)
         .args(["migrate", "--database-url", &database])
         .env("FIBER_LOG", "warn")
         .output()?;
@@ -74,14 +57,14 @@ async fn probe_ingest_etl_and_postgres_agree() -> Result<()> {
     let etl_metrics = ReservedPort::new()?;
     let ingest_port = ReservedPort::new()?;
     processes.spawn(
-        Command::new(binary("fiber-etl")?)
+        Command::new(workspace_binary("fiber-etl")?)
             .args(["run", "--region", &region, "--database-url", &database])
             .args(["--metrics-listen", &etl_metrics.addr().to_string()])
             .env("REDIS_URL", &env.redis_url),
     )?;
     let ingest = ingest_port.addr();
     processes.spawn(
-        Command::new(binary("fiber-ingest")?)
+        Command::new(workspace_binary("fiber-ingest")?)
             .args(["--region", &region, "--listen", &ingest.to_string()])
             .env("REDIS_URL", &env.redis_url)
             .env("FIBER_TOKEN", token),
@@ -113,7 +96,7 @@ async fn probe_ingest_etl_and_postgres_agree() -> Result<()> {
         ),
     )?;
     processes.spawn(
-        Command::new(binary("fiber-probe")?)
+        Command::new(workspace_binary("fiber-probe")?)
             .arg("--config")
             .arg(&config)
             // The overrides a pod gets from the operator: node from the downward API, the

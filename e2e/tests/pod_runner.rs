@@ -33,13 +33,14 @@ fn probe_config(port: u16, targets: usize) -> String {
 }
 
 /// The pod's first container's pid in `pods.json`, and its restart count.
-fn pid_of(state: &std::path::Path, pod: &str) -> Result<Option<(u32, u64)>> {
-    let text = std::fs::read_to_string(state.join("pods.json"))?;
-    let pods: Vec<serde_json::Value> = serde_json::from_str(&text)?;
-    Ok(pods.iter().find(|p| p["name"] == pod).and_then(|p| {
-        let c = &p["containers"][0];
-        Some((c["pid"].as_u64()? as u32, c["restarts"].as_u64()?))
-    }))
+fn pid_of(state: &std::path::Path, pod: &str) -> Result<Option<(u32, u32)>> {
+    Ok(runner_pods(state)?
+        .into_iter()
+        .find(|p| p.name == pod)
+        .and_then(|p| {
+            let c = p.containers.first()?;
+            Some((c.pid?, c.restarts))
+        }))
 }
 
 fn status_field(pid: u32, field: &str) -> Result<String> {
@@ -127,15 +128,13 @@ async fn runs_a_pod_as_its_kubelet_would() -> Result<()> {
         || async { Ok(pid_of(&state, "probe")?.ok_or_else(|| "not in pods.json yet".to_string())) },
     )
     .await?;
-    let report: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(state.join("pods.json"))?)?;
-    let entry = report
-        .iter()
-        .find(|p| p["name"] == "probe")
+    let entry = runner_pods(&state)?
+        .into_iter()
+        .find(|p| p.name == "probe")
         .context("listed")?;
-    let ip: std::net::IpAddr = entry["ip"].as_str().context("ip")?.parse()?;
-    let netns = entry["netns"].as_str().context("netns")?.to_string();
-    let log = std::path::PathBuf::from(entry["containers"][0]["log"].as_str().context("log")?);
+    let ip = std::net::IpAddr::V4(entry.ip);
+    let netns = entry.netns;
+    let log = entry.containers.first().context("a container")?.log.clone();
 
     // The pod's user, in its own network namespace.
     ensure!(
@@ -233,7 +232,7 @@ async fn runs_a_pod_as_its_kubelet_would() -> Result<()> {
         Duration::from_secs(30),
         EVERY,
         || async {
-            let listed = runner_pods(&state)?.iter().any(|(p, _)| p == "probe");
+            let listed = runner_pods(&state)?.iter().any(|p| p.name == "probe");
             let netns_left = std::process::Command::new("ip")
                 .args(["netns", "list"])
                 .output()?

@@ -15,29 +15,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::http::StatusCode;
-use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
+use fiberstack_e2e::{LocalEnv, ReservedPort, terminate, unique_name, wait_for, workspace_binary};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "trace-context-token-0123456789abcdef";
-
-/// The workspace's binaries, built next to this test by `cargo test --workspace`.
-fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test binary outside target/<profile>/deps")?;
-    let path = dir.join(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is not built: run `cargo test --workspace` (or cargo build) first",
-        path.display()
-    );
-    Ok(path)
-}
 
 /// Child processes killed when the test ends, however it ends; their stderr in files.
 struct Processes {
@@ -259,7 +243,7 @@ async fn probe_and_ingest(
     let ingest = ingest_port.addr();
     processes.spawn(
         "ingest",
-        Command::new(binary("fiber-ingest")?)
+        Command::new(workspace_binary("fiber-ingest")?)
             .args(["--region", region, "--listen", &ingest.to_string()])
             .env("REDIS_URL", &env.redis_url)
             .env("FIBER_TOKEN", TOKEN),
@@ -276,7 +260,7 @@ async fn probe_and_ingest(
     let config = write_probe_config(&processes.dir, region, relay, target_port)?;
     processes.spawn(
         "probe",
-        Command::new(binary("fiber-probe")?)
+        Command::new(workspace_binary("fiber-probe")?)
             .arg("--config")
             .arg(&config)
             .env("NODE_NAME", node)
@@ -303,7 +287,7 @@ async fn one_trace_from_probe_through_ingest_to_the_etl_write() -> Result<()> {
         children: Vec::new(),
         dir: scratch("fs-trace")?,
     };
-    let migrated = Command::new(binary("fiber-etl")?)
+    let migrated = Command::new(workspace_binary("fiber-etl")?)
         .args(["migrate", "--database-url", &database])
         .env("FIBER_LOG", "warn")
         .output()?;
@@ -315,7 +299,7 @@ async fn one_trace_from_probe_through_ingest_to_the_etl_write() -> Result<()> {
     let etl_metrics = ReservedPort::new()?;
     processes.spawn(
         "etl",
-        Command::new(binary("fiber-etl")?)
+        Command::new(workspace_binary("fiber-etl")?)
             .args(["run", "--region", &region, "--database-url", &database])
             .args(["--metrics-listen", &etl_metrics.addr().to_string()])
             .env("REDIS_URL", &env.redis_url),
@@ -478,7 +462,7 @@ async fn spans_still_queued_are_exported_when_sigterm_stops_a_binary() -> Result
     };
     processes.spawn(
         "ingest",
-        Command::new(binary("fiber-ingest")?)
+        Command::new(workspace_binary("fiber-ingest")?)
             .args(["--region", &region, "--listen", &ingest.to_string()])
             .env("REDIS_URL", &env.redis_url)
             .env("FIBER_TOKEN", TOKEN)
@@ -519,21 +503,7 @@ async fn spans_still_queued_are_exported_when_sigterm_stops_a_binary() -> Result
         spans.lock().unwrap().is_empty(),
         "spans exported before the stop: the test would prove nothing"
     );
-    let child = &mut processes.children[0];
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill -TERM failed");
-    let exit = wait_for(
-        "fiber-ingest to exit after SIGTERM",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || {
-            let exited = child.try_wait();
-            async move { Ok(exited?.ok_or_else(|| "still running".to_owned())) }
-        },
-    )
-    .await?;
+    let exit = terminate(&mut processes.children[0], Duration::from_secs(30)).await?;
     assert!(exit.success(), "{exit:?}: {}", processes.log("ingest")?);
     let exported = spans.lock().unwrap().clone();
     let request = exported

@@ -8,10 +8,10 @@ mod common;
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use common::batch;
 use fiber_etl::consumer::{Consumer, ConsumerConfig, Stats};
 use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::migrate;
+use fiberstack_e2e::batch;
 use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
 use fiberstack_model::stream::{
     BATCH_FIELD, CONSUMER_GROUP, TRACEPARENT_FIELD, dead_letter_stream, encode_batch,
@@ -428,23 +428,7 @@ async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
         metrics.contains("fiber_etl_samples_inserted_total 3"),
         "{metrics}"
     );
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()?
-            .success()
-    );
-    let status = wait_for(
-        "fiber-etl to exit after SIGTERM",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || {
-            let exited = child.try_wait();
-            async move { Ok(exited?.ok_or_else(|| "still running".to_owned())) }
-        },
-    )
-    .await?;
+    let status = fiberstack_e2e::terminate(&mut child, Duration::from_secs(30)).await?;
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)?;
     assert!(status.success(), "exit {status}: {stderr}");

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use anyhow::{Context, Result, bail};
-use common::batch;
 use fiber_etl::db::DbConfig;
+use fiberstack_e2e::batch;
 use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
 use fiberstack_model::stream::{BATCH_FIELD, CONSUMER_GROUP, encode_batch, samples_stream};
 use fiberstack_model::{Batch, CheckKind, Sample};

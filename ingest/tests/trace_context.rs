@@ -13,7 +13,7 @@ use fiber_ingest::ratelimit::RateLimiter;
 use fiber_ingest::stream::StreamWriter;
 use fiberstack_e2e::{LocalEnv, unique_name};
 use fiberstack_model::stream::{BATCH_FIELD, TRACEPARENT_FIELD, samples_stream};
-use fiberstack_model::{Batch, CheckKind, Sample};
+use fiberstack_model::{CheckKind, Sample};
 use opentelemetry::trace::TracerProvider as _;
 use redis::AsyncCommands;
 use tracing_subscriber::layer::SubscriberExt;
@@ -53,18 +53,14 @@ async fn serve() -> Result<Server> {
 impl Server {
     /// Posts a one-sample batch; returns the `traceparent` stored with its stream entry.
     async fn post(&mut self, traceparent: Option<&str>) -> Result<Option<String>> {
-        let batch = Batch {
-            probe: "fiberstack/accra-edge".into(),
-            region: "ghana".into(),
-            country: "GH".into(),
-            node: "gh-accra-1".into(),
-            agent_version: "0.1.0".into(),
-            samples: vec![Sample {
+        let batch = fiberstack_e2e::batch(
+            "gh-accra-1",
+            vec![Sample {
                 latency_ms: Some(1.5),
                 address: "127.0.0.1:5432".into(),
                 ..Sample::new(chrono::Utc::now(), "db", CheckKind::Tcp, true)
             }],
-        };
+        );
         let mut request = reqwest::Client::new()
             .post(format!("{}/api/v1/samples", self.url))
             .header("authorization", format!("Bearer {TOKEN}"))

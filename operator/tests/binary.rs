@@ -94,18 +94,8 @@ impl Replica {
     }
 
     /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> Result<std::process::ExitStatus> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.child.kill()?;
-        anyhow::bail!("did not exit within 10 s of SIGTERM")
+    async fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        fiberstack_e2e::terminate(&mut self.child, Duration::from_secs(10)).await
     }
 }
 
@@ -199,7 +189,7 @@ async fn two_replicas_one_leads_and_the_other_takes_over_on_exit() -> Result<()>
         );
 
         // The leader exits cleanly and hands over at once (well before the lease expires).
-        let status = a.terminate()?;
+        let status = a.terminate().await?;
         assert!(status.success(), "replica-a exited with {status}");
         wait_for(
             "replica-b leads",
@@ -233,7 +223,7 @@ async fn two_replicas_one_leads_and_the_other_takes_over_on_exit() -> Result<()>
             })
         })
         .await?;
-        assert!(b.terminate()?.success());
+        assert!(b.terminate().await?.success());
         Ok(())
     }
     .await;

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount
 
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use network::PodNetwork;
@@ -77,25 +77,34 @@ struct Running {
     grace: Duration,
 }
 
-#[derive(Serialize)]
-struct PodReport<'a> {
-    namespace: &'a str,
-    name: &'a str,
-    uid: &'a str,
-    ip: String,
-    netns: &'a str,
-    dir: String,
-    containers: Vec<ContainerReport>,
+/// One pod of `pods.json`: what runs where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodReport {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    pub dir: PathBuf,
+    pub containers: Vec<ContainerReport>,
 }
 
-#[derive(Serialize)]
-struct ContainerReport {
-    name: String,
-    pid: Option<u32>,
-    restarts: u32,
-    last_exit: Option<i32>,
-    finished: bool,
-    log: String,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerReport {
+    pub name: String,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<i32>,
+    pub finished: bool,
+    pub log: PathBuf,
+}
+
+/// The `pods.json` a runner keeps in `state_dir`.
+pub fn read_report(state_dir: &Path) -> Result<Vec<PodReport>> {
+    let path = state_dir.join("pods.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
 }
 
 pub struct Runner {
@@ -238,6 +247,8 @@ impl Runner {
         self.waiting.retain(|u, _| wanted.contains_key(u));
 
         let service_env = self.service_env();
+        // A pod starting now gets /etc/hosts before its process does; the Services it finds
+        // there are those of the pods already running (the rewrite at the end adds it).
         let entries = self.service_entries(&services);
         for (uid, pod) in &wanted {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -309,6 +320,7 @@ impl Runner {
             }
         }
         let entries = self.service_entries(&services);
+        // Again, now with the pods this sync started and without those it stopped.
         for r in self.running.values() {
             let text = self.hosts_text(&r.namespace, &r.name, r.ip, &entries);
             network::write_in_place(&r.network.hosts_file(), &text)?;
@@ -624,12 +636,12 @@ impl Runner {
             .running
             .iter()
             .map(|(uid, r)| PodReport {
-                namespace: &r.namespace,
-                name: &r.name,
-                uid,
-                ip: r.ip.to_string(),
-                netns: &r.network.netns,
-                dir: r.dir.display().to_string(),
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                uid: uid.clone(),
+                ip: r.ip,
+                netns: r.network.netns.clone(),
+                dir: r.dir.clone(),
                 containers: r
                     .containers
                     .iter()
@@ -641,13 +653,13 @@ impl Runner {
                             restarts: s.restarts,
                             last_exit: s.last_exit,
                             finished: s.finished,
-                            log: r.dir.join(format!("{name}.log")).display().to_string(),
+                            log: r.dir.join(format!("{name}.log")),
                         }
                     })
                     .collect(),
             })
             .collect();
-        pods.sort_by(|a, b| (a.namespace, a.name).cmp(&(b.namespace, b.name)));
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let path = self.options.state_dir.join("pods.json");
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(&pods).unwrap_or_default();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use fiberstack_e2e::LocalEnv;
-use serde_json::Value;
+use fiberstack_e2e::pod_runner::{PodReport, read_report};
 
 /// `helm`/`kubectl` from the environment's binaries, pointed at its cluster.
 pub fn tool(name: &str, env: &LocalEnv) -> Command {
@@ -90,24 +90,17 @@ impl Drop for Process {
     }
 }
 
-/// The runner's `pods.json`: (pod name, container pids).
-pub fn runner_pods(state: &Path) -> Result<Vec<(String, Vec<u32>)>> {
-    let text = std::fs::read_to_string(state.join("pods.json"))?;
-    let pods: Vec<Value> = serde_json::from_str(&text)?;
-    Ok(pods
-        .iter()
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap_or_default().to_string(),
-                p["containers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c["pid"].as_u64().map(|p| p as u32))
-                    .collect(),
-            )
-        })
-        .collect())
+/// The runner's `pods.json`.
+pub fn runner_pods(state: &Path) -> Result<Vec<PodReport>> {
+    read_report(state)
+}
+
+/// The pids of the running containers of the pods whose names start with `prefix`.
+pub fn pids_of(pods: &[PodReport], prefix: &str) -> Vec<u32> {
+    pods.iter()
+        .filter(|p| p.name.starts_with(prefix))
+        .flat_map(|p| p.containers.iter().filter_map(|c| c.pid))
+        .collect()
 }
 
 pub fn alive(pid: u32) -> bool {

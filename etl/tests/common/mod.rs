@@ -5,20 +5,7 @@
 use anyhow::{Context, Result};
 use fiber_etl::db::DbConfig;
 use fiberstack_e2e::{LocalEnv, unique_name};
-use fiberstack_model::{Batch, Sample};
 use sqlx::{Executor, PgPool};
-
-/// A batch of `node` for the FiberProbe fiberstack/accra-edge of region ghana (GH).
-pub fn batch(node: &str, samples: Vec<Sample>) -> Batch {
-    Batch {
-        probe: "fiberstack/accra-edge".into(),
-        region: "ghana".into(),
-        country: "GH".into(),
-        node: node.into(),
-        agent_version: "0.1.0".into(),
-        samples,
-    }
-}
 
 /// A fresh schema on the TimescaleDB of `make env-up`, for one test: a pool of one
 /// connection (the server takes one at a time) whose search path puts the schema first.

@@ -13,7 +13,7 @@ use fiber_ingest::api::{AppState, router};
 use fiber_ingest::auth::Token;
 use fiber_ingest::ratelimit::RateLimiter;
 use fiber_ingest::stream::StreamWriter;
-use fiberstack_e2e::{LocalEnv, unique_name};
+use fiberstack_e2e::{LocalEnv, batch, unique_name};
 use fiberstack_model::{Batch, CheckKind, Sample};
 use serde_json::Value;
 
@@ -33,17 +33,6 @@ pub fn sample(target: &str, minute: i64, latency: f64, up: bool) -> Sample {
             CheckKind::Tcp,
             up,
         )
-    }
-}
-
-pub fn batch(node: &str, samples: Vec<Sample>) -> Batch {
-    Batch {
-        probe: "fiberstack/accra-edge".into(),
-        region: "ghana".into(),
-        country: "GH".into(),
-        node: node.into(),
-        agent_version: "0.1.0".into(),
-        samples,
     }
 }
 

@@ -283,23 +283,9 @@ impl ProbeProcess {
     /// runs on the same (single-threaded) runtime and must keep answering the probe's
     /// shutdown flush meanwhile.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fiber-probe did not exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        fiberstack_e2e::terminate(&mut self.child, Duration::from_secs(20))
+            .await
+            .expect("fiber-probe did not exit after SIGTERM")
     }
 
     pub fn log_text(&self) -> String {
