@@ -2,7 +2,8 @@
 #   make demo        the whole system on this machine, from custom resources to status
 #   make test        everything CI checks: fmt, clippy, all tests against the real parts
 #   make env-up      only the local environment (control plane, Redis, PostgreSQL, TimescaleDB)
-.PHONY: demo demo-down env-up env-down env-status test bench manifests crds
+#   make images      the four OCI images, from release binaries
+.PHONY: demo demo-down env-up env-down env-status test bench manifests crds images
 
 demo:
 	bash e2e/scripts/demo.sh up
@@ -22,6 +23,12 @@ env-status:
 
 test:
 	bash e2e/scripts/test.sh
+
+# The four images (fiberstack-operator, fiber-probe, fiber-ingest, fiber-etl) from release
+# binaries with buildah: OCI archives in target/images/, pushed to the local registry when the
+# environment is up. See images/build.sh --help.
+images:
+	bash images/build.sh
 
 # Load benchmark of the data path (prints figures, never fails on time).
 bench: env-up

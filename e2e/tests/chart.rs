@@ -79,6 +79,8 @@ fn values_schema_refuses_bad_values_by_name() -> Result<()> {
             "telemetry.otlpEndpoint=collector:4318",
             "/telemetry/otlpEndpoint",
         ),
+        ("image.digests.fiber-probe=sha256:abc", "/image/digests/fiber-probe"),
+        ("image.digests.fiber-prob=sha256:abc", "fiber-prob"),
     ] {
         let out = template(&env, "default", &[set])?;
         let stderr = text(&out.stderr);
@@ -92,6 +94,75 @@ fn values_schema_refuses_bad_values_by_name() -> Result<()> {
             "{set}: the error does not name {named}: {stderr}"
         );
     }
+    Ok(())
+}
+
+/// Every `image:` line and every `FIBER_*_IMAGE` value of a render, in order.
+fn image_references(rendered: &str) -> Vec<String> {
+    let mut refs = Vec::new();
+    let mut lines = rendered.lines().peekable();
+    while let Some(line) = lines.next() {
+        let line = line.trim();
+        if let Some(image) = line.strip_prefix("image: ") {
+            refs.push(image.trim_matches('"').to_owned());
+        } else if line.starts_with("- name: FIBER_") && line.ends_with("_IMAGE") {
+            if let Some(value) = lines.peek().and_then(|l| l.trim().strip_prefix("value: ")) {
+                refs.push(value.trim_matches('"').to_owned());
+            }
+        }
+    }
+    refs
+}
+
+#[test]
+fn images_default_to_the_app_version_and_take_registry_tag_and_digest_overrides() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let chart_yaml = std::fs::read_to_string(chart().join("Chart.yaml"))?;
+    let app_version = chart_yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion: "))
+        .context("Chart.yaml has no appVersion")?
+        .trim_matches('"');
+    let names = [
+        "fiberstack-operator",
+        "fiber-ingest",
+        "fiber-etl",
+        "fiber-probe",
+    ];
+
+    let plain = template(&env, "default", &[])?;
+    ensure!(plain.status.success(), "{}", text(&plain.stderr));
+    let refs = image_references(&text(&plain.stdout));
+    for name in names {
+        let want = format!("ghcr.io/fiberstack/{name}:{app_version}");
+        ensure!(refs.contains(&want), "{want} not rendered: {refs:?}");
+    }
+
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let pinned = template(
+        &env,
+        "default",
+        &[
+            "image.registry=registry.example.com:5000/team",
+            "image.tag=9.9.9",
+            &format!("image.digests.fiber-probe={digest}"),
+            &format!("image.digests.fiberstack-operator={digest}"),
+        ],
+    )?;
+    ensure!(pinned.status.success(), "{}", text(&pinned.stderr));
+    let refs = image_references(&text(&pinned.stdout));
+    for name in names {
+        let tagged = format!("registry.example.com:5000/team/{name}:9.9.9");
+        let want = match name {
+            "fiber-probe" | "fiberstack-operator" => format!("{tagged}@{digest}"),
+            _ => tagged,
+        };
+        ensure!(refs.contains(&want), "{want} not rendered: {refs:?}");
+    }
+    ensure!(
+        !refs.iter().any(|r| r.contains("ghcr.io")),
+        "the registry override left a default reference: {refs:?}"
+    );
     Ok(())
 }
 

@@ -22,8 +22,14 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* An image reference: registry/name:tag, with @digest when image.digests names one. */}}
 {{- define "fiberstack.image" -}}
-{{- printf "%s/%s:%s" .root.Values.image.registry .name (.root.Values.image.tag | default .root.Chart.AppVersion) -}}
+{{- $image := .root.Values.image -}}
+{{- $ref := printf "%s/%s:%s" $image.registry .name ($image.tag | default .root.Chart.AppVersion) -}}
+{{- with index ($image.digests | default dict) .name -}}
+{{- $ref = printf "%s@%s" $ref . -}}
+{{- end -}}
+{{- $ref -}}
 {{- end -}}
 
 {{/* The Secret (name) holding the database URL for migrations: the given one, or with the
