@@ -2,7 +2,7 @@
 # `make images`: the four FiberStack images, built from the workspace's release binaries with
 # Debian's buildah (no daemon; vfs storage, so it works where overlay mounts are refused).
 #
-#   images/build.sh [--push REGISTRY | --no-push] [--only NAME] [--out DIR]
+#   images/build.sh [--push REGISTRY | --no-push] [--only NAME] [--out DIR] [--no-cargo]
 #
 # For each of fiberstack-operator, fiber-probe, fiber-ingest, fiber-etl:
 #   - the rootfs of images/rootfs.sh (binary, the shared libraries it links, CA certificates,
@@ -13,8 +13,9 @@
 #   - written as an OCI archive target/images/<name>.tar (tag <name>:<version> inside), and
 #     with --push (or FIBERSTACK_REGISTRY set, as e2e/.env/env.sh does) pushed to
 #     REGISTRY/fiberstack/<name>:<version> over plain HTTP (a local registry).
-# --only builds one image, --out writes elsewhere than target/images (the reproducibility test
-# builds a second time into a directory of its own).
+# --only builds one image, --out writes elsewhere than target/images, --no-cargo takes the
+# release binaries as they are (the reproducibility test assembles an image a second time
+# into a directory of its own).
 # target/images/images.tsv lists name, version, digest, size and the pushed reference: the
 # chart takes the digests (image.digests.<name>), the tests read the file.
 set -euo pipefail
@@ -29,6 +30,7 @@ fi
 registry="${FIBERSTACK_REGISTRY:-}"
 IMAGES=(fiberstack-operator fiber-probe fiber-ingest fiber-etl)
 out="$root/target/images"
+cargo=yes
 while (($#)); do
   case "$1" in
     --push) registry=${2:?--push needs a registry host:port}; shift 2 ;;
@@ -37,6 +39,7 @@ while (($#)); do
       [[ " ${IMAGES[*]} " == *" ${2:-} "* ]] || { echo "images: --only takes one of ${IMAGES[*]}" >&2; exit 2; }
       IMAGES=("$2"); shift 2 ;;
     --out) out=${2:?--out needs a directory}; shift 2 ;;
+    --no-cargo) cargo=no; shift ;;
     -h | --help) sed -n '2,/^[^#]/p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0 ;;
     *) echo "images: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -65,10 +68,12 @@ bh() { buildah --storage-driver vfs "$@"; }
 start=$SECONDS
 # Always the four packages together, even for --only: cargo unifies features over the
 # packages of one invocation, so building one alone gives a different binary (and digest).
-echo "images: cargo build --release"
-cargo build --release --locked --bins \
-  -p fiberstack-operator -p fiber-probe -p fiber-ingest -p fiber-etl
-echo "images: release binaries built in $((SECONDS - start))s"
+if [[ $cargo == yes ]]; then
+  echo "images: cargo build --release"
+  cargo build --release --locked --bins \
+    -p fiberstack-operator -p fiber-probe -p fiber-ingest -p fiber-etl
+  echo "images: release binaries built in $((SECONDS - start))s"
+fi
 
 tsv="$out/images.tsv.tmp"
 printf 'name\tversion\tdigest\tbytes\treference\n' >"$tsv"

@@ -37,7 +37,7 @@ only="${1:-all}"
 want() { [[ "$only" == all || " $only " == *" $1 "* ]]; }
 
 want etcd && build etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 "$tools/etcd" ""
-for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   want "$c" && build "$c" "$K8S_VERSION" "k8s.io/kubernetes/cmd/$c" "$tools/kubernetes" "$k8s_ld"
 done
 # kwok and helm have no local replaces: build them from a throwaway module via go install.
@@ -73,5 +73,8 @@ kwok_stages() {
   rm -rf "$dest" && mv "$dest.tmp" "$dest"
 }
 want kwok && kwok_stages
+# The real nodes' DNS and the registry their containerd pulls our images from.
+want coredns && gi coredns "$COREDNS_VERSION" github.com/coredns/coredns ""
+want registry && gi registry "$REGISTRY_VERSION" github.com/distribution/distribution/v3/cmd/registry ""
 want helm && gi helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 echo "build-tools: done"

@@ -2,13 +2,15 @@
 # `make demo` / `make demo-down`: the whole of FiberStack on this machine, from custom
 # resources to status.
 #
-#   demo.sh up     env-up, build, start the demo targets and the pod runner, `helm install`
-#                  the chart (external Redis/PostgreSQL: the local ones), apply the
-#                  three-region example, wait until every probe reports, print the table and
-#                  a summary from the read API, then stay up until Ctrl-C (which stops the
-#                  runner and the targets; the cluster objects and data stay)
-#   demo.sh down   uninstall, delete the namespace, stop the runner, the targets and the
-#                  local environment
+#   demo.sh up     env-up (control plane, the three real nodes, registry), `make images`
+#                  (pushed to the local registry), start the demo targets, `helm install`
+#                  the chart with those images pinned by digest (external Redis/PostgreSQL:
+#                  the local ones, through selector-less Services), apply the three-region
+#                  example, wait until every probe reports, print the table and a summary
+#                  from the read API, then stay up until Ctrl-C (which stops the targets;
+#                  the cluster, its pods and the data stay)
+#   demo.sh down   uninstall, delete the namespace, stop the targets and the local
+#                  environment
 #
 # State (pids, logs) lives in /run/fiberstack-demo.
 set -euo pipefail
@@ -19,7 +21,6 @@ NS=fiberstack
 RELEASE=fiberstack
 DEMO_DB=fiberstack_demo
 STATE=/run/fiberstack-demo
-HOST_NAME=host.fiberstack.internal
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 BIN="$target_dir/debug"
@@ -39,7 +40,6 @@ stop_pid() {
 }
 
 stop_processes() {
-  stop_pid "$STATE/pod-runner.pid"
   stop_pid "$STATE/demo-targets.pid"
 }
 
@@ -64,19 +64,20 @@ degraded_seen() {
 
 summary() {
   local pod ip region token
-  pod=$(jq -r '[.[] | select(.name | startswith("fiberstack-ingest-"))][0] // empty | "\(.name) \(.ip)"' \
-    "$STATE/runner/pods.json" 2>/dev/null || true)
+  pod=$(kubectl -n "$NS" get pods -l app.kubernetes.io/name=fiber-ingest \
+    --field-selector=status.phase=Running -o json 2>/dev/null |
+    jq -r '[.items[] | select(.status.podIP)][0] // empty
+      | "\(.metadata.name) \(.status.podIP) \(.metadata.labels["app.kubernetes.io/instance"])"' || true)
   echo
   kubectl get fiberregions,fiberprobes -A
   echo
   kubectl -n "$NS" get fiberprobes -o json | jq -r '
     .items[] | "\(.metadata.name): " + ([.status.conditions[]? | select(.type == "Healthy")
       | "Healthy=\(.status) (\(.reason)): \(.message)"] | join(""))'
+  echo
+  kubectl -n "$NS" get pods -o wide
   if [[ -n $pod ]]; then
-    read -r pod ip <<<"$pod"
-    # fiberstack-ingest-<region>-<replicaset hash>-<pod hash>
-    region=${pod#fiberstack-ingest-}
-    region=${region%-*-*}
+    read -r pod ip region <<<"$pod"
     token=$(kubectl -n "$NS" get secret "fiberstack-probe-token-$region" -o jsonpath='{.data.token}' | base64 -d)
     echo
     echo "read API of region $region (http://$ip:8080, pod $pod):"
@@ -91,7 +92,7 @@ summary() {
 up() {
   local start=$SECONDS t
   if ((EUID != 0)); then
-    echo "make demo needs root: the pod runner creates a network namespace per pod (try sudo make demo)" >&2
+    echo "make demo needs root: it starts the nodes' kubelets and containerds (try sudo make demo)" >&2
     exit 1
   fi
   mkdir -p "$STATE"
@@ -100,31 +101,38 @@ up() {
   # shellcheck source=/dev/null
   source e2e/.env/env.sh
   t=$SECONDS
-  log "build (debug binaries)"
-  cargo build --workspace --bins --locked
+  log "images (release binaries, pushed to the local registry $FIBERSTACK_REGISTRY) and demo-targets"
+  bash images/build.sh
+  cargo build -p fiberstack-e2e --bin demo-targets --locked
   log "build: $((SECONDS - t))s"
 
   stop_processes
   log "demo targets (healthy HTTP :18080, degraded HTTP :18081, TCP :18082, DNS :18053)"
-  nohup "$BIN/demo-targets" >"$STATE/demo-targets.log" 2>&1 &
+  # On the address the pods reach this machine at (UDP answers must come from it).
+  nohup "$BIN/demo-targets" --listen "$FIBERSTACK_HOST_ADDR" >"$STATE/demo-targets.log" 2>&1 &
   echo $! >"$STATE/demo-targets.pid"
-  log "pod runner (namespace $NS; logs in $STATE/runner/pods/)"
-  nohup "$BIN/pod-runner" run --namespace "$NS" --state-dir "$STATE/runner" \
-    >"$STATE/pod-runner.log" 2>&1 &
-  echo $! >"$STATE/pod-runner.pid"
 
   log "database $DEMO_DB and the Secrets the chart and the regions read"
   psql "$DATABASE_URL" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DEMO_DB'" | grep -q 1 ||
     psql "$DATABASE_URL" -qc "CREATE DATABASE $DEMO_DB"
   kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  # PostgreSQL, Redis and the targets run on this machine, outside the cluster: the pods
+  # reach them through selector-less Services, as they would reach managed services.
+  sed "s/HOST_ADDR/$FIBERSTACK_HOST_ADDR/" e2e/cluster/outside-services.yaml |
+    kubectl -n "$NS" apply -f - >/dev/null
   kubectl -n "$NS" create secret generic fiberstack-db --dry-run=client -o yaml \
-    --from-literal=url="postgres://postgres:postgres@$HOST_NAME:15432/$DEMO_DB?sslmode=require" |
+    --from-literal=url="postgres://postgres:postgres@postgres.$NS.svc:15432/$DEMO_DB?sslmode=require" |
     kubectl apply -f - >/dev/null
   kubectl -n "$NS" create secret generic fiberstack-redis --dry-run=client -o yaml \
-    --from-literal=url="redis://$HOST_NAME:16379/" | kubectl apply -f - >/dev/null
+    --from-literal=url="redis://redis.$NS.svc:16379/" | kubectl apply -f - >/dev/null
 
-  log "helm install $RELEASE charts/fiberstack"
+  local digests=()
+  while IFS=$'\t' read -r name _ digest _ _; do
+    digests+=(--set "image.digests.$name=$digest")
+  done < <(tail -n +2 target/images/images.tsv)
+  log "helm install $RELEASE charts/fiberstack (images from $FIBERSTACK_REGISTRY, by digest)"
   helm upgrade --install "$RELEASE" charts/fiberstack -n "$NS" \
+    --set image.registry="$FIBERSTACK_REGISTRY/fiberstack" "${digests[@]}" \
     --set database.existingSecret=fiberstack-db \
     --set operator.watchNamespace="$NS" \
     --set operator.statusIntervalSeconds=10 \
@@ -138,7 +146,7 @@ up() {
   until probes_ready; do
     if ((SECONDS - t > 240)); then
       summary
-      echo "demo: not every probe reports after 4 minutes; see $STATE/pod-runner.log and $STATE/runner/pods/*/" >&2
+      echo "demo: not every probe reports after 4 minutes; see kubectl -n $NS get pods, kubectl -n $NS logs <pod>" >&2
       exit 1
     fi
     sleep 5
@@ -148,8 +156,8 @@ up() {
   until degraded_seen || ((SECONDS - t > 120)); do sleep 5; done
   summary
   log "demo up in $((SECONDS - start))s. Samples: psql postgres://postgres:postgres@127.0.0.1:15432/$DEMO_DB (Grafana dashboards: charts/fiberstack/dashboards/)"
-  log "Ctrl-C stops the pod runner and the targets; \`make demo-down\` removes everything"
-  trap 'echo; log "stopping the pod runner and the demo targets"; stop_processes; exit 0' INT TERM
+  log "logs: kubectl -n $NS logs <pod> (source e2e/.env/env.sh first). Ctrl-C stops the demo targets; \`make demo-down\` removes everything"
+  trap 'echo; log "stopping the demo targets"; stop_processes; exit 0' INT TERM
   while true; do
     sleep 60
     kubectl -n "$NS" get fiberprobes || true
@@ -165,12 +173,11 @@ down() {
     parts=$(bash e2e/scripts/env.sh status 2>/dev/null || true)
     if grep -q '^kube-apiserver *up' <<<"$parts"; then
       helm uninstall "$RELEASE" -n "$NS" 2>/dev/null || true
-      # The pod runner must still be up to stop the pods' processes as they go.
+      # The kubelets must still be up to stop the pods' containers as they go.
       kubectl delete namespace "$NS" --ignore-not-found --timeout=90s || true
     fi
   fi
   stop_processes
-  if [[ -x $BIN/pod-runner ]]; then "$BIN/pod-runner" cleanup || true; fi
   bash e2e/scripts/env.sh down
 }
 

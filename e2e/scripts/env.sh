@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The local environment FiberStack's tests and demo run against, as local processes:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (three fake nodes),
-# Redis, PostgreSQL 15 and TimescaleDB (PGlite over the wire protocol).
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, three real nodes (kubelet +
+# containerd each, CNI, kube-proxy, CoreDNS, a local OCI registry: nodes.sh), kwok (for
+# nodes of scale benchmarks), Redis, PostgreSQL 15 and TimescaleDB (PGlite over the wire
+# protocol).
 #
 #   env.sh up       install what is missing, start what is not running, wait until each answers
 #   env.sh down     stop exactly the processes `up` started (by their pid files)
 #   env.sh status   one line per part: up/down and its address
 #
 # State (data, logs, pid files, certificates, kubeconfig, env.sh) lives in e2e/.env/.
+# nodes.sh sources this file for its settings and helpers (then nothing below runs a command).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,6 +39,15 @@ TIMESCALE_PORT=15433
 POSTGRES_PASSWORD=postgres
 ADMIN_TOKEN=fiberstack-admin-token
 
+# Pods cannot reach 127.0.0.1 of the host, so the parts pods talk to also listen on extra
+# addresses on `lo` (this kernel has no dummy interfaces): the kube-apiserver as the
+# `kubernetes` Service's endpoint, and the host services (Redis, PostgreSQL) as a managed
+# service would be reached, through a selector-less Service.
+CONTROL_PLANE_ADDR=10.240.0.1
+HOST_ADDR=10.240.255.254
+# Pod networks of the real nodes (nodes.sh): one /24 per node.
+CLUSTER_CIDR=10.244.0.0/16
+
 PG_BIN=/usr/lib/postgresql/15/bin
 
 log() { echo "env: $*" >&2; }
@@ -50,14 +62,22 @@ install_packages() {
   [[ -x "$PG_BIN/postgres" ]] || missing+=(postgresql-15)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v curl >/dev/null || missing+=(curl)
-  # ss; ip (the pod runner's network namespaces and veths)
+  # ss; ip (addresses on lo, the nodes' bridges)
   { command -v ss && command -v ip; } >/dev/null || missing+=(iproute2)
   command -v jq >/dev/null || missing+=(jq)
   command -v psql >/dev/null || missing+=(postgresql-client-15)
-  # runuser; setpriv and mount (the pod runner drops to the pod's user, bind-mounts volumes)
+  # runuser (PostgreSQL runs as its own user); mount (the kubelets' volumes)
   { command -v runuser && command -v setpriv && command -v mount; } >/dev/null || missing+=(util-linux mount)
   command -v node >/dev/null || missing+=(nodejs npm)
   command -v nft >/dev/null || missing+=(nftables)
+  # The real nodes (nodes.sh): container runtime, CNI plugins, the image builder; iptables
+  # for the CNI plugins that still use it (portmap).
+  command -v containerd >/dev/null || missing+=(containerd)
+  command -v runc >/dev/null || missing+=(runc)
+  command -v buildah >/dev/null || missing+=(buildah)
+  [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v gcc >/dev/null || missing+=(gcc libc6-dev)
   if ((${#missing[@]})); then
     local start=$SECONDS
     log "installing Debian packages: ${missing[*]}"
@@ -85,11 +105,13 @@ install_binaries() {
   bash "$here/build-tools.sh"
   mkdir -p "$BIN"
   ln -sf "$FIBERSTACK_CACHE/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     ln -sf "$FIBERSTACK_CACHE/$c-$K8S_VERSION/$c" "$BIN/$c"
   done
   ln -sf "$FIBERSTACK_CACHE/kwok-$KWOK_VERSION/kwok" "$BIN/kwok"
   ln -sf "$FIBERSTACK_CACHE/helm-$HELM_VERSION/helm" "$BIN/helm"
+  ln -sf "$FIBERSTACK_CACHE/coredns-$COREDNS_VERSION/coredns" "$BIN/coredns"
+  ln -sf "$FIBERSTACK_CACHE/registry-$REGISTRY_VERSION/registry" "$BIN/registry"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -187,22 +209,27 @@ check_kube_apiserver() { https_ok "https://$HOST:$APISERVER_PORT/readyz"; }
 check_kube_controller_manager() { curl -skf --max-time 5 "https://$HOST:$CONTROLLER_MANAGER_PORT/healthz" | grep -q ok; }
 check_kube_scheduler() { curl -skf --max-time 5 "https://$HOST:$SCHEDULER_PORT/healthz" | grep -q ok; }
 check_kwok() { curl -sf --max-time 5 "http://$HOST:$KWOK_PORT/healthz" | grep -q ok; }
-check_nodes() {
-  local ready
-  ready=$("$BIN/kubectl" --kubeconfig "$ENV_DIR/kubeconfig" get nodes -l fiberstack.io/fake=true \
-    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)
-  [[ "$ready" == 3 ]]
-}
 
 # ---------------------------------------------------------------------------------------
 # start, one function per part
+
+# The addresses pods reach the host on (see CONTROL_PLANE_ADDR). Added before the services
+# that listen on them start; removed by `down` after they stopped.
+host_addresses() {
+  local a
+  for a in "$CONTROL_PLANE_ADDR" "$HOST_ADDR"; do
+    ip addr replace "$a/32" dev lo || die "cannot add $a/32 to lo (is this run as root?)"
+  done
+}
 
 start_redis() {
   running redis && return
   port_free redis "$REDIS_PORT"
   mkdir -p "$ENV_DIR/redis"
-  spawn redis redis-server --bind "$HOST" --port "$REDIS_PORT" --dir "$ENV_DIR/redis" \
-    --appendonly yes --appendfsync everysec --save "" --daemonize no --protected-mode yes
+  # Protected mode (Redis 7) refuses every client not on 127.0.0.1, pods included; what keeps
+  # strangers out is that both addresses exist only on this machine (HOST_ADDR is on lo).
+  spawn redis redis-server --bind "$HOST" "$HOST_ADDR" --port "$REDIS_PORT" --dir "$ENV_DIR/redis" \
+    --appendonly yes --appendfsync everysec --save "" --daemonize no --protected-mode no
   wait_for redis 30 check_redis
 }
 
@@ -244,10 +271,14 @@ start_postgres() {
   mkdir -p "$socket"
   chown postgres "$socket"
   postgres_tls_cert "$data"
+  # Pods connect from the nodes' pod networks to HOST_ADDR, with the password (initdb's
+  # pg_hba.conf only lets in 127.0.0.1 and ::1).
+  grep -q "^host all all $CLUSTER_CIDR scram-sha-256" "$data/pg_hba.conf" ||
+    echo "host all all $CLUSTER_CIDR scram-sha-256" >>"$data/pg_hba.conf"
   # Run the postmaster in the foreground of our own process (no pg_ctl daemonizing), so its
   # pid is known and `down` stops exactly it.
   spawn_as postgres postgres "$PG_BIN/postgres" -D "$data" -p "$POSTGRES_PORT" \
-    -c listen_addresses="$HOST" -c unix_socket_directories="$socket" \
+    -c listen_addresses="$HOST,$HOST_ADDR" -c unix_socket_directories="$socket" \
     -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
     -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key
   wait_for postgres 60 check_postgres
@@ -256,21 +287,22 @@ start_postgres() {
 }
 
 # TLS, so clients can be tested with sslmode=require and verify-full: a server certificate
-# for 127.0.0.1/localhost signed by the environment's CA (pki/ca.crt), in the data directory
-# where the postgres user can read it (the key must be private to that user).
+# for 127.0.0.1/localhost and the address pods use (HOST_ADDR, host.fiberstack.internal)
+# signed by the environment's CA (pki/ca.crt), in the data directory where the postgres user
+# can read it (the key must be private to that user).
 postgres_tls_cert() {
   local data=$1
   # The data directory may outlive the CA (it can sit outside the checkout): reissue when
-  # the certificate is not the current CA's.
+  # the certificate is not the current CA's, or predates HOST_ADDR.
   [[ -f "$data/server.crt" ]] && openssl verify -CAfile "$PKI/ca.crt" "$data/server.crt" >/dev/null 2>&1 &&
-    return
+    has_san "$data/server.crt" "IP Address:$HOST_ADDR" && return
   local tmp
   tmp=$(mktemp -d)
   (
     cd "$tmp"
     openssl req -newkey rsa:2048 -nodes -subj "/CN=fiberstack-postgres" -keyout server.key \
       -out server.csr 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+    printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost,DNS:host.fiberstack.internal\nextendedKeyUsage=serverAuth\n' "$HOST_ADDR" >server.ext
     openssl x509 -req -in server.csr -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
       -days 3650 -extfile server.ext -out server.crt 2>/dev/null
   )
@@ -287,24 +319,52 @@ start_timescaledb() {
   wait_for timescaledb 120 check_timescaledb
 }
 
-make_pki() {
-  [[ -f "$PKI/admin.token" ]] && return
-  mkdir -p "$PKI"
+# has_san CERT TEXT: the certificate's subjectAltName lists TEXT (e.g. "IP Address:10.96.0.1").
+has_san() { openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | grep -q "$2\(,\|$\)"; }
+
+# issue_cert NAME SUBJECT EXT: a key and a certificate NAME.{key,crt} in pki/, signed by the
+# environment's CA; EXT the openssl extensions (subjectAltName, extendedKeyUsage).
+issue_cert() {
+  local name=$1 subject=$2 ext=$3
   (
     cd "$PKI"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fiberstack-local-ca" \
-      -keyout ca.key -out ca.crt 2>/dev/null
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key \
-      -out apiserver.csr 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth\n' >apiserver.ext
-    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-      -extfile apiserver.ext -out apiserver.crt 2>/dev/null
-    openssl genrsa -out sa.key 2048 2>/dev/null
-    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
-    # token,user,uid,"groups": one cluster-admin identity for tests, controllers and scheduler.
-    echo "$ADMIN_TOKEN,fiberstack-admin,fiberstack-admin,\"system:masters\"" >tokens.csv
-    echo "$ADMIN_TOKEN" >admin.token
+    openssl req -newkey rsa:2048 -nodes -subj "$subject" -keyout "$name.key" -out "$name.csr" 2>/dev/null
+    printf '%b\n' "$ext" >"$name.ext"
+    openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile "$name.ext" -out "$name.crt" 2>/dev/null
+    rm -f "$name.csr" "$name.ext"
   )
+}
+
+# The kube-apiserver's serving certificate names every address it is reached at: loopback,
+# the `kubernetes` Service's ClusterIP and names, and CONTROL_PLANE_ADDR (its endpoint).
+apiserver_cert() {
+  issue_cert apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:$CONTROL_PLANE_ADDR,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth"
+}
+
+make_pki() {
+  if [[ ! -f "$PKI/admin.token" ]]; then
+    mkdir -p "$PKI"
+    (
+      cd "$PKI"
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fiberstack-local-ca" \
+        -keyout ca.key -out ca.crt 2>/dev/null
+      openssl genrsa -out sa.key 2048 2>/dev/null
+      openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+      # token,user,uid,"groups": one cluster-admin identity for tests, controllers and scheduler.
+      echo "$ADMIN_TOKEN,fiberstack-admin,fiberstack-admin,\"system:masters\"" >tokens.csv
+    )
+    apiserver_cert
+    echo "$ADMIN_TOKEN" >"$PKI/admin.token"
+  fi
+  # A pki/ from before the real nodes: its apiserver certificate lacks CONTROL_PLANE_ADDR,
+  # and there is no client certificate for the apiserver's calls to kubelets.
+  has_san "$PKI/apiserver.crt" "IP Address:$CONTROL_PLANE_ADDR" || apiserver_cert
+  # How the kube-apiserver authenticates to kubelets (logs, exec, port-forward): kubelets
+  # trust the CA (x509 clientCAFile) and ask the apiserver to authorize (Webhook), and
+  # system:masters may do anything, nodes/proxy included.
+  [[ -f "$PKI/apiserver-kubelet-client.crt" ]] ||
+    issue_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
 }
 
 write_kubeconfig() {
@@ -340,19 +400,26 @@ start_etcd() {
   wait_for etcd 60 check_etcd
 }
 
+# Pods reach the apiserver as in-cluster clients do, at the `kubernetes` Service (10.96.0.1:443),
+# which kube-proxy sends to CONTROL_PLANE_ADDR:16443. The apiserver takes one bind address
+# only, so it listens on all of them (every request is still authenticated); it publishes
+# its own endpoint (the default lease reconciler: the Endpoints and EndpointSlice of
+# `kubernetes` name --advertise-address).
 start_kube_apiserver() {
   running kube-apiserver && return
   port_free kube-apiserver "$APISERVER_PORT"
   spawn kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers="http://$HOST:$ETCD_PORT" \
-    --bind-address="$HOST" --secure-port="$APISERVER_PORT" --advertise-address="$HOST" \
+    --bind-address=0.0.0.0 --secure-port="$APISERVER_PORT" --advertise-address="$CONTROL_PLANE_ADDR" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" --token-auth-file="$PKI/tokens.csv" \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --authorization-mode=Node,RBAC \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 \
-    --endpoint-reconciler-type=none \
     --cert-dir="$ENV_DIR/kube-apiserver-certs" \
     --v=1
   wait_for kube-apiserver 120 check_kube_apiserver
@@ -389,22 +456,19 @@ start_kwok() {
   port_free kwok "$KWOK_PORT"
   local stages=()
   for f in "$FIBERSTACK_CACHE/kwok-$KWOK_VERSION/stages/"*.yaml; do stages+=("--config=$f"); done
-  # kwok plays the kubelet of every node annotated kwok.x-k8s.io/node=fake: it keeps them
-  # Ready and moves their pods to Running ("on paper": no container runs).
+  # kwok plays the kubelet of every node annotated kwok.x-k8s.io/node=fake (the scale
+  # benchmarks' nodes; the three region nodes are real, see nodes.sh): it keeps them Ready
+  # and moves their pods to Running ("on paper": no container runs). Their pod IPs and node
+  # IP are kept out of the real nodes' ranges, and nothing on this machine answers at them.
   spawn kwok "$BIN/kwok" \
     --kubeconfig="$ENV_DIR/kubeconfig" \
     --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --cidr=10.244.0.0/16 --node-ip=10.240.0.1 \
+    --cidr=10.248.0.0/16 --node-ip=10.240.1.1 \
     --node-lease-duration-seconds=40 \
     --server-address="$HOST:$KWOK_PORT" \
     "${stages[@]}"
   wait_for kwok 60 check_kwok
-}
-
-apply_nodes() {
-  "$BIN/kubectl" --kubeconfig "$ENV_DIR/kubeconfig" apply -f "$e2e/cluster/nodes.yaml" >/dev/null
-  wait_for kwok 60 check_nodes
 }
 
 write_env_file() {
@@ -415,8 +479,13 @@ export REDIS_URL="redis://$HOST:$REDIS_PORT"
 export DATABASE_URL="postgres://postgres:$POSTGRES_PASSWORD@$HOST:$POSTGRES_PORT/postgres?sslmode=disable"
 export TIMESCALE_URL="postgres://postgres:$POSTGRES_PASSWORD@$HOST:$TIMESCALE_PORT/postgres?sslmode=disable"
 export FIBERSTACK_BIN="$BIN"
+# The machine as pods reach it (Redis and PostgreSQL listen there too; TimescaleDB does not).
+export FIBERSTACK_HOST_ADDR="$HOST_ADDR"
 export PATH="$BIN:\$PATH"
 EOF
+  # nodes.sh adds what the real nodes offer (FIBERSTACK_REGISTRY, ...).
+  [[ -f "$ENV_DIR/nodes.env" ]] && cat "$ENV_DIR/nodes.env" >>"$ENV_DIR/env.sh"
+  return 0
 }
 
 # ---------------------------------------------------------------------------------------
@@ -435,6 +504,7 @@ up() {
   make_pki
   write_kubeconfig
   local t=$SECONDS
+  host_addresses
   start_redis
   start_postgres
   start_timescaledb
@@ -443,25 +513,23 @@ up() {
   start_kube_controller_manager
   start_kube_scheduler
   start_kwok
-  apply_nodes
+  log "control plane and stores started in $((SECONDS - t))s"
+  bash "$here/nodes.sh" up
   write_env_file
   log "started in $((SECONDS - t))s; env-up took $((SECONDS - start))s in all"
   status
-  log "source $ENV_DIR/env.sh for KUBECONFIG, REDIS_URL, DATABASE_URL and TIMESCALE_URL"
+  log "source $ENV_DIR/env.sh for KUBECONFIG, REDIS_URL, DATABASE_URL, TIMESCALE_URL and FIBERSTACK_REGISTRY"
 }
 
 down() {
-  # Reverse order of start: the control plane first, then the stores.
+  # The nodes first (their kubelets still talk to the apiserver while they stop), then the
+  # control plane in reverse order of start, then the stores.
+  bash "$here/nodes.sh" down
   for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd timescaledb postgres redis; do
     stop "$name"
   done
-  # Pod networks a killed pod runner left behind (a runner that stops cleans up after itself).
-  local netns
-  for netns in $(ip netns list 2>/dev/null | awk '$1 ~ /^fs-/ { print $1 }'); do
-    ip link del "fsv${netns#fs-}" 2>/dev/null || true
-    ip netns del "$netns" 2>/dev/null || true
-    rm -rf "/etc/netns/$netns"
-  done
+  ip addr del "$CONTROL_PLANE_ADDR/32" dev lo 2>/dev/null || true
+  ip addr del "$HOST_ADDR/32" dev lo 2>/dev/null || true
 }
 
 status() {
@@ -484,12 +552,11 @@ status() {
       printf '%-24s down  %s\n' "$name" "$addr"
     fi
   done
-  if [[ -f "$ENV_DIR/kubeconfig" ]] && running kube-apiserver && check_nodes 2>/dev/null; then
-    printf '%-24s up    %s\n' "fake-nodes" "3 Ready (gh, ng, ke)"
-  else
-    printf '%-24s down\n' "fake-nodes"
-  fi
+  bash "$here/nodes.sh" status
 }
+
+# Sourced (by nodes.sh, for the settings and helpers above): run nothing.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 
 case "${1:-}" in
   up) up ;;

@@ -32,6 +32,8 @@ fi
 timed "env-up" bash e2e/scripts/env.sh up
 timed "cargo fmt --check" cargo fmt --all -- --check
 timed "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+# The images the tests inspect and the real nodes run (pushed to the environment's registry).
+timed "make images" bash images/build.sh
 timed "cargo build tests" cargo test --workspace --locked --no-run
 results="$(mktemp)"
 # --no-fail-fast: every test binary runs and is counted, even after one fails.

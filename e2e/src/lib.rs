@@ -2,7 +2,7 @@
 //! listen (`make env-up` writes it to `e2e/.env/env.sh`), clients for them, test
 //! namespaces, ports held for the length of a test, and waiting for a condition.
 
-pub mod pod_runner;
+pub mod images;
 mod ports;
 
 pub use ports::ReservedPort;
@@ -125,6 +125,25 @@ impl LocalEnv {
 }
 
 /// Reads `export KEY="value"` lines.
+/// One variable of the local environment (e.g. `FIBERSTACK_REGISTRY`, written by
+/// `e2e/scripts/nodes.sh`): from the process environment, or else from `e2e/.env/env.sh`.
+/// Fails, naming it, when the environment is not up.
+pub fn env_value(key: &str) -> Result<String> {
+    if let Some(v) = std::env::var(key).ok().filter(|v| !v.is_empty()) {
+        return Ok(v);
+    }
+    let file = env_file();
+    std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|text| parse_env_file(&text).remove(key))
+        .with_context(|| {
+            format!(
+                "{key} is not set and {} does not define it: run `make env-up` first",
+                file.display()
+            )
+        })
+}
+
 fn parse_env_file(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter_map(|line| line.trim().strip_prefix("export "))

@@ -79,7 +79,10 @@ fn values_schema_refuses_bad_values_by_name() -> Result<()> {
             "telemetry.otlpEndpoint=collector:4318",
             "/telemetry/otlpEndpoint",
         ),
-        ("image.digests.fiber-probe=sha256:abc", "/image/digests/fiber-probe"),
+        (
+            "image.digests.fiber-probe=sha256:abc",
+            "/image/digests/fiber-probe",
+        ),
         ("image.digests.fiber-prob=sha256:abc", "fiber-prob"),
     ] {
         let out = template(&env, "default", &[set])?;
@@ -105,10 +108,11 @@ fn image_references(rendered: &str) -> Vec<String> {
         let line = line.trim();
         if let Some(image) = line.strip_prefix("image: ") {
             refs.push(image.trim_matches('"').to_owned());
-        } else if line.starts_with("- name: FIBER_") && line.ends_with("_IMAGE") {
-            if let Some(value) = lines.peek().and_then(|l| l.trim().strip_prefix("value: ")) {
-                refs.push(value.trim_matches('"').to_owned());
-            }
+        } else if line.starts_with("- name: FIBER_")
+            && line.ends_with("_IMAGE")
+            && let Some(value) = lines.peek().and_then(|l| l.trim().strip_prefix("value: "))
+        {
+            refs.push(value.trim_matches('"').to_owned());
         }
     }
     refs

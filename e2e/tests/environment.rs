@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use fiberstack_e2e::{LocalEnv, TestNamespace, unique_name, wait_for};
+use anyhow::{Context, Result, bail};
+use fiberstack_e2e::{LocalEnv, TestNamespace, env_value, unique_name, wait_for};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{ListParams, LogParams, PostParams};
 use kube::{Api, Client};
 use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
@@ -17,8 +17,21 @@ use serde_json::json;
 const POD_TIMEOUT: Duration = Duration::from_secs(180);
 const POLL: Duration = Duration::from_millis(500);
 
+/// The three real nodes (e2e/scripts/nodes.sh): name, region, edge, InternalIP, podCIDR.
+const NODES: [(&str, &str, bool, &str, &str); 3] = [
+    ("gh-accra-1", "gh", true, "10.240.0.11", "10.244.1.0/24"),
+    ("ke-nairobi-1", "ke", false, "10.240.0.13", "10.244.3.0/24"),
+    ("ng-lagos-1", "ng", true, "10.240.0.12", "10.244.2.0/24"),
+];
+
 async fn kube() -> Result<Client> {
     LocalEnv::load()?.kube().await
+}
+
+/// The environment tests' image, built here and pulled by the nodes from the local registry:
+/// a static program, no shell (`e2e/cluster/netcheck/netcheck.c`).
+fn netcheck_image() -> Result<String> {
+    env_value("FIBERSTACK_NETCHECK_IMAGE")
 }
 
 fn labels(node: &Node) -> BTreeMap<String, String> {
@@ -33,41 +46,89 @@ fn is_ready(node: &Node) -> bool {
 }
 
 #[tokio::test]
-async fn three_fake_nodes_are_ready_with_region_labels() -> Result<()> {
+async fn three_real_nodes_are_ready_with_region_labels_containerd_and_their_own_addresses()
+-> Result<()> {
     let nodes = Api::<Node>::all(kube().await?)
-        .list(&ListParams::default().labels("fiberstack.io/fake=true"))
+        .list(&ListParams::default().labels("fiberstack.io/real=true"))
         .await?;
-    let mut regions: Vec<(String, String, bool)> = nodes
+    let mut seen: Vec<(String, String, bool, String, String)> = nodes
         .items
         .iter()
         .map(|n| {
             let l = labels(n);
+            let internal_ip = n
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+                .map(|a| a.address.clone())
+                .unwrap_or_default();
             (
+                n.metadata.name.clone().unwrap_or_default(),
                 l.get("topology.kubernetes.io/region")
                     .cloned()
                     .unwrap_or_default(),
-                n.metadata.name.clone().unwrap_or_default(),
                 l.get("fiberstack.io/edge").is_some_and(|v| v == "true"),
+                internal_ip,
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.pod_cidr.clone())
+                    .unwrap_or_default(),
             )
         })
         .collect();
-    regions.sort();
-    assert_eq!(
-        regions,
-        vec![
-            ("gh".to_owned(), "gh-accra-1".to_owned(), true),
-            ("ke".to_owned(), "ke-nairobi-1".to_owned(), false),
-            ("ng".to_owned(), "ng-lagos-1".to_owned(), true),
-        ]
-    );
+    seen.sort();
+    let expected: Vec<(String, String, bool, String, String)> = NODES
+        .iter()
+        .map(|(n, r, e, ip, cidr)| {
+            (
+                (*n).to_owned(),
+                (*r).to_owned(),
+                *e,
+                (*ip).to_owned(),
+                (*cidr).to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected);
     for node in &nodes.items {
-        assert!(is_ready(node), "node {:?} is not Ready", node.metadata.name);
+        let name = node.metadata.name.clone().unwrap_or_default();
+        assert!(is_ready(node), "node {name} is not Ready");
+        assert!(
+            node.metadata
+                .annotations
+                .as_ref()
+                .is_none_or(|a| !a.contains_key("kwok.x-k8s.io/node")),
+            "node {name} is one of kwok's"
+        );
+        let info = node
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .context("nodeInfo")?;
+        assert!(
+            info.container_runtime_version.starts_with("containerd://"),
+            "node {name}: runtime {}",
+            info.container_runtime_version
+        );
+        assert!(
+            info.kubelet_version.starts_with("v1.34."),
+            "node {name}: kubelet {}",
+            info.kubelet_version
+        );
     }
     Ok(())
 }
 
-/// Waits until the pods matching `selector` in `ns` are exactly `want` Running pods, and
-/// returns the names of the nodes they run on, sorted.
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until the pods matching `selector` in `ns` are exactly `want` Running and Ready
+/// pods, and returns the names of the nodes they run on, sorted.
 async fn running_pod_nodes(
     client: &Client,
     ns: &str,
@@ -75,12 +136,12 @@ async fn running_pod_nodes(
     want: usize,
 ) -> Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let what = format!("{want} Running pods with {selector} in {ns}");
+    let what = format!("{want} Running and Ready pods with {selector} in {ns}");
     wait_for(&what, POD_TIMEOUT, POLL, || {
         let pods = pods.clone();
         async move {
             let list = pods.list(&ListParams::default().labels(selector)).await?;
-            let states: Vec<(String, String)> = list
+            let states: Vec<(String, String, bool)> = list
                 .items
                 .iter()
                 .map(|p| {
@@ -93,11 +154,16 @@ async fn running_pod_nodes(
                             .as_ref()
                             .and_then(|s| s.phase.clone())
                             .unwrap_or_default(),
+                        pod_ready(p),
                     )
                 })
                 .collect();
-            if states.len() == want && states.iter().all(|(_, phase)| phase == "Running") {
-                let mut nodes: Vec<String> = states.into_iter().map(|(node, _)| node).collect();
+            if states.len() == want
+                && states
+                    .iter()
+                    .all(|(_, phase, ready)| phase == "Running" && *ready)
+            {
+                let mut nodes: Vec<String> = states.into_iter().map(|(node, ..)| node).collect();
                 nodes.sort();
                 Ok(Ok(nodes))
             } else {
@@ -108,13 +174,24 @@ async fn running_pod_nodes(
     .await
 }
 
-fn pod_template(app: &str) -> serde_json::Value {
-    json!({
+/// A pod running the netcheck image: `args` as its arguments (`say`, `serve`, `get`, ...).
+fn pod_template(app: &str, args: &[&str]) -> Result<serde_json::Value> {
+    Ok(json!({
         "metadata": { "labels": { "app": app } },
         "spec": {
-            "containers": [{ "name": "main", "image": "registry.invalid/fiberstack/placeholder:1" }]
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "main",
+                "image": netcheck_image()?,
+                "args": args,
+                "securityContext": {
+                    "readOnlyRootFilesystem": true,
+                    "allowPrivilegeEscalation": false,
+                    "runAsNonRoot": true
+                }
+            }]
         }
-    })
+    }))
 }
 
 #[tokio::test]
@@ -134,7 +211,7 @@ async fn daemonset_with_region_selector_runs_on_exactly_the_matching_nodes() -> 
             vec!["ke-nairobi-1"],
         ),
     ] {
-        let mut template = pod_template(app);
+        let mut template = pod_template(app, &["say", app])?;
         template["spec"]["nodeSelector"] = selector;
         let ds: DaemonSet = serde_json::from_value(json!({
             "metadata": { "name": app },
@@ -161,7 +238,7 @@ async fn deployment_with_two_replicas_gets_two_running_pods() -> Result<()> {
         "spec": {
             "replicas": 2,
             "selector": { "matchLabels": { "app": "web" } },
-            "template": pod_template("web")
+            "template": pod_template("web", &["serve", "8080"])?
         }
     }))?;
     deployments
@@ -183,6 +260,249 @@ async fn deployment_with_two_replicas_gets_two_running_pods() -> Result<()> {
     })
     .await?;
     assert_eq!(available, 2);
+    ns.delete().await
+}
+
+/// Creates a pod from `spec` (JSON), waits until it is Running and Ready, returns it.
+async fn run_pod(pods: &Api<Pod>, pod: serde_json::Value) -> Result<Pod> {
+    let pod: Pod = serde_json::from_value(pod)?;
+    let name = pod.metadata.name.clone().context("pod name")?;
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating pod {name}"))?;
+    wait_for(
+        &format!("pod {name} Running and Ready"),
+        POD_TIMEOUT,
+        POLL,
+        || {
+            let pods = pods.clone();
+            let name = name.clone();
+            async move {
+                let p = pods.get(&name).await?;
+                let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+                Ok(if pod_ready(&p) {
+                    Ok(p)
+                } else {
+                    Err(format!(
+                        "phase {phase:?}, containers {:?}",
+                        p.status.and_then(|s| s.container_statuses)
+                    ))
+                })
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until the pod `name` has finished (Succeeded or Failed); returns the phase.
+async fn finished(pods: &Api<Pod>, name: &str) -> Result<String> {
+    wait_for(&format!("pod {name} finished"), POD_TIMEOUT, POLL, || {
+        let pods = pods.clone();
+        let name = name.to_owned();
+        async move {
+            let p = pods.get(&name).await?;
+            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+            Ok(if phase == "Succeeded" || phase == "Failed" {
+                Ok(phase)
+            } else {
+                Err(phase)
+            })
+        }
+    })
+    .await
+}
+
+async fn logs(pods: &Api<Pod>, pod: &str, container: &str) -> Result<String> {
+    pods.logs(
+        pod,
+        &LogParams {
+            container: Some(container.to_owned()),
+            ..LogParams::default()
+        },
+    )
+    .await
+    .with_context(|| format!("logs of {pod}/{container}"))
+}
+
+fn pod_ip(p: &Pod) -> Result<String> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .context("pod has no IP")
+}
+
+#[tokio::test]
+async fn pod_logs_are_what_the_container_printed() -> Result<()> {
+    let client = kube().await?;
+    let ns = TestNamespace::create(&client, "e2e-logs").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let line = unique_name("printed-by-the-container");
+    let mut pod = pod_template("talker", &["say", &line, "second line"])?;
+    pod["metadata"]["name"] = json!("talker");
+    let p = run_pod(&pods, pod).await?;
+    let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+    // The apiserver fetches them from the pod's kubelet (its kubelet-client certificate,
+    // the kubelet's x509 + Webhook authorization), as `kubectl logs` does.
+    let text = wait_for("the pod's logs", Duration::from_secs(30), POLL, || {
+        let pods = pods.clone();
+        async move {
+            let text = logs(&pods, "talker", "main").await?;
+            Ok(if text.contains("second line") {
+                Ok(text)
+            } else {
+                Err(text)
+            })
+        }
+    })
+    .await?;
+    assert_eq!(text, format!("{line}\nsecond line\n"), "on node {node:?}");
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn pods_on_different_nodes_reach_each_other_by_pod_ip_service_ip_and_dns_name() -> Result<()>
+{
+    let client = kube().await?;
+    let ns = TestNamespace::create(&client, "e2e-network").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+
+    let mut server = pod_template("server", &["serve", "8080"])?;
+    server["metadata"]["name"] = json!("server");
+    server["spec"]["nodeName"] = json!("gh-accra-1");
+    server["spec"]["containers"][0]["readinessProbe"] =
+        json!({ "tcpSocket": { "port": 8080 }, "periodSeconds": 1 });
+    let server = run_pod(&pods, server).await?;
+    let server_ip = pod_ip(&server)?;
+    assert!(
+        server_ip.starts_with("10.244.1."),
+        "gh-accra-1's pod IP {server_ip} is not from its podCIDR 10.244.1.0/24"
+    );
+    // A port that differs from the target port: kube-proxy translates it.
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": { "name": "server" },
+        "spec": {
+            "selector": { "app": "server" },
+            "ports": [{ "name": "tcp", "port": 80, "targetPort": 8080 }]
+        }
+    }))?;
+    let svc = services.create(&PostParams::default(), &svc).await?;
+    let cluster_ip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("Service has no ClusterIP")?;
+
+    let fqdn = format!("server.{}.svc.cluster.local", ns.name);
+    let image = netcheck_image()?;
+    let client_pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "client" },
+        "spec": {
+            "nodeName": "ke-nairobi-1",
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "get",
+                    "image": image,
+                    "args": ["get", format!("{server_ip}:8080"), format!("{cluster_ip}:80"),
+                             "server:80", format!("{fqdn}:80")]
+                },
+                {
+                    // The apiserver as in-cluster clients reach it.
+                    "name": "apiserver",
+                    "image": image,
+                    "args": ["connect", "kubernetes.default.svc.cluster.local:443", "10.96.0.1:443"]
+                }
+            ]
+        }
+    }))?;
+    pods.create(&PostParams::default(), &client_pod).await?;
+    // Not `?`: when it hangs, what it printed tells why.
+    let phase = finished(&pods, "client")
+        .await
+        .unwrap_or_else(|e| format!("{e:#}"));
+    let get = logs(&pods, "client", "get").await?;
+    let apiserver = logs(&pods, "client", "apiserver").await?;
+    assert_eq!(
+        phase, "Succeeded",
+        "client on ke-nairobi-1:\n{get}\n{apiserver}"
+    );
+    for target in [
+        format!("{server_ip}:8080 ({server_ip}) answered: hello from server"),
+        format!("{cluster_ip}:80 ({cluster_ip}) answered: hello from server"),
+        format!("server:80 ({cluster_ip}) answered: hello from server"),
+        format!("{fqdn}:80 ({cluster_ip}) answered: hello from server"),
+    ] {
+        assert!(get.contains(&target), "expected {target:?} in:\n{get}");
+    }
+    assert!(
+        apiserver.contains("kubernetes.default.svc.cluster.local:443 (10.96.0.1) connected"),
+        "{apiserver}"
+    );
+    let client_ip = pod_ip(&pods.get("client").await?)?;
+    assert!(
+        client_ip.starts_with("10.244.3."),
+        "ke-nairobi-1's pod IP {client_ip}"
+    );
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn pods_reach_host_services_through_a_selectorless_service() -> Result<()> {
+    // As a user with managed Redis and PostgreSQL: a Service without selector whose
+    // EndpointSlice names the machine's address (FIBERSTACK_HOST_ADDR).
+    let host = env_value("FIBERSTACK_HOST_ADDR")?;
+    let client = kube().await?;
+    let ns = TestNamespace::create(&client, "e2e-host-services").await?;
+    let mut names = vec![];
+    for (name, port) in [("redis", 16379), ("postgres", 15432)] {
+        let objects = json!([
+            {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": name },
+                "spec": { "ports": [{ "name": "tcp", "port": port }] }
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": { "name": format!("{name}-host"),
+                              "labels": { "kubernetes.io/service-name": name } },
+                "addressType": "IPv4",
+                "endpoints": [{ "addresses": [host] }],
+                "ports": [{ "name": "tcp", "port": port, "protocol": "TCP" }]
+            }
+        ]);
+        let svc: Service = serde_json::from_value(objects[0].clone())?;
+        Api::<Service>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &svc)
+            .await?;
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(objects[1].clone())?;
+        Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &slice)
+            .await?;
+        names.push(format!("{name}:{port}"));
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let mut args = vec!["connect".to_owned()];
+    args.extend(names.iter().cloned());
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "client" },
+        "spec": {
+            "nodeName": "ng-lagos-1",
+            "restartPolicy": "Never",
+            "containers": [{ "name": "main", "image": netcheck_image()?, "args": args }]
+        }
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let phase = finished(&pods, "client")
+        .await
+        .unwrap_or_else(|e| format!("{e:#}"));
+    let out = logs(&pods, "client", "main").await?;
+    if phase != "Succeeded" {
+        bail!("client on ng-lagos-1 {phase}:\n{out}");
+    }
+    for name in &names {
+        assert!(out.contains(&format!("{name} (")), "{name} in:\n{out}");
+    }
     ns.delete().await
 }
 

@@ -1,11 +1,13 @@
 //! The whole system, from custom resources to status, as a user meets it: `helm install` the
-//! chart (external Redis and PostgreSQL: the local ones), apply FiberRegions and FiberProbes,
-//! and the pod runner (`pod-runner`, this crate) runs what the operator rendered — the real
-//! operator, ingest, ETL and probe binaries — on the fake nodes. Then: every probe is placed
-//! and reporting on exactly its matching nodes, their samples are in the database, a
-//! degraded target turns its probe unhealthy (a reason naming it, an Event), deleting a
-//! FiberProbe removes its DaemonSet, pods and processes, and `helm uninstall` removes the
-//! operator but keeps the CRDs, the custom resources and the data.
+//! chart with the images `make images` built (from the local registry, pinned by digest) on
+//! the real nodes (kubelet + containerd each), Redis and PostgreSQL outside the cluster
+//! reached through selector-less Services (as managed services are), apply FiberRegions and
+//! FiberProbes. Then: the operator's pods are Ready by their own readiness probes and
+//! `kubectl logs` shows their log, the operator's own token is refused what its RBAC does
+//! not grant, every probe is placed and reporting on exactly its matching nodes, their
+//! samples are in the database, a degraded target turns its probe unhealthy (a reason naming
+//! it, an Event), deleting a FiberProbe removes its DaemonSet and pods, and `helm uninstall`
+//! removes the operator but keeps the CRDs, the custom resources and the data.
 
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use fiberstack_e2e::{
-    LocalEnv, ReservedPort, TestNamespace, connect_postgres, wait_for, workspace_binary,
+    LocalEnv, ReservedPort, TestNamespace, connect_postgres, env_value, images, wait_for,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -24,12 +26,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;
-use support::{Process, alive, pids_of, run, runner_pods, start_runner, tool};
+use support::{Process, pod_processes, run, tool};
 
 mod support;
 
-const HOST_NAME: &str = "host.fiberstack.internal";
-const HOST_ADDRESS: &str = "10.240.255.254";
 const EVERY: Duration = Duration::from_secs(2);
 
 fn repo() -> PathBuf {
@@ -77,26 +77,27 @@ async fn from_custom_resources_to_status() -> Result<()> {
     let ns = TestNamespace::create(&client, "flow").await?;
     let result = flow(&env, &client, &ns.name).await;
     if result.is_ok() {
-        let _ = std::fs::remove_dir_all(PathBuf::from("/run/fiberstack-pod-runner").join(&ns.name));
         ns.delete().await?;
     } else {
         eprintln!(
-            "namespace {} kept for a look; the runner's logs are under /run/fiberstack-pod-runner/{}",
+            "namespace {} kept for a look (kubectl -n {} get pods; kubectl logs …)",
             ns.name, ns.name
         );
     }
     result
 }
 
+/// What runs outside the cluster (PostgreSQL, Redis, the targets) as the pods reach it:
+/// e2e/cluster/outside-services.yaml with this machine's address.
+fn outside_services(host: &str) -> Result<String> {
+    let yaml = std::fs::read_to_string(repo().join("e2e/cluster/outside-services.yaml"))?;
+    Ok(yaml.replace("HOST_ADDR", host))
+}
+
 async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
-    for name in [
-        "fiberstack-operator",
-        "fiber-ingest",
-        "fiber-etl",
-        "fiber-probe",
-    ] {
-        workspace_binary(name)?;
-    }
+    let registry = env_value("FIBERSTACK_REGISTRY")?;
+    let host_address = env_value("FIBERSTACK_HOST_ADDR")?;
+    let host_name = format!("host.{ns}.svc.cluster.local");
 
     // Targets on this machine: healthy HTTP, a degraded HTTP server, TCP, DNS.
     // Held for the whole test; demo-targets binds them on 0.0.0.0 all the same (see
@@ -109,7 +110,12 @@ async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
     let (http, degraded, tcp) = (http_port.port(), degraded_port.port(), tcp_port.port());
     let dns = free_udp_port()?;
     let mut targets = Command::new(env!("CARGO_BIN_EXE_demo-targets"));
+    // On the machine's address as the pods see it, not 0.0.0.0: the DNS responder's UDP
+    // answers must come from the address the question went to, and a wildcard socket
+    // answers a pod from the address of the pod's bridge instead.
     targets.args([
+        "--listen",
+        &host_address,
         "--http-port",
         &http.to_string(),
         "--degraded-port",
@@ -129,7 +135,9 @@ async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
         &std::env::temp_dir().join(format!("{ns}-targets.log")),
     )?;
 
-    let (_runner, state) = start_runner(env, ns, "10.246.0.0/16")?;
+    let mut apply = tool("kubectl", env);
+    apply.args(["-n", ns, "apply", "-f", "-"]);
+    run(apply, Some(&outside_services(&host_address)?))?;
 
     // The Secrets the chart and the regions read: the database and Redis as pods see them.
     let db_url = env.fresh_postgres_database("flow").await?;
@@ -140,10 +148,13 @@ async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
         .context("database name")?
         .to_string();
     let pod_db_url =
-        format!("postgres://postgres:postgres@{HOST_NAME}:15432/{db_name}?sslmode=require");
+        format!("postgres://postgres:postgres@postgres.{ns}.svc:15432/{db_name}?sslmode=require");
     for (name, url) in [
         ("fiberstack-db", pod_db_url.as_str()),
-        ("fiberstack-redis", &format!("redis://{HOST_NAME}:16379/")),
+        (
+            "fiberstack-redis",
+            &format!("redis://redis.{ns}.svc:16379/"),
+        ),
     ] {
         let mut create = tool("kubectl", env);
         create.args([
@@ -158,21 +169,38 @@ async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
         run(create, None)?;
     }
 
-    let release = "flow";
+    // Region names are the stream keys in the shared Redis, and the release names the
+    // chart's cluster-wide RBAC objects (which a namespace kept after a failure keeps): unique
+    // per run.
+    let suffix = ns.rsplit('-').next().unwrap_or("x");
+    let suffix = &suffix[suffix.len().saturating_sub(8)..];
+    // The images as built, from the local registry, pinned by digest.
+    let release = &format!("flow-{suffix}");
     let mut install = tool("helm", env);
     install
         .args(["install", release])
         .arg(repo().join("charts/fiberstack"))
         .args(["-n", ns, "--wait", "--timeout", "3m"])
+        .args(["--set", &format!("image.registry={registry}/fiberstack")]);
+    for image in images::built()? {
+        ensure!(
+            image.reference.is_some(),
+            "{} was not pushed to the registry: run `make images` with the environment up",
+            image.name
+        );
+        install.args([
+            "--set",
+            &format!("image.digests.{}={}", image.name, image.digest),
+        ]);
+    }
+    install
         .args(["--set", "database.existingSecret=fiberstack-db"])
         .args(["--set", &format!("operator.watchNamespace={ns}")])
         .args(["--set", "operator.statusIntervalSeconds=5"])
         .args(["--set", "operator.healthEvaluations=2"]);
     run(install, None)?;
+    operator_checks(env, client, ns, release).await?;
 
-    // Region names are the stream keys in the shared Redis: unique per run.
-    let suffix = ns.rsplit('-').next().unwrap_or("x");
-    let suffix = &suffix[suffix.len().saturating_sub(8)..];
     let (gh, ng) = (format!("gh-{suffix}"), format!("ng-{suffix}"));
     let resources = format!(
         r#"
@@ -207,10 +235,10 @@ spec:
   interval: 5s
   timeout: 2s
   targets:
-    - {{ name: gateway, icmp: {{ host: {HOST_ADDRESS}, count: 3, spacing: 50ms }} }}
-    - {{ name: web, http: {{ url: "http://{HOST_NAME}:{http}/", expectStatus: [200] }} }}
-    - {{ name: port, tcp: {{ host: {HOST_NAME}, port: {tcp} }} }}
-    - {{ name: resolver, dns: {{ query: fiberstack.test, type: A, server: "{HOST_ADDRESS}:{dns}" }} }}
+    - {{ name: gateway, icmp: {{ host: {host_address}, count: 3, spacing: 50ms }} }}
+    - {{ name: web, http: {{ url: "http://{host_name}:{http}/", expectStatus: [200] }} }}
+    - {{ name: port, tcp: {{ host: {host_name}, port: {tcp} }} }}
+    - {{ name: resolver, dns: {{ query: fiberstack.test, type: A, server: "{host_address}:{dns}" }} }}
   thresholds: {{ latencyP95Ms: 150, packetLossPct: 2, uptimePct: 99 }}
 ---
 apiVersion: fiberstack.io/v1alpha1
@@ -221,8 +249,8 @@ spec:
   interval: 5s
   timeout: 2s
   targets:
-    - {{ name: gateway, icmp: {{ host: {HOST_ADDRESS}, count: 3, spacing: 50ms }} }}
-    - {{ name: checkout-api, http: {{ url: "http://{HOST_NAME}:{degraded}/", expectStatus: [200] }} }}
+    - {{ name: gateway, icmp: {{ host: {host_address}, count: 3, spacing: 50ms }} }}
+    - {{ name: checkout-api, http: {{ url: "http://{host_name}:{degraded}/", expectStatus: [200] }} }}
   thresholds: {{ latencyP95Ms: 150, packetLossPct: 2, uptimePct: 99 }}
 "#
     );
@@ -247,7 +275,7 @@ spec:
         ),
     ];
     for (name, nodes) in &expected {
-        ensure!(!nodes.is_empty(), "no fake node matches probe {name}");
+        ensure!(!nodes.is_empty(), "no node matches probe {name}");
         let want = nodes.len() as i64;
         wait_for(
             &format!("{name}: readyProbes = reportingProbes = {want}"),
@@ -354,19 +382,28 @@ spec:
     )
     .await?;
 
-    // Deleting a FiberProbe removes its DaemonSet, its pods and their processes.
-    let before = runner_pods(&state)?;
-    let accra_pids = pids_of(&before, "fiberstack-probe-accra-");
+    // Deleting a FiberProbe removes its DaemonSet, its pods and their containers.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let accra_pods = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=accra"))
+        .await?;
+    let accra_uids: Vec<String> = accra_pods
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
     ensure!(
-        !accra_pids.is_empty() && accra_pids.iter().all(|p| alive(*p)),
-        "the runner shows no running accra probe process: {before:?}"
+        !accra_uids.is_empty()
+            && accra_uids
+                .iter()
+                .all(|uid| pod_processes(uid).is_ok_and(|p| p.values().any(|c| c == "fiber-probe"))),
+        "no running fiber-probe process in accra's pods {accra_uids:?}"
     );
     probes
         .delete("accra", &Default::default())
         .await
         .context("deleting FiberProbe accra")?;
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     wait_for(
         "accra's DaemonSet, pods and processes gone",
         Duration::from_secs(90),
@@ -381,15 +418,15 @@ spec:
                 .await?
                 .items
                 .len();
-            let running: Vec<u32> = accra_pids.iter().copied().filter(|p| alive(*p)).collect();
-            let listed = runner_pods(&state)?
+            let running: Vec<&String> = accra_uids
                 .iter()
-                .any(|p| p.name.starts_with("fiberstack-probe-accra-"));
-            Ok(if !ds && left_pods == 0 && running.is_empty() && !listed {
+                .filter(|uid| pod_processes(uid).is_ok_and(|p| !p.is_empty()))
+                .collect();
+            Ok(if !ds && left_pods == 0 && running.is_empty() {
                 Ok(())
             } else {
                 Err(format!(
-                    "daemonset present: {ds}, pods: {left_pods}, processes alive: {running:?}, runner lists it: {listed}"
+                    "daemonset present: {ds}, pods: {left_pods}, pods with processes left: {running:?}"
                 ))
             })
         },
@@ -401,17 +438,16 @@ spec:
         .query_one("select count(*) from metrics", &[])
         .await?
         .get(0);
-    let operator_pids = pids_of(
-        &runner_pods(&state)?,
-        &format!("{release}-fiberstack-operator-"),
-    );
-    ensure!(!operator_pids.is_empty(), "no operator process ran");
+    let operator_pods = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await?;
+    ensure!(!operator_pods.items.is_empty(), "no operator pod ran");
     let mut uninstall = tool("helm", env);
     uninstall.args(["uninstall", release, "-n", ns, "--wait", "--timeout", "2m"]);
     run(uninstall, None)?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     wait_for(
-        "the operator's Deployment and processes gone",
+        "the operator's Deployment and pods gone",
         Duration::from_secs(60),
         EVERY,
         || async {
@@ -419,17 +455,15 @@ spec:
                 .get_opt(&format!("{release}-fiberstack-operator"))
                 .await?
                 .is_some();
-            let running: Vec<u32> = operator_pids
-                .iter()
-                .copied()
-                .filter(|p| alive(*p))
-                .collect();
-            Ok(if !d && running.is_empty() {
+            let left = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+                .await?
+                .items
+                .len();
+            Ok(if !d && left == 0 {
                 Ok(())
             } else {
-                Err(format!(
-                    "deployment present: {d}, processes alive: {running:?}"
-                ))
+                Err(format!("deployment present: {d}, operator pods: {left}"))
             })
         },
     )
@@ -452,5 +486,101 @@ spec:
         stored_after >= stored_before && stored_before > 0,
         "stored samples went from {stored_before} to {stored_after}"
     );
+    Ok(())
+}
+
+/// The operator as the kubelet runs it: its pods Ready by their own readiness probes, on the
+/// image digests the chart was given; `kubectl logs` shows its JSON log; and with its own
+/// ServiceAccount token — read from inside its container — it is refused what
+/// operator/rbac.yaml does not grant and allowed what it does.
+async fn operator_checks(env: &LocalEnv, client: &Client, ns: &str, release: &str) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let operator = format!("{release}-fiberstack-operator");
+    let digest = images::built()?
+        .into_iter()
+        .find(|b| b.name == "fiberstack-operator")
+        .context("fiberstack-operator not built")?
+        .digest;
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await?;
+    ensure!(!list.items.is_empty(), "no operator pod");
+    let mut uid = None;
+    for pod in &list.items {
+        let status = pod.status.as_ref().context("operator pod without status")?;
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ensure!(
+            ready,
+            "operator pod not Ready after helm --wait: {status:?}"
+        );
+        let container = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .next()
+            .context("no container status")?;
+        ensure!(
+            container.image_id.ends_with(&digest),
+            "the operator runs {} rather than the built {digest}",
+            container.image_id
+        );
+        uid = pod.metadata.uid.clone();
+    }
+
+    let mut logs = tool("kubectl", env);
+    logs.args(["-n", ns, "logs", &format!("deployment/{operator}")]);
+    let log = run(logs, None)?;
+    ensure!(
+        log.lines()
+            .any(|l| l.starts_with('{') && l.contains("\"level\"")),
+        "kubectl logs shows no JSON log line of the operator: {log}"
+    );
+
+    let uid = uid.context("no operator pod uid")?;
+    let processes = pod_processes(&uid)?;
+    let pid = processes
+        .iter()
+        .find(|(_, comm)| comm.starts_with("fiberstack-ope"))
+        .map(|(pid, _)| *pid)
+        .with_context(|| format!("no operator process in pod {uid}: {processes:?}"))?;
+    let token = std::fs::read_to_string(format!(
+        "/proc/{pid}/root/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ))
+    .context("reading the operator's token from inside its container")?;
+    let as_operator = |args: &[&str]| -> Result<std::process::Output> {
+        let mut kubectl = tool("kubectl", env);
+        kubectl.arg(format!("--token={}", token.trim())).args(args);
+        Ok(kubectl.output()?)
+    };
+    let allowed = as_operator(&["-n", ns, "get", "fiberprobes"])?;
+    ensure!(
+        allowed.status.success(),
+        "the operator's token may not list FiberProbes: {}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    for refused in [
+        vec!["-n", ns, "get", "secrets"],
+        vec!["get", "nodes"],
+        vec![
+            "-n",
+            ns,
+            "delete",
+            "configmap",
+            "kube-root-ca.crt",
+            "--dry-run=server",
+        ],
+    ] {
+        let out = as_operator(&refused)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains("Forbidden"),
+            "the operator's token was not refused `{}`: {stderr}",
+            refused.join(" ")
+        );
+    }
     Ok(())
 }

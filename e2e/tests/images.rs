@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
+use fiberstack_e2e::images;
 use serde_json::Value;
 
 const NAMES: [&str; 4] = [
@@ -25,29 +26,11 @@ fn images_dir() -> PathBuf {
     repo().join("target/images")
 }
 
-/// One row of target/images/images.tsv.
-struct Built {
-    version: String,
-    digest: String,
-}
-
-fn built() -> Result<BTreeMap<String, Built>> {
-    let path = images_dir().join("images.tsv");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{} is missing: run `make images` first", path.display()))?;
-    let mut rows = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let cols: Vec<&str> = line.split('\t').collect();
-        ensure!(cols.len() == 5, "malformed images.tsv line: {line:?}");
-        rows.insert(
-            cols[0].to_owned(),
-            Built {
-                version: cols[1].to_owned(),
-                digest: cols[2].to_owned(),
-            },
-        );
-    }
-    Ok(rows)
+fn built() -> Result<BTreeMap<String, images::Built>> {
+    Ok(images::built()?
+        .into_iter()
+        .map(|b| (b.name.clone(), b))
+        .collect())
 }
 
 fn run(command: &mut Command) -> Result<Vec<u8>> {
@@ -91,7 +74,11 @@ fn open(name: &str) -> Result<Archive> {
         fastrand::u32(..)
     ));
     std::fs::create_dir_all(&dir)?;
-    run(Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&dir))?;
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&dir))?;
     let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
     let manifest_digest = index["manifests"][0]["digest"]
         .as_str()
@@ -103,14 +90,21 @@ fn open(name: &str) -> Result<Archive> {
         .context("manifest names no config")?;
     let config: Value = serde_json::from_slice(&std::fs::read(blob(&dir, config_digest))?)?;
     let mut entries = BTreeMap::new();
-    for layer in manifest["layers"].as_array().context("manifest has no layers")? {
+    for layer in manifest["layers"]
+        .as_array()
+        .context("manifest has no layers")?
+    {
         let digest = layer["digest"].as_str().context("layer without digest")?;
         let listing = run(Command::new("tar")
             .arg("-tvzf")
             .arg(blob(&dir, digest))
             .env("LC_ALL", "C"))?;
         for line in String::from_utf8_lossy(&listing).lines() {
-            let mode = line.split_whitespace().next().unwrap_or_default().to_owned();
+            let mode = line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             // `-rwxr-xr-x 0/0 123 1970-01-01 00:00 ./usr/local/bin/x` (symlinks add ` -> t`)
             let path = line
                 .split_whitespace()
@@ -209,7 +203,10 @@ fn each_image_is_the_binary_on_scratch_as_uid_65532_without_a_shell() -> Result<
         for path in image.entries.keys() {
             let file = path.rsplit('/').next().unwrap_or_default();
             ensure!(
-                !["sh", "bash", "dash", "busybox", "apt", "apt-get", "dpkg", "ash"].contains(&file),
+                ![
+                    "sh", "bash", "dash", "busybox", "apt", "apt-get", "dpkg", "ash"
+                ]
+                .contains(&file),
                 "{name} carries {path}: images have no shell and no package manager"
             );
             let top = path.split('/').next().unwrap_or_default();
@@ -225,9 +222,12 @@ fn each_image_is_the_binary_on_scratch_as_uid_65532_without_a_shell() -> Result<
         ] {
             ensure!(image.entries.contains_key(needed), "{name}: no {needed}");
         }
-        let passwd = std::fs::read_to_string(images_dir().join("rootfs").join(name).join("etc/passwd"))?;
+        let passwd =
+            std::fs::read_to_string(images_dir().join("rootfs").join(name).join("etc/passwd"))?;
         ensure!(
-            passwd.lines().any(|l| l.starts_with("nonroot:x:65532:65532:")),
+            passwd
+                .lines()
+                .any(|l| l.starts_with("nonroot:x:65532:65532:")),
             "{name}: /etc/passwd has no uid 65532: {passwd}"
         );
         let size = std::fs::metadata(images_dir().join(format!("{name}.tar")))?.len();
@@ -243,11 +243,14 @@ fn each_image_is_the_binary_on_scratch_as_uid_65532_without_a_shell() -> Result<
 #[test]
 fn a_second_build_of_the_same_sources_has_the_same_digest() -> Result<()> {
     let built = built()?;
-    let first = &built.get("fiber-probe").context("fiber-probe not built")?.digest;
+    let first = &built
+        .get("fiber-probe")
+        .context("fiber-probe not built")?
+        .digest;
     let out = std::env::temp_dir().join(format!("fiberstack-images-again-{}", std::process::id()));
     let result = run(Command::new("bash")
         .arg(repo().join("images/build.sh"))
-        .args(["--no-push", "--only", "fiber-probe", "--out"])
+        .args(["--no-push", "--no-cargo", "--only", "fiber-probe", "--out"])
         .arg(&out));
     let again = std::fs::read_to_string(out.join("fiber-probe.digest"));
     let _ = std::fs::remove_dir_all(&out);
@@ -327,10 +330,7 @@ fn the_dockerfile_describes_the_same_images() -> Result<()> {
             "{name}: COPY {}",
             get("COPY")?
         );
-        let env: BTreeSet<String> = get("ENV")?
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
+        let env: BTreeSet<String> = get("ENV")?.split_whitespace().map(str::to_owned).collect();
         let image_env: BTreeSet<String> = config["Env"]
             .as_array()
             .context("no Env")?

@@ -474,8 +474,11 @@ impl Consumer {
             _ => {
                 let groups: redis::streams::StreamInfoGroupsReply =
                     self.redis.xinfo_groups(&self.stream).await?;
+                // Nothing pending: everything up to the last delivered entry is acknowledged,
+                // that entry included (MINID keeps the ID it is given, so a stream drained to
+                // the end would otherwise always keep its last entry and never read 0).
                 match groups.groups.into_iter().find(|g| g.name == CONSUMER_GROUP) {
-                    Some(g) => g.last_delivered_id,
+                    Some(g) => next_id(&g.last_delivered_id),
                     None => return Ok(()),
                 }
             }
@@ -493,6 +496,19 @@ impl Consumer {
             tracing::debug!(trimmed, min_id = %min_id, "trimmed acknowledged entries");
         }
         Ok(())
+    }
+}
+
+/// The smallest stream ID after `id` (`<ms>-<seq>` → `<ms>-<seq+1>`); `id` itself when it
+/// is not a stream ID.
+fn next_id(id: &str) -> String {
+    match id.split_once('-').map(|(ms, seq)| (ms, seq.parse::<u64>())) {
+        Some((ms, Ok(seq))) if seq < u64::MAX => format!("{ms}-{}", seq + 1),
+        Some((ms, Ok(_))) => match ms.parse::<u64>() {
+            Ok(ms) => format!("{}-0", ms + 1),
+            Err(_) => id.to_owned(),
+        },
+        _ => id.to_owned(),
     }
 }
 
@@ -588,5 +604,14 @@ mod tests {
             assert!(d.as_millis() as u64 <= cap, "{failures}: {d:?}");
             assert!(d >= Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn next_id_is_the_smallest_id_after() {
+        assert_eq!(next_id("1700000000000-0"), "1700000000000-1");
+        assert_eq!(next_id("5-41"), "5-42");
+        assert_eq!(next_id(&format!("5-{}", u64::MAX)), "6-0");
+        assert_eq!(next_id("0-0"), "0-1");
+        assert_eq!(next_id("garbage"), "garbage");
     }
 }

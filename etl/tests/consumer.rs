@@ -376,6 +376,28 @@ async fn acknowledged_entries_are_trimmed_pending_ones_kept() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_stream_drained_to_the_end_is_trimmed_to_nothing() -> Result<()> {
+    let mut f = fixture().await?;
+    for minute in 0..3 {
+        f.add(&encode_batch(&batch(
+            "gh-accra-1",
+            vec![icmp(minute, 20.0)],
+        )))
+        .await?;
+    }
+    let mut consumer = f.consumer_with("worker-1", f.pool.clone(), |c| {
+        c.housekeeping_every = Duration::ZERO;
+    });
+    f.drain(&mut consumer).await?;
+    let (_tx, mut rx) = watch::channel(false);
+    consumer.step(&mut rx).await?; // housekeeping with nothing pending
+    let len: usize = f.redis.xlen(samples_stream(&f.region)).await?;
+    assert_eq!(len, 0, "every entry was stored and acknowledged");
+    assert_eq!(f.count("select count(*) from metrics").await?, 3);
+    Ok(())
+}
+
+#[tokio::test]
 async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
     let mut f = fixture().await?;
     let env = LocalEnv::load()?;

@@ -1,6 +1,7 @@
 //! The controllers against the local control plane: what a FiberRegion and a FiberProbe
 //! render, where the probe pods land (kube-controller-manager makes them, kube-scheduler
-//! places them, kwok runs them on paper), and how changes, pausing and deletion propagate.
+//! places them, the nodes' kubelets run them from the images `make images` built), and how
+//! changes, pausing and deletion propagate.
 
 mod common;
 
@@ -269,7 +270,7 @@ async fn lifecycle(client: &Client, ns: &str) -> Result<()> {
 
     // A new node selector on the probe, and a new one on the region: the DaemonSet follows
     // both, and the pods move.
-    changed["spec"]["nodeSelector"] = json!({ "fiberstack.io/fake": "true" });
+    changed["spec"]["nodeSelector"] = json!({ "fiberstack.io/real": "true" });
     apply_json(&probes, &changed).await?;
     let mut region_json = common::region_json("ghana");
     region_json["spec"]["nodeSelector"] = json!({ "fiberstack.io/edge": "true" });
@@ -286,7 +287,7 @@ async fn lifecycle(client: &Client, ns: &str) -> Result<()> {
             .unwrap_or_default();
         let want = map(&[
             ("fiberstack.io/edge", "true"),
-            ("fiberstack.io/fake", "true"),
+            ("fiberstack.io/real", "true"),
         ]);
         Ok(if selector == want {
             Ok(())
@@ -442,13 +443,51 @@ async fn region_status_reports_availability_and_its_stream() -> Result<()> {
     let mut redis = env.redis().await?;
     let operator = Operator::start(&client, &ns.name, None);
     let result = async {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": { "name": "fiberstack-redis" },
-            "stringData": { "url": env.redis_url }
-        }))?;
-        Api::<Secret>::namespaced(client.clone(), &ns.name)
-            .create(&Default::default(), &secret)
-            .await?;
+        // Redis and PostgreSQL as the region's pods reach them: at the machine's address.
+        let host = fiberstack_e2e::env_value("FIBERSTACK_HOST_ADDR")?;
+        let redis_url = env.redis_url.replace("127.0.0.1", &host);
+        let db_url = env
+            .fresh_postgres_database("op_region")
+            .await?
+            .replace("127.0.0.1", &host);
+        for (secret, url) in [("fiberstack-redis", &redis_url), ("fiberstack-db", &db_url)] {
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": { "name": secret },
+                "stringData": { "url": url }
+            }))?;
+            Api::<Secret>::namespaced(client.clone(), &ns.name)
+                .create(&Default::default(), &secret)
+                .await?;
+        }
+
+        let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
+        apply_json(&regions, &common::region_json(&name)).await?;
+        let cond = |r: &FiberRegion, t: &str| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned())
+                .unwrap_or_default()
+        };
+        wait_for(
+            "region available: its ingest and ETL pods Ready",
+            WAIT,
+            EVERY,
+            || async {
+                let r = regions.get(&name).await?;
+                let s = r.status.clone().unwrap_or_default();
+                let ok = s.ingest == "1/1"
+                    && s.etl == "1/1"
+                    && cond(&r, "IngestAvailable").status == "True"
+                    && cond(&r, "EtlAvailable").status == "True"
+                    && cond(&r, "Ready").status == "True"
+                    && s.dead_letters == Some(0);
+                Ok(if ok { Ok(()) } else { Err(format!("{s:?}")) })
+            },
+        )
+        .await?;
+
+        // Three entries no ETL can store, and one dead letter already there: the region's
+        // real ETL dead-letters the three, acknowledges and trims them; the status follows.
         for i in 0..3 {
             redis::cmd("XADD")
                 .arg(&samples)
@@ -465,30 +504,16 @@ async fn region_status_reports_availability_and_its_stream() -> Result<()> {
             .arg("test")
             .query_async::<String>(&mut redis)
             .await?;
-
-        let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
-        apply_json(&regions, &common::region_json(&name)).await?;
-        let cond = |r: &FiberRegion, t: &str| {
-            r.status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned())
-                .unwrap_or_default()
-        };
         wait_for(
-            "region available, with its stream figures",
+            "the three entries dead-lettered by the ETL, in the status",
             WAIT,
             EVERY,
             || async {
                 let r = regions.get(&name).await?;
                 let s = r.status.clone().unwrap_or_default();
-                let ok = s.ingest == "1/1"
-                    && s.etl == "1/1"
-                    && cond(&r, "IngestAvailable").status == "True"
-                    && cond(&r, "EtlAvailable").status == "True"
-                    && cond(&r, "Ready").status == "True"
-                    && s.backlog == Some(3)
+                let ok = s.backlog == Some(0)
                     && s.pending == Some(0)
-                    && s.dead_letters == Some(1)
+                    && s.dead_letters == Some(4)
                     && cond(&r, "Degraded").reason == "DeadLetters";
                 Ok(if ok { Ok(()) } else { Err(format!("{s:?}")) })
             },
@@ -534,7 +559,7 @@ async fn region_status_reports_availability_and_its_stream() -> Result<()> {
             .collect();
         assert_eq!(
             &row[1..7],
-            ["GH", "1/1", "1/1", "3", "0", "True"],
+            ["GH", "1/1", "1/1", "0", "0", "True"],
             "{table}"
         );
         anyhow::Ok(())

@@ -1,16 +1,16 @@
-//! What the pod-runner tests share: the environment's tools, child processes stopped at the
-//! end of a test, and reading the runner's `pods.json`.
+//! What the cluster tests share: the environment's tools, child processes stopped at the end
+//! of a test, and the host processes of a pod's containers.
 
 // Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use fiberstack_e2e::LocalEnv;
-use fiberstack_e2e::pod_runner::{PodReport, read_report};
 
 /// `helm`/`kubectl` from the environment's binaries, pointed at its cluster.
 pub fn tool(name: &str, env: &LocalEnv) -> Command {
@@ -90,42 +90,36 @@ impl Drop for Process {
     }
 }
 
-/// The runner's `pods.json`.
-pub fn runner_pods(state: &Path) -> Result<Vec<PodReport>> {
-    read_report(state)
+/// Host pids of the processes in the pod's containers (the kubelet's cgroup paths carry
+/// `pod<uid>`), with their command names.
+pub fn pod_processes(uid: &str) -> Result<BTreeMap<u32, String>> {
+    let needle = format!("pod{uid}");
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) else {
+            continue;
+        };
+        if cgroup.contains(&needle) {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.insert(pid, comm.trim().to_owned());
+        }
+    }
+    Ok(found)
 }
 
-/// The pids of the running containers of the pods whose names start with `prefix`.
-pub fn pids_of(pods: &[PodReport], prefix: &str) -> Vec<u32> {
-    pods.iter()
-        .filter(|p| p.name.starts_with(prefix))
-        .flat_map(|p| p.containers.iter().filter_map(|c| c.pid))
-        .collect()
-}
-
-pub fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        })
-}
-
-/// A pod runner for namespace `ns` with its own pod network; its state directory.
-pub fn start_runner(
-    env: &LocalEnv,
-    ns: &str,
-    pod_network: &str,
-) -> Result<(Process, std::path::PathBuf)> {
-    let state = Path::new("/run/fiberstack-pod-runner").join(ns);
-    std::fs::create_dir_all(&state)?;
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_pod-runner"));
-    runner
-        .args(["run", "--namespace", ns, "--state-dir"])
-        .arg(&state)
-        .args(["--pod-network", pod_network, "--interval-ms", "500"])
-        .env("KUBECONFIG", &env.kubeconfig);
-    let process = Process::start("pod-runner", runner, &state.join("runner.log"))?;
-    Ok((process, state))
+pub fn uid_of(pid: u32) -> Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .context("no Uid line")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("Uid line")?
+        .parse()?)
 }

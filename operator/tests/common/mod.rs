@@ -52,7 +52,7 @@ pub async fn client() -> Result<Client> {
     fiberstack_e2e::LocalEnv::load()?.kube().await
 }
 
-/// A FiberRegion for the fake `gh` nodes, as JSON so tests can break it at will.
+/// A FiberRegion for the `gh` nodes, as JSON so tests can break it at will.
 pub fn region_json(name: &str) -> Value {
     json!({
         "apiVersion": "fiberstack.io/v1alpha1",
@@ -103,11 +103,17 @@ pub struct Operator {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The images `make images` built and pushed to the environment's registry: the pods the
+/// controllers render run for real on the nodes.
 pub fn images() -> fiberstack_operator::render::Images {
+    let image = |name: &str| {
+        fiberstack_e2e::images::reference(name)
+            .unwrap_or_else(|e| panic!("the operator tests run the real images: {e:#}"))
+    };
     fiberstack_operator::render::Images {
-        ingest: "fiberstack/fiber-ingest:test".to_owned(),
-        etl: "fiberstack/fiber-etl:test".to_owned(),
-        probe: "fiberstack/fiber-probe:test".to_owned(),
+        ingest: image("fiber-ingest"),
+        etl: image("fiber-etl"),
+        probe: image("fiber-probe"),
         pull_policy: "IfNotPresent".to_owned(),
         otlp_endpoint: None,
     }
