@@ -495,7 +495,6 @@ spec:
 /// operator/rbac.yaml does not grant and allowed what it does.
 async fn operator_checks(env: &LocalEnv, client: &Client, ns: &str, release: &str) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let operator = format!("{release}-fiberstack-operator");
     let digest = images::built()?
         .into_iter()
         .find(|b| b.name == "fiberstack-operator")
@@ -531,14 +530,36 @@ async fn operator_checks(env: &LocalEnv, client: &Client, ns: &str, release: &st
         uid = pod.metadata.uid.clone();
     }
 
-    let mut logs = tool("kubectl", env);
-    logs.args(["-n", ns, "logs", &format!("deployment/{operator}")]);
-    let log = run(logs, None)?;
-    ensure!(
-        log.lines()
-            .any(|l| l.starts_with('{') && l.contains("\"level\"")),
-        "kubectl logs shows no JSON log line of the operator: {log}"
-    );
+    // `kubectl logs` of each operator pod (through the apiserver and its kubelet) shows its
+    // JSON log; a pod that has just become Ready may not have flushed its first line yet.
+    for pod in &list.items {
+        let name = pod
+            .metadata
+            .name
+            .clone()
+            .context("operator pod without name")?;
+        wait_for(
+            &format!("kubectl logs {name} showing a JSON log line"),
+            Duration::from_secs(30),
+            EVERY,
+            || async {
+                let mut logs = tool("kubectl", env);
+                logs.args(["-n", ns, "logs", &name]);
+                let log = run(logs, None)?;
+                Ok(
+                    if log
+                        .lines()
+                        .any(|l| l.starts_with('{') && l.contains("\"level\""))
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("log: {log:?}"))
+                    },
+                )
+            },
+        )
+        .await?;
+    }
 
     let uid = uid.context("no operator pod uid")?;
     let processes = pod_processes(&uid)?;

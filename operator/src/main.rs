@@ -159,6 +159,14 @@ async fn main() -> anyhow::Result<()> {
     });
     // A standby is ready: it serves and will take over; only the leader reconciles.
     health.ready.store(true, Ordering::Relaxed);
+    // Said at once, so a standby's log is not empty while it waits for the lease.
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        metrics = %config.metrics_listen,
+        namespace = settings.namespace.as_deref().unwrap_or("(all)"),
+        lease = lease.as_ref().map_or("(no leader election)", |_| "waiting for it"),
+        "fiberstack-operator started"
+    );
     if let Some(lease) = &lease {
         tokio::select! {
             _ = lease.acquire() => {}
