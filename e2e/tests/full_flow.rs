@@ -199,7 +199,7 @@ async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
         .args(["--set", "operator.statusIntervalSeconds=5"])
         .args(["--set", "operator.healthEvaluations=2"]);
     run(install, None)?;
-    operator_checks(env, client, ns, release).await?;
+    operator_checks(env, client, ns).await?;
 
     let (gh, ng) = (format!("gh-{suffix}"), format!("ng-{suffix}"));
     let resources = format!(
@@ -493,7 +493,7 @@ spec:
 /// image digests the chart was given; `kubectl logs` shows its JSON log; and with its own
 /// ServiceAccount token — read from inside its container — it is refused what
 /// operator/rbac.yaml does not grant and allowed what it does.
-async fn operator_checks(env: &LocalEnv, client: &Client, ns: &str, release: &str) -> Result<()> {
+async fn operator_checks(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let digest = images::built()?
         .into_iter()
