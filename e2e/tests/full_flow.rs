@@ -387,6 +387,20 @@ spec:
     let accra_pods = pods
         .list(&ListParams::default().labels("app.kubernetes.io/instance=accra"))
         .await?;
+    // The probe's liveness probe (its /healthz) holds on a working probe: no restarts.
+    for pod in &accra_pods.items {
+        let restarts: i32 = pod
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .map(|c| c.restart_count)
+            .sum();
+        ensure!(
+            restarts == 0,
+            "probe pod {:?} was restarted {restarts} times",
+            pod.metadata.name
+        );
+    }
     let accra_uids: Vec<String> = accra_pods
         .items
         .iter()

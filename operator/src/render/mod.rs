@@ -8,9 +8,10 @@ pub mod region;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Capabilities, ResourceRequirements, SeccompProfile};
-use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
+use k8s_openapi::api::core::v1::{HTTPGetAction, PodSecurityContext, Probe, SecurityContext};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::Resources;
@@ -161,6 +162,19 @@ fn small(cpu: &str, memory: &str, memory_limit: &str) -> Resources {
 }
 
 /// Non-root, no privilege escalation, read-only root, no capabilities.
+/// An HTTP GET probe of the container's named port, every 10 s.
+fn http_probe(path: &str, port: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(port.to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        ..Default::default()
+    }
+}
+
 fn restricted_container() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),

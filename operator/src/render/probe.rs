@@ -130,6 +130,9 @@ pub fn build_daemonset(
             container_port: i32::from(METRICS_PORT),
             ..Default::default()
         }]),
+        // /healthz is served by the probe's single-threaded runtime: a wedged runtime stops
+        // answering and the kubelet restarts the container (the disk buffer keeps its samples).
+        liveness_probe: Some(super::http_probe("/healthz", "metrics")),
         resources: Some(resources(None, small("10m", "32Mi", "128Mi"))),
         security_context: Some(super::restricted_container()),
         volume_mounts: Some(vec![

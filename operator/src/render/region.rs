@@ -4,9 +4,9 @@
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+    Secret, SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{
-    INGEST_PORT, Images, TOKEN_DIR, TOKEN_KEY, labels, names, owned_metadata, resources, selector,
-    small,
+    INGEST_PORT, Images, TOKEN_DIR, TOKEN_KEY, http_probe, labels, names, owned_metadata,
+    resources, selector, small,
 };
 use crate::crd::{FiberRegion, SecretKeyRef};
 
@@ -61,18 +61,6 @@ fn env_from_secret(name: &str, source: &SecretKeyRef) -> EnvVar {
             }),
             ..Default::default()
         }),
-        ..Default::default()
-    }
-}
-
-fn http_probe(path: &str, port: &str) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String(port.to_owned()),
-            ..Default::default()
-        }),
-        period_seconds: Some(10),
         ..Default::default()
     }
 }
