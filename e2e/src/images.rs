@@ -6,6 +6,27 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 
+/// The images, one per binary (images/build.sh builds them in this order).
+pub const NAMES: [&str; 4] = [
+    "fiberstack-operator",
+    "fiber-probe",
+    "fiber-ingest",
+    "fiber-etl",
+];
+
+/// The version the images are tagged with: the chart's appVersion.
+pub fn app_version() -> Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/fiberstack/Chart.yaml");
+    let chart =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion: "))
+        .with_context(|| format!("{} has no appVersion", path.display()))?
+        .trim_matches('"')
+        .to_owned())
+}
+
 /// `target/images/images.tsv` of this checkout.
 pub fn table() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images/images.tsv")

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, ensure};
-use fiberstack_e2e::{LocalEnv, TestNamespace};
+use fiberstack_e2e::{LocalEnv, TestNamespace, images};
 use serde::Deserialize as _;
 
 mod support;
@@ -121,23 +121,12 @@ fn image_references(rendered: &str) -> Vec<String> {
 #[test]
 fn images_default_to_the_app_version_and_take_registry_tag_and_digest_overrides() -> Result<()> {
     let env = LocalEnv::load()?;
-    let chart_yaml = std::fs::read_to_string(chart().join("Chart.yaml"))?;
-    let app_version = chart_yaml
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion: "))
-        .context("Chart.yaml has no appVersion")?
-        .trim_matches('"');
-    let names = [
-        "fiberstack-operator",
-        "fiber-ingest",
-        "fiber-etl",
-        "fiber-probe",
-    ];
+    let app_version = images::app_version()?;
 
     let plain = template(&env, "default", &[])?;
     ensure!(plain.status.success(), "{}", text(&plain.stderr));
     let refs = image_references(&text(&plain.stdout));
-    for name in names {
+    for name in images::NAMES {
         let want = format!("ghcr.io/fiberstack/{name}:{app_version}");
         ensure!(refs.contains(&want), "{want} not rendered: {refs:?}");
     }
@@ -155,7 +144,7 @@ fn images_default_to_the_app_version_and_take_registry_tag_and_digest_overrides(
     )?;
     ensure!(pinned.status.success(), "{}", text(&pinned.stderr));
     let refs = image_references(&text(&pinned.stdout));
-    for name in names {
+    for name in images::NAMES {
         let tagged = format!("registry.example.com:5000/team/{name}:9.9.9");
         let want = match name {
             "fiber-probe" | "fiberstack-operator" => format!("{tagged}@{digest}"),

@@ -20,11 +20,13 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 mod support;
-use support::{pod_processes, tool, uid_of};
+use support::{pod_process, tool, uid_of};
 
 const EVERY: Duration = Duration::from_millis(500);
 const WAIT: Duration = Duration::from_secs(90);
 const CONFIG_DIR: &str = "/etc/fiberstack";
+/// A target for pods that only need to run: TCP to a closed port of the pod itself.
+const IDLE_TARGET: &str = "{ name: t, tcp: { host: 127.0.0.1, port: 9 } }";
 
 /// A probe configuration whose one target is `target` (YAML flow mapping), delivering to a
 /// port where nothing listens (these pods only measure) and buffering in `buffer`.
@@ -97,6 +99,19 @@ fn probe_pod(
     });
     edit(&mut pod);
     Ok(serde_json::from_value(pod)?)
+}
+
+/// The probe's disk buffer on an emptyDir at /buffer (where `probe_config(…, "/buffer")`
+/// puts it), as the operator renders it: off the read-only root filesystem.
+fn with_buffer_volume(pod: &mut Value) {
+    pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "buffer", "mountPath": "/buffer" }));
+    pod["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "buffer", "emptyDir": {} }));
 }
 
 async fn create(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
@@ -176,10 +191,7 @@ async fn a_write_to_the_read_only_root_filesystem_fails() -> Result<()> {
         &client,
         &ns.name,
         "cfg",
-        &probe_config(
-            "{ name: t, tcp: { host: 127.0.0.1, port: 9 } }",
-            "/tmp/buffer",
-        ),
+        &probe_config(IDLE_TARGET, "/tmp/buffer"),
     )
     .await?;
     let args = ["--config", "/etc/fiberstack/probe.yaml"];
@@ -294,7 +306,7 @@ async fn a_failing_liveness_probe_restarts_the_container() -> Result<()> {
         &client,
         &ns.name,
         "cfg",
-        &probe_config("{ name: t, tcp: { host: 127.0.0.1, port: 9 } }", "/buffer"),
+        &probe_config(IDLE_TARGET, "/buffer"),
     )
     .await?;
     let args = ["--config", "/etc/fiberstack/probe.yaml"];
@@ -306,14 +318,7 @@ async fn a_failing_liveness_probe_restarts_the_container() -> Result<()> {
                 "httpGet": { "path": "/healthz", "port": port },
                 "periodSeconds": 1, "failureThreshold": 2, "timeoutSeconds": 1
             });
-            c["volumeMounts"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({ "name": "buffer", "mountPath": "/buffer" }));
-            p["spec"]["volumes"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({ "name": "buffer", "emptyDir": {} }));
+            with_buffer_volume(p);
         }
     };
     // 9090 is the probe's /healthz; nothing listens on 9091.
@@ -396,7 +401,7 @@ async fn a_memory_limit_is_applied_and_enforced() -> Result<()> {
         &client,
         &ns.name,
         "cfg",
-        &probe_config("{ name: t, tcp: { host: 127.0.0.1, port: 9 } }", "/buffer"),
+        &probe_config(IDLE_TARGET, "/buffer"),
     )
     .await?;
     let args = ["--config", "/etc/fiberstack/probe.yaml"];
@@ -406,14 +411,7 @@ async fn a_memory_limit_is_applied_and_enforced() -> Result<()> {
         &probe_pod("probe", &node, "cfg", &args, |p| {
             let c = &mut p["spec"]["containers"][0];
             c["resources"] = json!({ "limits": { "memory": "48Mi" } });
-            c["volumeMounts"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({ "name": "buffer", "mountPath": "/buffer" }));
-            p["spec"]["volumes"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({ "name": "buffer", "emptyDir": {} }));
+            with_buffer_volume(p);
         })?,
     )
     .await?;
@@ -424,12 +422,8 @@ async fn a_memory_limit_is_applied_and_enforced() -> Result<()> {
 
     let probe = wait_phase(&pods, "probe", &["Running"]).await?;
     let uid = probe.metadata.uid.clone().context("no uid")?;
-    let processes = pod_processes(&uid)?;
-    let (pid, _) = processes
-        .iter()
-        .find(|(_, comm)| comm.as_str() == "fiber-probe")
-        .with_context(|| format!("no fiber-probe process in pod {uid}: {processes:?}"))?;
-    let limit = std::fs::read_to_string(memory_cgroup(*pid)?.join("memory.limit_in_bytes"))?;
+    let pid = pod_process(&uid, "fiber-probe")?;
+    let limit = std::fs::read_to_string(memory_cgroup(pid)?.join("memory.limit_in_bytes"))?;
     ensure!(
         limit.trim() == (48u64 << 20).to_string(),
         "the probe container's memory.limit_in_bytes is {limit}, not 48Mi"
@@ -477,7 +471,7 @@ async fn images_run_as_uid_65532_and_have_no_shell() -> Result<()> {
         &client,
         &ns.name,
         "cfg",
-        &probe_config("{ name: t, tcp: { host: 127.0.0.1, port: 9 } }", "/buffer"),
+        &probe_config(IDLE_TARGET, "/buffer"),
     )
     .await?;
     let args = ["--config", "/etc/fiberstack/probe.yaml"];
@@ -488,29 +482,17 @@ async fn images_run_as_uid_65532_and_have_no_shell() -> Result<()> {
             let security = p["spec"]["securityContext"].as_object_mut().unwrap();
             security.remove("runAsUser");
             security.remove("runAsGroup");
-            let c = &mut p["spec"]["containers"][0];
-            c["volumeMounts"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({ "name": "buffer", "mountPath": "/buffer" }));
-            p["spec"]["volumes"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({ "name": "buffer", "emptyDir": {} }));
+            with_buffer_volume(p);
         })?,
     )
     .await?;
     let pod = wait_phase(&pods, "probe", &["Running"]).await?;
     let uid = pod.metadata.uid.clone().context("no uid")?;
-    let processes = pod_processes(&uid)?;
-    let (pid, _) = processes
-        .iter()
-        .find(|(_, comm)| comm.as_str() == "fiber-probe")
-        .with_context(|| format!("no fiber-probe process in pod {uid}: {processes:?}"))?;
+    let pid = pod_process(&uid, "fiber-probe")?;
     ensure!(
-        uid_of(*pid)? == 65532,
+        uid_of(pid)? == 65532,
         "fiber-probe runs as uid {}",
-        uid_of(*pid)?
+        uid_of(pid)?
     );
 
     let exec = |argv: &[&str]| -> Result<std::process::Output> {

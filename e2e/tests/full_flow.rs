@@ -26,7 +26,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;
-use support::{Process, pod_processes, run, tool};
+use support::{Process, pod_process, pod_processes, run, tool};
 
 mod support;
 
@@ -576,12 +576,8 @@ async fn operator_checks(env: &LocalEnv, client: &Client, ns: &str) -> Result<()
     }
 
     let uid = uid.context("no operator pod uid")?;
-    let processes = pod_processes(&uid)?;
-    let pid = processes
-        .iter()
-        .find(|(_, comm)| comm.starts_with("fiberstack-ope"))
-        .map(|(pid, _)| *pid)
-        .with_context(|| format!("no operator process in pod {uid}: {processes:?}"))?;
+    // comm is cut at 15 bytes: "fiberstack-oper".
+    let pid = pod_process(&uid, "fiberstack-oper")?;
     let token = std::fs::read_to_string(format!(
         "/proc/{pid}/root/var/run/secrets/kubernetes.io/serviceaccount/token"
     ))

@@ -8,15 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use fiberstack_e2e::images;
+use fiberstack_e2e::images::{self, NAMES, app_version};
 use serde_json::Value;
-
-const NAMES: [&str; 4] = [
-    "fiberstack-operator",
-    "fiber-probe",
-    "fiber-ingest",
-    "fiber-etl",
-];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -124,16 +117,6 @@ fn open(name: &str) -> Result<Archive> {
         config,
         entries,
     })
-}
-
-fn app_version() -> Result<String> {
-    let chart = std::fs::read_to_string(repo().join("charts/fiberstack/Chart.yaml"))?;
-    Ok(chart
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion: "))
-        .context("Chart.yaml has no appVersion")?
-        .trim_matches('"')
-        .to_owned())
 }
 
 fn head_revision() -> Result<String> {

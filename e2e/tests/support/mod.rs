@@ -111,6 +111,17 @@ pub fn pod_processes(uid: &str) -> Result<BTreeMap<u32, String>> {
     Ok(found)
 }
 
+/// The host pid of the process in pod `uid` whose command name (`comm`, at most 15 bytes)
+/// starts with `comm`.
+pub fn pod_process(uid: &str, comm: &str) -> Result<u32> {
+    let processes = pod_processes(uid)?;
+    processes
+        .iter()
+        .find(|(_, c)| c.starts_with(comm))
+        .map(|(pid, _)| *pid)
+        .with_context(|| format!("no {comm} process in pod {uid}: {processes:?}"))
+}
+
 pub fn uid_of(pid: u32) -> Result<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
