@@ -114,13 +114,7 @@ impl Default for BufferConfig {
 /// One thing to probe: a name and exactly one check.
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(
-    feature = "schemars",
-    schemars(extend("x-kubernetes-validations" = [{
-        "rule": "[has(self.icmp), has(self.tcp), has(self.http), has(self.dns)].filter(x, x).size() == 1",
-        "message": "a target sets exactly one check: one of icmp, tcp, http, dns"
-    }]))
-)]
+#[cfg_attr(feature = "schemars", schemars(transform = exactly_one_check))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Target {
     /// Unique within the probe; becomes the samples' `target`.
@@ -134,6 +128,23 @@ pub struct Target {
     pub http: Option<HttpCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsCheck>,
+}
+
+/// The API server's rule for a target: exactly one check field set, for every kind of
+/// [`CheckKind::ALL`].
+#[cfg(feature = "schemars")]
+fn exactly_one_check(schema: &mut schemars::Schema) {
+    let has: Vec<String> = CheckKind::ALL
+        .iter()
+        .map(|k| format!("has(self.{k})"))
+        .collect();
+    schema.insert(
+        "x-kubernetes-validations".to_owned(),
+        serde_json::json!([{
+            "rule": format!("[{}].filter(x, x).size() == 1", has.join(", ")),
+            "message": format!("a target sets exactly one check: one of {}", CheckKind::names()),
+        }]),
+    );
 }
 
 /// The one check a [`Target`] holds.
@@ -157,32 +168,39 @@ impl Check<'_> {
 }
 
 impl Target {
-    /// The target's check; an error unless exactly one of icmp/tcp/http/dns is set.
+    /// The check of `kind`, when set. (The field of each kind; the field is named as the
+    /// kind.)
+    fn check_of(&self, kind: CheckKind) -> Option<Check<'_>> {
+        match kind {
+            CheckKind::Icmp => self.icmp.as_ref().map(Check::Icmp),
+            CheckKind::Tcp => self.tcp.as_ref().map(Check::Tcp),
+            CheckKind::Http => self.http.as_ref().map(Check::Http),
+            CheckKind::Dns => self.dns.as_ref().map(Check::Dns),
+        }
+    }
+
+    /// The target's check; an error unless exactly one check field is set.
     pub fn check(&self) -> Result<Check<'_>, ValidationError> {
-        let set: Vec<Check<'_>> = [
-            self.icmp.as_ref().map(Check::Icmp),
-            self.tcp.as_ref().map(Check::Tcp),
-            self.http.as_ref().map(Check::Http),
-            self.dns.as_ref().map(Check::Dns),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let set: Vec<Check<'_>> = CheckKind::ALL
+            .into_iter()
+            .filter_map(|k| self.check_of(k))
+            .collect();
         match set.as_slice() {
             [one] => Ok(*one),
             [] => Err(ValidationError::new(
                 "",
-                "sets no check; set exactly one of icmp, tcp, http, dns",
+                format!("sets no check; set exactly one of {}", CheckKind::names()),
             )),
             many => Err(ValidationError::new(
                 "",
                 format!(
-                    "sets {} checks ({}); set exactly one of icmp, tcp, http, dns",
+                    "sets {} checks ({}); set exactly one of {}",
                     many.len(),
                     many.iter()
                         .map(|c| c.kind().as_str())
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    CheckKind::names()
                 ),
             )),
         }
@@ -191,12 +209,14 @@ impl Target {
     /// Checks the target against the probe's `interval` and `timeout`.
     pub fn validate(&self, interval: Duration, timeout: Duration) -> Result<(), ValidationError> {
         validate::name("name", &self.name, validate::MAX_TARGET_NAME_LEN)?;
-        match self.check()? {
-            Check::Icmp(c) => c.validate(interval, timeout).map_err(|e| e.within("icmp")),
-            Check::Tcp(c) => c.validate().map_err(|e| e.within("tcp")),
-            Check::Http(c) => c.validate().map_err(|e| e.within("http")),
-            Check::Dns(c) => c.validate().map_err(|e| e.within("dns")),
+        let check = self.check()?;
+        match check {
+            Check::Icmp(c) => c.validate(interval, timeout),
+            Check::Tcp(c) => c.validate(),
+            Check::Http(c) => c.validate(),
+            Check::Dns(c) => c.validate(),
         }
+        .map_err(|e| e.within(check.kind().as_str()))
     }
 }
 

@@ -9,7 +9,10 @@ use serde_json::{Map, Value};
 
 use crate::validate::{self, MAX_FUTURE_SKEW_SECS, ValidationError};
 
-/// The kind of check that produced a sample.
+/// The kind of check that produced a sample, and the field of a [`crate::Target`] that holds
+/// it. The one list of kinds: messages, the CRD's CEL rule and the tests of the OpenAPI
+/// document and of the database's constraint all derive from [`CheckKind::ALL`], so a new
+/// kind is a variant here, its check in the model and the probe, and one migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
@@ -30,6 +33,11 @@ impl CheckKind {
             Self::Dns => "dns",
         }
     }
+
+    /// Every kind's name, for messages: `icmp, tcp, http, dns`.
+    pub fn names() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
 }
 
 impl fmt::Display for CheckKind {
@@ -46,7 +54,7 @@ impl FromStr for CheckKind {
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
-                ValidationError::new("kind", format!("{s:?} is not one of icmp, tcp, http, dns"))
+                ValidationError::new("kind", format!("{s:?} is not one of {}", Self::names()))
             })
     }
 }

@@ -6,10 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use fiberstack_model::{Duration, Target};
+use fiberstack_model::{CheckKind, Duration, Target};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::conditions::{ConditionType, Reason, Status};
+use crate::words::string_enum;
 
 /// The API group of both resources.
 pub const GROUP: &str = "fiberstack.io";
@@ -247,6 +250,7 @@ pub struct FiberRegionStatus {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = describe_targets)]
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "duration(self.interval) >= duration('1s')",
@@ -275,7 +279,7 @@ pub struct FiberProbeSpec {
     /// Longest a single check may take, Go duration syntax; shorter than interval. Default 5s.
     #[serde(default = "default_timeout")]
     pub timeout: Duration,
-    /// What to probe: each target has a unique name and exactly one of icmp, tcp, http, dns.
+    // Described by `describe_targets`, which names every check kind.
     #[schemars(length(min = 1, max = 200))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub targets: Vec<Target>,
@@ -285,6 +289,24 @@ pub struct FiberProbeSpec {
     /// true: remove the probe pods (the configuration stays); status says Paused.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// `kubectl explain fiberprobe.spec.targets`, naming the kinds of [`CheckKind::ALL`].
+fn describe_targets(schema: &mut schemars::Schema) {
+    if let Some(targets) = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("targets"))
+        .and_then(|t| t.as_object_mut())
+    {
+        targets.insert(
+            "description".to_owned(),
+            format!(
+                "What to probe: each target has a unique name and exactly one of {}.",
+                CheckKind::names()
+            )
+            .into(),
+        );
+    }
 }
 
 fn default_interval() -> Duration {
@@ -346,8 +368,11 @@ pub struct FiberProbeStatus {
     pub conditions: Vec<Condition>,
     /// One word for `kubectl get`: Healthy, Degraded, NoData, Paused, RegionNotFound,
     /// InvalidSpec or Unknown.
+    // The schema's default stays '' as before the word was typed (the operator always writes
+    // it), so the CRD did not change.
     #[serde(default)]
-    pub health: String,
+    #[schemars(extend("default" = ""))]
+    pub health: Health,
     /// Nodes that should run a probe pod.
     #[serde(default)]
     pub desired_probes: i32,
@@ -405,18 +430,45 @@ pub struct TargetStatus {
     #[serde(flatten)]
     pub summary: Summary,
     /// Healthy, Breaching (a threshold is exceeded) or NoData.
-    pub state: String,
+    pub state: TargetState,
     /// Which threshold is exceeded, when Breaching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
+string_enum! {
+    /// A FiberProbe's health in one word, for `kubectl get`.
+    pub enum Health {
+        Healthy,
+        Degraded,
+        NoData,
+        Paused,
+        RegionNotFound,
+        InvalidSpec,
+        Unknown,
+    }
+    else Unknown
+}
+
+string_enum! {
+    /// A target's state over the window.
+    pub enum TargetState {
+        /// Every threshold met.
+        Healthy,
+        /// A threshold is exceeded.
+        Breaching,
+        /// No samples in the window.
+        NoData,
+    }
+    else NoData
+}
+
 /// The Healthy state seen in consecutive evaluations that differs from the condition.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthStreak {
     /// True or False.
-    pub status: String,
+    pub status: Status,
     /// Consecutive evaluations that saw it.
     pub count: u32,
     /// When the last counted evaluation ran, RFC 3339.
@@ -429,11 +481,11 @@ pub struct HealthStreak {
 pub struct Condition {
     /// Ready, Reporting, Healthy, IngestAvailable or EtlAvailable.
     #[serde(rename = "type")]
-    pub type_: String,
+    pub type_: ConditionType,
     /// True, False or Unknown.
-    pub status: String,
+    pub status: Status,
     /// One CamelCase word saying why.
-    pub reason: String,
+    pub reason: Reason,
     /// What a person needs to know, naming the target or node concerned.
     pub message: String,
     /// When status last changed, RFC 3339.

@@ -3,14 +3,18 @@
 //!
 //! Each controller is a pipeline (see `controller`): dereference what the spec points to,
 //! validate ([`validate`]), build the objects ([`render`], pure functions), apply them with
-//! server-side apply under one field manager, then compute status ([`status`],
-//! [`conditions`]).
+//! server-side apply under one field manager, then status in three steps: gather (reads:
+//! [`status`] holds the SQL), decide (pure: [`health`] holds the rules, [`conditions`] the
+//! typed vocabulary), effects (the status write, then Events).
 
 pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod error;
+#[cfg(test)]
+pub(crate) mod fixtures;
+pub mod health;
 pub mod lease;
 pub mod metrics;
 pub mod render;
@@ -18,3 +22,4 @@ pub mod server;
 pub mod status;
 pub mod stream;
 pub mod validate;
+mod words;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use fiberstack_operator::conditions::Hysteresis;
 use fiberstack_operator::controller::{self, Settings};
+use fiberstack_operator::health::Hysteresis;
 use fiberstack_operator::lease::{LeaderLease, LeaseConfig};
 use fiberstack_operator::metrics::Metrics;
 use fiberstack_operator::render::Images;

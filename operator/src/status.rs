@@ -1,6 +1,7 @@
-//! Fleet health from the database: which nodes report, the newest sample, and the
-//! 15-minute figures of a probe and of each of its targets. Read-only; the figures are
-//! computed from the samples of the window (percentiles are never averaged).
+//! Fleet health from the database — the SQL of the gather step: which nodes report, the
+//! newest sample, and the 15-minute figures of a probe and of each of its targets.
+//! Read-only; the figures are computed from the samples of the window (percentiles are never
+//! averaged). What the figures mean for health is decided in [`crate::health`].
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::crd::{Summary, TargetStatus, Thresholds};
+use crate::crd::Summary;
 
 /// The window of `summary` and `targets`.
 pub const WINDOW: &str = "15 minutes";
@@ -125,156 +126,4 @@ pub async fn probe_figures(
             .map(|(name, n, p50, p95, loss, up)| (name, summary((n, p50, p95, loss, up))))
             .collect(),
     })
-}
-
-/// How far a target is past its thresholds: above 1 is a breach, larger is worse.
-fn severity(s: &Summary, t: &Thresholds) -> f64 {
-    let ratio = |value: Option<f64>, limit: f64| value.map_or(0.0, |v| v / limit.max(0.001));
-    let p95 = ratio(s.latency_p95_ms, t.latency_p95_ms);
-    let loss = ratio(s.packet_loss_pct, t.packet_loss_pct);
-    let down = ratio(s.uptime_pct.map(|u| 100.0 - u), 100.0 - t.uptime_pct);
-    p95.max(loss).max(down)
-}
-
-/// What is wrong with a target, or None when it meets every threshold.
-fn breach(s: &Summary, t: &Thresholds) -> Option<String> {
-    let mut what = Vec::new();
-    if let Some(p95) = s.latency_p95_ms.filter(|v| *v > t.latency_p95_ms) {
-        what.push(format!("p95 latency {p95} ms > {} ms", t.latency_p95_ms));
-    }
-    if let Some(loss) = s.packet_loss_pct.filter(|v| *v > t.packet_loss_pct) {
-        what.push(format!("packet loss {loss} % > {} %", t.packet_loss_pct));
-    }
-    if let Some(up) = s.uptime_pct.filter(|v| *v < t.uptime_pct) {
-        what.push(format!("uptime {up} % < {} %", t.uptime_pct));
-    }
-    (!what.is_empty()).then(|| what.join(", "))
-}
-
-/// Rows for every target of the spec, in spec order; a target without samples is NoData.
-pub fn target_rows(
-    spec_targets: &[String],
-    figures: &Figures,
-    t: &Thresholds,
-) -> Vec<TargetStatus> {
-    spec_targets
-        .iter()
-        .map(|name| {
-            let found = figures.targets.iter().find(|(n, _)| n == name);
-            match found {
-                None => TargetStatus {
-                    name: name.clone(),
-                    state: "NoData".to_owned(),
-                    message: Some(format!("no samples in the last {WINDOW}")),
-                    ..Default::default()
-                },
-                Some((_, s)) => {
-                    let problem = breach(s, t);
-                    TargetStatus {
-                        name: name.clone(),
-                        summary: s.clone(),
-                        state: if problem.is_some() {
-                            "Breaching"
-                        } else {
-                            "Healthy"
-                        }
-                        .to_owned(),
-                        message: problem,
-                    }
-                }
-            }
-        })
-        .collect()
-}
-
-/// Healthy as observed now: (status, reason, message naming the worst target).
-pub fn observed_health(
-    rows: &[TargetStatus],
-    t: &Thresholds,
-) -> (&'static str, &'static str, String) {
-    let with_data: Vec<&TargetStatus> = rows.iter().filter(|r| r.state != "NoData").collect();
-    if with_data.is_empty() {
-        return (
-            crate::conditions::UNKNOWN,
-            "NoData",
-            format!("no samples in the last {WINDOW}"),
-        );
-    }
-    let worst = with_data
-        .iter()
-        .max_by(|a, b| severity(&a.summary, t).total_cmp(&severity(&b.summary, t)))
-        .expect("not empty");
-    let breaching = with_data.iter().filter(|r| r.state == "Breaching").count();
-    if breaching == 0 {
-        (
-            crate::conditions::TRUE,
-            "ThresholdsMet",
-            format!(
-                "{}/{} targets reporting, all within thresholds over {WINDOW}; closest to a limit: {}",
-                with_data.len(),
-                rows.len(),
-                worst.name
-            ),
-        )
-    } else {
-        (
-            crate::conditions::FALSE,
-            "ThresholdsBreached",
-            format!(
-                "worst target {}: {}; {breaching} of {} reporting targets breaching over {WINDOW}",
-                worst.name,
-                worst.message.as_deref().unwrap_or(""),
-                with_data.len()
-            ),
-        )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn s(p95: f64, loss: f64, up: f64) -> Summary {
-        Summary {
-            samples: 10,
-            latency_p50_ms: Some(p95 / 2.0),
-            latency_p95_ms: Some(p95),
-            packet_loss_pct: Some(loss),
-            uptime_pct: Some(up),
-        }
-    }
-
-    #[test]
-    fn the_worst_breaching_target_is_named() {
-        let t = Thresholds::default();
-        let figures = Figures {
-            targets: vec![
-                ("a".into(), s(160.0, 0.0, 100.0)),
-                ("b".into(), s(20.0, 30.0, 100.0)),
-                ("c".into(), s(20.0, 0.0, 100.0)),
-            ],
-            ..Default::default()
-        };
-        let names = ["a", "b", "c", "d"].map(String::from);
-        let rows = target_rows(&names, &figures, &t);
-        let states: Vec<&str> = rows.iter().map(|r| r.state.as_str()).collect();
-        assert_eq!(states, ["Breaching", "Breaching", "Healthy", "NoData"]);
-        let (status, reason, message) = observed_health(&rows, &t);
-        assert_eq!((status, reason), ("False", "ThresholdsBreached"));
-        assert!(
-            message.starts_with("worst target b: packet loss 30 % > 2 %"),
-            "{message}"
-        );
-        assert!(message.contains("2 of 3 reporting targets"), "{message}");
-    }
-
-    #[test]
-    fn no_samples_is_unknown_not_healthy() {
-        let rows = target_rows(
-            &["a".to_owned()],
-            &Figures::default(),
-            &Thresholds::default(),
-        );
-        assert_eq!(observed_health(&rows, &Thresholds::default()).0, "Unknown");
-    }
 }

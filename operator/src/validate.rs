@@ -64,7 +64,7 @@ pub fn validate_region(region: &FiberRegion) -> Result<(), ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::probe::fixtures::{probe, region};
+    use crate::fixtures::{probe, region};
 
     #[test]
     fn a_selector_conflict_names_the_key_and_both_values() {

@@ -1,6 +1,7 @@
 //! The two controllers and what they share. Each reconcile is one pipeline:
 //! dereference → validate → build → apply (server-side apply, one field manager) → status.
 
+pub mod effects;
 pub mod probe;
 pub mod region;
 
@@ -22,9 +23,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 
-use crate::conditions::Hysteresis;
 use crate::crd::{FiberProbe, FiberRegion};
 use crate::error::Error;
+use crate::health::Hysteresis;
 use crate::metrics::Metrics;
 use crate::render::{FIELD_MANAGER, Images, MANAGED_BY};
 
@@ -199,12 +200,13 @@ pub fn unreadable_status(
     now: chrono::DateTime<chrono::Utc>,
 ) -> serde_json::Value {
     let message = format!("the operator cannot read this object: {}", invalid.error);
-    let ready = crate::conditions::merge(
+    use crate::conditions::{ConditionType, Reason, Status, condition, merge};
+    let ready = merge(
         &[],
-        vec![crate::conditions::condition(
-            "Ready",
-            crate::conditions::FALSE,
-            "InvalidObject",
+        vec![condition(
+            ConditionType::Ready,
+            Status::False,
+            Reason::InvalidObject,
             message,
         )],
         invalid.metadata.generation,
@@ -213,7 +215,7 @@ pub fn unreadable_status(
     serde_json::json!({
         "observedGeneration": invalid.metadata.generation,
         "conditions": ready,
-        "health": "InvalidSpec",
+        "health": crate::crd::Health::InvalidSpec,
     })
 }
 

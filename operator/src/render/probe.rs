@@ -215,65 +215,9 @@ fn mount(volume: &str, path: &str) -> VolumeMount {
 }
 
 #[cfg(test)]
-pub(crate) mod fixtures {
-    use crate::crd::{FiberProbe, FiberRegion};
-
-    pub fn region() -> FiberRegion {
-        let mut r: FiberRegion = serde_yaml::from_str(
-            r#"
-apiVersion: fiberstack.io/v1alpha1
-kind: FiberRegion
-metadata: { name: ghana, namespace: fiberstack, uid: 11111111-1111-1111-1111-111111111111 }
-spec:
-  country: GH
-  displayName: Ghana
-  nodeSelector: { topology.kubernetes.io/region: gh }
-  redis: { urlSecretRef: { name: fiberstack-redis, key: url } }
-  database: { urlSecretRef: { name: fiberstack-db, key: url } }
-"#,
-        )
-        .unwrap();
-        r.spec.ingest.rate_limit.burst = 50;
-        r
-    }
-
-    pub fn probe() -> FiberProbe {
-        serde_yaml::from_str(
-            r#"
-apiVersion: fiberstack.io/v1alpha1
-kind: FiberProbe
-metadata: { name: accra-edge, namespace: fiberstack, uid: 22222222-2222-2222-2222-222222222222 }
-spec:
-  region: ghana
-  nodeSelector: { fiberstack.io/edge: "true" }
-  interval: 60s
-  timeout: 5s
-  targets:
-    - { name: google-dns, icmp: { host: 8.8.8.8, count: 5 } }
-    - { name: api, http: { url: "https://api.example.com/health", expectStatus: [200] } }
-    - { name: db, tcp: { host: 10.0.0.5, port: 5432 } }
-    - { name: resolver, dns: { query: example.com, server: 1.1.1.1 } }
-  thresholds: { latencyP95Ms: 150, packetLossPct: 2, uptimePct: 99 }
-"#,
-        )
-        .unwrap()
-    }
-
-    pub fn images() -> super::Images {
-        super::Images {
-            ingest: "ghcr.io/fiberstack/fiber-ingest:0.1.0".to_owned(),
-            etl: "ghcr.io/fiberstack/fiber-etl:0.1.0".to_owned(),
-            probe: "ghcr.io/fiberstack/fiber-probe:0.1.0".to_owned(),
-            pull_policy: "IfNotPresent".to_owned(),
-            otlp_endpoint: None,
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::fixtures::*;
     use super::*;
+    use crate::fixtures::*;
     use crate::render::assert_golden;
 
     #[test]

@@ -261,8 +261,8 @@ pub fn build_pdb(region: &FiberRegion, app: &str, component: &str) -> PodDisrupt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{images, probe, region};
     use crate::render::assert_golden;
-    use crate::render::probe::fixtures::{images, probe, region};
 
     #[test]
     fn an_otlp_endpoint_reaches_every_workload_and_nothing_else_changes() {

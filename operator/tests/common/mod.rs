@@ -125,7 +125,7 @@ impl Operator {
             images: images(),
             namespace: Some(namespace.to_owned()),
             status_every: std::time::Duration::from_secs(2),
-            hysteresis: fiberstack_operator::conditions::Hysteresis {
+            hysteresis: fiberstack_operator::health::Hysteresis {
                 evaluations: 2,
                 min_gap: std::time::Duration::from_secs(1),
             },

@@ -1,0 +1,76 @@
+//! The effects step of both controllers: the status write first, then what that write made
+//! true — Events today, notifications later. A transition is announced only after the status
+//! that records it is stored, so a failed write (retried by the next reconcile, which sees
+//! the old status again and decides the same transition) never announces it twice.
+
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Context, apply_status};
+use crate::error::Error;
+
+/// A change a decide step found, to be announced once its status is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// Healthy turned False: from True, or at the first evaluation with data (a probe that
+    /// is degraded from the start deserves the same warning). The message names the worst
+    /// target.
+    HealthDegraded { message: String },
+    /// Healthy turned from False back to True.
+    HealthRecovered { message: String },
+}
+
+impl Transition {
+    /// The Kubernetes Event announcing it.
+    pub fn event(&self) -> Event {
+        let (type_, reason, message) = match self {
+            Transition::HealthDegraded { message } => {
+                (EventType::Warning, "HealthDegraded", message)
+            }
+            Transition::HealthRecovered { message } => {
+                (EventType::Normal, "HealthRecovered", message)
+            }
+        };
+        Event {
+            type_,
+            reason: reason.to_owned(),
+            // The Events API refuses notes over 1 kB.
+            note: Some(message.chars().take(1000).collect()),
+            action: "EvaluateHealth".to_owned(),
+            secondary: None,
+        }
+    }
+}
+
+/// Writes `status` (server-side apply), then publishes the transitions. A failed publish is
+/// logged, not retried: the status already says what happened.
+pub async fn write_status_then_announce<K, S>(
+    ctx: &Context,
+    api: &Api<K>,
+    object: &K,
+    status: &S,
+    transitions: &[Transition],
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    apply_status(
+        api,
+        object,
+        serde_json::to_value(status).expect("status serializes"),
+    )
+    .await?;
+    for transition in transitions {
+        if let Err(e) = ctx
+            .recorder
+            .publish(&transition.event(), &object.object_ref(&()))
+            .await
+        {
+            tracing::warn!(name = %object.name_any(), namespace = %object.namespace().unwrap_or_default(), error = %e, ?transition, "could not publish an event");
+        }
+    }
+    Ok(())
+}

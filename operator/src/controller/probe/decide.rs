@@ -1,0 +1,608 @@
+//! The FiberProbe's decide step, pure: previous status + observations + now → new status and
+//! the transitions it makes. No database, no API server: every rule is unit-tested from
+//! fixtures below.
+
+use chrono::{DateTime, Utc};
+
+use crate::conditions::{
+    ConditionType as Type, Reason, Status, condition, find, merge, rfc3339, status_of,
+};
+use crate::controller::effects::Transition;
+use crate::crd::{Condition, FiberProbe, FiberProbeStatus, Health};
+use crate::health::{self, Hysteresis};
+use crate::status::{Figures, REPORTING_INTERVALS};
+
+/// Where the pipeline got with the probe's pods.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// Stopped before the workloads: the region is missing or the spec is invalid. Said in
+    /// every condition and in `health`.
+    Blocked { reason: Reason, message: String },
+    /// `spec.paused`: the pods are removed.
+    Paused,
+    /// The DaemonSet is applied; its pod counts.
+    Placed { desired: i32, ready: i32 },
+}
+
+/// What the gather step saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observations {
+    pub placement: Placement,
+    /// Nodes that run (or should run) one of the probe's pods, sorted.
+    pub pod_nodes: Vec<String>,
+    /// The database's figures, or why they could not be read. Not read when blocked.
+    pub figures: Option<Result<Figures, String>>,
+}
+
+/// The status to write and what it makes true.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub status: FiberProbeStatus,
+    pub transitions: Vec<Transition>,
+}
+
+pub fn decide(
+    probe: &FiberProbe,
+    observed: &Observations,
+    hysteresis: Hysteresis,
+    now: DateTime<Utc>,
+) -> Decision {
+    let previous = probe.status.clone().unwrap_or_default();
+    let generation = probe.metadata.generation;
+    let spec = &probe.spec;
+
+    let (desired, ready) = match &observed.placement {
+        Placement::Blocked { reason, message } => {
+            return blocked(&previous, generation, reason, message, now);
+        }
+        Placement::Paused => (0, 0),
+        Placement::Placed { desired, ready } => (*desired, *ready),
+    };
+    let ready_condition = if spec.paused {
+        condition(
+            Type::Ready,
+            Status::False,
+            Reason::Paused,
+            "spec.paused is true: the probe pods are removed",
+        )
+    } else if desired == 0 {
+        condition(
+            Type::Ready,
+            Status::False,
+            Reason::NoMatchingNodes,
+            "no node matches the region's nodeSelector and the probe's nodeSelector",
+        )
+    } else if ready < desired {
+        condition(
+            Type::Ready,
+            Status::False,
+            Reason::PodsNotReady,
+            format!("{ready} of {desired} probe pods ready"),
+        )
+    } else {
+        condition(
+            Type::Ready,
+            Status::True,
+            Reason::AllPodsReady,
+            format!("{ready} of {desired} probe pods ready"),
+        )
+    };
+
+    let mut status = FiberProbeStatus {
+        observed_generation: generation,
+        desired_probes: desired,
+        ready_probes: ready,
+        ready: format!("{ready}/{desired}"),
+        ..Default::default()
+    };
+    let recent = fiberstack_model::Duration(spec.interval.as_std() * REPORTING_INTERVALS);
+
+    let no_figures = Err("the database was not read".to_owned());
+    let (reporting, healthy) = match observed.figures.as_ref().unwrap_or(&no_figures) {
+        Err(e) => {
+            // Keep the last known figures: they are the best information there is.
+            status.reporting_probes = previous.reporting_probes;
+            status.last_sample_time = previous.last_sample_time.clone();
+            status.summary = previous.summary.clone();
+            status.targets = previous.targets.clone();
+            let message = format!("cannot read samples from the database: {e}");
+            (
+                condition(
+                    Type::Reporting,
+                    Status::Unknown,
+                    Reason::DatabaseUnavailable,
+                    message.clone(),
+                ),
+                // Healthy keeps its last state: an outage of our own database says nothing
+                // about the network.
+                find(&previous.conditions, &Type::Healthy)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        condition(
+                            Type::Healthy,
+                            Status::Unknown,
+                            Reason::DatabaseUnavailable,
+                            message,
+                        )
+                    }),
+            )
+        }
+        Ok(figures) => {
+            status.reporting_probes = figures.reporting_nodes.len() as i32;
+            status.last_sample_time = figures.last_sample.map(rfc3339);
+            status.summary = Some(figures.summary.clone());
+            let target_names: Vec<String> = spec.targets.iter().map(|t| t.name.clone()).collect();
+            let rows = health::target_rows(&target_names, figures, &spec.thresholds);
+            let reporting = reporting(spec.paused, observed, figures, &status, recent);
+            let seen = health::observe(&rows, &spec.thresholds);
+            status.targets = rows;
+            let current = find(&previous.conditions, &Type::Healthy);
+            let healthy = if seen.status == Status::Unknown {
+                status.health_streak = None;
+                condition(Type::Healthy, Status::Unknown, seen.reason, seen.message)
+            } else {
+                let decision = health::decide_health(
+                    hysteresis,
+                    current.map(|c| c.status),
+                    previous.health_streak.as_ref(),
+                    seen.status,
+                    now,
+                );
+                status.health_streak = decision.streak;
+                if decision.switch || current.is_none_or(|c| c.status == seen.status) {
+                    condition(Type::Healthy, seen.status, seen.reason, seen.message)
+                } else {
+                    current.cloned().expect("checked above")
+                }
+            };
+            (reporting, healthy)
+        }
+    };
+
+    status.conditions = merge(
+        &previous.conditions,
+        vec![ready_condition, reporting, healthy],
+        generation,
+        now,
+    );
+    status.health = health::health_word(&status.conditions, spec.paused);
+    let transitions = health_transition(&previous.conditions, &status.conditions)
+        .into_iter()
+        .collect();
+    Decision {
+        status,
+        transitions,
+    }
+}
+
+/// Reporting: do samples arrive from every node that runs a probe pod?
+fn reporting(
+    paused: bool,
+    observed: &Observations,
+    figures: &Figures,
+    status: &FiberProbeStatus,
+    recent: fiberstack_model::Duration,
+) -> Condition {
+    let missing: Vec<&str> = observed
+        .pod_nodes
+        .iter()
+        .filter(|n| !paused && !figures.reporting_nodes.contains(n))
+        .map(|n| n.as_str())
+        .collect();
+    if paused {
+        condition(
+            Type::Reporting,
+            Status::False,
+            Reason::Paused,
+            "spec.paused is true",
+        )
+    } else if figures.reporting_nodes.is_empty() {
+        condition(
+            Type::Reporting,
+            Status::False,
+            Reason::NoRecentSamples,
+            match &status.last_sample_time {
+                Some(t) => {
+                    format!("no samples within 3 intervals ({recent}); the newest is from {t}")
+                }
+                None => "no samples received yet".to_owned(),
+            },
+        )
+    } else if !missing.is_empty() {
+        condition(
+            Type::Reporting,
+            Status::False,
+            Reason::NodesNotReporting,
+            format!(
+                "no samples within 3 intervals ({recent}) from {}",
+                missing.join(", ")
+            ),
+        )
+    } else {
+        condition(
+            Type::Reporting,
+            Status::True,
+            Reason::SamplesArriving,
+            format!(
+                "{} nodes sent samples within 3 intervals ({recent})",
+                figures.reporting_nodes.len()
+            ),
+        )
+    }
+}
+
+/// The status of a probe the pipeline could not place: every condition says why.
+fn blocked(
+    previous: &FiberProbeStatus,
+    generation: Option<i64>,
+    reason: &Reason,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Decision {
+    let conditions = merge(
+        &previous.conditions,
+        [Type::Ready, Type::Reporting, Type::Healthy]
+            .into_iter()
+            .map(|type_| {
+                let status = if type_ == Type::Ready {
+                    Status::False
+                } else {
+                    Status::Unknown
+                };
+                condition(type_, status, reason.clone(), message)
+            })
+            .collect(),
+        generation,
+        now,
+    );
+    Decision {
+        status: FiberProbeStatus {
+            observed_generation: generation,
+            conditions,
+            health: Health::from(reason.as_str()),
+            ready: "0/0".to_owned(),
+            ..Default::default()
+        },
+        transitions: vec![],
+    }
+}
+
+/// An Event when Healthy turns False — from True, or at the first evaluation with data
+/// (Unknown → False) — and when it turns from False back to True.
+fn health_transition(before: &[Condition], after: &[Condition]) -> Option<Transition> {
+    let a = find(after, &Type::Healthy)?;
+    let message = a.message.clone();
+    match (status_of(before, &Type::Healthy), a.status) {
+        (Some(Status::False), Status::False) => None,
+        (_, Status::False) => Some(Transition::HealthDegraded { message }),
+        (Some(Status::False), Status::True) => Some(Transition::HealthRecovered { message }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::crd::{Summary, TargetState};
+    use crate::fixtures::{Fixture, ProbeFixture, probe};
+
+    const H: Hysteresis = Hysteresis {
+        evaluations: 3,
+        min_gap: std::time::Duration::from_secs(10),
+    };
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn two_targets() -> FiberProbe {
+        probe().generation(1).only_targets(&["google-dns", "db"])
+    }
+
+    fn good() -> Summary {
+        Summary {
+            samples: 30,
+            latency_p50_ms: Some(10.0),
+            latency_p95_ms: Some(20.0),
+            packet_loss_pct: Some(0.0),
+            uptime_pct: Some(100.0),
+        }
+    }
+
+    fn slow() -> Summary {
+        Summary {
+            latency_p95_ms: Some(400.0),
+            ..good()
+        }
+    }
+
+    /// Both nodes run a pod and report; `db` has the given figures, google-dns is good.
+    fn seen(db: Option<Summary>) -> Observations {
+        let mut targets = vec![("google-dns".to_owned(), good())];
+        targets.extend(db.map(|s| ("db".to_owned(), s)));
+        Observations {
+            placement: Placement::Placed {
+                desired: 2,
+                ready: 2,
+            },
+            pod_nodes: vec!["gh-accra-1".into(), "gh-accra-2".into()],
+            figures: Some(Ok(Figures {
+                reporting_nodes: vec!["gh-accra-1".into(), "gh-accra-2".into()],
+                last_sample: Some(at(-5)),
+                summary: good(),
+                targets,
+            })),
+        }
+    }
+
+    fn healthy(d: &Decision) -> &Condition {
+        find(&d.status.conditions, &Type::Healthy).expect("Healthy is always written")
+    }
+
+    /// Evaluates `observations` in turn at the given seconds, each on the status the previous
+    /// one wrote; returns every decision.
+    fn evaluate(mut p: FiberProbe, steps: &[(i64, Observations)]) -> Vec<Decision> {
+        steps
+            .iter()
+            .map(|(t, o)| {
+                let d = decide(&p, o, H, at(*t));
+                p = p.clone().with_status(d.status.clone());
+                d
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_first_evaluation_within_thresholds_is_healthy_at_once_without_an_event() {
+        let d = decide(&two_targets(), &seen(Some(good())), H, at(0));
+        assert_eq!(healthy(&d).status, Status::True);
+        assert_eq!(healthy(&d).reason, Reason::ThresholdsMet);
+        assert_eq!(healthy(&d).last_transition_time, rfc3339(at(0)));
+        assert_eq!(d.status.health, Health::Healthy);
+        assert_eq!(d.status.ready, "2/2");
+        assert_eq!(d.status.reporting_probes, 2);
+        assert!(d.transitions.is_empty(), "{:?}", d.transitions);
+    }
+
+    #[test]
+    fn a_first_evaluation_in_breach_is_degraded_at_once_and_announced() {
+        let d = decide(&two_targets(), &seen(Some(slow())), H, at(0));
+        assert_eq!(healthy(&d).status, Status::False);
+        assert_eq!(d.status.health, Health::Degraded);
+        let [Transition::HealthDegraded { message }] = d.transitions.as_slice() else {
+            panic!("one HealthDegraded: {:?}", d.transitions);
+        };
+        assert!(
+            message.starts_with("worst target db: p95 latency 400 ms > 150 ms"),
+            "{message}"
+        );
+        let states: Vec<&TargetState> = d.status.targets.iter().map(|t| &t.state).collect();
+        assert_eq!(states, [&TargetState::Healthy, &TargetState::Breaching]);
+    }
+
+    #[test]
+    fn a_breach_is_announced_once_after_it_held_for_the_hysteresis() {
+        let decisions = evaluate(
+            two_targets(),
+            &[
+                (0, seen(Some(good()))),
+                (30, seen(Some(slow()))),
+                (60, seen(Some(slow()))),
+                (90, seen(Some(slow()))),
+                (120, seen(Some(slow()))),
+            ],
+        );
+        let statuses: Vec<Status> = decisions.iter().map(|d| healthy(d).status).collect();
+        use Status::{False as F, True as T};
+        assert_eq!(statuses, [T, T, T, F, F]);
+        let streaks: Vec<Option<u32>> = decisions
+            .iter()
+            .map(|d| d.status.health_streak.as_ref().map(|s| s.count))
+            .collect();
+        assert_eq!(streaks, [None, Some(1), Some(2), None, None]);
+        let announced: Vec<usize> = decisions.iter().map(|d| d.transitions.len()).collect();
+        assert_eq!(announced, [0, 0, 0, 1, 0]);
+        assert!(matches!(
+            decisions[3].transitions[0],
+            Transition::HealthDegraded { .. }
+        ));
+        assert_eq!(healthy(&decisions[3]).last_transition_time, rfc3339(at(90)));
+        assert_eq!(healthy(&decisions[4]).last_transition_time, rfc3339(at(90)));
+        // While the old state holds, Healthy keeps its old message too.
+        assert_eq!(healthy(&decisions[2]).reason, Reason::ThresholdsMet);
+    }
+
+    #[test]
+    fn a_recovery_is_announced_after_the_same_hold() {
+        let decisions = evaluate(
+            two_targets(),
+            &[
+                (0, seen(Some(slow()))),
+                (30, seen(Some(good()))),
+                (60, seen(Some(good()))),
+                (90, seen(Some(good()))),
+            ],
+        );
+        let kinds: Vec<Vec<&Transition>> = decisions
+            .iter()
+            .map(|d| d.transitions.iter().collect())
+            .collect();
+        assert!(matches!(kinds[0][..], [Transition::HealthDegraded { .. }]));
+        assert!(kinds[1].is_empty() && kinds[2].is_empty());
+        assert!(matches!(kinds[3][..], [Transition::HealthRecovered { .. }]));
+        assert_eq!(decisions[3].status.health, Health::Healthy);
+    }
+
+    #[test]
+    fn quick_reevaluations_do_not_shorten_the_hold() {
+        let decisions = evaluate(
+            two_targets(),
+            &[
+                (0, seen(Some(good()))),
+                (30, seen(Some(slow()))),
+                (31, seen(Some(slow()))),
+                (32, seen(Some(slow()))),
+            ],
+        );
+        assert!(decisions.iter().all(|d| healthy(d).status == Status::True));
+        assert!(decisions.iter().all(|d| d.transitions.is_empty()));
+    }
+
+    #[test]
+    fn no_samples_is_no_data_and_clears_the_streak() {
+        let decisions = evaluate(
+            two_targets(),
+            &[(0, seen(Some(good()))), (30, seen(Some(slow())))],
+        );
+        assert!(decisions[1].status.health_streak.is_some());
+        let mut empty = seen(None);
+        if let Some(Ok(f)) = &mut empty.figures {
+            f.targets.clear();
+        }
+        let p = two_targets().with_status(decisions[1].status.clone());
+        let d = decide(&p, &empty, H, at(60));
+        assert_eq!(
+            (healthy(&d).status, &healthy(&d).reason),
+            (Status::Unknown, &Reason::NoData)
+        );
+        assert_eq!(d.status.health, Health::NoData);
+        assert_eq!(d.status.health_streak, None);
+        assert!(d.transitions.is_empty());
+        assert!(
+            d.status
+                .targets
+                .iter()
+                .all(|t| t.state == TargetState::NoData)
+        );
+    }
+
+    #[test]
+    fn a_target_without_samples_does_not_make_the_probe_unknown() {
+        let d = decide(&two_targets(), &seen(None), H, at(0));
+        assert_eq!(healthy(&d).status, Status::True);
+        assert!(
+            healthy(&d).message.starts_with("1/2 targets reporting"),
+            "{}",
+            healthy(&d).message
+        );
+        assert_eq!(d.status.targets[1].state, TargetState::NoData);
+    }
+
+    #[test]
+    fn a_database_outage_keeps_healthy_and_the_last_figures() {
+        let before = decide(&two_targets(), &seen(Some(slow())), H, at(0));
+        let p = two_targets().with_status(before.status.clone());
+        let mut outage = seen(None);
+        outage.figures = Some(Err("connection refused".into()));
+        let d = decide(&p, &outage, H, at(30));
+        let reporting = find(&d.status.conditions, &Type::Reporting).unwrap();
+        assert_eq!(
+            (reporting.status, &reporting.reason),
+            (Status::Unknown, &Reason::DatabaseUnavailable)
+        );
+        assert!(reporting.message.contains("connection refused"));
+        assert_eq!(healthy(&d), healthy(&before), "Healthy untouched");
+        assert_eq!(d.status.targets, before.status.targets);
+        assert_eq!(d.status.summary, before.status.summary);
+        assert_eq!(d.status.health, Health::Degraded);
+        assert!(d.transitions.is_empty(), "nothing new to announce");
+    }
+
+    #[test]
+    fn a_missing_region_is_said_in_every_condition_and_in_health() {
+        let before = decide(&two_targets(), &seen(Some(slow())), H, at(0));
+        let p = two_targets().generation(2).with_status(before.status);
+        let blocked = Observations {
+            placement: Placement::Blocked {
+                reason: Reason::RegionNotFound,
+                message: "FiberRegion \"ghana\" does not exist".into(),
+            },
+            pod_nodes: vec![],
+            figures: None,
+        };
+        let d = decide(&p, &blocked, H, at(30));
+        assert_eq!(d.status.health, Health::RegionNotFound);
+        assert_eq!(d.status.ready, "0/0");
+        assert_eq!(d.status.observed_generation, Some(2));
+        let words: Vec<(&str, Status, &str)> = d
+            .status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status, c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            words,
+            [
+                ("Ready", Status::False, "RegionNotFound"),
+                ("Reporting", Status::Unknown, "RegionNotFound"),
+                ("Healthy", Status::Unknown, "RegionNotFound"),
+            ]
+        );
+        assert!(
+            d.transitions.is_empty(),
+            "False → Unknown is not a recovery"
+        );
+    }
+
+    #[test]
+    fn a_paused_probe_says_paused() {
+        let paused = Observations {
+            placement: Placement::Paused,
+            pod_nodes: vec![],
+            ..seen(Some(good()))
+        };
+        let d = decide(&two_targets().paused(), &paused, H, at(0));
+        assert_eq!(d.status.health, Health::Paused);
+        for type_ in [Type::Ready, Type::Reporting] {
+            let c = find(&d.status.conditions, &type_).unwrap();
+            assert_eq!((c.status, &c.reason), (Status::False, &Reason::Paused));
+        }
+        assert_eq!(d.status.ready, "0/0");
+    }
+
+    #[test]
+    fn ready_and_reporting_name_what_is_missing() {
+        let mut o = seen(Some(good()));
+        o.placement = Placement::Placed {
+            desired: 3,
+            ready: 2,
+        };
+        o.pod_nodes.push("gh-accra-3".into());
+        let d = decide(&two_targets(), &o, H, at(0));
+        let ready = find(&d.status.conditions, &Type::Ready).unwrap();
+        assert_eq!(
+            (ready.status, &ready.reason),
+            (Status::False, &Reason::PodsNotReady)
+        );
+        assert_eq!(ready.message, "2 of 3 probe pods ready");
+        let reporting = find(&d.status.conditions, &Type::Reporting).unwrap();
+        assert_eq!(reporting.reason, Reason::NodesNotReporting);
+        assert!(
+            reporting.message.ends_with("from gh-accra-3"),
+            "{}",
+            reporting.message
+        );
+
+        o.placement = Placement::Placed {
+            desired: 0,
+            ready: 0,
+        };
+        let d = decide(&two_targets(), &o, H, at(0));
+        let ready = find(&d.status.conditions, &Type::Ready).unwrap();
+        assert_eq!(ready.reason, Reason::NoMatchingNodes);
+
+        if let Some(Ok(f)) = &mut o.figures {
+            f.reporting_nodes.clear();
+        }
+        let d = decide(&two_targets(), &o, H, at(0));
+        let reporting = find(&d.status.conditions, &Type::Reporting).unwrap();
+        assert_eq!(reporting.reason, Reason::NoRecentSamples);
+        assert!(
+            reporting.message.contains("the newest is from"),
+            "{}",
+            reporting.message
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! FiberProbe: dereference the region → validate → build ConfigMap and DaemonSet → apply →
+//! status in three steps: gather (the database's figures, the pods' nodes), decide (pure:
+//! previous status + observations → new status and transitions), effects (status write, then
+//! Events).
+
+pub mod decide;
+mod gather;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::DeleteParams;
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+
+use super::{Context, apply, effects};
+use crate::conditions::Reason;
+use crate::crd::{FiberProbe, FiberRegion};
+use crate::error::Error;
+use crate::render::{names, probe as render};
+use crate::validate::validate_probe;
+use decide::Placement;
+
+const CONTROLLER: &str = "probe";
+
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<FiberProbe>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    super::reconcile_fresh(guard, ctx, CONTROLLER, |probe, ctx| async move {
+        reconcile_inner(&probe, &ctx).await
+    })
+    .await
+}
+
+async fn reconcile_inner(probe: &FiberProbe, ctx: &Context) -> Result<Action, Error> {
+    let ns = probe
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let placement = place(probe, ctx, &ns).await?;
+    if let Placement::Blocked { reason, message } = &placement {
+        tracing::info!(name = %probe.name_any(), namespace = %ns, %reason, %message, "probe not placed");
+    }
+    let observed = gather::gather(probe, ctx, placement).await?;
+    let decision = decide::decide(probe, &observed, ctx.settings.hysteresis, Utc::now());
+    effects::write_status_then_announce(
+        ctx,
+        &ctx.api::<FiberProbe>(&ns),
+        probe,
+        &decision.status,
+        &decision.transitions,
+    )
+    .await?;
+    Ok(Action::requeue(ctx.settings.status_every))
+}
+
+/// Dereference → validate → build → apply; where that got to.
+async fn place(probe: &FiberProbe, ctx: &Context, ns: &str) -> Result<Placement, Error> {
+    let name = probe.name_any();
+
+    // Dereference.
+    let regions: Api<FiberRegion> = ctx.api(ns);
+    let Some(region) = regions.get_opt(&probe.spec.region).await? else {
+        return Ok(Placement::Blocked {
+            reason: Reason::RegionNotFound,
+            message: format!(
+                "FiberRegion {:?} does not exist in namespace {ns}; create it or fix spec.region",
+                probe.spec.region
+            ),
+        });
+    };
+
+    // Validate.
+    if let Err(e) = validate_probe(probe, &region) {
+        return Ok(Placement::Blocked {
+            reason: Reason::InvalidSpec,
+            message: e.to_string(),
+        });
+    }
+
+    // Build and apply.
+    let images = &ctx.settings.images;
+    let configmap = render::build_configmap(probe, &region);
+    apply(&ctx.api::<ConfigMap>(ns), &configmap).await?;
+    let daemonsets: Api<DaemonSet> = ctx.api(ns);
+    if probe.spec.paused {
+        match daemonsets
+            .delete(&names::probe(&name), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Placement::Paused);
+    }
+    let built = render::build_daemonset(probe, &region, images)
+        .ok_or(Error::MissingField("node selector (validated)"))?;
+    let daemonset = apply(&daemonsets, &built).await?;
+    let (desired, ready) = daemonset
+        .status
+        .as_ref()
+        .map_or((0, 0), |s| (s.desired_number_scheduled, s.number_ready));
+    Ok(Placement::Placed { desired, ready })
+}

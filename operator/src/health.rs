@@ -1,0 +1,331 @@
+//! Health rules, pure: which targets breach their thresholds, what Healthy says as observed
+//! now, the hysteresis that keeps Healthy from flapping, and the one-word health of
+//! `kubectl get`. No I/O: the figures come from [`crate::status`] (the SQL), the decision is
+//! made in the controllers' decide steps.
+
+use chrono::{DateTime, Utc};
+
+use crate::conditions::{ConditionType, Reason, Status, find};
+use crate::crd::{Condition, Health, HealthStreak, Summary, TargetState, TargetStatus, Thresholds};
+use crate::status::{Figures, WINDOW};
+
+/// How far a target is past its thresholds: above 1 is a breach, larger is worse.
+fn severity(s: &Summary, t: &Thresholds) -> f64 {
+    let ratio = |value: Option<f64>, limit: f64| value.map_or(0.0, |v| v / limit.max(0.001));
+    let p95 = ratio(s.latency_p95_ms, t.latency_p95_ms);
+    let loss = ratio(s.packet_loss_pct, t.packet_loss_pct);
+    let down = ratio(s.uptime_pct.map(|u| 100.0 - u), 100.0 - t.uptime_pct);
+    p95.max(loss).max(down)
+}
+
+/// What is wrong with a target, or None when it meets every threshold.
+fn breach(s: &Summary, t: &Thresholds) -> Option<String> {
+    let mut what = Vec::new();
+    if let Some(p95) = s.latency_p95_ms.filter(|v| *v > t.latency_p95_ms) {
+        what.push(format!("p95 latency {p95} ms > {} ms", t.latency_p95_ms));
+    }
+    if let Some(loss) = s.packet_loss_pct.filter(|v| *v > t.packet_loss_pct) {
+        what.push(format!("packet loss {loss} % > {} %", t.packet_loss_pct));
+    }
+    if let Some(up) = s.uptime_pct.filter(|v| *v < t.uptime_pct) {
+        what.push(format!("uptime {up} % < {} %", t.uptime_pct));
+    }
+    (!what.is_empty()).then(|| what.join(", "))
+}
+
+/// Rows for every target of the spec, in spec order; a target without samples is NoData.
+pub fn target_rows(
+    spec_targets: &[String],
+    figures: &Figures,
+    t: &Thresholds,
+) -> Vec<TargetStatus> {
+    spec_targets
+        .iter()
+        .map(|name| {
+            let found = figures.targets.iter().find(|(n, _)| n == name);
+            match found {
+                None => TargetStatus {
+                    name: name.clone(),
+                    state: TargetState::NoData,
+                    message: Some(format!("no samples in the last {WINDOW}")),
+                    ..Default::default()
+                },
+                Some((_, s)) => {
+                    let problem = breach(s, t);
+                    TargetStatus {
+                        name: name.clone(),
+                        summary: s.clone(),
+                        state: if problem.is_some() {
+                            TargetState::Breaching
+                        } else {
+                            TargetState::Healthy
+                        },
+                        message: problem,
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// Healthy as observed in one evaluation, before hysteresis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// True, False, or Unknown when no target has data.
+    pub status: Status,
+    pub reason: Reason,
+    /// Names the worst target.
+    pub message: String,
+}
+
+/// Healthy as observed now, from the target rows.
+pub fn observe(rows: &[TargetStatus], t: &Thresholds) -> Observed {
+    let with_data: Vec<&TargetStatus> = rows
+        .iter()
+        .filter(|r| r.state != TargetState::NoData)
+        .collect();
+    let Some(worst) = with_data
+        .iter()
+        .max_by(|a, b| severity(&a.summary, t).total_cmp(&severity(&b.summary, t)))
+    else {
+        return Observed {
+            status: Status::Unknown,
+            reason: Reason::NoData,
+            message: format!("no samples in the last {WINDOW}"),
+        };
+    };
+    let breaching = with_data
+        .iter()
+        .filter(|r| r.state == TargetState::Breaching)
+        .count();
+    if breaching == 0 {
+        Observed {
+            status: Status::True,
+            reason: Reason::ThresholdsMet,
+            message: format!(
+                "{}/{} targets reporting, all within thresholds over {WINDOW}; closest to a limit: {}",
+                with_data.len(),
+                rows.len(),
+                worst.name
+            ),
+        }
+    } else {
+        Observed {
+            status: Status::False,
+            reason: Reason::ThresholdsBreached,
+            message: format!(
+                "worst target {}: {}; {breaching} of {} reporting targets breaching over {WINDOW}",
+                worst.name,
+                worst.message.as_deref().unwrap_or(""),
+                with_data.len()
+            ),
+        }
+    }
+}
+
+/// How long a changed health must hold before Healthy follows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hysteresis {
+    /// Consecutive evaluations that must see the new state.
+    pub evaluations: u32,
+    /// Evaluations closer together than this count once: reconciles triggered by pod or
+    /// spec changes must not shorten the hold time.
+    pub min_gap: std::time::Duration,
+}
+
+/// What Healthy should say after this evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthDecision {
+    /// Switch Healthy to the observed state now.
+    pub switch: bool,
+    /// The state being counted towards a switch, if any.
+    pub streak: Option<HealthStreak>,
+}
+
+/// Decides whether Healthy follows `observed` (True or False). The first known state is
+/// taken at once; afterwards a change must be seen in `h.evaluations` consecutive
+/// evaluations, at least `h.min_gap` apart. Seeing the current state again resets the count.
+pub fn decide_health(
+    h: Hysteresis,
+    current: Option<Status>,
+    streak: Option<&HealthStreak>,
+    observed: Status,
+    now: DateTime<Utc>,
+) -> HealthDecision {
+    let settled = matches!(current, Some(Status::True | Status::False));
+    if !settled || h.evaluations <= 1 {
+        return HealthDecision {
+            switch: current != Some(observed),
+            streak: None,
+        };
+    }
+    if current == Some(observed) {
+        return HealthDecision {
+            switch: false,
+            streak: None,
+        };
+    }
+    let count = match streak {
+        Some(s) if s.status == observed => {
+            let last = DateTime::parse_from_rfc3339(&s.last_evaluation_time)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let gap = (now - last).to_std().unwrap_or_default();
+            if gap < h.min_gap {
+                return HealthDecision {
+                    switch: false,
+                    streak: Some(s.clone()),
+                };
+            }
+            s.count + 1
+        }
+        _ => 1,
+    };
+    if count >= h.evaluations {
+        HealthDecision {
+            switch: true,
+            streak: None,
+        }
+    } else {
+        HealthDecision {
+            switch: false,
+            streak: Some(HealthStreak {
+                status: observed,
+                count,
+                last_evaluation_time: crate::conditions::rfc3339(now),
+            }),
+        }
+    }
+}
+
+/// The one word of `kubectl get`, from the conditions.
+pub fn health_word(conditions: &[Condition], paused: bool) -> Health {
+    if paused {
+        return Health::Paused;
+    }
+    match find(conditions, &ConditionType::Healthy) {
+        Some(c) if c.status == Status::True => Health::Healthy,
+        Some(c) if c.status == Status::False => Health::Degraded,
+        Some(c) if c.reason == Reason::NoData => Health::NoData,
+        _ => Health::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn s(p95: f64, loss: f64, up: f64) -> Summary {
+        Summary {
+            samples: 10,
+            latency_p50_ms: Some(p95 / 2.0),
+            latency_p95_ms: Some(p95),
+            packet_loss_pct: Some(loss),
+            uptime_pct: Some(up),
+        }
+    }
+
+    #[test]
+    fn the_worst_breaching_target_is_named() {
+        let t = Thresholds::default();
+        let figures = Figures {
+            targets: vec![
+                ("a".into(), s(160.0, 0.0, 100.0)),
+                ("b".into(), s(20.0, 30.0, 100.0)),
+                ("c".into(), s(20.0, 0.0, 100.0)),
+            ],
+            ..Default::default()
+        };
+        let names = ["a", "b", "c", "d"].map(String::from);
+        let rows = target_rows(&names, &figures, &t);
+        let states: Vec<TargetState> = rows.iter().map(|r| r.state).collect();
+        use TargetState::*;
+        assert_eq!(states, [Breaching, Breaching, Healthy, NoData]);
+        let observed = observe(&rows, &t);
+        assert_eq!(
+            (observed.status, observed.reason),
+            (Status::False, Reason::ThresholdsBreached)
+        );
+        let message = observed.message;
+        assert!(
+            message.starts_with("worst target b: packet loss 30 % > 2 %"),
+            "{message}"
+        );
+        assert!(message.contains("2 of 3 reporting targets"), "{message}");
+    }
+
+    #[test]
+    fn no_samples_is_unknown_not_healthy() {
+        let rows = target_rows(
+            &["a".to_owned()],
+            &Figures::default(),
+            &Thresholds::default(),
+        );
+        let observed = observe(&rows, &Thresholds::default());
+        assert_eq!(
+            (observed.status, observed.reason),
+            (Status::Unknown, Reason::NoData)
+        );
+    }
+
+    const H: Hysteresis = Hysteresis {
+        evaluations: 3,
+        min_gap: std::time::Duration::from_secs(10),
+    };
+
+    /// Runs evaluations (second, observed) from Healthy=`start`; returns Healthy after each.
+    fn run(start: Status, evaluations: &[(i64, Status)]) -> Vec<Status> {
+        let mut current = start;
+        let mut streak = None;
+        evaluations
+            .iter()
+            .map(|(t, observed)| {
+                let d = decide_health(H, Some(current), streak.as_ref(), *observed, at(*t));
+                if d.switch {
+                    current = *observed;
+                }
+                streak = d.streak;
+                current
+            })
+            .collect()
+    }
+
+    use Status::{False as F, True as T};
+
+    #[test]
+    fn a_breach_must_hold_for_three_evaluations() {
+        let seen = run(T, &[(0, F), (30, F), (60, F), (90, F)]);
+        assert_eq!(seen, [T, T, F, F]);
+    }
+
+    #[test]
+    fn a_single_good_evaluation_resets_the_count() {
+        let seen = run(T, &[(0, F), (30, F), (60, T), (90, F), (120, F), (150, F)]);
+        assert_eq!(seen, [T, T, T, T, T, F]);
+    }
+
+    #[test]
+    fn recovery_needs_the_same_hold() {
+        let seen = run(F, &[(0, T), (30, T), (60, T)]);
+        assert_eq!(seen, [F, F, T]);
+    }
+
+    #[test]
+    fn evaluations_in_quick_succession_count_once() {
+        let seen = run(T, &[(0, F), (1, F), (2, F), (3, F), (12, F), (24, F)]);
+        assert_eq!(seen, [T, T, T, T, T, F]);
+    }
+
+    #[test]
+    fn the_first_known_state_is_taken_at_once() {
+        let d = decide_health(H, None, None, F, at(0));
+        assert!(d.switch);
+        let d = decide_health(H, Some(Status::Unknown), None, T, at(0));
+        assert!(d.switch);
+    }
+}
