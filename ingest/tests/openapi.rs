@@ -157,6 +157,27 @@ fn every_route_is_documented_and_nothing_else() -> Result<()> {
 }
 
 #[test]
+fn the_documented_check_kinds_are_the_models() -> Result<()> {
+    let doc = document()?;
+    let documented: Vec<&str> = doc
+        .pointer("/components/schemas/CheckKind/enum")
+        .and_then(Value::as_array)
+        .context("components.schemas.CheckKind.enum")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let model: Vec<&str> = fiberstack_model::CheckKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    ensure!(
+        documented == model,
+        "the document lists {documented:?}, the model {model:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn examples_match_their_schemas() -> Result<()> {
     let doc = document()?;
     let mut checked = 0;
