@@ -301,6 +301,56 @@ where
     }
 }
 
+/// A status condition as the tests read it: the object's own type need not be known.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The conditions in an object's `status.conditions`.
+pub fn conditions<K: serde::Serialize>(object: &K) -> Vec<Condition> {
+    serde_json::to_value(object)
+        .ok()
+        .and_then(|v| v.pointer("/status/conditions").cloned())
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or_default()
+}
+
+/// Polls object `name` until its condition `type_` exists and passes `accept`, for at most
+/// `timeout`; returns the object as it was then. On timeout the error shows the condition
+/// as last seen.
+pub async fn wait_for_condition<K>(
+    api: &Api<K>,
+    name: &str,
+    type_: &str,
+    timeout: Duration,
+    accept: impl Fn(&Condition) -> bool,
+) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    wait_for(
+        &format!("{name}: condition {type_}"),
+        timeout,
+        Duration::from_millis(250),
+        || async {
+            let object = api.get(name).await?;
+            let found = conditions(&object).into_iter().find(|c| c.type_ == type_);
+            Ok(match found {
+                Some(c) if accept(&c) => Ok(object),
+                Some(c) => Err(format!("{c:?}")),
+                None => Err(format!("no {type_} condition yet")),
+            })
+        },
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! The HTTP API: `POST /api/v1/samples`, `POST /api/push`, health, readiness, metrics and the
-//! OpenAPI document; the read API's handlers are in `read.rs`.
+//! The HTTP API: the router, `POST /api/v1/samples`, `POST /api/push`, health, readiness,
+//! metrics and the OpenAPI document; the read API's handlers are in `read.rs`, what every
+//! handler shares (state, JSON errors, the token check) in `app.rs`.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -12,52 +13,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fiberstack_model::{Batch, PushSample, Rejection};
-use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::auth::Token;
-use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
-use crate::stream::{AppendError, StreamWriter};
+pub use crate::app::AppState;
+use crate::app::{Refusal, authorized, error};
+use crate::stream::AppendError;
 
 /// Largest request body, compressed or not.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
-
-pub struct AppState {
-    /// The FiberRegion served; pushed samples are stored under it.
-    pub region: String,
-    pub token: Token,
-    pub limiter: RateLimiter,
-    pub writer: StreamWriter,
-    pub metrics: Metrics,
-    pub registry: Registry,
-    /// The database of the read API (read-only role); the read API answers 503 without it.
-    pub db: Option<sqlx::PgPool>,
-}
-
-impl AppState {
-    pub fn new(region: &str, token: Token, limiter: RateLimiter, writer: StreamWriter) -> Self {
-        let metrics = Metrics::default();
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        Self {
-            region: region.to_owned(),
-            token,
-            limiter,
-            writer,
-            metrics,
-            registry,
-            db: None,
-        }
-    }
-
-    /// Enables the read API on `pool`.
-    pub fn with_database(mut self, pool: sqlx::PgPool) -> Self {
-        self.db = Some(pool);
-        self
-    }
-}
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -80,17 +44,6 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub struct Accepted {
     pub accepted: usize,
     pub rejected: Vec<Rejection>,
-}
-
-/// A request's refusal (boxed: a `Response` is large to carry in every `Result`).
-pub(crate) type Refusal = Box<Response>;
-
-pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
 }
 
 fn retry_after(status: StatusCode, wait: Duration, message: impl Into<String>) -> Response {
@@ -132,22 +85,6 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Encoding {other:?} is not supported; send gzip or no encoding"),
         )),
-    }
-}
-
-/// Checks the bearer token: nothing, or the 401 refusal.
-pub(crate) fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if state.token.admits(authorization) {
-        Ok(())
-    } else {
-        state.metrics.outcome("unauthorized");
-        Err(Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        )))
     }
 }
 

@@ -2,6 +2,7 @@
 //! answered 202 only after it was appended to the region's Redis stream.
 
 pub mod api;
+pub mod app;
 pub mod auth;
 pub mod metrics;
 pub mod ratelimit;

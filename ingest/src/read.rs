@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AppState, Refusal, authorized, error};
+use crate::app::{AppState, Refusal, authorized, error};
 
 /// Most rows one `/api/v1/metrics` answer holds.
 pub const MAX_LIMIT: i64 = 10_000;

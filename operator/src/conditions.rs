@@ -20,7 +20,8 @@ string_enum! {
         IngestAvailable,
         /// FiberRegion: the ETL Deployment has its pods ready.
         EtlAvailable,
-        /// FiberRegion: the stream cannot be read or holds dead letters.
+        /// FiberRegion: the ETL's figures of the stream are missing or stale, or the stream
+        /// holds dead letters.
         Degraded,
     }
     else Other(String)
@@ -59,8 +60,8 @@ string_enum! {
         MinimumReplicasAvailable,
         ReplicasNotReady,
         // FiberRegion Degraded.
-        RedisSecretMissing,
-        StreamUnavailable,
+        NoStreamFigures,
+        StreamFiguresStale,
         DeadLetters,
         StreamHealthy,
     }

@@ -60,8 +60,9 @@ pub struct FiberRegionSpec {
     pub etl: EtlSpec,
     /// Redis holding the region's stream `fiber:samples:<region>`.
     pub redis: UrlSource,
-    /// PostgreSQL/TimescaleDB the ETL writes to (a writer role).
-    pub database: UrlSource,
+    /// PostgreSQL/TimescaleDB the ETL writes to (a writer role), and where the operator
+    /// reads the region's fleet health.
+    pub database: DatabaseSource,
 }
 
 /// The region's ingest Deployment and Service.
@@ -176,6 +177,21 @@ pub struct UrlSource {
     pub url_secret_ref: SecretKeyRef,
 }
 
+/// The region's database: the ETL's writer URL, and the reader URL the operator uses for the
+/// status of the region and its probes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSource {
+    /// A key of a Secret in the region's namespace holding the writer role's URL, e.g.
+    /// postgres://fiberstack_writer:pass@db:5432/fiberstack.
+    pub url_secret_ref: SecretKeyRef,
+    /// A key of a Secret holding a reader role's URL of the same database, for the operator.
+    /// Unset: the operator's own --database-url, which must then be this same database (a
+    /// region on another database — the way to spread regions over several — sets this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_url_secret_ref: Option<SecretKeyRef>,
+}
+
 /// A key of a Secret in the same namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -195,8 +211,8 @@ pub struct FiberRegionStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, IngestAvailable, EtlAvailable, Degraded (the stream cannot be read, or holds
-    /// dead letters).
+    /// Ready, IngestAvailable, EtlAvailable, Degraded (the ETL's figures of the stream are
+    /// missing or stale, or the stream holds dead letters).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -208,7 +224,8 @@ pub struct FiberRegionStatus {
     pub etl: String,
     /// Entries in the region's stream fiber:samples:<region>: not yet written to the
     /// database, or written and not yet trimmed (the ETL trims acknowledged entries every
-    /// maintenance round). Absent when Redis cannot be read.
+    /// maintenance round). As the region's ETL last recorded it (table stream_stats); absent
+    /// before its first record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<i64>,
     /// Stream entries delivered to an ETL worker and not yet acknowledged.

@@ -11,6 +11,55 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
+/// How [`lead`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Shutdown was asked for (before or after the lease was won).
+    Shutdown,
+    /// Another replica took the lease: this one must exit and come back as a standby.
+    LostLease,
+}
+
+/// Runs `work` while this replica leads: waits for the lease (without one — no leader
+/// election — at once), starts `work` with a receiver that fires when it must stop, and stops
+/// it on `shutdown` or when the lease is lost; then releases the lease so a standby takes
+/// over at once.
+pub async fn lead<W, Fut>(
+    lease: Option<&LeaderLease>,
+    shutdown: impl std::future::Future<Output = ()>,
+    work: W,
+) -> Ended
+where
+    W: FnOnce(tokio::sync::oneshot::Receiver<()>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    if let Some(lease) = lease {
+        tokio::select! {
+            _ = lease.acquire() => {}
+            _ = &mut shutdown => return Ended::Shutdown,
+        }
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(work(stopped));
+    let lost = async {
+        match lease {
+            Some(lease) => lease.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let ended = tokio::select! {
+        _ = &mut shutdown => Ended::Shutdown,
+        _ = lost => Ended::LostLease,
+    };
+    let _ = stop.send(());
+    let _ = running.await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    ended
+}
+
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
     pub name: String,

@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod databases;
 pub mod error;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -20,6 +21,5 @@ pub mod metrics;
 pub mod render;
 pub mod server;
 pub mod status;
-pub mod stream;
 pub mod validate;
 mod words;

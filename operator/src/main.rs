@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use fiberstack_operator::controller::{self, Settings};
 use fiberstack_operator::health::Hysteresis;
-use fiberstack_operator::lease::{LeaderLease, LeaseConfig};
+use fiberstack_operator::lease::{self, Ended, LeaderLease, LeaseConfig};
 use fiberstack_operator::metrics::Metrics;
 use fiberstack_operator::render::Images;
 use fiberstack_operator::server::{self, Health};
@@ -45,7 +45,8 @@ struct Config {
     /// its OTEL_EXPORTER_OTLP_ENDPOINT.
     #[arg(long, env = "FIBER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
-    /// PostgreSQL URL of a read-only role, for fleet health in status. Without it, status
+    /// PostgreSQL URL of a read-only role, for fleet health in status, of every region that
+    /// names no reader of its own (spec.database.readerUrlSecretRef). Without either, status
     /// says Reporting=Unknown (DatabaseUnavailable).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -132,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             otlp_endpoint: config.otlp_endpoint,
         },
         namespace: config.watch_namespace,
+        db_schema: config.db_schema.clone(),
         status_every: Duration::from_secs(config.status_interval_secs),
         hysteresis: Hysteresis {
             evaluations: config.health_evaluations,
@@ -140,8 +142,6 @@ async fn main() -> anyhow::Result<()> {
         concurrency: config.concurrency,
     };
 
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     let lease = (!config.no_leader_election).then(|| {
         LeaderLease::new(
             client.clone(),
@@ -167,34 +167,14 @@ async fn main() -> anyhow::Result<()> {
         lease = lease.as_ref().map_or("(no leader election)", |_| "waiting for it"),
         "fiberstack-operator started"
     );
-    if let Some(lease) = &lease {
-        tokio::select! {
-            _ = lease.acquire() => {}
-            _ = &mut shutdown => return Ok(()),
-        }
-    }
-    metrics.leader.set(1);
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controllers = tokio::spawn(controller::run(client, settings, db, metrics, async move {
-        let _ = stop_rx.await;
-    }));
-    let lost = async {
-        match &lease {
-            Some(lease) => lease.hold().await,
-            None => std::future::pending().await,
-        }
-    };
-    let lost_lease = tokio::select! {
-        _ = &mut shutdown => false,
-        _ = lost => true,
-    };
-    let _ = stop_tx.send(());
-    let _ = controllers.await;
-    if let Some(lease) = &lease {
-        lease.release().await;
-    }
-    if lost_lease {
+    let ended = lease::lead(lease.as_ref(), shutdown_signal(), |stop| {
+        metrics.leader.set(1);
+        controller::run(client, settings, db, metrics.clone(), async move {
+            let _ = stop.await;
+        })
+    })
+    .await;
+    if ended == Ended::LostLease {
         // Another replica leads now; exit so that this one restarts as a standby.
         anyhow::bail!("lost the leader lease");
     }

@@ -30,6 +30,42 @@ pub fn connect_lazy(url: &str, schema: Option<&str>) -> Result<PgPool, sqlx::Err
         .connect_lazy_with(options))
 }
 
+/// A region's stream as its ETL last recorded it in `stream_stats`: the ETL owns these
+/// figures (it reads them from Redis at every housekeeping round); the operator reads them
+/// here and needs no connection to any region's Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamFigures {
+    /// Entries in `fiber:samples:<region>`: not yet written, or written and not yet trimmed.
+    pub length: u64,
+    /// Entries delivered to an ETL worker and not yet acknowledged.
+    pub pending: u64,
+    /// Entries in `fiber:dlq:<region>`.
+    pub dead_letters: u64,
+    /// When the ETL recorded them.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The newest figures the region's ETL recorded; None before its first record.
+pub async fn stream_figures(
+    pool: &PgPool,
+    region: &str,
+) -> Result<Option<StreamFigures>, sqlx::Error> {
+    let row: Option<(DateTime<Utc>, i64, i64, i64)> = sqlx::query_as(
+        "select time, stream_length, pending, dead_letters from stream_stats
+          where region = $1 order by time desc limit 1",
+    )
+    .bind(region)
+    .fetch_optional(pool)
+    .await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(row.map(|(time, length, pending, dead)| StreamFigures {
+        length: count(length),
+        pending: count(pending),
+        dead_letters: count(dead),
+        recorded_at: time,
+    }))
+}
+
 /// What the database says about one probe.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Figures {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use common::{EVERY, Operator, WAIT, apply_json};
-use fiberstack_e2e::{TestNamespace, wait_for};
+use fiberstack_e2e::{TestNamespace, wait_for, wait_for_condition};
 use fiberstack_operator::crd::{FiberProbe, FiberRegion};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -369,27 +369,12 @@ async fn a_probe_without_its_region_says_so_and_recovers_when_it_appears() -> Re
     let result = async {
         let probes: Api<FiberProbe> = Api::namespaced(client.clone(), &ns.name);
         apply_json(&probes, &common::probe_json("orphan", "kenya")).await?;
-        wait_for("RegionNotFound", WAIT, EVERY, || async {
-            let p = probes.get("orphan").await?;
-            let s = p.status.unwrap_or_default();
-            let ready = s
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready")
-                .cloned()
-                .unwrap_or_default();
-            Ok(
-                if ready.reason == "RegionNotFound"
-                    && ready.message.contains("\"kenya\"")
-                    && s.health == "RegionNotFound"
-                {
-                    Ok(())
-                } else {
-                    Err(format!("{ready:?}"))
-                },
-            )
+        let p = wait_for_condition(&probes, "orphan", "Ready", WAIT, |c| {
+            c.reason == "RegionNotFound" && c.message.contains("\"kenya\"")
         })
         .await?;
+        // Written with the condition, in the same status.
+        assert_eq!(p.status.unwrap_or_default().health, "RegionNotFound");
         let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
         let mut kenya = common::region_json("kenya");
         kenya["spec"]["country"] = json!("KE");
@@ -403,26 +388,11 @@ async fn a_probe_without_its_region_says_so_and_recovers_when_it_appears() -> Re
         // A conflict between the two selectors is refused with the key named.
         probe["spec"]["nodeSelector"] = json!({ "topology.kubernetes.io/region": "gh" });
         apply_json(&probes, &probe).await?;
-        wait_for("InvalidSpec", WAIT, EVERY, || async {
-            let p = probes.get("orphan").await?;
-            let s = p.status.unwrap_or_default();
-            let ready = s
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready")
-                .cloned()
-                .unwrap_or_default();
-            Ok(
-                if ready.reason == "InvalidSpec"
-                    && ready.message.contains("topology.kubernetes.io/region")
-                {
-                    Ok(())
-                } else {
-                    Err(format!("{ready:?}"))
-                },
-            )
+        wait_for_condition(&probes, "orphan", "Ready", WAIT, |c| {
+            c.reason == "InvalidSpec" && c.message.contains("topology.kubernetes.io/region")
         })
-        .await
+        .await?;
+        Ok(())
     }
     .await;
     operator.stop().await;
@@ -446,11 +416,19 @@ async fn region_status_reports_availability_and_its_stream() -> Result<()> {
         // Redis and PostgreSQL as the region's pods reach them: at the machine's address.
         let host = fiberstack_e2e::env_value("FIBERSTACK_HOST_ADDR")?;
         let redis_url = env.redis_url.replace("127.0.0.1", &host);
-        let db_url = env
-            .fresh_postgres_database("op_region")
-            .await?
-            .replace("127.0.0.1", &host);
-        for (secret, url) in [("fiberstack-redis", &redis_url), ("fiberstack-db", &db_url)] {
+        let db_url = env.fresh_postgres_database("op_region").await?;
+        // Migrated, as the chart's Job does: the ETL records the stream's figures there.
+        let pool = sqlx::PgPool::connect(&db_url).await?;
+        fiber_etl::migrate::migrate(&pool).await?;
+        pool.close().await;
+        // As the operator, in this process, reaches it.
+        let reader_url = db_url.clone();
+        let db_url = db_url.replace("127.0.0.1", &host);
+        for (secret, url) in [
+            ("fiberstack-redis", &redis_url),
+            ("fiberstack-db", &db_url),
+            ("fiberstack-db-reader", &reader_url),
+        ] {
             let secret: Secret = serde_json::from_value(json!({
                 "metadata": { "name": secret },
                 "stringData": { "url": url }
@@ -461,7 +439,12 @@ async fn region_status_reports_availability_and_its_stream() -> Result<()> {
         }
 
         let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
-        apply_json(&regions, &common::region_json(&name)).await?;
+        // The operator reads the region's figures from the region's own database (it was
+        // started without one of its own).
+        let mut region = common::region_json(&name);
+        region["spec"]["database"]["readerUrlSecretRef"] =
+            json!({ "name": "fiberstack-db-reader", "key": "url" });
+        apply_json(&regions, &region).await?;
         let cond = |r: &FiberRegion, t: &str| {
             r.status
                 .as_ref()
@@ -523,16 +506,7 @@ async fn region_status_reports_availability_and_its_stream() -> Result<()> {
             .arg(&dlq)
             .query_async::<i64>(&mut redis)
             .await?;
-        wait_for("Degraded=False", WAIT, EVERY, || async {
-            let r = regions.get(&name).await?;
-            let c = cond(&r, "Degraded");
-            Ok(if c.status == "False" {
-                Ok(())
-            } else {
-                Err(format!("{c:?}"))
-            })
-        })
-        .await?;
+        wait_for_condition(&regions, &name, "Degraded", WAIT, |c| c.status == "False").await?;
         let out = std::process::Command::new("kubectl")
             .env("KUBECONFIG", &env.kubeconfig)
             .args(["get", "fiberregions", "-n", &ns.name])

@@ -131,7 +131,7 @@ pub async fn send(
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let mut phases = Phases::default();
 
-    let (addr, dns) = crate::checks::resolve(&host, port, timeout)
+    let (addr, dns) = crate::net::resolve(&host, port, timeout)
         .await
         .map_err(RequestError::Dns)?;
     phases.dns = dns;
@@ -144,7 +144,7 @@ pub async fn send(
         tokio::net::TcpStream::connect(addr),
     )
     .await?
-    .map_err(|e| RequestError::Connect(crate::checks::tcp::describe(&e)))?;
+    .map_err(|e| RequestError::Connect(crate::net::describe(&e)))?;
     let _ = tcp.set_nodelay(true);
     phases.connect = Some(t.elapsed());
 

@@ -9,6 +9,7 @@
 //! - [`deliver`]: batches from the buffer to `fiber-ingest`, with retries and failover.
 //! - [`agent`]: wires the parts together for `fiber-probe --config`.
 //! - [`metrics`]: the counters behind `/metrics`.
+//! - [`net`]: name resolution and socket error words, below the checks and the connections.
 
 pub mod agent;
 pub mod buffer;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod connect;
 pub mod deliver;
 pub mod metrics;
+pub mod net;
 pub mod schedule;
 
 /// The version every batch carries as `agent_version`.

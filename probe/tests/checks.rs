@@ -109,9 +109,9 @@ async fn tcp_reset_is_told_apart() {
     // SO_LINGER 0 resets reliably after accept, which the connect itself does not see. The
     // classification is what can be checked without a middlebox.
     let e = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-    assert_eq!(fiber_probe::checks::tcp::describe(&e), "connection reset");
+    assert_eq!(fiber_probe::net::describe(&e), "connection reset");
     let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-    assert_eq!(fiber_probe::checks::tcp::describe(&e), "connection refused");
+    assert_eq!(fiber_probe::net::describe(&e), "connection refused");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::{self, Action, Controller};
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 
 use crate::crd::{FiberProbe, FiberRegion};
+use crate::databases::Databases;
 use crate::error::Error;
 use crate::health::Hysteresis;
 use crate::metrics::Metrics;
@@ -38,6 +40,8 @@ pub struct Settings {
     /// Status is recomputed at least this often.
     pub status_every: Duration,
     pub hysteresis: Hysteresis,
+    /// Schema of FiberStack's tables in every database read (`--db-schema`).
+    pub db_schema: Option<String>,
     /// Reconciles running at once per controller. Unbounded, 2,000 probes' reconciles all
     /// wait on one API server together and each takes tens of seconds.
     pub concurrency: u16,
@@ -47,12 +51,10 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
-    /// Read-only database for fleet health; None when not configured.
-    pub db: Option<PgPool>,
+    /// Read-only databases for fleet health.
+    pub databases: Databases,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    /// Connections to the regions' Redis.
-    pub streams: crate::stream::Streams,
 }
 
 impl Context {
@@ -64,6 +66,31 @@ impl Context {
             + std::fmt::Debug,
     {
         Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The read-only pool of the database `region` names: its reader Secret when set, the
+    /// operator's own `--database-url` otherwise. An error text saying what is missing.
+    async fn region_database(&self, region: &FiberRegion) -> Result<PgPool, String> {
+        let Some(reference) = &region.spec.database.reader_url_secret_ref else {
+            return self.databases.pool(None).await;
+        };
+        let ns = region.namespace().unwrap_or_default();
+        let secret = self
+            .api::<Secret>(&ns)
+            .get_opt(&reference.name)
+            .await
+            .map_err(|e| format!("reading Secret {:?}: {e}", reference.name))?;
+        let url = secret
+            .and_then(|s| s.data)
+            .and_then(|mut d| d.remove(&reference.key))
+            .and_then(|v| String::from_utf8(v.0).ok())
+            .ok_or_else(|| {
+                format!(
+                    "Secret {:?} has no key {:?} (spec.database.readerUrlSecretRef)",
+                    reference.name, reference.key
+                )
+            })?;
+        self.databases.pool(Some(url.trim())).await
     }
 }
 
@@ -257,13 +284,13 @@ pub async fn run(
     };
     let ns = settings.namespace.clone();
     let concurrency = settings.concurrency;
+    let db_schema = settings.db_schema.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
-        db,
+        databases: Databases::new(db, db_schema),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
-        streams: Default::default(),
     });
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let stop = |tx: &tokio::sync::broadcast::Sender<()>| {

@@ -124,6 +124,7 @@ impl Operator {
         let settings = fiberstack_operator::controller::Settings {
             images: images(),
             namespace: Some(namespace.to_owned()),
+            db_schema: None,
             status_every: std::time::Duration::from_secs(2),
             hysteresis: fiberstack_operator::health::Hysteresis {
                 evaluations: 2,

@@ -6,12 +6,13 @@ pub mod http;
 pub mod icmp;
 pub mod tcp;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use fiberstack_model::{Check, Sample, Target};
+
+pub(crate) use crate::net::resolve;
 
 /// What every check needs besides its target.
 #[derive(Clone)]
@@ -54,28 +55,6 @@ pub async fn run(target: &Target, ctx: &CheckContext) -> Sample {
     sample.time = time;
     sample.target = target.name.clone();
     sample
-}
-
-/// Resolves `host` (an IP literal or a name) to its first address, and how long the lookup
-/// took when one was needed.
-pub(crate) async fn resolve(
-    host: &str,
-    port: u16,
-    timeout: Duration,
-) -> Result<(SocketAddr, Option<Duration>), String> {
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = literal.parse::<IpAddr>() {
-        return Ok((SocketAddr::new(ip, port), None));
-    }
-    let started = Instant::now();
-    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
-        Err(_) => Err(format!("dns: resolving {host} timed out after {timeout:?}")),
-        Ok(Err(e)) => Err(format!("dns: cannot resolve {host}: {e}")),
-        Ok(Ok(mut addrs)) => match addrs.next() {
-            Some(a) => Ok((a, Some(started.elapsed()))),
-            None => Err(format!("dns: {host} has no address")),
-        },
-    }
 }
 
 pub(crate) fn millis(d: Duration) -> f64 {

@@ -2,25 +2,12 @@
 //! in `error` because they mean different things (nothing listens; something in the path
 //! cut the connection; packets vanish).
 
-use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
 use fiberstack_model::{CheckKind, Sample, TcpCheck};
 use serde_json::json;
 
 use super::{down, millis, resolve};
-
-/// Text of a failed connect, by cause.
-pub fn describe(e: &std::io::Error) -> String {
-    match e.kind() {
-        ErrorKind::ConnectionRefused => "connection refused".into(),
-        ErrorKind::ConnectionReset => "connection reset".into(),
-        ErrorKind::TimedOut => "timeout".into(),
-        ErrorKind::HostUnreachable => format!("host unreachable: {e}"),
-        ErrorKind::NetworkUnreachable => format!("network unreachable: {e}"),
-        _ => format!("connect failed: {e}"),
-    }
-}
 
 pub async fn run(check: &TcpCheck, timeout: Duration) -> Sample {
     let started = Instant::now();
@@ -40,7 +27,7 @@ pub async fn run(check: &TcpCheck, timeout: Duration) -> Sample {
             address,
             format!("timeout: no answer within {timeout:?}"),
         ),
-        Ok(Err(e)) => down(CheckKind::Tcp, address, describe(&e)),
+        Ok(Err(e)) => down(CheckKind::Tcp, address, crate::net::describe(&e)),
         Ok(Ok(_stream)) => {
             let mut s = down(CheckKind::Tcp, address, String::new());
             s.up = true;

@@ -7,29 +7,32 @@ use kube::api::{Api, ListParams};
 
 use super::decide::{Observations, Placement};
 use crate::controller::Context;
-use crate::crd::FiberProbe;
+use crate::crd::{FiberProbe, FiberRegion};
 use crate::error::Error;
 use crate::render::probe as render;
 use crate::status;
 
+/// `region` is the probe's region when the pipeline found it: its database holds the
+/// probe's samples.
 pub async fn gather(
     probe: &FiberProbe,
+    region: Option<&FiberRegion>,
     ctx: &Context,
     placement: Placement,
 ) -> Result<Observations, Error> {
-    if matches!(placement, Placement::Blocked { .. }) {
+    let Some(region) = region.filter(|_| !matches!(placement, Placement::Blocked { .. })) else {
         return Ok(Observations {
             placement,
             pod_nodes: vec![],
             figures: None,
         });
-    }
+    };
     let spec = &probe.spec;
     let target_names: Vec<String> = spec.targets.iter().map(|t| t.name.clone()).collect();
-    let figures = match &ctx.db {
-        None => Err("no database configured (--database-url)".to_owned()),
-        Some(pool) => status::probe_figures(
-            pool,
+    let figures = match ctx.region_database(region).await {
+        Err(e) => Err(e),
+        Ok(pool) => status::probe_figures(
+            &pool,
             &render::probe_key(probe),
             &target_names,
             spec.interval.as_std(),

@@ -40,11 +40,11 @@ async fn reconcile_inner(probe: &FiberProbe, ctx: &Context) -> Result<Action, Er
     let ns = probe
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    let placement = place(probe, ctx, &ns).await?;
+    let (region, placement) = place(probe, ctx, &ns).await?;
     if let Placement::Blocked { reason, message } = &placement {
         tracing::info!(name = %probe.name_any(), namespace = %ns, %reason, %message, "probe not placed");
     }
-    let observed = gather::gather(probe, ctx, placement).await?;
+    let observed = gather::gather(probe, region.as_ref(), ctx, placement).await?;
     let decision = decide::decide(probe, &observed, ctx.settings.hysteresis, Utc::now());
     effects::write_status_then_announce(
         ctx,
@@ -57,28 +57,36 @@ async fn reconcile_inner(probe: &FiberProbe, ctx: &Context) -> Result<Action, Er
     Ok(Action::requeue(ctx.settings.status_every))
 }
 
-/// Dereference → validate → build → apply; where that got to.
-async fn place(probe: &FiberProbe, ctx: &Context, ns: &str) -> Result<Placement, Error> {
+/// Dereference → validate → build → apply; the region (when found) and where that got to.
+async fn place(
+    probe: &FiberProbe,
+    ctx: &Context,
+    ns: &str,
+) -> Result<(Option<FiberRegion>, Placement), Error> {
     let name = probe.name_any();
 
     // Dereference.
     let regions: Api<FiberRegion> = ctx.api(ns);
     let Some(region) = regions.get_opt(&probe.spec.region).await? else {
-        return Ok(Placement::Blocked {
-            reason: Reason::RegionNotFound,
-            message: format!(
-                "FiberRegion {:?} does not exist in namespace {ns}; create it or fix spec.region",
-                probe.spec.region
-            ),
-        });
+        return Ok((
+            None,
+            Placement::Blocked {
+                reason: Reason::RegionNotFound,
+                message: format!(
+                    "FiberRegion {:?} does not exist in namespace {ns}; create it or fix spec.region",
+                    probe.spec.region
+                ),
+            },
+        ));
     };
 
     // Validate.
     if let Err(e) = validate_probe(probe, &region) {
-        return Ok(Placement::Blocked {
+        let blocked = Placement::Blocked {
             reason: Reason::InvalidSpec,
             message: e.to_string(),
-        });
+        };
+        return Ok((Some(region), blocked));
     }
 
     // Build and apply.
@@ -95,7 +103,7 @@ async fn place(probe: &FiberProbe, ctx: &Context, ns: &str) -> Result<Placement,
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
-        return Ok(Placement::Paused);
+        return Ok((Some(region), Placement::Paused));
     }
     let built = render::build_daemonset(probe, &region, images)
         .ok_or(Error::MissingField("node selector (validated)"))?;
@@ -104,5 +112,5 @@ async fn place(probe: &FiberProbe, ctx: &Context, ns: &str) -> Result<Placement,
         .status
         .as_ref()
         .map_or((0, 0), |s| (s.desired_number_scheduled, s.number_ready));
-    Ok(Placement::Placed { desired, ready })
+    Ok((Some(region), Placement::Placed { desired, ready }))
 }

@@ -3,10 +3,14 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::conditions::{ConditionType as Type, Reason, Status, condition, merge};
+use crate::conditions::{ConditionType as Type, Reason, Status, condition, merge, rfc3339};
 use crate::crd::{Condition, FiberRegion, FiberRegionStatus};
 use crate::render::names;
-use crate::stream::StreamFigures;
+use crate::status::StreamFigures;
+
+/// The ETL records the stream's figures every housekeeping round (10 s by default); older
+/// than this, they no longer describe the stream.
+pub const STREAM_FIGURES_STALE_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// Replica counts of one Deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -16,15 +20,6 @@ pub struct Replicas {
     pub available: i32,
 }
 
-/// Why the stream has no figures.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StreamProblem {
-    /// spec.redis.urlSecretRef names a Secret or key that does not exist.
-    SecretMissing { secret: String, key: String },
-    /// Redis could not be reached or read: the error.
-    Unavailable(String),
-}
-
 /// What the gather step saw of a valid region's workloads and stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workloads {
@@ -32,7 +27,9 @@ pub struct Workloads {
     pub etl: Replicas,
     /// FiberProbes of the namespace naming this region.
     pub probes: i32,
-    pub stream: Result<StreamFigures, StreamProblem>,
+    /// The newest figures the region's ETL recorded (None: none yet), or why they could
+    /// not be read.
+    pub stream: Result<Option<StreamFigures>, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +90,7 @@ pub fn decide(
             down.join("; "),
         )
     };
-    let figures = w.stream.as_ref().ok();
+    let figures = w.stream.as_ref().ok().and_then(Option::as_ref);
     FiberRegionStatus {
         observed_generation: generation,
         conditions: merge(
@@ -102,7 +99,7 @@ pub fn decide(
                 ready,
                 ingest_available,
                 etl_available,
-                degraded(&name, &w.stream),
+                degraded(&name, &w.stream, now),
             ],
             generation,
             now,
@@ -152,22 +149,37 @@ fn availability(type_: Type, what: &str, r: Replicas) -> Condition {
     }
 }
 
-/// Degraded: the stream cannot be read, or holds dead letters.
-fn degraded(region: &str, stream: &Result<StreamFigures, StreamProblem>) -> Condition {
+/// Degraded: the ETL's figures of the stream are missing, unreadable or stale, or the stream
+/// holds dead letters.
+fn degraded(
+    region: &str,
+    stream: &Result<Option<StreamFigures>, String>,
+    now: DateTime<Utc>,
+) -> Condition {
     match stream {
-        Err(StreamProblem::SecretMissing { secret, key }) => condition(
+        Err(e) => condition(
             Type::Degraded,
-            Status::True,
-            Reason::RedisSecretMissing,
-            format!("Secret {secret:?} has no key {key:?} (spec.redis.urlSecretRef)"),
-        ),
-        Err(StreamProblem::Unavailable(e)) => condition(
-            Type::Degraded,
-            Status::True,
-            Reason::StreamUnavailable,
+            Status::Unknown,
+            Reason::DatabaseUnavailable,
             e.clone(),
         ),
-        Ok(f) if f.dead_letters > 0 => condition(
+        Ok(None) => condition(
+            Type::Degraded,
+            Status::Unknown,
+            Reason::NoStreamFigures,
+            "the region's ETL has not recorded the stream's figures yet (table stream_stats)",
+        ),
+        Ok(Some(f)) if now - f.recorded_at > STREAM_FIGURES_STALE_AFTER => condition(
+            Type::Degraded,
+            Status::True,
+            Reason::StreamFiguresStale,
+            format!(
+                "the region's ETL last recorded the stream's figures at {}, over {} s ago: is it running, and can it reach Redis and the database?",
+                rfc3339(f.recorded_at),
+                STREAM_FIGURES_STALE_AFTER.num_seconds()
+            ),
+        ),
+        Ok(Some(f)) if f.dead_letters > 0 => condition(
             Type::Degraded,
             Status::True,
             Reason::DeadLetters,
@@ -177,7 +189,7 @@ fn degraded(region: &str, stream: &Result<StreamFigures, StreamProblem>) -> Cond
                 fiberstack_model::stream::dead_letter_stream(region)
             ),
         ),
-        Ok(f) => condition(
+        Ok(Some(f)) => condition(
             Type::Degraded,
             Status::False,
             Reason::StreamHealthy,
@@ -206,7 +218,7 @@ mod tests {
         }
     }
 
-    fn running(stream: Result<StreamFigures, StreamProblem>) -> Observations {
+    fn running(stream: Result<Option<StreamFigures>, String>) -> Observations {
         Observations::Running(Workloads {
             ingest: up(2),
             etl: up(2),
@@ -215,12 +227,14 @@ mod tests {
         })
     }
 
-    fn figures(dead_letters: u64) -> StreamFigures {
-        StreamFigures {
+    /// Figures recorded 5 s before the evaluations at `at(0)`.
+    fn figures(dead_letters: u64) -> Option<StreamFigures> {
+        Some(StreamFigures {
             length: 12,
             pending: 2,
             dead_letters,
-        }
+            recorded_at: at(-5),
+        })
     }
 
     fn words(s: &FiberRegionStatus) -> Vec<(&str, Status, &str)> {
@@ -300,21 +314,48 @@ mod tests {
             degraded.message
         );
 
-        let missing = StreamProblem::SecretMissing {
-            secret: "fiberstack-redis".into(),
-            key: "url".into(),
-        };
-        let s = decide(&region(), &running(Err(missing)), at(0));
-        let degraded = find(&s.conditions, &Type::Degraded).unwrap();
-        assert_eq!(degraded.reason, Reason::RedisSecretMissing);
-        assert_eq!((s.backlog, s.dead_letters), (None, None));
-
-        let down = StreamProblem::Unavailable("connecting to Redis: refused".into());
+        let down = "cannot read the stream's figures from the database: refused".to_owned();
         let s = decide(&region(), &running(Err(down)), at(0));
         let degraded = find(&s.conditions, &Type::Degraded).unwrap();
         assert_eq!(
-            (&degraded.reason, degraded.message.as_str()),
-            (&Reason::StreamUnavailable, "connecting to Redis: refused")
+            (degraded.status, &degraded.reason),
+            (Status::Unknown, &Reason::DatabaseUnavailable)
+        );
+        assert_eq!((s.backlog, s.dead_letters), (None, None));
+    }
+
+    #[test]
+    fn missing_or_stale_figures_are_said_not_taken_for_a_healthy_stream() {
+        let s = decide(&region(), &running(Ok(None)), at(0));
+        let degraded = find(&s.conditions, &Type::Degraded).unwrap();
+        assert_eq!(
+            (degraded.status, &degraded.reason),
+            (Status::Unknown, &Reason::NoStreamFigures)
+        );
+        assert_eq!(s.backlog, None);
+
+        // Recorded at -5 s: fresh at 50 s, stale after 65 s.
+        let s = decide(&region(), &running(Ok(figures(3))), at(50));
+        let degraded = find(&s.conditions, &Type::Degraded).unwrap();
+        assert_eq!(degraded.reason, Reason::DeadLetters);
+        let s = decide(&region(), &running(Ok(figures(3))), at(66));
+        let degraded = find(&s.conditions, &Type::Degraded).unwrap();
+        assert_eq!(
+            (degraded.status, &degraded.reason),
+            (Status::True, &Reason::StreamFiguresStale)
+        );
+        let recorded = rfc3339(at(-5));
+        assert!(
+            degraded
+                .message
+                .contains(&format!("figures at {recorded}, over 60 s ago")),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(
+            s.backlog,
+            Some(12),
+            "the last known figures are still shown"
         );
     }
 

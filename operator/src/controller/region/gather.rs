@@ -1,15 +1,15 @@
 //! The FiberRegion's gather step: its Deployments' replica counts (from the apply), the
-//! probes naming it, and its stream's figures. Reads only.
+//! probes naming it, and its stream's figures as its ETL recorded them. Reads only.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
-use super::decide::{Replicas, StreamProblem, Workloads};
+use super::decide::{Replicas, Workloads};
 use crate::controller::Context;
 use crate::crd::{FiberProbe, FiberRegion};
 use crate::error::Error;
+use crate::status::{self, StreamFigures};
 
 pub fn replicas(d: &Deployment) -> Replicas {
     let status = d.status.as_ref();
@@ -40,32 +40,18 @@ pub async fn gather(
         ingest: replicas(ingest),
         etl: replicas(etl),
         probes,
-        stream: stream(ctx, region, &ns, &name).await?,
+        stream: stream(ctx, region, &name).await,
     })
 }
 
-/// The stream's figures, read from the region's Redis.
+/// The stream's figures as the region's ETL recorded them in its database.
 async fn stream(
     ctx: &Context,
     region: &FiberRegion,
-    ns: &str,
     name: &str,
-) -> Result<Result<crate::stream::StreamFigures, StreamProblem>, Error> {
-    let reference = &region.spec.redis.url_secret_ref;
-    let secret = ctx.api::<Secret>(ns).get_opt(&reference.name).await?;
-    let url = secret
-        .and_then(|s| s.data)
-        .and_then(|mut d| d.remove(&reference.key))
-        .and_then(|v| String::from_utf8(v.0).ok());
-    let Some(url) = url else {
-        return Ok(Err(StreamProblem::SecretMissing {
-            secret: reference.name.clone(),
-            key: reference.key.clone(),
-        }));
-    };
-    Ok(ctx
-        .streams
-        .figures(url.trim(), name)
+) -> Result<Option<StreamFigures>, String> {
+    let pool = ctx.region_database(region).await?;
+    status::stream_figures(&pool, name)
         .await
-        .map_err(StreamProblem::Unavailable))
+        .map_err(|e| format!("cannot read the stream's figures from the database: {e}"))
 }

@@ -1,0 +1,73 @@
+//! What every handler shares: the state, the JSON error body, the bearer-token check. Below
+//! both the write API (`api.rs`) and the read API (`read.rs`).
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::registry::Registry;
+
+use crate::auth::Token;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::stream::StreamWriter;
+
+pub struct AppState {
+    /// The FiberRegion served; pushed samples are stored under it.
+    pub region: String,
+    pub token: Token,
+    pub limiter: RateLimiter,
+    pub writer: StreamWriter,
+    pub metrics: Metrics,
+    pub registry: Registry,
+    /// The database of the read API (read-only role); the read API answers 503 without it.
+    pub db: Option<sqlx::PgPool>,
+}
+
+impl AppState {
+    pub fn new(region: &str, token: Token, limiter: RateLimiter, writer: StreamWriter) -> Self {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        Self {
+            region: region.to_owned(),
+            token,
+            limiter,
+            writer,
+            metrics,
+            registry,
+            db: None,
+        }
+    }
+
+    /// Enables the read API on `pool`.
+    pub fn with_database(mut self, pool: sqlx::PgPool) -> Self {
+        self.db = Some(pool);
+        self
+    }
+}
+
+/// A request's refusal (boxed: a `Response` is large to carry in every `Result`).
+pub type Refusal = Box<Response>;
+
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+/// Checks the bearer token: nothing, or the 401 refusal.
+pub fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if state.token.admits(authorization) {
+        Ok(())
+    } else {
+        state.metrics.outcome("unauthorized");
+        Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        )))
+    }
+}
