@@ -314,7 +314,8 @@ fn certificate_expiry_is_read_from_der() {
 
 /// A DNS responder: `ok.test` has two A records, `empty.test` none, `missing.test` is
 /// NXDOMAIN, `broken.test` SERVFAIL, `silent.test` gets no answer; `spoofed.test` is first
-/// answered with a wrong id, then properly.
+/// answered with a wrong id, then properly; `cut.test` gets its answer cut short in its last
+/// record.
 async fn dns_responder() -> SocketAddr {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
@@ -334,7 +335,7 @@ async fn dns_responder() -> SocketAddr {
             }
             let name = name.join(".");
             let (rcode, answers) = match name.as_str() {
-                "ok.test" | "spoofed.test" => (0u8, 2u16),
+                "ok.test" | "spoofed.test" | "cut.test" => (0u8, 2u16),
                 "empty.test" => (0, 0),
                 "missing.test" => (3, 0),
                 "broken.test" => (2, 0),
@@ -357,10 +358,11 @@ async fn dns_responder() -> SocketAddr {
                 let wrong = [query[0] ^ 0xFF, query[1]];
                 socket.send_to(&respond(wrong), from).await.unwrap();
             }
-            socket
-                .send_to(&respond([query[0], query[1]]), from)
-                .await
-                .unwrap();
+            let mut answer = respond([query[0], query[1]]);
+            if name == "cut.test" {
+                answer.truncate(answer.len() - 3);
+            }
+            socket.send_to(&answer, from).await.unwrap();
         }
     });
     addr
@@ -405,6 +407,15 @@ async fn dns_rcodes_answers_and_timeouts() {
     let s = check(&dns("spoofed.test", server), 1000).await;
     assert!(s.up, "the answer with the right id counts: {s:?}");
     assert_eq!(s.metadata["ignored_messages"], json!(1));
+
+    let s = check(&dns("cut.test", server), 1000).await;
+    assert!(!s.up);
+    let error = s.error.unwrap();
+    assert!(
+        error.starts_with(&format!("malformed answer from {server}: ")),
+        "{error}"
+    );
+    assert_eq!(s.metadata["query"], json!("cut.test"));
 
     let s = check(&dns("silent.test", server), 300).await;
     assert!(!s.up);
