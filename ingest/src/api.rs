@@ -271,3 +271,24 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry_after_header(wait: Duration) -> String {
+        let response = retry_after(StatusCode::TOO_MANY_REQUESTS, wait, "over");
+        let value = &response.headers()[header::RETRY_AFTER];
+        value.to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        assert_eq!(retry_after_header(Duration::ZERO), "1");
+        assert_eq!(retry_after_header(Duration::from_nanos(1)), "1");
+        assert_eq!(retry_after_header(Duration::from_millis(500)), "1");
+        assert_eq!(retry_after_header(Duration::from_secs(1)), "1");
+        assert_eq!(retry_after_header(Duration::from_millis(1001)), "2");
+        assert_eq!(retry_after_header(Duration::from_secs(1000)), "1000");
+    }
+}
