@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -109,7 +109,7 @@ fn invalid(state: &AppState, message: String) -> Response {
 /// Rate-limits by node and appends a batch of valid samples: the entry id, or the refusal.
 async fn admit(state: &AppState, batch: &Batch) -> Result<Option<String>, Refusal> {
     let m = &state.metrics;
-    if let Err(wait) = state.limiter.check(&batch.node, Instant::now()) {
+    if let Err(wait) = state.limiter.check(&batch.node) {
         m.outcome("rate_limited");
         return Err(Box::new(retry_after(
             StatusCode::TOO_MANY_REQUESTS,
