@@ -2,7 +2,14 @@
 //! `burst` at once. Beyond that the ingest answers 429 with Retry-After.
 //!
 //! Built on `governor`'s keyed GCRA limiter (one `u64` of state per node in a sharded
-//! `DashMap`), which replaced a hand-written bucket map behind one `Mutex`.
+//! `DashMap`), which replaced a hand-written bucket map behind one `Mutex`. Measured with
+//! `cargo bench -p fiber-ingest --bench ratelimit`, where the old map is kept as the baseline
+//! (figures and machine in its doc comment): as fast when checks are let through (71 against
+//! 69 ns on one node, 83 against 77 on 10,000); 1.2 to 1.3 times as long when refused (98
+//! against 77 ns: the wait reads the clock again); 1.9 times when every node comes back after
+//! being forgotten (144 against 76 ns: it is taken in again) — tens of nanoseconds on a
+//! request that costs a JSON parse and a Redis append. 104 bytes a node instead of 124, given
+//! back once nodes are forgotten (the old map kept its capacity and never shrank).
 //!
 //! Unlike the old map, which forgot any node 10 minutes after its last batch (at low rates
 //! before its allowance was whole again, handing it a fresh burst), a node is forgotten only
