@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -109,7 +109,7 @@ fn invalid(state: &AppState, message: String) -> Response {
 /// Rate-limits by node and appends a batch of valid samples: the entry id, or the refusal.
 async fn admit(state: &AppState, batch: &Batch) -> Result<Option<String>, Refusal> {
     let m = &state.metrics;
-    if let Err(wait) = state.limiter.check(&batch.node, Instant::now()) {
+    if let Err(wait) = state.limiter.check(&batch.node) {
         m.outcome("rate_limited");
         return Err(Box::new(retry_after(
             StatusCode::TOO_MANY_REQUESTS,
@@ -269,5 +269,26 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry_after_header(wait: Duration) -> String {
+        let response = retry_after(StatusCode::TOO_MANY_REQUESTS, wait, "over");
+        let value = &response.headers()[header::RETRY_AFTER];
+        value.to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        assert_eq!(retry_after_header(Duration::ZERO), "1");
+        assert_eq!(retry_after_header(Duration::from_nanos(1)), "1");
+        assert_eq!(retry_after_header(Duration::from_millis(500)), "1");
+        assert_eq!(retry_after_header(Duration::from_secs(1)), "1");
+        assert_eq!(retry_after_header(Duration::from_millis(1001)), "2");
+        assert_eq!(retry_after_header(Duration::from_secs(1000)), "1000");
     }
 }
