@@ -30,9 +30,11 @@ test:
 images:
 	bash images/build.sh
 
-# Load benchmark of the data path (prints figures, never fails on time).
+# Load benchmark of the data path with the release binaries (e2e/benches/load.rs), then the
+# ETL's database writer alone (etl/benches/writer.rs). Prints figures, never fails on time.
 bench: env-up
-	cargo bench -p fiber-ingest --bench load
+	cargo bench -p fiberstack-e2e --bench load
+	cargo bench -p fiber-etl --bench writer
 
 # Regenerate the CRDs from the operator's types, and the install bundle from the chart (tests
 # fail when either is stale).

@@ -2,6 +2,7 @@
 //! listen (`make env-up` writes it to `e2e/.env/env.sh`), clients for them, test
 //! namespaces, ports held for the length of a test, and waiting for a condition.
 
+pub mod etl;
 pub mod images;
 mod ports;
 
@@ -164,21 +165,75 @@ pub async fn connect_postgres(url: &str) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// A workspace binary, built next to the running test binary (`target/<profile>/`) by
-/// `cargo test --workspace`.
+/// A binary of another package of this workspace (`fiber-etl`, `fiber-ingest`, …), as
+/// `build_binaries` leaves it next to the running test or bench (`target/<profile>/`).
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test binary outside target/<profile>/deps")?;
+    let dir = profile_dir()?;
+    build_binaries(&dir)?;
     let path = dir.join(name);
     anyhow::ensure!(
         path.exists(),
-        "{} is not built: run `cargo test --workspace` (or cargo build) first",
+        "{} is not built: run `cargo build --workspace --bins` first",
         path.display()
     );
     Ok(path)
+}
+
+/// `target/<profile>/` of the running test or bench (its executable is in `deps/` below it).
+fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(Path::to_owned)
+        .context("test binary outside target/<profile>/deps")
+}
+
+/// Builds the workspace's binaries, once per process, for the profile of `dir`, so a test
+/// never runs a stale binary of a package `cargo test -p` did not build. The build runs only
+/// under cargo (`CARGO` is set for `cargo test` and `cargo bench`); when nothing changed it is
+/// a second's fingerprint check. Tests (`target/debug`) get `cargo build --workspace --bins`,
+/// which differs from `cargo test --workspace`'s own build only in dev-dependency features
+/// (reqwest's); benches (`target/release`) get the images' build (images/build.sh): they
+/// measure what ships, and after `make images` nothing is rebuilt.
+fn build_binaries(dir: &Path) -> Result<()> {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return Ok(());
+    };
+    BUILT
+        .get_or_init(|| {
+            let target_dir = dir.parent().ok_or("target/<profile> has no parent")?;
+            let mut command = std::process::Command::new(cargo);
+            command
+                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+                .args(["build", "--locked", "--bins", "--target-dir"])
+                .arg(target_dir);
+            match dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") => command.arg("--workspace"),
+                Some("release") => {
+                    command.arg("--release");
+                    images::NAMES
+                        .iter()
+                        .fold(&mut command, |c, name| c.args(["-p", name]))
+                }
+                other => return Err(format!("no build for the profile directory {other:?}")),
+            };
+            eprintln!("building the workspace's binaries: {command:?}");
+            let out = command
+                .output()
+                .map_err(|e| format!("running {command:?}: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{command:?} failed ({}):\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 /// SIGTERM to `child`, then its exit status, waiting at most `within` without blocking the

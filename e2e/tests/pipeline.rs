@@ -44,15 +44,7 @@ async fn probe_ingest_etl_and_postgres_agree() -> Result<()> {
     std::fs::create_dir_all(&scratch)?;
     let mut processes = Processes(Vec::new());
 
-    let migrated = Command::new(workspace_binary("fiber-etl")?)
-        .args(["migrate", "--database-url", &database])
-        .env("FIBER_LOG", "warn")
-        .output()?;
-    anyhow::ensure!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    fiberstack_e2e::etl::migrate(&database, None).await?;
     // Held until the end: the processes bind them, and no other test's server can meanwhile.
     let etl_metrics = ReservedPort::new()?;
     let ingest_port = ReservedPort::new()?;

@@ -287,15 +287,7 @@ async fn one_trace_from_probe_through_ingest_to_the_etl_write() -> Result<()> {
         children: Vec::new(),
         dir: scratch("fs-trace")?,
     };
-    let migrated = Command::new(workspace_binary("fiber-etl")?)
-        .args(["migrate", "--database-url", &database])
-        .env("FIBER_LOG", "warn")
-        .output()?;
-    anyhow::ensure!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    fiberstack_e2e::etl::migrate(&database, None).await?;
     let etl_metrics = ReservedPort::new()?;
     processes.spawn(
         "etl",

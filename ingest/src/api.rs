@@ -258,18 +258,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            fiberstack_plumbing::metrics::CONTENT_TYPE,
+        )],
+        fiberstack_plumbing::metrics::encode(&state.registry),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use fiber_ingest::api::{AppState, router};
 use fiber_ingest::auth::Token;
 use fiber_ingest::ratelimit::RateLimiter;
 use fiber_ingest::stream::StreamWriter;
+use fiberstack_plumbing::postgres::DbConfig;
 
 /// FiberStack's HTTP ingest: probes POST batches of samples to /api/v1/samples (bearer
 /// token, JSON, gzip accepted, at most 1 MiB and 5000 samples); a batch is answered 202
@@ -75,14 +76,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let redis = fiber_ingest::stream::connect(&config.redis_url)
         .await
-        .context("connecting to Redis (REDIS_URL)")?;
+        .context("REDIS_URL")?;
     let writer = StreamWriter::new(redis, &config.region, config.max_backlog);
     let limiter = RateLimiter::new(config.rate_per_node, config.rate_burst);
     let mut state = AppState::new(&config.region, token, limiter, writer);
     if let Some(url) = &config.database_url {
-        let db = fiber_etl::db::DbConfig {
+        let db = DbConfig {
             schema: config.db_schema.clone(),
-            ..fiber_etl::db::DbConfig::new(url)
+            ..DbConfig::new(url)
         };
         state = state.with_database(db.connect().await?);
     }

@@ -4,6 +4,7 @@
 
 use fiberstack_model::Batch;
 use fiberstack_model::stream::{BATCH_FIELD, TRACEPARENT_FIELD, encode_batch, samples_stream};
+use fiberstack_plumbing::redis::{RedisConfig, RedisConnectError};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -22,15 +23,16 @@ pub enum AppendError {
 
 /// Connects to Redis so that an outage is reported within about two seconds, not hidden
 /// behind long reconnect attempts: probes are told 503 and retry later from their buffer.
-pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-        .set_response_timeout(Some(std::time::Duration::from_secs(2)))
-        .set_number_of_retries(1)
-        .set_max_delay(std::time::Duration::from_millis(500));
-    redis::Client::open(url)?
-        .get_connection_manager_with_config(config)
-        .await
+pub async fn connect(url: &str) -> Result<ConnectionManager, RedisConnectError> {
+    RedisConfig {
+        connect_timeout: REDIS_DEADLINE,
+        response_timeout: REDIS_DEADLINE,
+        reconnect_retries: 1,
+        reconnect_max_delay: Some(std::time::Duration::from_millis(500)),
+        ..RedisConfig::new(url)
+    }
+    .connection_manager()
+    .await
 }
 
 /// XADD unless the stream already holds `ARGV[1]` entries or more. Returns `{id, length}`

@@ -352,14 +352,10 @@ async fn redis_down_answers_503_never_202() -> Result<()> {
 
 #[tokio::test]
 async fn a_batch_goes_in_over_http_and_lands_in_postgres_once() -> Result<()> {
-    use fiber_etl::consumer::{Consumer, ConsumerConfig};
-    use fiber_etl::db::DbConfig;
-
     let env = LocalEnv::load()?;
     let s = server().await?;
     let url = env.fresh_postgres_database("fs_e2e").await?;
-    let pool = DbConfig::new(url).connect().await?;
-    fiber_etl::migrate::migrate(&pool).await?;
+    fiberstack_e2e::etl::migrate(&url, None).await?;
 
     let b = batch(vec![
         tcp(1.5),
@@ -374,11 +370,9 @@ async fn a_batch_goes_in_over_http_and_lands_in_postgres_once() -> Result<()> {
         202,
         "a retried batch is accepted again"
     );
-    let mut config = ConsumerConfig::new(&s.region, "e2e-worker");
-    config.block = Duration::from_millis(100);
-    let mut consumer = Consumer::new(s.redis.clone(), pool.clone(), config);
-    let (_tx, mut rx) = tokio::sync::watch::channel(false);
-    while consumer.step(&mut rx).await? > 0 {}
+    // The ETL as it runs in production, until it has stored everything the stream holds.
+    fiberstack_e2e::etl::drain(&env.redis_url, &url, &s.region).await?;
+    let pool = sqlx::PgPool::connect(&url).await?;
     let rows: Vec<(String, f64)> =
         sqlx::query_as("select target, latency_ms from metrics order by target")
             .fetch_all(&pool)

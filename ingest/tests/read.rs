@@ -1,5 +1,5 @@
 //! The read API against real PostgreSQL: a fresh, migrated database per test, seeded through
-//! the ETL's writer.
+//! the ETL (the `fiber-etl` binary).
 
 mod common;
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fiberstack_model::{Batch, Rejection};
+use fiberstack_plumbing::backoff::Backoff;
 use http_body_util::Full;
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
@@ -30,6 +31,9 @@ use crate::metrics::{DropReason, Stats};
 /// First backoff step; doubled per consecutive failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The wait before retrying a URL that failed: full jitter from zero to
+/// `min(BACKOFF_MAX, BACKOFF_BASE · 2^failures)`.
+pub const BACKOFF: Backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
 /// The longest `Retry-After` obeyed; a server asking for more is retried after this.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 /// Longest a single POST may take.
@@ -55,14 +59,6 @@ pub fn endpoint(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-/// A wait from 0 to `min(BACKOFF_MAX, BACKOFF_BASE · 2^failures)`.
-pub fn full_jitter(failures: u32) -> Duration {
-    let cap = BACKOFF_BASE
-        .saturating_mul(1u32 << failures.min(16))
-        .min(BACKOFF_MAX);
-    cap.mul_f64(fastrand::f64())
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by fiber-ingest; it falls back
@@ -324,7 +320,7 @@ impl Deliverer {
                     let wait = if config_error {
                         BACKOFF_MAX
                     } else {
-                        full_jitter(self.failures)
+                        BACKOFF.delay(self.failures)
                     };
                     self.next_try[i] = Instant::now() + wait;
                 }
@@ -396,7 +392,7 @@ impl Deliverer {
             },
             429 | 503 => {
                 let wait =
-                    retry_after(&response.headers).unwrap_or_else(|| full_jitter(self.failures));
+                    retry_after(&response.headers).unwrap_or_else(|| BACKOFF.delay(self.failures));
                 tracing::warn!(
                     url,
                     status = response.status,
@@ -435,18 +431,18 @@ mod tests {
     }
 
     #[test]
-    fn full_jitter_stays_under_its_cap() {
+    fn backoff_stays_under_its_cap() {
         for failures in 0..40 {
             let cap = BACKOFF_BASE
                 .saturating_mul(1 << failures.min(16))
                 .min(BACKOFF_MAX);
             for _ in 0..50 {
-                assert!(full_jitter(failures) <= cap);
+                assert!(BACKOFF.delay(failures) <= cap);
             }
         }
         // Spread, not a constant: 200 draws under a 60 s cap are not all alike.
         let draws: std::collections::HashSet<u128> =
-            (0..200).map(|_| full_jitter(20).as_millis()).collect();
+            (0..200).map(|_| BACKOFF.delay(20).as_millis()).collect();
         assert!(draws.len() > 100);
     }
 }

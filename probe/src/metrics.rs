@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fiberstack_model::CheckKind;
+use fiberstack_plumbing::metrics::{self, counter, gauge};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 /// Why samples were dropped; the `reason` label of `fiber_probe_samples_dropped_total`.
@@ -89,26 +88,6 @@ impl Stats {
 struct StatsCollector(Arc<Stats>);
 
 type Labels = Vec<(&'static str, &'static str)>;
-
-fn counter(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: &AtomicU64,
-) -> Result<(), std::fmt::Error> {
-    let metric = ConstCounter::new(value.load(Ordering::Relaxed));
-    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn gauge(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: &AtomicU64,
-) -> Result<(), std::fmt::Error> {
-    let metric = ConstGauge::new(value.load(Ordering::Relaxed) as i64);
-    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
-}
 
 fn labelled(
     e: &mut DescriptorEncoder,
@@ -190,14 +169,6 @@ pub fn registry(stats: Arc<Stats>) -> Registry {
     registry
 }
 
-/// Renders the metrics in the Prometheus text format.
-pub fn render(registry: &Registry) -> String {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry)
-        .expect("writing to a String cannot fail");
-    text
-}
-
 /// Serves `GET /metrics` (and `/healthz`) on `addr` until the task is dropped.
 pub async fn serve(addr: SocketAddr, stats: Arc<Stats>) -> std::io::Result<()> {
     use http_body_util::Full;
@@ -223,11 +194,8 @@ pub async fn serve(addr: SocketAddr, stats: Arc<Stats>) -> std::io::Result<()> {
                     async move {
                         let response = match req.uri().path() {
                             "/metrics" => Response::builder()
-                                .header(
-                                    "content-type",
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )
-                                .body(Full::new(bytes::Bytes::from(render(&registry)))),
+                                .header("content-type", metrics::CONTENT_TYPE)
+                                .body(Full::new(bytes::Bytes::from(metrics::encode(&registry)))),
                             "/healthz" => {
                                 Response::builder().body(Full::new(bytes::Bytes::from("ok")))
                             }

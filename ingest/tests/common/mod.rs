@@ -1,5 +1,5 @@
 //! Fixtures shared by the read API and OpenAPI tests: an ingest server whose read API runs on
-//! a fresh, migrated PostgreSQL database seeded through the ETL's writer.
+//! a fresh PostgreSQL database, migrated and seeded by the `fiber-etl` binary.
 
 #![allow(dead_code)] // each test binary uses its own share of these
 
@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
-use fiber_etl::db::DbConfig;
 use fiber_ingest::api::{AppState, router};
 use fiber_ingest::auth::Token;
 use fiber_ingest::ratelimit::RateLimiter;
 use fiber_ingest::stream::StreamWriter;
-use fiberstack_e2e::{LocalEnv, batch, unique_name};
+use fiberstack_e2e::{LocalEnv, batch, etl, unique_name};
 use fiberstack_model::{Batch, CheckKind, Sample};
+use fiberstack_plumbing::postgres::DbConfig;
 use serde_json::Value;
 
 pub const TOKEN: &str = "read-test-token-0123456789";
@@ -50,9 +50,9 @@ pub async fn serve(batches: &[Batch], with_db: bool) -> Result<String> {
     );
     if with_db {
         let url = env.fresh_postgres_database("fs_read").await?;
+        etl::migrate(&url, None).await?;
+        etl::store(&env.redis_url, &url, batches).await?;
         let pool = DbConfig::new(url).connect().await?;
-        fiber_etl::migrate::migrate(&pool).await?;
-        fiber_etl::writer::write(&pool, batches, Utc::now()).await?;
         sqlx::query("select fiberstack_refresh_rollups($1, 'infinity')")
             .bind(hour() - Duration::days(1))
             .execute(&pool)
