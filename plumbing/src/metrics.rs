@@ -1,6 +1,21 @@
 //! The `/metrics` exposition every binary serves: its content type, the registry's text, and
 //! counters and gauges read from atomics at each scrape (a part's statistics stay plain
 //! atomics, updated without knowing about Prometheus).
+//!
+//! **One shape for the data path's components** (probe, ingest, ETL), as Vector gives its
+//! components, so one dashboard or alert rule reads any of them:
+//!
+//! | series | what |
+//! |---|---|
+//! | `fiber_<component>_received_<unit>_total` | what came in (probe: samples measured) |
+//! | `fiber_<component>_sent_<unit>_total` | what the next hop acknowledged (ingest, Redis, the database) |
+//! | `fiber_<component>_discarded_<unit>_total{reason}` | what will never be sent on |
+//! | `fiber_<component>_errors_total{stage, error_type}` | failed attempts (`stage`: receive or send); retried unless also discarded |
+//! | `fiber_<component>_send_duration_seconds` | histogram of hand-offs to the next hop |
+//!
+//! `<unit>` is `samples` (or `entries`, the ETL's stream entries). Everything else a
+//! component exports (buffer size, stream length, requests by outcome) is its own, named
+//! `fiber_<component>_<what>`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,6 +46,30 @@ pub fn counter(
 ) -> Result<(), std::fmt::Error> {
     let metric = ConstCounter::new(value.load(Ordering::Relaxed));
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A counter family: one `<name>_total` series per label set, each with its value now.
+pub fn labelled_counter<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Vec<(&'a str, &'a str)>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let family = prometheus_client::metrics::family::Family::<
+        Vec<(&'a str, &'a str)>,
+        prometheus_client::metrics::counter::Counter,
+    >::default();
+    for (labels, value) in values {
+        family.get_or_create(&labels).inc_by(value);
+    }
+    family.encode(encoder.encode_descriptor(name, help, None, family.metric_type())?)
+}
+
+/// The buckets of every `send_duration_seconds`: 1 ms to 10 s.
+pub fn send_duration() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.5, 11),
+    )
 }
 
 /// A gauge whose value is `value` now; for a collector's `encode`.

@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::buffer::{Buffer, Pending};
 use crate::config::Settings;
-use crate::metrics::{DropReason, Stats};
+use crate::metrics::{DropReason, SendError, Stats};
 
 /// First backoff step; doubled per consecutive failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -93,6 +93,7 @@ enum Outcome {
     /// Failed; retry after the backoff (or the longest backoff when `config_error`).
     Failed {
         config_error: bool,
+        error: SendError,
     },
 }
 
@@ -272,16 +273,19 @@ impl Deliverer {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => REQUEST_TIMEOUT,
             };
-            self.stats.push_attempts.fetch_add(1, Ordering::Relaxed);
+            let attempt = Instant::now();
             // One span per attempt, its context sent along so that ingest's handling (and
             // the ETL's write) join the same trace.
             let span = tracing::info_span!("deliver_batch", url, samples = count);
             let traceparent = fiberstack_telemetry::traceparent(&span);
-            match self
+            let outcome = self
                 .post(url, body.clone(), token.as_deref(), timeout, traceparent)
                 .instrument(span)
-                .await
-            {
+                .await;
+            self.stats
+                .send_duration
+                .observe(attempt.elapsed().as_secs_f64());
+            match outcome {
                 Outcome::Accepted(answer) => {
                     self.failures = 0;
                     self.next_try[i] = Instant::now();
@@ -290,7 +294,7 @@ impl Deliverer {
                         tracing::error!(error = %e, kind = e.kind(), "cannot move the buffer's cursor; the batch may be sent again");
                     }
                     self.stats
-                        .samples_delivered
+                        .samples_sent
                         .fetch_add(answer.accepted, Ordering::Relaxed);
                     if rejected > 0 {
                         self.stats.dropped(DropReason::Rejected, rejected);
@@ -312,11 +316,14 @@ impl Deliverer {
                     return Ok(());
                 }
                 Outcome::RetryAfter(wait) => {
-                    self.stats.push_failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats.send_failed(SendError::RetryLater);
                     self.next_try[i] = Instant::now() + wait;
                 }
-                Outcome::Failed { config_error } => {
-                    self.stats.push_failures.fetch_add(1, Ordering::Relaxed);
+                Outcome::Failed {
+                    config_error,
+                    error,
+                } => {
+                    self.stats.send_failed(error);
                     let wait = if config_error {
                         BACKOFF_MAX
                     } else {
@@ -361,7 +368,10 @@ impl Deliverer {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(url, error = %e, "ingest URL or token cannot form a request");
-                return Outcome::Failed { config_error: true };
+                return Outcome::Failed {
+                    config_error: true,
+                    error: SendError::Refused,
+                };
             }
         };
         let response = match crate::connect::send(request, &self.tls, timeout, 64 << 10).await {
@@ -370,6 +380,7 @@ impl Deliverer {
                 tracing::warn!(url, error = %e, kind = e.kind(), "ingest unreachable");
                 return Outcome::Failed {
                     config_error: false,
+                    error: SendError::Unreachable,
                 };
             }
         };
@@ -403,16 +414,23 @@ impl Deliverer {
             }
             401 | 403 => {
                 tracing::error!(url, status = response.status, body = %text(), "ingest refused the token: check FIBER_TOKEN / FIBER_TOKEN_FILE / ingest.tokenFile; retrying every minute");
-                Outcome::Failed { config_error: true }
+                Outcome::Failed {
+                    config_error: true,
+                    error: SendError::Refused,
+                }
             }
             400 | 413 | 404 => {
                 tracing::error!(url, status = response.status, body = %text(), "ingest refused the batch as a whole (configuration: probe/region/country/node, or the URL); retrying every minute");
-                Outcome::Failed { config_error: true }
+                Outcome::Failed {
+                    config_error: true,
+                    error: SendError::Refused,
+                }
             }
             status => {
                 tracing::warn!(url, status, body = %text(), "ingest failed");
                 Outcome::Failed {
                     config_error: false,
+                    error: SendError::Failed,
                 }
             }
         }

@@ -1,18 +1,18 @@
-//! The probe's counters and the optional `/metrics` endpoint (Prometheus text format), in the
-//! same `*_total` shape as the ingest service's and the ETL's.
+//! The probe's counters and the optional `/metrics` endpoint, in the data path's one shape
+//! (see `fiberstack_plumbing::metrics`): received (samples measured), sent (accepted by the
+//! ingest service), discarded, errors by stage and type, send duration.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fiberstack_model::CheckKind;
-use fiberstack_plumbing::metrics::{self, counter, gauge};
+use fiberstack_plumbing::metrics;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
-/// Why samples were dropped; the `reason` label of `fiber_probe_samples_dropped_total`.
+/// Why samples were dropped; the `reason` label of `fiber_probe_discarded_samples_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     /// The disk buffer reached `buffer.maxBytes`; the oldest samples made room.
@@ -35,17 +35,66 @@ impl DropReason {
     }
 }
 
+/// Why a send to an ingest URL failed; the `error_type` of
+/// `fiber_probe_errors_total{stage="send"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// No answer: connection refused or reset, timeout, name not resolved.
+    Unreachable,
+    /// 429 or 503: the ingest service asked to come back later.
+    RetryLater,
+    /// 400, 401, 403, 404, 413: the token, the URL or the probe's configuration is wrong.
+    Refused,
+    /// Any other answer (a 5xx, say).
+    Failed,
+}
+
+impl SendError {
+    pub const ALL: [SendError; 4] = [
+        Self::Unreachable,
+        Self::RetryLater,
+        Self::Refused,
+        Self::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::RetryLater => "retry_later",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// Counters shared by the checks, the buffer and the delivery; read at each scrape.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
-    checks_run: [AtomicU64; 4],
-    checks_failed: [AtomicU64; 4],
+    checks_run: [AtomicU64; CheckKind::ALL.len()],
+    checks_failed: [AtomicU64; CheckKind::ALL.len()],
     dropped: [AtomicU64; 3],
+    send_errors: [AtomicU64; 4],
     pub buffer_samples: AtomicU64,
     pub buffer_bytes: AtomicU64,
-    pub push_attempts: AtomicU64,
-    pub push_failures: AtomicU64,
-    pub samples_delivered: AtomicU64,
+    /// Samples the ingest service accepted.
+    pub samples_sent: AtomicU64,
+    /// Every attempt to send a batch, however it ended.
+    pub send_duration: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            checks_run: Default::default(),
+            checks_failed: Default::default(),
+            dropped: Default::default(),
+            send_errors: Default::default(),
+            buffer_samples: AtomicU64::new(0),
+            buffer_bytes: AtomicU64::new(0),
+            samples_sent: AtomicU64::new(0),
+            send_duration: metrics::send_duration(),
+        }
+    }
 }
 
 fn kind_index(kind: CheckKind) -> usize {
@@ -82,82 +131,76 @@ impl Stats {
     pub fn dropped_total(&self, reason: DropReason) -> u64 {
         self.dropped[drop_index(reason)].load(Ordering::Relaxed)
     }
+
+    pub fn send_failed(&self, error: SendError) {
+        let i = SendError::ALL.iter().position(|e| *e == error).unwrap_or(0);
+        self.send_errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn send_errors(&self, error: SendError) -> u64 {
+        let i = SendError::ALL.iter().position(|e| *e == error).unwrap_or(0);
+        self.send_errors[i].load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
 struct StatsCollector(Arc<Stats>);
 
-type Labels = Vec<(&'static str, &'static str)>;
-
-fn labelled(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    values: impl Iterator<Item = (Labels, u64)>,
-) -> Result<(), std::fmt::Error> {
-    let family = Family::<Labels, prometheus_client::metrics::counter::Counter>::default();
-    for (labels, v) in values {
-        family.get_or_create(&labels).inc_by(v);
-    }
-    family.encode(e.encode_descriptor(name, help, None, family.metric_type())?)
-}
-
 impl Collector for StatsCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        labelled(
+        metrics::labelled_counter(
             &mut e,
-            "fiber_probe_checks",
-            "Check rounds run, by kind",
+            "fiber_probe_received_samples",
+            "Samples measured (one per check round), by kind",
             CheckKind::ALL
                 .iter()
                 .map(|k| (vec![("kind", k.as_str())], s.checks_run(*k))),
         )?;
-        labelled(
+        metrics::labelled_counter(
             &mut e,
-            "fiber_probe_checks_failed",
-            "Check rounds whose sample is down, by kind",
+            "fiber_probe_down_samples",
+            "Samples measured whose target was down, by kind",
             CheckKind::ALL
                 .iter()
                 .map(|k| (vec![("kind", k.as_str())], s.checks_failed(*k))),
         )?;
-        labelled(
+        metrics::counter(
             &mut e,
-            "fiber_probe_samples_dropped",
+            "fiber_probe_sent_samples",
+            "Samples the ingest service accepted",
+            &s.samples_sent,
+        )?;
+        metrics::labelled_counter(
+            &mut e,
+            "fiber_probe_discarded_samples",
             "Samples that will never be delivered, by reason",
             DropReason::ALL
                 .iter()
                 .map(|r| (vec![("reason", r.as_str())], s.dropped_total(*r))),
         )?;
-        gauge(
+        metrics::labelled_counter(
+            &mut e,
+            "fiber_probe_errors",
+            "Failed attempts to send a batch to an ingest URL (retried), by type",
+            SendError::ALL.iter().map(|t| {
+                (
+                    vec![("stage", "send"), ("error_type", t.as_str())],
+                    s.send_errors(*t),
+                )
+            }),
+        )?;
+        metrics::gauge(
             &mut e,
             "fiber_probe_buffer_samples",
             "Samples in the disk buffer not yet accepted by the ingest service",
             &s.buffer_samples,
         )?;
-        gauge(
+        metrics::gauge(
             &mut e,
             "fiber_probe_buffer_bytes",
             "Bytes of the disk buffer's segment files",
             &s.buffer_bytes,
-        )?;
-        counter(
-            &mut e,
-            "fiber_probe_push_attempts",
-            "Batches sent to an ingest URL",
-            &s.push_attempts,
-        )?;
-        counter(
-            &mut e,
-            "fiber_probe_push_failures",
-            "Batch sends that did not end in 202",
-            &s.push_failures,
-        )?;
-        counter(
-            &mut e,
-            "fiber_probe_samples_delivered",
-            "Samples the ingest service accepted",
-            &s.samples_delivered,
         )
     }
 }
@@ -165,6 +208,11 @@ impl Collector for StatsCollector {
 /// The registry that renders [`Stats`].
 pub fn registry(stats: Arc<Stats>) -> Registry {
     let mut registry = Registry::default();
+    registry.register(
+        "fiber_probe_send_duration_seconds",
+        "Attempts to send a batch to an ingest URL, however they ended",
+        stats.send_duration.clone(),
+    );
     registry.register_collector(Box::new(StatsCollector(stats)));
     registry
 }

@@ -205,15 +205,30 @@ async fn rejected_samples_are_dropped_counted_and_not_retried() {
         st.rejected_keys
     );
     assert!(st.keys.keys().all(|k| k.2 == "good"));
-    let dropped: u64 = text
-        .lines()
-        .find(|l| l.starts_with("fiber_probe_samples_dropped_total{reason=\"rejected\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no rejected counter in {text}"));
-    assert!(dropped >= 4, "{text}");
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    // The data path's one shape: received, sent, discarded by reason, send duration.
     assert!(
-        text.contains("fiber_probe_checks_total{kind=\"tcp\"}"),
+        value("fiber_probe_discarded_samples_total{reason=\"rejected\"}") >= 4,
+        "{text}"
+    );
+    assert!(
+        value("fiber_probe_received_samples_total{kind=\"tcp\"}") >= 1,
+        "{text}"
+    );
+    assert!(value("fiber_probe_sent_samples_total") >= 1, "{text}");
+    assert!(
+        value("fiber_probe_send_duration_seconds_count") >= 1,
+        "{text}"
+    );
+    assert_eq!(
+        value("fiber_probe_errors_total{stage=\"send\",error_type=\"refused\"}"),
+        0,
         "{text}"
     );
 }
@@ -223,6 +238,7 @@ async fn wrong_token_is_logged_and_does_not_spin() {
     let scratch = Scratch::new("token");
     let (target, _t) = tcp_target().await;
     let receiver = Receiver::start().await;
+    let metrics = ReservedPort::new().unwrap();
     let config = scratch.path("probe.yaml");
     std::fs::write(
         &config,
@@ -232,13 +248,24 @@ async fn wrong_token_is_logged_and_does_not_spin() {
             target,
             &[receiver.url()],
             &scratch.path("buf"),
-            "",
+            &format!("metricsListen: {}\n", metrics.addr()),
         ),
     )
     .unwrap();
     let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[("FIBER_TOKEN", "wrong")]);
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let text = reqwest::get(format!("{}/metrics", metrics.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(probe.terminate().await.success());
+    assert!(
+        text.contains("fiber_probe_errors_total{stage=\"send\",error_type=\"refused\"} 1"),
+        "the refused token counted as a send error: {text}"
+    );
+    assert!(text.contains("fiber_probe_sent_samples_total 0"), "{text}");
     let requests = receiver.state.lock().unwrap().requests.clone();
     let statuses: Vec<u16> = requests.iter().map(|r| r.1).collect();
     // One at start, then one per minute; the SIGTERM flush may try once more.
