@@ -1,6 +1,7 @@
 //! The HTTP API: the router, `POST /api/v1/samples`, `POST /api/push`, health, readiness,
 //! metrics and the OpenAPI document; the read API's handlers are in `read.rs`, what every
-//! handler shares (state, JSON errors, the token check) in `app.rs`.
+//! handler shares (state, JSON errors, the token check) in `app.rs`. Each handler carries its
+//! `#[utoipa::path]`, from which `openapi.rs` builds the document.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -15,9 +16,13 @@ use axum::routing::{get, post};
 use fiberstack_model::{Batch, PushSample, Rejection};
 use serde::Serialize;
 use tracing::Instrument;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{IntoParams, ToSchema};
 
 pub use crate::app::AppState;
-use crate::app::{Refusal, authorized, error};
+use crate::app::{ErrorBody, Refusal, authorized, error};
+pub use crate::openapi::OPENAPI;
 use crate::stream::AppendError;
 
 /// Largest request body, compressed or not.
@@ -31,7 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/metrics", get(crate::read::metrics))
         .route("/api/status", get(crate::read::status))
         .route("/api/openapi.json", get(openapi))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         // The compressed body is limited here; the decompressed one in `decode_body`.
@@ -40,15 +45,78 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// `202` body: how many samples were accepted and which were refused.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
     pub accepted: usize,
     pub rejected: Vec<Rejection>,
 }
 
+/// `202` body of `POST /api/push`, the seed's contract.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PushAccepted {
+    #[schema(inline)]
+    pub status: PushStatus,
+    pub queued: bool,
+    /// The Redis stream entry id.
+    pub message_id: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PushStatus {
+    Accepted,
+}
+
+/// The `Content-Encoding`s a request body may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ContentEncoding {
+    Gzip,
+    Identity,
+}
+
+/// The headers the POST handlers read besides `Authorization` (for the document: the handlers
+/// read them from the `HeaderMap`).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct BodyHeaders {
+    #[param(rename = "Content-Encoding", inline, nullable = false)]
+    pub content_encoding: Option<ContentEncoding>,
+    /// W3C trace context of the sender's span (fiber-probe sends it when it exports traces):
+    /// the request's span joins that trace, and the stream entry carries it on to fiber-etl.
+    /// A malformed value is ignored.
+    #[param(
+        nullable = false,
+        example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    )]
+    pub traceparent: Option<String>,
+}
+
+/// `Retry-After` of a 429 or 503: whole seconds, rounded up, at least one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(u64);
+
+impl RetryAfter {
+    fn of(wait: Duration) -> Self {
+        Self(wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
+}
+
+/// Written out: utoipa's derive takes no bounds on a newtype's field.
+impl utoipa::PartialSchema for RetryAfter {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .into()
+    }
+}
+
+impl ToSchema for RetryAfter {}
+
 fn retry_after(status: StatusCode, wait: Duration, message: impl Into<String>) -> Response {
     let mut response = error(status, message);
-    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let RetryAfter(secs) = RetryAfter::of(wait);
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -60,9 +128,19 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode,
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("identity") => Ok(body.to_vec()),
-        Some("gzip") => {
+    let encoding = match encoding.as_deref() {
+        None | Some("identity") => ContentEncoding::Identity,
+        Some("gzip") => ContentEncoding::Gzip,
+        Some(other) => {
+            return Err((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding {other:?} is not supported; send gzip or no encoding"),
+            ));
+        }
+    };
+    match encoding {
+        ContentEncoding::Identity => Ok(body.to_vec()),
+        ContentEncoding::Gzip => {
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(&body[..])
                 .take(MAX_BODY_BYTES as u64 + 1)
@@ -81,10 +159,6 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode,
             }
             Ok(out)
         }
-        Some(other) => Err((
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Encoding {other:?} is not supported; send gzip or no encoding"),
-        )),
     }
 }
 
@@ -159,6 +233,50 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
     span
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/samples",
+    operation_id = "postSamples",
+    tag = "ingest",
+    summary = "Send a batch of samples",
+    description = "Valid samples of a batch are accepted even when others are not; refused ones are named by index. At most 5000 samples and 1 MiB (compressed and decompressed). `Content-Encoding: gzip` is accepted.",
+    params(BodyHeaders),
+    request_body(content = Batch, example = json!({
+        "probe": "fiberstack/accra-edge",
+        "region": "ghana",
+        "country": "GH",
+        "node": "gh-accra-1",
+        "agent_version": "0.1.0",
+        "samples": [
+            {
+                "time": "2026-11-23T10:00:00Z", "target": "google-dns", "kind": "icmp",
+                "address": "8.8.8.8", "up": true,
+                "latency_ms": 21.4, "latency_min_ms": 19.9, "latency_max_ms": 24.0,
+                "jitter_ms": 1.2, "packet_loss": 0.0, "sent": 5, "received": 5
+            },
+            {
+                "time": "2026-11-23T10:00:00Z", "target": "api", "kind": "http",
+                "address": "https://api.example.com/health", "up": true,
+                "latency_ms": 84.0, "status_code": 200,
+                "metadata": {
+                    "dns_ms": 2.1, "connect_ms": 20.3, "tls_ms": 31.0, "ttfb_ms": 80.2,
+                    "total_ms": 84.0, "cert_days_to_expiry": 61
+                }
+            }
+        ]
+    })),
+    responses(
+        (status = 202, description = "The valid samples are in the stream.", body = Accepted),
+        (status = 400, description = "The body is not a batch, or the batch as a whole breaks a rule (the message names the field).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB, compressed or decompressed.", body = ErrorBody),
+        (status = 415, description = "A Content-Encoding other than gzip.", body = ErrorBody),
+        (status = 429, description = "The node is over its rate limit.", body = ErrorBody,
+            headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
+        (status = 503, description = "Redis does not answer, or the stream's backlog is over its cap.", body = ErrorBody,
+            headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
+    ),
+)]
 async fn post_samples(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -196,6 +314,35 @@ async fn accept_samples(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -
 }
 
 /// The seed's single-sample contract: `202 {"status":"accepted","queued":true,"message_id"}`.
+#[utoipa::path(
+    post,
+    path = "/api/push",
+    operation_id = "postPush",
+    tag = "ingest",
+    summary = "Send one sample (the original single-sample contract)",
+    description = "Kept compatible with the first FiberStack blueprint. Stored as probe `legacy/push`, target `node`, kind `icmp`.",
+    params(BodyHeaders),
+    request_body(content = PushSample, example = json!({
+        "node_id": "gh-accra-1",
+        "country": "GH",
+        "region": "ghana",
+        "latency_ms": 23.5,
+        "uptime_pct": 99.9,
+        "packet_loss": 0.0,
+        "timestamp": "2026-11-23T10:00:00Z"
+    })),
+    responses(
+        (status = 202, description = "The sample is in the stream.", body = PushAccepted),
+        (status = 400, description = "The body is not a push sample, or a field breaks a rule.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
+        (status = 415, description = "A Content-Encoding other than gzip.", body = ErrorBody),
+        (status = 429, description = "The node is over its rate limit.", body = ErrorBody,
+            headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
+        (status = 503, description = "Redis does not answer, or the stream's backlog is over its cap.", body = ErrorBody,
+            headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
+    ),
+)]
 async fn post_push(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -229,26 +376,60 @@ async fn accept_push(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -> R
     match admit(&state, &batch).await {
         Ok(id) => {
             m.outcome("accepted");
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(
-                    serde_json::json!({ "status": "accepted", "queued": true, "message_id": id }),
-                ),
-            )
-                .into_response()
+            let body = PushAccepted {
+                status: PushStatus::Accepted,
+                queued: true,
+                // A push is one sample, so there always is an entry.
+                message_id: id.unwrap_or_default(),
+            };
+            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
         }
         Err(refusal) => *refusal,
     }
 }
 
-/// The OpenAPI 3.1 description of this service (`ingest/src/openapi.json`; its test sends
-/// every documented request and checks each answer against it).
-pub const OPENAPI: &str = include_str!("openapi.json");
-
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    operation_id = "openapi",
+    tag = "service",
+    summary = "This document",
+    security(),
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)),
+)]
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI.as_str(),
+    )
+        .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "service",
+    summary = "Liveness: the process serves HTTP",
+    security(),
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")),
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "service",
+    summary = "Readiness: Redis answers",
+    security(),
+    responses(
+        (status = 200, description = "`ok`", body = String, content_type = "text/plain"),
+        (status = 503, description = "Redis does not answer.", body = ErrorBody),
+    ),
+)]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.writer.ping().await {
         "ok".into_response()
@@ -257,6 +438,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "service",
+    summary = "Prometheus metrics (OpenMetrics text)",
+    security(),
+    responses((status = 200, description = "Requests by outcome, samples accepted and rejected, stream append latency.",
+        body = String, content_type = "application/openmetrics-text")),
+)]
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(

@@ -4,6 +4,7 @@
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::registry::Registry;
+use serde::Serialize;
 
 use crate::auth::Token;
 use crate::metrics::Metrics;
@@ -48,12 +49,19 @@ impl AppState {
 /// A request's refusal (boxed: a `Response` is large to carry in every `Result`).
 pub type Refusal = Box<Response>;
 
+/// The body of every refusal.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What is wrong, naming the field or parameter.
+    pub error: String,
+}
+
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
+    let body = ErrorBody {
+        error: message.into(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// Checks the bearer token: nothing, or the 401 refusal.

@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod metrics;
+pub mod openapi;
 pub mod ratelimit;
 pub mod read;
 pub mod stream;

@@ -9,14 +9,19 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
+use fiberstack_model::CheckKind;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::Schema;
+use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Ref, Type};
+use utoipa::{IntoParams, ToSchema};
 
-use crate::app::{AppState, Refusal, authorized, error};
+use crate::app::{AppState, ErrorBody, Refusal, authorized, error};
 
 /// Most rows one `/api/v1/metrics` answer holds.
 pub const MAX_LIMIT: i64 = 10_000;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A probe node that has reported.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Node {
     pub name: String,
     pub region: String,
@@ -26,46 +31,113 @@ pub struct Node {
     pub last_seen_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A stored sample (`aggregation=raw`). Every field is present; a figure not measured is
+/// `null`.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct RawRow {
     pub time: DateTime<Utc>,
     pub node: String,
     pub probe: String,
     pub target: String,
+    // The database's constraint keeps it to the model's kinds.
+    #[schema(value_type = CheckKind)]
     pub kind: String,
     pub up: bool,
+    #[schema(required = true)]
     pub latency_ms: Option<f64>,
+    #[schema(required = true)]
     pub jitter_ms: Option<f64>,
+    #[schema(required = true)]
     pub packet_loss: Option<f64>,
+    #[schema(required = true)]
     pub status_code: Option<i16>,
+    #[schema(required = true)]
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// An hourly or daily rollup of one node, probe and target. Every field is present; a figure
+/// no sample of the bucket measured is `null`.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct RollupRow {
+    /// Start of the hour or day (UTC).
     pub bucket: DateTime<Utc>,
     pub node: String,
     pub probe: String,
     pub target: String,
+    #[schema(minimum = 1)]
     pub samples: i64,
+    #[schema(minimum = 0, maximum = 100)]
     pub uptime_pct: f64,
+    #[schema(required = true)]
     pub latency_avg_ms: Option<f64>,
+    #[schema(required = true)]
     pub latency_p50_ms: Option<f64>,
+    #[schema(required = true)]
     pub latency_p95_ms: Option<f64>,
+    #[schema(required = true)]
     pub latency_p99_ms: Option<f64>,
+    #[schema(required = true)]
     pub jitter_avg_ms: Option<f64>,
+    #[schema(required = true)]
     pub packet_loss_avg: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /api/v1/metrics`. Times and the aggregation are checked by the handler,
+/// which answers a malformed one with the `Error` body (a typed field would be refused by the
+/// extractor in plain text instead).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
+    /// Only this node.
+    #[param(example = "gh-accra-1")]
     pub node: Option<String>,
+    /// Only this FiberProbe (`namespace/name`).
+    #[param(example = "fiberstack/accra-edge")]
     pub probe: Option<String>,
+    /// Only this target.
+    #[param(example = "google-dns")]
     pub target: Option<String>,
+    /// RFC 3339; default: one hour before `end`.
+    #[param(format = DateTime)]
     pub start: Option<String>,
+    /// RFC 3339, exclusive; default: now.
+    #[param(format = DateTime)]
     pub end: Option<String>,
+    /// `raw` samples, or the `hourly`/`daily` rollups (percentiles computed from each
+    /// bucket's samples).
+    #[param(value_type = Option<Aggregation>, inline, example = "hourly")]
     pub aggregation: Option<String>,
+    /// At most this many rows, oldest first.
+    #[param(minimum = 1, maximum = 10000, default = 1000)]
     pub limit: Option<i64>,
+}
+
+/// Which rows `/api/v1/metrics` answers with.
+// The default is given on the type: given on the query's field, utoipa would wrap the enum
+// in a `oneOf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(default = "raw")]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    Raw,
+    Hourly,
+    Daily,
+}
+
+impl Aggregation {
+    const ALL: [Self; 3] = [Self::Raw, Self::Hourly, Self::Daily];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Hourly => "hourly",
+            Self::Daily => "daily",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == text)
+    }
 }
 
 fn database(state: &AppState) -> Result<&sqlx::PgPool, Refusal> {
@@ -82,6 +154,18 @@ fn db_error(e: sqlx::Error) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes",
+    operation_id = "listNodes",
+    tag = "read",
+    summary = "Probe nodes that have reported",
+    responses(
+        (status = 200, description = "Every known node, by name.", body = Vec<Node>),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 503, description = "No DATABASE_URL is configured, or the database does not answer.", body = ErrorBody),
+    ),
+)]
 pub async fn nodes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(refusal) = authorized(&state, &headers) {
         return *refusal;
@@ -119,14 +203,66 @@ fn time_param(
     }
 }
 
-#[derive(Debug, Serialize)]
-struct MetricsAnswer<T> {
-    aggregation: &'static str,
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetricsAnswer {
+    #[schema(inline)]
+    aggregation: Aggregation,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
-    rows: Vec<T>,
+    /// RawRow for `raw`, RollupRow for `hourly` and `daily`.
+    #[schema(schema_with = rows_schema)]
+    rows: Rows,
 }
 
+/// The rows of a [`MetricsAnswer`]: one kind per answer.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Rows {
+    Raw(Vec<RawRow>),
+    Rollup(Vec<RollupRow>),
+}
+
+impl From<Vec<RawRow>> for Rows {
+    fn from(rows: Vec<RawRow>) -> Self {
+        Self::Raw(rows)
+    }
+}
+
+impl From<Vec<RollupRow>> for Rows {
+    fn from(rows: Vec<RollupRow>) -> Self {
+        Self::Rollup(rows)
+    }
+}
+
+/// An array whose items are any of the row kinds. utoipa derives `oneOf` for an untagged
+/// enum, and per array rather than per item; this says what a client reads.
+fn rows_schema() -> Schema {
+    let row = AnyOfBuilder::new()
+        .item(Ref::from_schema_name(RawRow::name()))
+        .item(Ref::from_schema_name(RollupRow::name()));
+    ArrayBuilder::new()
+        .items(row)
+        .description(Some(
+            "RawRow for `raw`, RollupRow for `hourly` and `daily`.",
+        ))
+        .build()
+        .into()
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics",
+    operation_id = "queryMetrics",
+    tag = "read",
+    summary = "Samples or rollups over a time range",
+    params(MetricsQuery),
+    responses(
+        (status = 200, description = "Rows in time order.", body = MetricsAnswer),
+        (status = 400, description = "A parameter is malformed (the message names it).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 503, description = "No DATABASE_URL is configured, or the database does not answer.", body = ErrorBody),
+    ),
+)]
 pub async fn metrics(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -169,13 +305,14 @@ pub async fn metrics(
         target: q.target.as_deref(),
         limit,
     };
-    match q.aggregation.as_deref().unwrap_or("raw") {
-        "raw" => answer::<RawRow>(db, RAW, "raw", &filters).await,
-        "hourly" => answer::<RollupRow>(db, ROLLUP_HOURLY, "hourly", &filters).await,
-        "daily" => answer::<RollupRow>(db, ROLLUP_DAILY, "daily", &filters).await,
-        other => error(
+    let aggregation = q.aggregation.as_deref().unwrap_or("raw");
+    match Aggregation::parse(aggregation) {
+        Some(a @ Aggregation::Raw) => answer::<RawRow>(db, RAW, a, &filters).await,
+        Some(a @ Aggregation::Hourly) => answer::<RollupRow>(db, ROLLUP_HOURLY, a, &filters).await,
+        Some(a @ Aggregation::Daily) => answer::<RollupRow>(db, ROLLUP_DAILY, a, &filters).await,
+        None => error(
             StatusCode::BAD_REQUEST,
-            format!("aggregation: {other:?} is not one of raw, hourly, daily"),
+            format!("aggregation: {aggregation:?} is not one of raw, hourly, daily"),
         ),
     }
 }
@@ -194,11 +331,12 @@ struct Filters<'a> {
 async fn answer<T>(
     db: &sqlx::PgPool,
     sql: &'static str,
-    aggregation: &'static str,
+    aggregation: Aggregation,
     f: &Filters<'_>,
 ) -> Response
 where
-    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Serialize + Send + Unpin,
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    Rows: From<Vec<T>>,
 {
     let rows = sqlx::query_as::<_, T>(sql)
         .bind(f.start)
@@ -214,7 +352,7 @@ where
             aggregation,
             start: f.start,
             end: f.end,
-            rows,
+            rows: rows.into(),
         })
         .into_response(),
         Err(e) => db_error(e),
@@ -249,40 +387,82 @@ macro_rules! rollup_query {
 const ROLLUP_HOURLY: &str = rollup_query!("metrics_hourly");
 const ROLLUP_DAILY: &str = rollup_query!("metrics_daily");
 
-#[derive(Debug, Serialize)]
-struct Status {
+/// The `service` of every status answer.
+const SERVICE: &str = "fiber-ingest";
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    #[schema(schema_with = service_schema)]
     service: &'static str,
     version: &'static str,
     region: String,
+    /// fiber:samples:<region>
     stream: String,
-    /// "ok" or "unavailable".
-    redis: &'static str,
+    #[schema(inline)]
+    redis: RedisState,
     /// Entries in the stream (about what the ETL has not stored yet), when Redis answers.
+    #[schema(required = true)]
     stream_length: Option<u64>,
-    /// "ok", "unavailable", or "off" without a DATABASE_URL.
-    database: &'static str,
+    #[schema(inline)]
+    database: DatabaseState,
+}
+
+fn service_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([SERVICE]))
+        .build()
+        .into()
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum RedisState {
+    Ok,
+    Unavailable,
+}
+
+/// `off` without a DATABASE_URL.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum DatabaseState {
+    Ok,
+    Unavailable,
+    Off,
 }
 
 /// `GET /api/status`: what this ingest service serves and whether its dependencies answer.
 /// 200 when Redis answers (samples can be accepted), 503 otherwise.
+#[utoipa::path(
+    get,
+    path = "/api/status",
+    operation_id = "status",
+    tag = "service",
+    summary = "What this service serves and whether its dependencies answer",
+    security(),
+    responses(
+        (status = 200, description = "Redis answers: samples can be accepted.", body = Status),
+        (status = 503, description = "Redis does not answer.", body = Status),
+    ),
+)]
 pub async fn status(State(state): State<Arc<AppState>>) -> Response {
     let stream_length = state.writer.length().await;
     let database = match &state.db {
-        None => "off",
+        None => DatabaseState::Off,
         Some(db) => match sqlx::query("select 1").execute(db).await {
-            Ok(_) => "ok",
-            Err(_) => "unavailable",
+            Ok(_) => DatabaseState::Ok,
+            Err(_) => DatabaseState::Unavailable,
         },
     };
     let body = Status {
-        service: "fiber-ingest",
+        service: SERVICE,
         version: env!("CARGO_PKG_VERSION"),
         region: state.region.clone(),
         stream: state.writer.stream().to_owned(),
         redis: if stream_length.is_some() {
-            "ok"
+            RedisState::Ok
         } else {
-            "unavailable"
+            RedisState::Unavailable
         },
         stream_length,
         database,

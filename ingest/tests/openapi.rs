@@ -13,7 +13,7 @@ use common::{TOKEN, seed, serve};
 use serde_json::Value;
 
 fn document() -> Result<Value> {
-    Ok(serde_json::from_str(fiber_ingest::api::OPENAPI)?)
+    Ok(serde_json::from_str(&fiber_ingest::api::OPENAPI)?)
 }
 
 /// Resolves a local `$ref` such as `#/components/schemas/Sample`.
@@ -153,6 +153,54 @@ fn every_route_is_documented_and_nothing_else() -> Result<()> {
     let served = routes_in_source();
     assert!(served.len() >= 9, "the route scan found {served:?}");
     assert_eq!(documented, served);
+    Ok(())
+}
+
+#[test]
+fn the_document_is_openapi_3_1() -> Result<()> {
+    let doc = document()?;
+    let version = doc["openapi"].as_str().context("openapi")?;
+    ensure!(version.starts_with("3.1."), "openapi: {version}");
+    ensure!(doc["info"]["version"] == env!("CARGO_PKG_VERSION"));
+    ensure!(
+        doc.pointer("/components/securitySchemes/bearer/scheme") == Some(&"bearer".into()),
+        "the bearer scheme"
+    );
+    ensure!(doc["security"] == serde_json::json!([{ "bearer": [] }]));
+    Ok(())
+}
+
+/// The bounds utoipa takes as literals in the model's `schema(...)` attributes are the ones
+/// `validate` enforces.
+#[test]
+fn the_documented_bounds_are_the_models() -> Result<()> {
+    use fiberstack_model::validate::*;
+    let doc = document()?;
+    let schemas = &doc["components"]["schemas"];
+    let sample = &schemas["Sample"]["properties"];
+    for field in [
+        "latency_ms",
+        "latency_min_ms",
+        "latency_max_ms",
+        "jitter_ms",
+    ] {
+        ensure!(sample[field]["maximum"] == MAX_LATENCY_MS, "Sample.{field}");
+    }
+    ensure!(schemas["PushSample"]["properties"]["latency_ms"]["maximum"] == MAX_LATENCY_MS);
+    ensure!(sample["target"]["maxLength"] == MAX_TARGET_NAME_LEN);
+    ensure!(sample["address"]["maxLength"] == MAX_ADDRESS_LEN);
+    ensure!(sample["error"]["maxLength"] == MAX_ERROR_LEN);
+    let batch = &schemas["Batch"]["properties"];
+    ensure!(batch["samples"]["maxItems"] == MAX_SAMPLES_PER_BATCH);
+    for field in ["probe", "region", "node"] {
+        ensure!(batch[field]["maxLength"] == MAX_NAME_LEN, "Batch.{field}");
+    }
+    for field in ["node_id", "region"] {
+        ensure!(
+            schemas["PushSample"]["properties"][field]["maxLength"] == MAX_NAME_LEN,
+            "PushSample.{field}"
+        );
+    }
     Ok(())
 }
 

@@ -11,19 +11,34 @@ use crate::validate::{self, MAX_FUTURE_SKEW_SECS, ValidationError};
 
 /// One measurement in the seed's shape: latency, uptime and loss of a node as a whole.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct PushSample {
     /// The node's identifier (the seed used UUIDs; any node name is accepted).
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1, max_length = 253))]
     pub node_id: String,
+    /// ISO 3166-1 alpha-2 country code.
+    #[cfg_attr(feature = "utoipa", schema(pattern = "^[A-Z]{2}$"))]
     pub country: String,
+    /// Free text; kept in the stored sample's `metadata` as `push_region` (the sample is
+    /// stored under the FiberRegion the ingest service serves).
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1, max_length = 253))]
     pub region: String,
+    /// Ping latency in milliseconds; without it the sample is stored as down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 10000))]
     pub latency_ms: Option<f64>,
+    /// Percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 100))]
     pub uptime_pct: Option<f64>,
+    /// Percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 100))]
     pub packet_loss: Option<f64>,
+    /// When it was measured; not over 5 minutes ahead of the server's clock.
     pub timestamp: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub metadata: Map<String, Value>,
 }
 

@@ -14,6 +14,11 @@ use crate::validate::{self, MAX_FUTURE_SKEW_SECS, ValidationError};
 /// document and of the database's constraint all derive from [`CheckKind::ALL`], so a new
 /// kind is a variant here, its check in the model and the probe, and one migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "utoipa",
+    schema(description = "The kind of check that produced a sample.")
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     Icmp,
@@ -61,41 +66,63 @@ impl FromStr for CheckKind {
 
 /// One round of one check against one target. Latencies are milliseconds; `packet_loss` is a
 /// percentage (ICMP only). Optional figures are absent, not zero, when not measured.
+///
+/// The bounds in the `schema(...)` attributes are those `validate` enforces (utoipa takes
+/// only literals there; the ingest's OpenAPI test compares them with `validate`'s constants).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Sample {
-    /// When the round started (UTC).
+    /// When the round started (UTC). Not before 2000-01-01, not over 5 minutes ahead of the
+    /// server's clock.
     pub time: DateTime<Utc>,
     /// The target's name in the FiberProbe.
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1, max_length = 63))]
     pub target: String,
     pub kind: CheckKind,
     /// What was probed: an IP address, `host:port` or URL.
     #[serde(default)]
+    #[cfg_attr(feature = "utoipa", schema(max_length = 2048))]
     pub address: String,
-    /// Whether the check succeeded.
+    /// Whether the check succeeded; `true` requires `latency_ms`.
     pub up: bool,
     /// Mean round-trip or completion time of the round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 10000))]
     pub latency_ms: Option<f64>,
+    /// Fastest round trip of the round; not above `latency_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 10000))]
     pub latency_min_ms: Option<f64>,
+    /// Slowest round trip of the round; not below `latency_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 10000))]
     pub latency_max_ms: Option<f64>,
     /// Mean absolute difference of consecutive round-trip times.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 10000))]
     pub jitter_ms: Option<f64>,
+    /// Percent of packets lost (ICMP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 100))]
     pub packet_loss: Option<f64>,
+    /// Packets sent (ICMP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent: Option<u32>,
+    /// Replies received (ICMP); not more than `sent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received: Option<u32>,
+    /// HTTP status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 100, maximum = 599))]
     pub status_code: Option<u16>,
+    /// Why the check failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(max_length = 1024))]
     pub error: Option<String>,
-    /// Kind-specific detail: HTTP phases (`dns_ms`, `connect_ms`, `tls_ms`, `ttfb_ms`), DNS
-    /// rcode, certificate days to expiry, …
+    /// Kind-specific detail, at most 8 KiB as JSON: HTTP phases (`dns_ms`, `connect_ms`,
+    /// `tls_ms`, `ttfb_ms`, `total_ms`), `cert_days_to_expiry`, DNS rcode and answers, …
     #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub metadata: Map<String, Value>,
 }
 
@@ -232,25 +259,35 @@ impl Sample {
 
 /// What a probe sends: samples of one node for one FiberProbe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Batch {
     /// `namespace/name` of the FiberProbe.
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1, max_length = 253))]
     pub probe: String,
     /// The FiberRegion's name.
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1, max_length = 253))]
     pub region: String,
     /// ISO 3166-1 alpha-2 country code of the region.
+    #[cfg_attr(feature = "utoipa", schema(pattern = "^[A-Z]{2}$"))]
     pub country: String,
     /// The Kubernetes node the probe runs on.
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1, max_length = 253))]
     pub node: String,
     /// Version of the probe agent that measured the samples.
     #[serde(default)]
+    #[cfg_attr(feature = "utoipa", schema(max_length = 64))]
     pub agent_version: String,
+    #[cfg_attr(feature = "utoipa", schema(min_items = 1, max_items = 5000))]
     pub samples: Vec<Sample>,
 }
 
 /// A sample of a batch that was refused, by its position in the batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Rejection {
+    /// Position of the refused sample in the batch.
     pub index: usize,
+    /// The rule it breaks, naming the field.
     pub error: String,
 }
 

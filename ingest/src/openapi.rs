@@ -1,0 +1,68 @@
+//! The OpenAPI 3.1 document served at `/api/openapi.json`, derived by utoipa from the
+//! handlers' `#[utoipa::path]` attributes (routes, parameters, examples, answers) and from the
+//! types they send and receive (the model's wire types, the read API's rows, the error body).
+//! `tests/openapi.rs` checks that it lists exactly the routes the router serves and that
+//! every documented operation answers as documented.
+
+use std::sync::LazyLock;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{api, read};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "FiberStack ingest and read API",
+        description = "fiber-ingest: probes send batches of samples here; they are appended to the Redis stream `fiber:samples:<region>` and stored by fiber-etl. A 202 means the batch is in Redis. With a DATABASE_URL the same service answers read queries over the stored samples and rollups.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    servers((url = "http://fiberstack-ingest-ghana.fiberstack.svc:8080", description = "a region's ingest Service")),
+    security(("bearer" = [])),
+    paths(
+        api::post_samples,
+        api::post_push,
+        read::nodes,
+        read::metrics,
+        read::status,
+        api::openapi,
+        api::healthz,
+        api::readyz,
+        api::metrics,
+    ),
+    // The rows are referenced from `MetricsAnswer`'s hand-built `rows` schema, which utoipa
+    // does not follow.
+    components(schemas(read::RawRow, read::RollupRow)),
+    tags(
+        (name = "ingest", description = "What probes send."),
+        (name = "read", description = "Stored samples and rollups (needs a DATABASE_URL)."),
+        (name = "service", description = "Health, readiness, metrics, status and this document."),
+    ),
+    modifiers(&BearerToken),
+)]
+pub struct ApiDoc;
+
+/// The `bearer` scheme the operations' `security` names.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "The region's probe token (the FiberRegion's token Secret).",
+            ))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The document as JSON, built once.
+pub static OPENAPI: LazyLock<String> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+});
