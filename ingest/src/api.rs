@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -196,13 +196,17 @@ async fn admit(state: &AppState, batch: &Batch) -> Result<Option<String>, Refusa
     }
     // The entry carries this request's trace context on to the ETL.
     let traceparent = fiberstack_telemetry::traceparent(&tracing::Span::current());
-    match state.writer.append(batch, traceparent.as_deref()).await {
+    let started = Instant::now();
+    let appended = state.writer.append(batch, traceparent.as_deref()).await;
+    m.send_duration.observe(started.elapsed().as_secs_f64());
+    match appended {
         Ok(id) => {
-            m.samples_accepted.inc_by(batch.samples.len() as u64);
+            m.samples_sent.inc_by(batch.samples.len() as u64);
             Ok(Some(id))
         }
         Err(e @ (AppendError::Unavailable(_) | AppendError::Timeout(_))) => {
             m.outcome("unavailable");
+            m.send_error("unavailable");
             tracing::warn!(error = %e, "refusing a batch");
             Err(Box::new(retry_after(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -212,6 +216,7 @@ async fn admit(state: &AppState, batch: &Batch) -> Result<Option<String>, Refusa
         }
         Err(e @ AppendError::Backlog { .. }) => {
             m.outcome("backlog");
+            m.send_error("backlog");
             tracing::warn!(error = %e, "refusing a batch");
             Err(Box::new(retry_after(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -300,10 +305,12 @@ async fn accept_samples(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -
         Ok(split) => split,
         Err(e) => return invalid(&state, format!("batch refused: {e}")),
     };
+    m.samples_received
+        .inc_by((valid.samples.len() + rejected.len()) as u64);
     if let Err(refusal) = admit(&state, &valid).await {
         return *refusal;
     }
-    m.samples_rejected.inc_by(rejected.len() as u64);
+    m.discarded("invalid", rejected.len() as u64);
     m.outcome("accepted");
     let accepted = valid.samples.len();
     (
@@ -373,6 +380,7 @@ async fn accept_push(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -> R
         Ok(rejected) => return invalid(&state, format!("sample refused: {}", rejected[0].error)),
         Err(e) => return invalid(&state, format!("sample refused: {e}")),
     }
+    m.samples_received.inc();
     match admit(&state, &batch).await {
         Ok(id) => {
             m.outcome("accepted");

@@ -111,6 +111,14 @@ impl Server {
         Ok((status, retry, body))
     }
 
+    /// The service's `/metrics` text.
+    async fn metrics(&self) -> Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.url))
+            .await?
+            .text()
+            .await?)
+    }
+
     async fn post_batch(&self, batch: &Batch) -> Result<(u16, Option<String>, Value)> {
         self.post(
             serde_json::to_vec(batch)?,
@@ -154,6 +162,16 @@ async fn valid_samples_are_accepted_and_invalid_ones_named() -> Result<()> {
         vec![good],
         "only the valid sample is in the stream"
     );
+    // The data path's one shape: 2 received, 1 sent, 1 discarded as invalid, 1 append.
+    let metrics = s.metrics().await?;
+    for series in [
+        "fiber_ingest_received_samples_total 2",
+        "fiber_ingest_sent_samples_total 1",
+        "fiber_ingest_discarded_samples_total{reason=\"invalid\"} 1",
+        "fiber_ingest_send_duration_seconds_count 1",
+    ] {
+        assert!(metrics.contains(series), "no {series} in {metrics}");
+    }
     Ok(())
 }
 
@@ -291,6 +309,14 @@ async fn over_the_backlog_cap_answers_503_with_retry_after() -> Result<()> {
         "{body}"
     );
     assert_eq!(s.stored().await?.len(), 1);
+    let metrics = s.metrics().await?;
+    for series in [
+        "fiber_ingest_received_samples_total 2",
+        "fiber_ingest_sent_samples_total 1",
+        "fiber_ingest_errors_total{stage=\"send\",error_type=\"backlog\"} 1",
+    ] {
+        assert!(metrics.contains(series), "no {series} in {metrics}");
+    }
     Ok(())
 }
 
