@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use fiber_etl::db::DbConfig;
 use fiberstack_e2e::LocalEnv;
 use fiberstack_model::{Batch, CheckKind, Sample};
+use fiberstack_plumbing::postgres::DbConfig;
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -13,6 +13,8 @@ use fiberstack_model::stream::{
     dead_letter_stream, decode_batch, samples_stream,
 };
 use fiberstack_model::{Batch, Rejection};
+use fiberstack_plumbing::backoff::Backoff;
+use fiberstack_plumbing::redis::RedisConfig;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{
@@ -53,20 +55,20 @@ impl ConsumerConfig {
     }
 }
 
-/// Connects to Redis for a consumer whose reads block for up to `block`. The response
-/// timeout must outlast a blocking read: a read abandoned by the client while Redis still
-/// serves it would hand the next entry to nobody (it stays pending until reclaimed).
-pub async fn connect_redis(
-    url: &str,
-    block: Duration,
-) -> Result<ConnectionManager, redis::RedisError> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(block + Duration::from_secs(10)));
-    redis::Client::open(url)?
-        .get_connection_manager_with_config(config)
-        .await
+/// The Redis connection of a consumer configured with `config`: its reads block for up to
+/// `config.block`, so answers are awaited longer than that (see
+/// [`RedisConfig::for_blocking_reads`]).
+pub fn redis_config(url: &str, config: &ConsumerConfig) -> RedisConfig {
+    RedisConfig {
+        connect_timeout: Duration::from_secs(5),
+        ..RedisConfig::new(url)
+    }
+    .for_blocking_reads(config.block)
 }
+
+/// The wait before retrying a failed round or database write: from 100 ms to 30 s, full
+/// jitter (every worker of a region fails together when the database restarts).
+pub const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
 
 /// Counters of a consumer, shared with whoever reports them.
 #[derive(Debug)]
@@ -200,7 +202,7 @@ impl Consumer {
                 Ok(_) => failures = 0,
                 Err(e) => {
                     failures += 1;
-                    let wait = backoff(failures);
+                    let wait = BACKOFF.delay(failures);
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "consumer step failed");
                     let _ = tokio::time::timeout(wait, shutdown.changed()).await;
                 }
@@ -325,7 +327,7 @@ impl Consumer {
                         tracing::warn!(error = %e, entries = hand.ids.len(), "shutting down during a database error; entries stay pending");
                         return Err(e.into());
                     }
-                    let wait = backoff(failures);
+                    let wait = BACKOFF.delay(failures);
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database write failed, nothing acknowledged");
                     let _ = tokio::time::timeout(wait, shutdown.changed()).await;
                 }
@@ -582,16 +584,6 @@ fn rejected_samples(id: &str, batch: &Batch, rejections: &[Rejection]) -> DeadLe
     }
 }
 
-/// Exponential backoff from 100 ms to 30 s with full jitter.
-pub fn backoff(failures: u32) -> Duration {
-    let cap_ms = (100u64 << failures.min(9)).min(30_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    Duration::from_millis(u64::from(nanos) % cap_ms + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,7 +592,7 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         for failures in 0..40 {
             let cap = (100u64 << failures.min(9)).min(30_000);
-            let d = backoff(failures);
+            let d = BACKOFF.delay(failures);
             assert!(d.as_millis() as u64 <= cap, "{failures}: {d:?}");
             assert!(d >= Duration::from_millis(1));
         }

@@ -2,7 +2,6 @@
 //! database schema (`migrations/`, applied by [`migrate`]).
 
 pub mod consumer;
-pub mod db;
 pub mod maintenance;
 pub mod metrics;
 pub mod migrate;

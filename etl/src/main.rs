@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fiber_etl::consumer::{Consumer, ConsumerConfig, Stats};
-use fiber_etl::db::{DbConfig, redact};
 use fiber_etl::migrate::{
     Grant, Retention, RetentionPeriod, current_retention, ensure_login, migrate, set_retention,
 };
+use fiberstack_plumbing::metrics;
+use fiberstack_plumbing::postgres::DbConfig;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -143,9 +144,9 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
         }
     }
     if report.applied.is_empty() {
-        tracing::info!(mode = %report.mode, database = %redact(&config.url), "schema already up to date");
+        tracing::info!(mode = %report.mode, database = %config.redacted_url(), "schema already up to date");
     } else {
-        tracing::info!(mode = %report.mode, applied = ?report.applied, database = %redact(&config.url), "migrations applied");
+        tracing::info!(mode = %report.mode, applied = ?report.applied, database = %config.redacted_url(), "migrations applied");
     }
     pool.close().await;
     Ok(())
@@ -185,12 +186,12 @@ async fn run_consumer(args: RunArgs) -> anyhow::Result<()> {
     };
     let pool = db.connect().await?;
     let mut config = ConsumerConfig::new(args.region, args.consumer.unwrap_or_else(host_name));
-    let redis = fiber_etl::consumer::connect_redis(&args.redis_url, config.block)
-        .await
-        .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?;
+    let redis = fiber_etl::consumer::redis_config(&args.redis_url, &config)
+        .connection_manager()
+        .await?;
     config.read_count = usize::from(args.read_count);
     config.claim_idle = Duration::from_secs(args.claim_idle_secs);
-    tracing::info!(region = %config.region, consumer = %config.consumer, database = %redact(&db.url), "consuming");
+    tracing::info!(region = %config.region, consumer = %config.consumer, database = %db.redacted_url(), "consuming");
     let mut consumer = Consumer::new(redis, pool.clone(), config);
     let stats = consumer.stats();
     let registry = std::sync::Arc::new(fiber_etl::metrics::registry(stats.clone()));
@@ -205,11 +206,8 @@ async fn run_consumer(args: RunArgs) -> anyhow::Result<()> {
                 let registry = registry.clone();
                 async move {
                     (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        fiber_etl::metrics::render(&registry),
+                        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                        metrics::encode(&registry),
                     )
                 }
             }),

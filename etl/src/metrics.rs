@@ -2,38 +2,16 @@
 //! same shape as the ingest service's (`*_total` counters by stage).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use fiberstack_plumbing::metrics::{counter, gauge};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use crate::consumer::Stats;
 
 #[derive(Debug)]
 struct StatsCollector(Arc<Stats>);
-
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: &AtomicU64,
-) -> Result<(), std::fmt::Error> {
-    let metric = ConstCounter::new(value.load(Ordering::Relaxed));
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn gauge(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: &AtomicU64,
-) -> Result<(), std::fmt::Error> {
-    let metric = ConstGauge::new(value.load(Ordering::Relaxed) as i64);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
 
 impl Collector for StatsCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -102,15 +80,12 @@ pub fn registry(stats: Arc<Stats>) -> Registry {
     registry
 }
 
-/// The registry in the OpenMetrics text format.
-pub fn render(registry: &Registry) -> String {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry).expect("writing to a String");
-    text
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
+    use fiberstack_plumbing::metrics::encode;
+
     use super::*;
 
     #[test]
@@ -119,7 +94,7 @@ mod tests {
         stats.samples_written.store(42, Ordering::Relaxed);
         stats.pending.store(3, Ordering::Relaxed);
         stats.write_seconds.observe(0.004);
-        let text = render(&registry(stats));
+        let text = encode(&registry(stats));
         assert!(
             text.contains("fiber_etl_samples_written_total 42"),
             "{text}"

@@ -9,7 +9,6 @@ mod common;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use fiber_etl::consumer::{Consumer, ConsumerConfig, Stats};
-use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::migrate;
 use fiberstack_e2e::batch;
 use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
@@ -18,6 +17,7 @@ use fiberstack_model::stream::{
     samples_stream,
 };
 use fiberstack_model::{Batch, CheckKind, Sample};
+use fiberstack_plumbing::postgres::DbConfig;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use sqlx::{PgPool, Row};

@@ -12,9 +12,9 @@ mod common;
 use anyhow::{Context, Result, bail, ensure};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use common::TimescaleSchema;
-use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::{StorageMode, migrate};
 use fiberstack_e2e::LocalEnv;
+use fiberstack_plumbing::postgres::DbConfig;
 use serde_json::Value;
 use sqlx::PgPool;
 

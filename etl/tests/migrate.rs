@@ -7,12 +7,12 @@ mod common;
 
 use anyhow::Result;
 use common::TimescaleSchema;
-use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::{
     Grant, MIGRATOR, Retention, StorageMode, current_retention, ensure_login, migrate,
     set_retention,
 };
 use fiberstack_e2e::{LocalEnv, unique_name};
+use fiberstack_plumbing::postgres::DbConfig;
 use sqlx::PgPool;
 
 /// A new, empty PostgreSQL database; returns its URL.

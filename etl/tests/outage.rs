@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 mod common;
 
 use anyhow::{Context, Result, bail};
-use fiber_etl::db::DbConfig;
 use fiberstack_e2e::batch;
 use fiberstack_e2e::{LocalEnv, ReservedPort, unique_name, wait_for};
 use fiberstack_model::stream::{BATCH_FIELD, CONSUMER_GROUP, encode_batch, samples_stream};
 use fiberstack_model::{Batch, CheckKind, Sample};
+use fiberstack_plumbing::postgres::DbConfig;
 use redis::AsyncCommands;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";

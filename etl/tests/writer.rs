@@ -6,12 +6,12 @@ mod common;
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
 use common::TimescaleSchema;
-use fiber_etl::db::DbConfig;
 use fiber_etl::migrate::migrate;
 use fiber_etl::writer::{write, write_conflict_tolerant};
 use fiberstack_e2e::LocalEnv;
 use fiberstack_e2e::batch;
 use fiberstack_model::{CheckKind, Sample};
+use fiberstack_plumbing::postgres::DbConfig;
 use sqlx::PgPool;
 
 async fn fresh() -> Result<PgPool> {

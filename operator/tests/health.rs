@@ -17,8 +17,8 @@ async fn migrated_database() -> Result<(String, PgPool)> {
     let url = LocalEnv::load()?
         .fresh_postgres_database("fs_operator")
         .await?;
-    let pool = fiber_etl::db::DbConfig::new(&url).connect().await?;
-    fiber_etl::migrate::migrate(&pool).await?;
+    fiberstack_e2e::etl::migrate(&url, None).await?;
+    let pool = PgPool::connect(&url).await?;
     Ok((url, pool))
 }
 

@@ -418,9 +418,7 @@ async fn region_status_reports_availability_and_its_stream() -> Result<()> {
         let redis_url = env.redis_url.replace("127.0.0.1", &host);
         let db_url = env.fresh_postgres_database("op_region").await?;
         // Migrated, as the chart's Job does: the ETL records the stream's figures there.
-        let pool = sqlx::PgPool::connect(&db_url).await?;
-        fiber_etl::migrate::migrate(&pool).await?;
-        pool.close().await;
+        fiberstack_e2e::etl::migrate(&db_url, None).await?;
         // As the operator, in this process, reaches it.
         let reader_url = db_url.clone();
         let db_url = db_url.replace("127.0.0.1", &host);

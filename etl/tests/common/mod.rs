@@ -3,8 +3,8 @@
 #![allow(dead_code)] // each test binary uses its own share of these
 
 use anyhow::{Context, Result};
-use fiber_etl::db::DbConfig;
 use fiberstack_e2e::{LocalEnv, unique_name};
+use fiberstack_plumbing::postgres::DbConfig;
 use sqlx::{Executor, PgPool};
 
 /// A fresh schema on the TimescaleDB of `make env-up`, for one test: a pool of one

@@ -1,30 +1,36 @@
 //! 2,000 FiberProbes across 3 FiberRegions on the local control plane, reconciled by the
-//! `fiberstack-operator` binary (a separate process, so its memory is its own): time until
-//! every probe has a status for its generation, reconciles per second, the operator's peak
-//! RSS. Prints figures; never fails on time.
+//! `fiberstack-operator` binary (a separate process, so its memory is its own; the release
+//! build the image ships): time until every probe has a status for its generation,
+//! reconciles per second, the operator's peak RSS. Prints figures; never fails on time.
 //!
-//! `cargo bench -p fiberstack-operator --bench fleet` (FIBER_BENCH_PROBES overrides 2000).
+//! `cargo bench -p fiberstack-e2e --bench fleet` (FIBER_BENCH_PROBES overrides 2000).
 //! The probes select no node (`fiberstack.io/bench: none`), so what is measured is the
-//! operator and the API server, not 2,000 DaemonSets' worth of fake pods.
+//! operator and the API server, not 2,000 DaemonSets' worth of fake pods. The objects are
+//! plain JSON, as a user's manifests are; the CRDs are the checked-in `crds/`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use fiberstack_e2e::{LocalEnv, ReservedPort, TestNamespace, wait_for};
-use fiberstack_operator::crd::{FiberProbe, FiberRegion};
+use fiberstack_e2e::{LocalEnv, ReservedPort, TestNamespace, etl, wait_for, workspace_binary};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fiberstack-operator");
-
+/// The CRDs as `kubectl apply -f crds/` installs them.
 async fn install_crds(client: &Client) -> Result<()> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    for (_, yaml) in fiberstack_operator::crdgen::manifests() {
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("parsing {}", path.display()))?;
         let name = crd.metadata.name.clone().unwrap_or_default();
         api.patch(
             &name,
@@ -32,14 +38,38 @@ async fn install_crds(client: &Client) -> Result<()> {
             &Patch::Apply(&crd),
         )
         .await?;
+        names.push(name);
+    }
+    for name in names {
+        wait_for(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || async {
+                let crd = api.get(&name).await?;
+                let established = crd.status.and_then(|s| s.conditions).is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+                Ok(if established {
+                    Ok(())
+                } else {
+                    Err("not yet".to_owned())
+                })
+            },
+        )
+        .await?;
     }
     Ok(())
 }
 
-/// The operator's JSON log, kept for a look at what limited the run.
-fn operator_log() -> Result<Stdio> {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fleet-operator.log");
+fn resource(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("fiberstack.io", "v1alpha1", kind))
+}
+
+/// The operator's JSON log, kept next to the binaries for a look at what limited the run.
+fn operator_log(binary: &std::path::Path) -> Result<Stdio> {
+    let path = binary.with_file_name("fleet-operator.log");
     println!("operator log: {}", path.display());
     Ok(std::fs::File::create(path)?.into())
 }
@@ -63,14 +93,18 @@ async fn reconciles(port: u16) -> Result<f64> {
         .sum())
 }
 
-async fn statused(probes: &Api<FiberProbe>) -> Result<usize> {
+/// Probes whose status has conditions for their current generation.
+async fn statused(probes: &Api<DynamicObject>) -> Result<usize> {
     let list = probes.list(&ListParams::default()).await?;
     Ok(list
         .items
         .iter()
         .filter(|p| {
-            p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
-                && p.status.as_ref().is_some_and(|s| !s.conditions.is_empty())
+            let status = &p.data["status"];
+            status["observedGeneration"].as_i64() == p.metadata.generation
+                && status["conditions"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
         })
         .count())
 }
@@ -85,20 +119,20 @@ async fn main() -> Result<()> {
     let client = env.kube().await?;
     install_crds(&client).await?;
     let db_url = env.fresh_postgres_database("fs_op_bench").await?;
-    let pool = fiber_etl::db::DbConfig::new(&db_url).connect().await?;
-    fiber_etl::migrate::migrate(&pool).await?;
+    etl::migrate(&db_url, None).await?;
     let ns = TestNamespace::create(&client, "op-bench").await?;
 
     let metrics = ReservedPort::new()?;
     let port = metrics.port();
-    let mut operator = Command::new(BIN)
+    let binary = workspace_binary("fiberstack-operator")?;
+    let mut operator = Command::new(&binary)
         .env("KUBECONFIG", &env.kubeconfig)
         .env("FIBER_LOG", "warn")
         .args(["--watch-namespace", &ns.name, "--no-leader-election"])
         .args(["--database-url", &db_url])
         .args(["--metrics-listen", &metrics.addr().to_string()])
         .stdout(Stdio::null())
-        .stderr(operator_log()?)
+        .stderr(operator_log(&binary)?)
         .spawn()
         .context("starting the operator")?;
     let pid = operator.id();
@@ -106,8 +140,10 @@ async fn main() -> Result<()> {
     let idle_rss = peak_rss_mib(pid).unwrap_or_default();
 
     let result = async {
-        let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
-        let probes: Api<FiberProbe> = Api::namespaced(client.clone(), &ns.name);
+        let regions: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns.name, &resource("FiberRegion"));
+        let probes: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns.name, &resource("FiberProbe"));
         for (name, country, label) in [("ghana", "GH", "gh"), ("nigeria", "NG", "ng"), ("kenya", "KE", "ke")] {
             let region = json!({
                 "apiVersion": "fiberstack.io/v1alpha1", "kind": "FiberRegion",
