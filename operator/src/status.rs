@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::crd::Summary;
 
@@ -16,18 +15,18 @@ pub const WINDOW: &str = "15 minutes";
 /// Samples are "recent" within this many probe intervals.
 pub const REPORTING_INTERVALS: u32 = 3;
 
-/// A small read-only pool; it connects lazily, so the operator starts and keeps running
-/// without a database, and every transaction is read-only.
-pub fn connect_lazy(url: &str, schema: Option<&str>) -> Result<PgPool, sqlx::Error> {
-    let mut options: PgConnectOptions = url.parse()?;
-    options = options.options([("default_transaction_read_only", "on")]);
-    if let Some(schema) = schema {
-        options = options.options([("search_path", schema)]);
+/// A small read-only pool (fiberstack-plumbing's): it connects lazily, so the operator starts
+/// and keeps running without a database, and every transaction is read-only. Errors name the
+/// URL without its password.
+pub fn connect_lazy(
+    url: &str,
+    schema: Option<&str>,
+) -> Result<PgPool, fiberstack_plumbing::postgres::DbError> {
+    fiberstack_plumbing::postgres::DbConfig {
+        schema: schema.map(str::to_owned),
+        ..fiberstack_plumbing::postgres::DbConfig::new(url)
     }
-    Ok(PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy_with(options))
+    .connect_lazy_read_only()
 }
 
 /// A region's stream as its ETL last recorded it in `stream_stats`: the ETL owns these
