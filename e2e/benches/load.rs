@@ -153,7 +153,7 @@ async fn landed(client: &reqwest::Client, ports: &[ReservedPort]) -> Option<u64>
             .ok()?;
         total += text
             .lines()
-            .find_map(|l| l.strip_prefix("fiber_etl_samples_inserted_total "))?
+            .find_map(|l| l.strip_prefix("fiber_etl_sent_new_samples_total "))?
             .trim()
             .parse::<u64>()
             .ok()?;

@@ -1,9 +1,13 @@
-//! The ETL's Prometheus metrics, read from the consumer's [`Stats`] at each scrape, in the
-//! same shape as the ingest service's (`*_total` counters by stage).
+//! The ETL's metrics, read from the consumer's [`Stats`] at each scrape, in the data path's
+//! one shape (see `fiberstack_plumbing::metrics`): entries received from the stream, samples
+//! sent (committed to the database), entries discarded to the dead-letter stream, send
+//! errors, the write's duration; and the stream's own gauges.
 
 use std::sync::Arc;
 
-use fiberstack_plumbing::metrics::{counter, gauge};
+use std::sync::atomic::Ordering;
+
+use fiberstack_plumbing::metrics::{counter, gauge, labelled_counter};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
@@ -18,39 +22,45 @@ impl Collector for StatsCollector {
         let s = &self.0;
         counter(
             &mut e,
-            "fiber_etl_entries_received",
+            "fiber_etl_received_entries",
             "Stream entries read or reclaimed",
             &s.entries_received,
         )?;
         counter(
             &mut e,
-            "fiber_etl_entries_acked",
+            "fiber_etl_acknowledged_entries",
             "Stream entries acknowledged",
             &s.entries_acked,
         )?;
         counter(
             &mut e,
-            "fiber_etl_samples_written",
+            "fiber_etl_sent_samples",
             "Samples in the database after a committed write",
             &s.samples_written,
         )?;
         counter(
             &mut e,
-            "fiber_etl_samples_inserted",
+            "fiber_etl_sent_new_samples",
             "Samples new to the database (the rest were redeliveries)",
             &s.samples_inserted,
         )?;
-        counter(
+        labelled_counter(
             &mut e,
-            "fiber_etl_dead_lettered",
-            "Entries or samples sent to the dead-letter stream",
-            &s.dead_lettered,
+            "fiber_etl_discarded_entries",
+            "Entries (or single samples of an entry) moved to the dead-letter stream, by reason",
+            [(
+                vec![("reason", "dead_letter")],
+                s.dead_lettered.load(Ordering::Relaxed),
+            )],
         )?;
-        counter(
+        labelled_counter(
             &mut e,
-            "fiber_etl_write_retries",
-            "Database writes failed and retried",
-            &s.retries,
+            "fiber_etl_errors",
+            "Database writes that failed (and were retried), by type",
+            [(
+                vec![("stage", "send"), ("error_type", "database")],
+                s.retries.load(Ordering::Relaxed),
+            )],
         )?;
         gauge(
             &mut e,
@@ -72,7 +82,7 @@ impl Collector for StatsCollector {
 pub fn registry(stats: Arc<Stats>) -> Registry {
     let mut registry = Registry::default();
     registry.register(
-        "fiber_etl_write_seconds",
+        "fiber_etl_send_duration_seconds",
         "Duration of committed database writes",
         stats.write_seconds.clone(),
     );
@@ -94,12 +104,22 @@ mod tests {
         stats.samples_written.store(42, Ordering::Relaxed);
         stats.pending.store(3, Ordering::Relaxed);
         stats.write_seconds.observe(0.004);
+        stats.retries.store(2, Ordering::Relaxed);
+        stats.dead_lettered.store(1, Ordering::Relaxed);
         let text = encode(&registry(stats));
+        assert!(text.contains("fiber_etl_sent_samples_total 42"), "{text}");
+        assert!(text.contains("fiber_etl_pending 3"), "{text}");
         assert!(
-            text.contains("fiber_etl_samples_written_total 42"),
+            text.contains("fiber_etl_send_duration_seconds_count 1"),
             "{text}"
         );
-        assert!(text.contains("fiber_etl_pending 3"), "{text}");
-        assert!(text.contains("fiber_etl_write_seconds_count 1"), "{text}");
+        assert!(
+            text.contains(r#"fiber_etl_errors_total{stage="send",error_type="database"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"fiber_etl_discarded_entries_total{reason="dead_letter"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -447,7 +447,7 @@ async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
         .text()
         .await?;
     assert!(
-        metrics.contains("fiber_etl_samples_inserted_total 3"),
+        metrics.contains("fiber_etl_sent_new_samples_total 3"),
         "{metrics}"
     );
     let status = fiberstack_e2e::terminate(&mut child, Duration::from_secs(30)).await?;

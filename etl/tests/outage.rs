@@ -230,9 +230,11 @@ async fn postgres_down_for_30s_under_load_loses_nothing() -> Result<()> {
     assert_eq!(stored?, expected);
     let retries: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("fiber_etl_write_retries_total "))
+        .find_map(|l| {
+            l.strip_prefix(r#"fiber_etl_errors_total{stage="send",error_type="database"} "#)
+        })
         .and_then(|v| v.trim().parse().ok())
-        .context("fiber_etl_write_retries_total in /metrics")?;
+        .context("fiber_etl_errors_total{stage=send,error_type=database} in /metrics")?;
     assert!(
         retries > 0,
         "the worker met the outage and retried: {metrics}"
