@@ -85,7 +85,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             schema: config.db_schema.clone(),
             ..DbConfig::new(url)
         };
-        state = state.with_database(db.connect().await?);
+        // Read-only, and the schema is only searched: the read API's role may create nothing.
+        state = state.with_database(db.connect_read_only().await?);
     }
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -3,9 +3,13 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
+use std::time::Duration as StdDuration;
+
 use anyhow::Result;
 use chrono::Duration;
-use common::{get, hour, seed, serve};
+use common::{TOKEN, get, hour, seed, serve};
+use fiberstack_e2e::{LocalEnv, ReservedPort, etl, terminate, unique_name, wait_for};
 use serde_json::Value;
 
 #[tokio::test]
@@ -140,5 +144,92 @@ async fn status_names_the_region_stream_and_dependencies() -> Result<()> {
         .json()
         .await?;
     assert_eq!(without_db["database"], "off");
+    Ok(())
+}
+
+/// The binary as a user runs it with DESIGN.md §4's roles: a reader login (no right to create
+/// anything) and FiberStack's tables in their own schema.
+#[tokio::test]
+async fn the_binary_reads_with_a_reader_role_in_its_schema() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let url = env.fresh_postgres_database("fs_read_role").await?;
+    let schema = "fs_read_api";
+    etl::migrate(&url, Some(schema)).await?;
+    let reader = unique_name("fs_api_reader").replace('-', "_");
+    let admin = sqlx::PgPool::connect(&url).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create role {reader} login password 'reader-password';
+         grant fiberstack_reader to {reader};
+         insert into {schema}.nodes (name, region, country) values ('gh-accra-1', 'ghana', 'GH');"
+    )))
+    .execute(&admin)
+    .await?;
+    let mut reader_url = url::Url::parse(&url)?;
+    reader_url.set_username(&reader).expect("a user");
+    reader_url
+        .set_password(Some("reader-password"))
+        .expect("a password");
+    let port = ReservedPort::new()?;
+    let log = std::env::temp_dir().join(format!("{}.log", unique_name("fiber-ingest")));
+    let mut ingest = Command::new(env!("CARGO_BIN_EXE_fiber-ingest"))
+        .args([
+            "--region",
+            &unique_name("read-role"),
+            "--listen",
+            &port.addr().to_string(),
+        ])
+        .args(["--database-url", reader_url.as_str(), "--db-schema", schema])
+        .env("REDIS_URL", &env.redis_url)
+        .env("FIBER_TOKEN", TOKEN)
+        .env("FIBER_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let outcome = async {
+        wait_for(
+            "fiber-ingest up",
+            StdDuration::from_secs(30),
+            StdDuration::from_millis(50),
+            || {
+                let exited = ingest.try_wait();
+                let healthz = format!("{}/healthz", port.url());
+                async move {
+                    if let Some(status) = exited? {
+                        anyhow::bail!("fiber-ingest exited ({status})");
+                    }
+                    Ok(match reqwest::get(healthz).await {
+                        Ok(r) if r.status().is_success() => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    })
+                }
+            },
+        )
+        .await?;
+        let (status, body) = get(&format!("{}/api/v1/nodes", port.url())).await?;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body[0]["name"], "gh-accra-1", "{body}");
+        anyhow::Ok(())
+    }
+    .await;
+    let stopped = terminate(&mut ingest, StdDuration::from_secs(10)).await;
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    admin.close().await;
+    // Roles are cluster-wide: dropped with the database.
+    let server = sqlx::PgPool::connect(&env.database_url).await?;
+    let database = url::Url::parse(&url)?
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    for statement in [
+        format!("drop database {database} with (force)"),
+        format!("drop role {reader}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&server)
+            .await?;
+    }
+    outcome.map_err(|e| e.context(format!("fiber-ingest's stderr:\n{stderr}")))?;
+    assert!(stopped?.success(), "{stderr}");
     Ok(())
 }

@@ -85,18 +85,17 @@ impl DbConfig {
     /// `public`, where extensions such as TimescaleDB put their functions.
     pub async fn connect(&self) -> Result<PgPool, DbError> {
         let options = self.options()?;
-        self.check(&options).await?;
-        let schema = self.schema.clone();
+        // The name was checked by `options`: safe to place in the statement.
+        let setup = self.schema.as_ref().map(|schema| {
+            format!("create schema if not exists {schema}; set search_path = {schema}, public")
+        });
+        self.check(&options, setup.as_deref()).await?;
         PgPoolOptions::new()
             .max_connections(self.max_connections)
             .after_connect(move |conn, _meta| {
-                let schema = schema.clone();
+                let setup = setup.clone();
                 Box::pin(async move {
-                    if let Some(schema) = schema {
-                        // The name was checked by `options`: safe to place in the statement.
-                        let sql = format!(
-                            "create schema if not exists {schema}; set search_path = {schema}, public"
-                        );
+                    if let Some(sql) = setup {
                         conn.execute(sqlx::AssertSqlSafe(sql)).await?;
                     }
                     Ok(())
@@ -111,7 +110,7 @@ impl DbConfig {
     /// password stops the caller at start, with the server's own words.
     pub async fn connect_read_only(&self) -> Result<PgPool, DbError> {
         let options = self.read_only_options()?;
-        self.check(&options).await?;
+        self.check(&options, None).await?;
         PgPoolOptions::new()
             .max_connections(self.max_connections)
             .connect_with(options)
@@ -154,13 +153,20 @@ impl DbConfig {
         Ok(options)
     }
 
-    /// One direct connection first: a refused connection or a bad password is reported at
-    /// once, with the server's own words, instead of as a pool timeout.
-    async fn check(&self, options: &PgConnectOptions) -> Result<(), DbError> {
-        let conn = options
+    /// One direct connection first, running the pool's `setup` statement: a refused
+    /// connection, a bad password or a missing right (a reader cannot create the writer's
+    /// schema) is reported at once, with the server's own words, instead of as a pool timeout
+    /// after the pool retried for half a minute.
+    async fn check(&self, options: &PgConnectOptions, setup: Option<&str>) -> Result<(), DbError> {
+        let mut conn = options
             .connect()
             .await
             .map_err(|source| self.connect_error(source))?;
+        if let Some(sql) = setup {
+            conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                .await
+                .map_err(|source| self.connect_error(source))?;
+        }
         conn.close().await.ok();
         Ok(())
     }

@@ -52,12 +52,14 @@ pub async fn serve(batches: &[Batch], with_db: bool) -> Result<String> {
         let url = env.fresh_postgres_database("fs_read").await?;
         etl::migrate(&url, None).await?;
         etl::store(&env.redis_url, &url, batches).await?;
-        let pool = DbConfig::new(url).connect().await?;
+        let writer = DbConfig::new(&url).connect().await?;
         sqlx::query("select fiberstack_refresh_rollups($1, 'infinity')")
             .bind(hour() - Duration::days(1))
-            .execute(&pool)
+            .execute(&writer)
             .await?;
-        state = state.with_database(pool);
+        writer.close().await;
+        // The read API's pool as fiber-ingest opens it.
+        state = state.with_database(DbConfig::new(url).connect_read_only().await?);
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
