@@ -184,6 +184,115 @@ fn an_otlp_endpoint_reaches_the_operator_and_through_it_the_workloads() -> Resul
     Ok(())
 }
 
+/// The YAML documents of `text`.
+fn documents(text: &str) -> Result<Vec<serde_yaml::Value>> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(serde_yaml::Value::deserialize)
+        .filter(|d| !matches!(d, Ok(serde_yaml::Value::Null)))
+        .collect::<Result<_, _>>()
+        .context("parsing YAML")
+}
+
+/// Whether an endpoint's `keep` relabelings on pod labels let a pod with `labels` through
+/// (`regex` read as alternatives of literal values, which is all the chart writes).
+fn endpoint_keeps(endpoint: &serde_yaml::Value, labels: &serde_yaml::Mapping) -> bool {
+    let sanitized = |key: &str| -> String {
+        key.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    endpoint["relabelings"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["action"].as_str() == Some("keep"))
+        .all(|r| {
+            let source = r["sourceLabels"][0].as_str().unwrap_or_default();
+            let Some(label) = source.strip_prefix("__meta_kubernetes_pod_label_") else {
+                return false;
+            };
+            let value = labels
+                .iter()
+                .find(|(k, _)| k.as_str().is_some_and(|k| sanitized(k) == label))
+                .and_then(|(_, v)| v.as_str());
+            let regex = r["regex"].as_str().unwrap_or_default();
+            value.is_some_and(|v| regex.split('|').any(|alt| alt == v))
+        })
+}
+
+/// The chart's PodMonitor scrapes every workload the operator renders — the probe, ingest and
+/// ETL pod templates as the operator's golden files hold them (the operator's own tests keep
+/// those equal to its render functions) — on a port the pod declares, and every endpoint
+/// scrapes some workload.
+#[test]
+fn the_pod_monitor_scrapes_every_workload_the_operator_renders() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let out = template(&env, "default", &["metrics.podMonitor.enabled=true"])?;
+    ensure!(out.status.success(), "{}", text(&out.stderr));
+    let rendered = documents(&text(&out.stdout))?;
+    let monitor = rendered
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("PodMonitor"))
+        .context("no PodMonitor rendered")?;
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .context("PodMonitor selector")?;
+    let endpoints = monitor["spec"]["podMetricsEndpoints"]
+        .as_sequence()
+        .context("podMetricsEndpoints")?;
+    let golden = repo().join("operator/tests/golden");
+    let mut used = vec![false; endpoints.len()];
+    let mut workloads = Vec::new();
+    for file in ["region-deployments.yaml", "probe-daemonset.yaml"] {
+        for doc in documents(&std::fs::read_to_string(golden.join(file))?)? {
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let template = &doc["spec"]["template"];
+            let labels = template["metadata"]["labels"]
+                .as_mapping()
+                .with_context(|| format!("{name}: pod labels"))?;
+            ensure!(
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+                "{name}: the PodMonitor's selector {selector:?} does not match its pods {labels:?}"
+            );
+            let ports: Vec<&str> = template["spec"]["containers"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["ports"].as_sequence().into_iter().flatten())
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            let scraping: Vec<usize> = endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    e["port"].as_str().is_some_and(|p| ports.contains(&p))
+                        && endpoint_keeps(e, labels)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            ensure!(
+                scraping.len() == 1,
+                "{name} (ports {ports:?}) is scraped by {} PodMonitor endpoints, not one",
+                scraping.len()
+            );
+            used[scraping[0]] = true;
+            workloads.push(name);
+        }
+    }
+    ensure!(
+        workloads.len() == 3,
+        "expected the ingest, ETL and probe workloads: {workloads:?}"
+    );
+    ensure!(
+        used.iter().all(|u| *u),
+        "an endpoint scrapes no workload: {endpoints:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn chart_carries_the_generated_crds_and_the_operators_rbac() -> Result<()> {
     for (copy, original) in [
