@@ -17,6 +17,7 @@ pub mod error;
 pub(crate) mod fixtures;
 pub mod health;
 pub mod lease;
+pub mod measurements;
 pub mod metrics;
 pub mod render;
 pub mod server;

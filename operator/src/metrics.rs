@@ -1,5 +1,5 @@
-//! The operator's Prometheus metrics: reconciles, errors by kind, reconcile duration, and
-//! whether this replica leads.
+//! The operator's Prometheus metrics: reconciles, errors by kind, reconcile duration, whether
+//! this replica leads, and fleet health per probe and target ([`crate::measurements`]).
 
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<ControllerLabel, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
+    /// Fleet health per probe and target, from the statuses written.
+    pub measurements: crate::measurements::Measurements,
     registry: Registry,
 }
 
@@ -64,11 +66,14 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let measurements = crate::measurements::Measurements::default();
+        registry.register_collector(Box::new(measurements.clone()));
         Self {
             reconciles,
             errors,
             duration,
             leader,
+            measurements,
             registry,
         }
     }

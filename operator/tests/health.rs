@@ -91,13 +91,13 @@ async fn samples_drive_reporting_and_healthy_with_events() -> Result<()> {
     let ns = TestNamespace::create(&client, "op-health").await?;
     let db = fiberstack_operator::status::connect_lazy(&url, None)?;
     let operator = Operator::start(&client, &ns.name, Some(db));
-    let result = health(&client, &ns.name, &pool).await;
+    let result = health(&client, &ns.name, &pool, &operator).await;
     operator.stop().await;
     ns.delete().await?;
     result
 }
 
-async fn health(client: &Client, ns: &str, pool: &PgPool) -> Result<()> {
+async fn health(client: &Client, ns: &str, pool: &PgPool, operator: &Operator) -> Result<()> {
     let regions: Api<FiberRegion> = Api::namespaced(client.clone(), ns);
     let probes: Api<FiberProbe> = Api::namespaced(client.clone(), ns);
     apply_json(&regions, &common::region_json("ghana")).await?;
@@ -204,6 +204,18 @@ async fn health(client: &Client, ns: &str, pool: &PgPool) -> Result<()> {
         (target.name.as_str(), target.state.as_str()),
         ("google-dns", "Breaching")
     );
+    // The same verdict as Prometheus series, for alerting rules.
+    let metrics = operator.metrics_text();
+    let labels = format!(r#"namespace="{ns}",probe="accra-edge",region="ghana""#);
+    for series in [
+        format!("fiberstack_probe_healthy{{{labels}}} 0.0"),
+        format!(r#"fiberstack_target_healthy{{{labels},target="google-dns",kind="icmp"}} 0.0"#),
+        format!(
+            r#"fiberstack_target_latency_p95_seconds{{{labels},target="google-dns",kind="icmp"}} 0.4"#
+        ),
+    ] {
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
     wait_for("HealthDegraded event", WAIT, EVERY, || async {
         let reasons = health_events(client, ns).await?;
         Ok(if reasons.iter().any(|r| r == "HealthDegraded") {

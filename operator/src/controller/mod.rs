@@ -124,7 +124,13 @@ where
     let name = cached.name_any();
     let result = match ctx.api::<K>(&ns).get_opt(&name).await {
         Ok(Some(fresh)) => inner(fresh, ctx.clone()).await,
-        Ok(None) => Ok(Action::await_change()),
+        Ok(None) => {
+            // Deleted: its health series go with it.
+            if K::kind(&()) == "FiberProbe" {
+                ctx.metrics.measurements.forget(&ns, &name);
+            }
+            Ok(Action::await_change())
+        }
         Err(e) => Err(e.into()),
     };
     ctx.metrics.reconciled(controller, started.elapsed());

@@ -101,6 +101,7 @@ pub fn probe(name: &str, region: &str) -> FiberProbe {
 pub struct Operator {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    metrics: std::sync::Arc<fiberstack_operator::metrics::Metrics>,
 }
 
 /// The images `make images` built and pushed to the environment's registry: the pods the
@@ -133,11 +134,12 @@ impl Operator {
             concurrency: 8,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let metrics = std::sync::Arc::new(fiberstack_operator::metrics::Metrics::default());
         let task = tokio::spawn(fiberstack_operator::controller::run(
             client.clone(),
             settings,
             db,
-            std::sync::Arc::new(fiberstack_operator::metrics::Metrics::default()),
+            metrics.clone(),
             async move {
                 let _ = rx.await;
             },
@@ -145,7 +147,13 @@ impl Operator {
         Self {
             stop: Some(tx),
             task,
+            metrics,
         }
+    }
+
+    /// What this operator's `/metrics` would answer now.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
     }
 
     pub async fn stop(mut self) {

@@ -54,6 +54,7 @@ async fn reconcile_inner(probe: &FiberProbe, ctx: &Context) -> Result<Action, Er
         &decision.transitions,
     )
     .await?;
+    ctx.metrics.measurements.record(probe, &decision.status);
     Ok(Action::requeue(ctx.settings.status_every))
 }
 
