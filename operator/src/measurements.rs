@@ -3,7 +3,7 @@
 //! the status window (15 minutes), in base units (seconds, ratios 0–1).
 //!
 //! Labels: `namespace`, `probe`, `region`, and for targets `target` and `kind`. Cardinality is
-//! bounded by the specs: one series per probe, five per target with data (a probe holds at
+//! bounded by the specs: one series per probe, six per target with data (a probe holds at
 //! most 200 targets); a target without samples in the window has no series (absent, not
 //! zero), and a deleted probe's series go with it.
 
