@@ -119,6 +119,23 @@ impl LocalEnv {
         })
     }
 
+    /// Drops a database made by [`Self::fresh_postgres_database`] (its URL) and the roles a
+    /// test created for it: roles are cluster-wide, so they go with the database.
+    pub async fn drop_postgres_database(&self, url: &str, roles: &[&str]) -> Result<()> {
+        let admin = self.postgres().await?;
+        let base = url.split_once('?').map_or(url, |(base, _)| base);
+        let (_, database) = base.rsplit_once('/').context("a URL without a database")?;
+        let mut statements = vec![format!("drop database {database} with (force)")];
+        statements.extend(roles.iter().map(|role| format!("drop role {role}")));
+        for statement in statements {
+            admin
+                .batch_execute(&statement)
+                .await
+                .with_context(|| statement.clone())?;
+        }
+        Ok(())
+    }
+
     /// TimescaleDB (one connection at a time; schema, policy and query tests).
     pub async fn timescale(&self) -> Result<tokio_postgres::Client> {
         connect_postgres(&self.timescale_url).await

@@ -519,21 +519,8 @@ async fn login_users_get_exactly_their_roles_rights() -> Result<()> {
     }
     .await;
     admin.close().await;
-    // Roles are cluster-wide: drop them with the database.
     let env = LocalEnv::load()?;
-    let server = pool(&env.database_url, None).await?;
-    let database = url::Url::parse(&url)?
-        .path()
-        .trim_start_matches('/')
-        .to_owned();
-    for statement in [
-        format!("drop database {database} with (force)"),
-        format!("drop role {reader}"),
-        format!("drop role {writer}"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-            .execute(&server)
-            .await?;
-    }
+    env.drop_postgres_database(&url, &[&reader, &writer])
+        .await?;
     outcome
 }

@@ -215,20 +215,7 @@ async fn the_binary_reads_with_a_reader_role_in_its_schema() -> Result<()> {
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     admin.close().await;
-    // Roles are cluster-wide: dropped with the database.
-    let server = sqlx::PgPool::connect(&env.database_url).await?;
-    let database = url::Url::parse(&url)?
-        .path()
-        .trim_start_matches('/')
-        .to_owned();
-    for statement in [
-        format!("drop database {database} with (force)"),
-        format!("drop role {reader}"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-            .execute(&server)
-            .await?;
-    }
+    env.drop_postgres_database(&url, &[&reader]).await?;
     outcome.map_err(|e| e.context(format!("fiber-ingest's stderr:\n{stderr}")))?;
     assert!(stopped?.success(), "{stderr}");
     Ok(())

@@ -74,19 +74,6 @@ async fn a_reader_reads_its_schema_and_nobody_writes_through_a_read_only_pool() 
     }
     .await;
     admin.close().await;
-    // Roles are cluster-wide: dropped with the database.
-    let server = DbConfig::new(&env.database_url).connect().await?;
-    let database = url::Url::parse(&url)?
-        .path()
-        .trim_start_matches('/')
-        .to_owned();
-    for statement in [
-        format!("drop database {database} with (force)"),
-        format!("drop role {role}"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-            .execute(&server)
-            .await?;
-    }
+    env.drop_postgres_database(&url, &[&role]).await?;
     outcome
 }
