@@ -22,58 +22,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use fiberstack_e2e::bench::{batch, setting};
 use fiberstack_e2e::{
     LocalEnv, ReservedPort, etl, terminate, unique_name, wait_for, workspace_binary,
 };
+use fiberstack_model::Batch;
 use fiberstack_model::stream::{BATCH_FIELD, dead_letter_stream, encode_batch, samples_stream};
-use fiberstack_model::{Batch, CheckKind, Sample};
 use redis::AsyncCommands;
 use tokio::sync::{Mutex, watch};
 
 const TOKEN: &str = "load-test-token-0123456789";
 /// Rows of the ETL-alone run at most: they sit in Redis at once (about 250 bytes each).
 const CEILING_ROWS: u64 = 250_000;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn batch(probe: usize, seq: u64, size: usize, base: DateTime<Utc>) -> Batch {
-    let samples = (0..size)
-        .map(|i| {
-            let n = seq * size as u64 + i as u64;
-            Sample {
-                address: "127.0.0.1".into(),
-                latency_ms: Some(1.0 + (n % 97) as f64),
-                latency_min_ms: Some(1.0),
-                latency_max_ms: Some(100.0),
-                jitter_ms: Some(0.3),
-                packet_loss: Some(0.0),
-                sent: Some(5),
-                received: Some(5),
-                // Unique per probe: one target of 20, one millisecond each.
-                ..Sample::new(
-                    base + chrono::Duration::milliseconds((n / 20) as i64),
-                    format!("target-{}", n % 20),
-                    CheckKind::Icmp,
-                    true,
-                )
-            }
-        })
-        .collect();
-    Batch {
-        probe: "load/bench".into(),
-        region: "load".into(),
-        country: "GH".into(),
-        node: format!("load-node-{probe}"),
-        agent_version: "bench".into(),
-        samples,
-    }
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -2,6 +2,7 @@
 //! listen (`make env-up` writes it to `e2e/.env/env.sh`), clients for them, test
 //! namespaces, ports held for the length of a test, and waiting for a condition.
 
+pub mod bench;
 pub mod etl;
 pub mod images;
 mod ports;
