@@ -91,6 +91,19 @@ fn redact_query(url: &str) -> String {
     out
 }
 
+/// An error and all its sources, as `anyhow`'s `{:#}` prints them: what the tests search
+/// for a leaked password.
+#[cfg(test)]
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,14 +187,7 @@ mod tests {
     const REFUSED: &str = "postgres://fiber:s3cret@127.0.0.1:1/fiber?sslmode=disable";
 
     fn message(e: &DbError) -> String {
-        // The whole chain, as `anyhow`'s `{:#}` would print it.
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        text
+        crate::error_chain(e)
     }
 
     #[test]

@@ -140,13 +140,7 @@ mod tests {
     const REFUSED: &str = "redis://:s3cret@127.0.0.1:1";
 
     fn message(e: &RedisConnectError) -> String {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        text
+        crate::error_chain(e)
     }
 
     #[test]
