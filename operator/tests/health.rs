@@ -204,18 +204,26 @@ async fn health(client: &Client, ns: &str, pool: &PgPool, operator: &Operator) -
         (target.name.as_str(), target.state.as_str()),
         ("google-dns", "Breaching")
     );
-    // The same verdict as Prometheus series, for alerting rules.
-    let metrics = operator.metrics_text();
+    // The same verdict as Prometheus series, for alerting rules (recorded just after the
+    // status write the test has seen, so waited for).
     let labels = format!(r#"namespace="{ns}",probe="accra-edge",region="ghana""#);
-    for series in [
+    let expected = [
         format!("fiberstack_probe_healthy{{{labels}}} 0.0"),
         format!(r#"fiberstack_target_healthy{{{labels},target="google-dns",kind="icmp"}} 0.0"#),
         format!(
             r#"fiberstack_target_latency_p95_seconds{{{labels},target="google-dns",kind="icmp"}} 0.4"#
         ),
-    ] {
-        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
-    }
+    ];
+    wait_for("the Degraded probe's series", WAIT, EVERY, || async {
+        let metrics = operator.metrics_text();
+        Ok(
+            match expected.iter().find(|s| !metrics.contains(s.as_str())) {
+                None => Ok(()),
+                Some(missing) => Err(format!("no {missing} in\n{metrics}")),
+            },
+        )
+    })
+    .await?;
     wait_for("HealthDegraded event", WAIT, EVERY, || async {
         let reasons = health_events(client, ns).await?;
         Ok(if reasons.iter().any(|r| r == "HealthDegraded") {
