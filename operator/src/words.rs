@@ -162,6 +162,11 @@ mod tests {
         }
         let closed: Vec<String> = Closed::ALL.iter().map(|w| w.to_string()).collect();
         assert_eq!(closed, ["Yes", "No", "Unsure"]);
+        for w in Closed::ALL {
+            let json = serde_json::to_string(w).unwrap();
+            assert_eq!(json, format!("\"{}\"", w.as_str()));
+            assert_eq!(&serde_json::from_str::<Closed>(&json).unwrap(), w);
+        }
     }
 
     #[test]
