@@ -76,5 +76,33 @@ want kwok && kwok_stages
 # The real nodes' DNS and the registry their containerd pulls our images from.
 want coredns && gi coredns "$COREDNS_VERSION" github.com/coredns/coredns ""
 want registry && gi registry "$REGISTRY_VERSION" github.com/distribution/distribution/v3/cmd/registry ""
+# Alertmanager (the alerting tests' real receiver) embeds its web UI from ui/app/dist, which
+# is built by npm and not part of the module: build from a copy of the module source with an
+# empty UI (the API, which is all the tests use, is unaffected).
+alertmanager() {
+  local dest="$FIBERSTACK_CACHE/alertmanager-$ALERTMANAGER_VERSION"
+  if [[ -x "$dest/alertmanager" ]]; then
+    echo "build-tools: alertmanager $ALERTMANAGER_VERSION cached at $dest"
+    return
+  fi
+  echo "build-tools: building alertmanager $ALERTMANAGER_VERSION ..."
+  local start=$SECONDS dir src
+  dir=$(cd "$(mktemp -d)" && GOFLAGS= go mod download -json "github.com/prometheus/alertmanager@$ALERTMANAGER_VERSION" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -d "$dir" ]] || { echo "build-tools: alertmanager $ALERTMANAGER_VERSION module source not found" >&2; exit 1; }
+  src=$(mktemp -d)
+  cp -r "$dir/." "$src/"
+  chmod -R u+w "$src"
+  mkdir -p "$src/ui/app/dist"
+  echo '<!doctype html><title>Alertmanager</title><p>The web UI is not built in.' >"$src/ui/app/dist/index.html"
+  mkdir -p "$dest"
+  (cd "$src" && go build -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${ALERTMANAGER_VERSION#v}" \
+    -o "$dest/alertmanager.tmp" ./cmd/alertmanager)
+  mv "$dest/alertmanager.tmp" "$dest/alertmanager"
+  rm -rf "$src"
+  echo "build-tools: built alertmanager $ALERTMANAGER_VERSION in $((SECONDS - start))s"
+}
+want alertmanager && alertmanager
 want helm && gi helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 echo "build-tools: done"

@@ -78,6 +78,8 @@ install_packages() {
   [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
   command -v iptables >/dev/null || missing+=(iptables)
   command -v gcc >/dev/null || missing+=(gcc libc6-dev)
+  # promtool: the metrics lint of every binary's /metrics and the alerting rules' unit tests.
+  command -v promtool >/dev/null || missing+=(prometheus)
   if ((${#missing[@]})); then
     local start=$SECONDS
     log "installing Debian packages: ${missing[*]}"
@@ -112,6 +114,7 @@ install_binaries() {
   ln -sf "$FIBERSTACK_CACHE/helm-$HELM_VERSION/helm" "$BIN/helm"
   ln -sf "$FIBERSTACK_CACHE/coredns-$COREDNS_VERSION/coredns" "$BIN/coredns"
   ln -sf "$FIBERSTACK_CACHE/registry-$REGISTRY_VERSION/registry" "$BIN/registry"
+  ln -sf "$FIBERSTACK_CACHE/alertmanager-$ALERTMANAGER_VERSION/alertmanager" "$BIN/alertmanager"
 }
 
 # ---------------------------------------------------------------------------------------

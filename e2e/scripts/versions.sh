@@ -10,4 +10,6 @@ KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.14.7
 REGISTRY_VERSION=v3.1.2
+# The alerting tests route through a real Alertmanager.
+ALERTMANAGER_VERSION=v0.35.0
 FIBERSTACK_CACHE="${FIBERSTACK_CACHE:-$HOME/.cache/fiberstack}"

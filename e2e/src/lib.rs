@@ -6,6 +6,7 @@ pub mod bench;
 pub mod etl;
 pub mod images;
 mod ports;
+pub mod promtool;
 
 pub use ports::ReservedPort;
 

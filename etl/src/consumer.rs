@@ -90,6 +90,8 @@ pub struct Stats {
     pub stream_length: AtomicU64,
     /// Entries delivered to some worker and not acknowledged, at the last housekeeping.
     pub pending: AtomicU64,
+    /// Entries in the region's dead-letter stream, at the last housekeeping.
+    pub dead_letters: AtomicU64,
     /// Duration of each committed database write.
     pub write_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Earliest sample time (Unix seconds) written since the rollups were last refreshed;
@@ -108,6 +110,7 @@ impl Default for Stats {
             entries_acked: AtomicU64::new(0),
             stream_length: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
             write_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14),
             ),
@@ -428,6 +431,9 @@ impl Consumer {
                 return;
             }
         };
+        self.stats
+            .dead_letters
+            .store(dead_letters, Ordering::Relaxed);
         let recorded = sqlx::query(
             "insert into stream_stats (time, region, consumer, stream_length, pending, dead_letters)
              values (now(), $1, $2, $3, $4, $5)",

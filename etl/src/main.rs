@@ -202,13 +202,14 @@ async fn run_consumer(args: RunArgs) -> anyhow::Result<()> {
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route(
             "/metrics",
-            axum::routing::get(move || {
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
                 let registry = registry.clone();
                 async move {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-                        metrics::encode(&registry),
-                    )
+                    let accept = headers
+                        .get(axum::http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok());
+                    let (content_type, text) = metrics::exposition(&registry, accept);
+                    ([(axum::http::header::CONTENT_TYPE, content_type)], text)
                 }
             }),
         );

@@ -74,6 +74,12 @@ impl Collector for StatsCollector {
             "Entries delivered and not acknowledged",
             &s.pending,
         )?;
+        gauge(
+            &mut e,
+            "fiber_etl_dead_letters",
+            "Entries in the region's dead-letter stream fiber:dlq:<region>, waiting for a person",
+            &s.dead_letters,
+        )?;
         Ok(())
     }
 }
@@ -106,7 +112,9 @@ mod tests {
         stats.write_seconds.observe(0.004);
         stats.retries.store(2, Ordering::Relaxed);
         stats.dead_lettered.store(1, Ordering::Relaxed);
+        stats.dead_letters.store(4, Ordering::Relaxed);
         let text = encode(&registry(stats));
+        assert!(text.contains("fiber_etl_dead_letters 4"), "{text}");
         assert!(text.contains("fiber_etl_sent_samples_total 42"), "{text}");
         assert!(text.contains("fiber_etl_pending 3"), "{text}");
         assert!(

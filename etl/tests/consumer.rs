@@ -2,6 +2,7 @@
 //! region, so a fresh stream, per test).
 
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 mod common;
@@ -304,6 +305,8 @@ async fn what_can_never_be_stored_is_dead_lettered_with_the_reason() -> Result<(
         stream_length <= 3,
         "acknowledged entries are trimmed: {stream_length}"
     );
+    // And as a gauge, for the DeadLettersPresent alert.
+    assert_eq!(observer.stats().dead_letters.load(Ordering::Relaxed), 3);
     Ok(())
 }
 
@@ -450,6 +453,7 @@ async fn run_command_consumes_and_stops_cleanly_on_sigterm() -> Result<()> {
         metrics.contains("fiber_etl_sent_new_samples_total 3"),
         "{metrics}"
     );
+    fiberstack_e2e::promtool::check_metrics(&metrics)?;
     let status = fiberstack_e2e::terminate(&mut child, Duration::from_secs(30)).await?;
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)?;

@@ -254,6 +254,16 @@ async fn seed(pool: &PgPool, now: DateTime<Utc>) -> Result<()> {
     )
     .execute(pool)
     .await?;
+    // The operator's alert history: one episode over, one still firing.
+    sqlx::raw_sql(
+        "insert into alerts (id, namespace, probe, region, target, state, reason, started_at, ended_at, notified) values
+           ('fiberstack/edge/api@1', 'fiberstack', 'edge', 'ghana', 'api', 'resolved',
+            'uptime 88 % < 99 %', now() - interval '2 hours', now() - interval '90 minutes', '{pager}'),
+           ('fiberstack/edge/gateway@2', 'fiberstack', 'edge', 'nigeria', 'gateway', 'firing',
+            'packet loss 20 % > 2 %', now() - interval '20 minutes', null, '{}')",
+    )
+    .execute(pool)
+    .await?;
     let mut values = Vec::new();
     for minute in 0..180 {
         let time = now - Duration::minutes(minute) - Duration::seconds(10);
@@ -420,6 +430,36 @@ async fn run_every_query(pool: &PgPool, timescaledb: bool) -> Result<BTreeSet<St
                 ran.insert(format!("{file}: {title}"));
             }
         }
+
+        // Annotations (alert episodes on the time axis): each must find its seeded rows.
+        let annotations = dashboard.json["annotations"]["list"].as_array();
+        for annotation in annotations.into_iter().flatten() {
+            let name = annotation["name"].as_str().context("annotation name")?;
+            let raw = annotation["target"]["rawSql"]
+                .as_str()
+                .context("annotation rawSql")?;
+            let mut found = false;
+            for chosen in &choices {
+                let sql = context(chosen)
+                    .expand(raw)
+                    .with_context(|| format!("{file}: annotation {name:?}"))?;
+                let result = rows(pool, &sql)
+                    .await
+                    .with_context(|| format!("{file}: annotation {name:?}: {sql}"))?;
+                ensure!(
+                    result
+                        .iter()
+                        .all(|row| row.contains_key("time") && row.contains_key("text")),
+                    "{file}: annotation {name:?} needs `time` and `text` columns"
+                );
+                found |= !result.is_empty();
+            }
+            ensure!(
+                found,
+                "{file}: annotation {name:?} finds nothing on seeded data: {raw}"
+            );
+            ran.insert(format!("{file}: annotation {name}"));
+        }
     }
     Ok(ran)
 }
@@ -451,6 +491,16 @@ fn dashboards_are_well_formed() -> Result<()> {
             let grid = &panel["gridPos"];
             let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
             assert!(x + w <= 24, "{file}: panel {id} wider than the grid");
+        }
+        for annotation in d.json["annotations"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(
+                annotation["datasource"]["uid"], "${datasource}",
+                "{file}: annotation datasource"
+            );
         }
     }
     Ok(())

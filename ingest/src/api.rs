@@ -451,20 +451,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     path = "/metrics",
     operation_id = "metrics",
     tag = "service",
-    summary = "Prometheus metrics (OpenMetrics text)",
+    summary = "Prometheus metrics",
+    description = "OpenMetrics text when the request's Accept header lists application/openmetrics-text (Prometheus' does), else the classic text format (version 0.0.4).",
     security(),
     responses((status = 200, description = "Requests by outcome, samples accepted and rejected, stream append latency.",
-        body = String, content_type = "application/openmetrics-text")),
+        content((String = "application/openmetrics-text"), (String = "text/plain")))),
 )]
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            fiberstack_plumbing::metrics::CONTENT_TYPE,
-        )],
-        fiberstack_plumbing::metrics::encode(&state.registry),
-    )
-        .into_response()
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, text) = fiberstack_plumbing::metrics::exposition(&state.registry, accept);
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 #[cfg(test)]

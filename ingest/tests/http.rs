@@ -172,6 +172,7 @@ async fn valid_samples_are_accepted_and_invalid_ones_named() -> Result<()> {
     ] {
         assert!(metrics.contains(series), "no {series} in {metrics}");
     }
+    fiberstack_e2e::promtool::check_metrics(&metrics)?;
     Ok(())
 }
 
@@ -317,6 +318,7 @@ async fn over_the_backlog_cap_answers_503_with_retry_after() -> Result<()> {
     ] {
         assert!(metrics.contains(series), "no {series} in {metrics}");
     }
+    fiberstack_e2e::promtool::check_metrics(&metrics)?;
     Ok(())
 }
 

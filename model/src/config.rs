@@ -128,6 +128,65 @@ pub struct Target {
     pub http: Option<HttpCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsCheck>,
+    /// Limits of this target that replace the FiberProbe's spec.thresholds field by field;
+    /// a field left out keeps the probe's. Judged by the operator; the probe ignores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<TargetThresholds>,
+}
+
+/// Most days ahead a certificate expiry threshold may look (ten years).
+pub const MAX_CERT_EXPIRY_DAYS: u32 = 3_650;
+
+/// A target's own limits of healthy, over the last 15 minutes; each unset field falls back to
+/// the FiberProbe's spec.thresholds.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetThresholds {
+    /// Highest acceptable 95th-percentile latency, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 0.0)))]
+    pub latency_p95_ms: Option<f64>,
+    /// Highest acceptable packet loss, percent (0-100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 0.0, max = 100.0)))]
+    pub packet_loss_pct: Option<f64>,
+    /// Lowest acceptable share of successful checks, percent (0-100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 0.0, max = 100.0)))]
+    pub uptime_pct: Option<f64>,
+    /// HTTPS: Breaching when the server's certificate expires within this many days; 0
+    /// never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schemars", schemars(range(max = MAX_CERT_EXPIRY_DAYS)))]
+    pub cert_expiry_days: Option<u32>,
+}
+
+impl TargetThresholds {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(p95) = self
+            .latency_p95_ms
+            .filter(|v| !(v.is_finite() && *v >= 0.0))
+        {
+            return Err(ValidationError::new(
+                "latencyP95Ms",
+                format!("{p95} is out of range, expected 0 ms or more"),
+            ));
+        }
+        if let Some(loss) = self.packet_loss_pct {
+            validate::percent("packetLossPct", loss)?;
+        }
+        if let Some(up) = self.uptime_pct {
+            validate::percent("uptimePct", up)?;
+        }
+        match self.cert_expiry_days {
+            Some(days) if days > MAX_CERT_EXPIRY_DAYS => Err(ValidationError::new(
+                "certExpiryDays",
+                format!("{days} is out of range, expected 0 to {MAX_CERT_EXPIRY_DAYS} days"),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The API server's rule for a target: exactly one check field set, for every kind of
@@ -216,7 +275,11 @@ impl Target {
             Check::Http(c) => c.validate(),
             Check::Dns(c) => c.validate(),
         }
-        .map_err(|e| e.within(check.kind().as_str()))
+        .map_err(|e| e.within(check.kind().as_str()))?;
+        match &self.thresholds {
+            Some(t) => t.validate().map_err(|e| e.within("thresholds")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -803,10 +866,63 @@ targets:
                 invalid(|c| c.targets[3].dns.as_mut().unwrap().server = Some("one.one".into())),
                 "targets[3].dns.server",
             ),
+            (
+                invalid(|c| c.targets[1].thresholds = Some(limits(|t| t.uptime_pct = Some(101.0)))),
+                "targets[1].thresholds.uptimePct",
+            ),
+            (
+                invalid(|c| {
+                    c.targets[1].thresholds = Some(limits(|t| t.packet_loss_pct = Some(-1.0)))
+                }),
+                "targets[1].thresholds.packetLossPct",
+            ),
+            (
+                invalid(|c| {
+                    c.targets[1].thresholds = Some(limits(|t| t.latency_p95_ms = Some(f64::NAN)))
+                }),
+                "targets[1].thresholds.latencyP95Ms",
+            ),
+            (
+                invalid(|c| {
+                    c.targets[1].thresholds = Some(limits(|t| t.cert_expiry_days = Some(3651)))
+                }),
+                "targets[1].thresholds.certExpiryDays",
+            ),
         ];
         for (e, field) in cases {
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    fn limits(edit: impl FnOnce(&mut TargetThresholds)) -> TargetThresholds {
+        let mut t = TargetThresholds::default();
+        edit(&mut t);
+        t
+    }
+
+    #[test]
+    fn a_target_may_set_some_thresholds_of_its_own() {
+        let c = ProbeConfig::from_yaml(&DESIGN_EXAMPLE.replace(
+            "expectStatus: [200], bodyContains: ok, followRedirects: false }",
+            "expectStatus: [200] }, thresholds: { latencyP95Ms: 400, certExpiryDays: 30 }",
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.targets[1].thresholds,
+            Some(TargetThresholds {
+                latency_p95_ms: Some(400.0),
+                cert_expiry_days: Some(30),
+                ..Default::default()
+            })
+        );
+        assert_eq!(c.targets[0].thresholds, None);
+        let typo = DESIGN_EXAMPLE.replace(
+            "expectStatus: [200], bodyContains: ok, followRedirects: false }",
+            "expectStatus: [200] }, thresholds: { latencyP95: 400 }",
+        );
+        let e = ProbeConfig::from_yaml(&typo).unwrap_err().to_string();
+        assert!(e.contains("latencyP95"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod validate;
 
 pub use config::{
     BufferConfig, Check, ConfigError, DnsCheck, DnsRecordType, HttpCheck, IcmpCheck, IngestConfig,
-    ProbeConfig, Target, TcpCheck,
+    ProbeConfig, Target, TargetThresholds, TcpCheck,
 };
 pub use duration::Duration;
 pub use push::PushSample;

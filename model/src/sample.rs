@@ -120,7 +120,9 @@ pub struct Sample {
     #[cfg_attr(feature = "utoipa", schema(max_length = 1024))]
     pub error: Option<String>,
     /// Kind-specific detail, at most 8 KiB as JSON: HTTP phases (`dns_ms`, `connect_ms`,
-    /// `tls_ms`, `ttfb_ms`, `total_ms`), `cert_days_to_expiry`, DNS rcode and answers, …
+    /// `tls_ms`, `ttfb_ms`, `total_ms`), the HTTPS leaf certificate's `cert_not_after` (RFC
+    /// 3339) and `cert_days_to_expiry` (whole days, negative once expired), DNS rcode and
+    /// answers, …
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub metadata: Map<String, Value>,

@@ -11,6 +11,7 @@ string_enum! {
     /// What a condition is about.
     pub enum ConditionType {
         /// FiberProbe: its pods are rolled out. FiberRegion: ingest and ETL are available.
+        /// FiberNotifier: the last delivery succeeded.
         Ready,
         /// FiberProbe: samples arrive from every node within 3 intervals.
         Reporting,
@@ -64,6 +65,11 @@ string_enum! {
         StreamFiguresStale,
         DeadLetters,
         StreamHealthy,
+        // FiberNotifier Ready.
+        NothingSentYet,
+        Delivered,
+        DeliveryFailed,
+        SecretNotFound,
     }
     else Other(String)
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use fiberstack_model::{CheckKind, Duration, Target};
+use fiberstack_model::{CheckKind, Duration, Target, TargetThresholds};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -300,12 +300,48 @@ pub struct FiberProbeSpec {
     #[schemars(length(min = 1, max = 200))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub targets: Vec<Target>,
-    /// Limits above which the probe reports Healthy=False (over the last 15 minutes).
+    /// Limits above which the probe reports Healthy=False (over the last 15 minutes). A
+    /// target may replace any of them with its own thresholds.
     #[serde(default)]
     pub thresholds: Thresholds,
     /// true: remove the probe pods (the configuration stays); status says Paused.
     #[serde(default)]
     pub paused: bool,
+    /// Who is told when a target starts or stops breaching its thresholds.
+    #[serde(default, skip_serializing_if = "Alerting::is_empty")]
+    pub alerting: Alerting,
+}
+
+/// Notifications of a FiberProbe's targets. A target fires an alert when it has breached its
+/// thresholds for as many evaluations in a row as Healthy needs (the operator's hysteresis),
+/// and resolves it after the same hold within them; each start and end is sent once to each
+/// notifier (status.alerts records what was sent).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Alerting {
+    /// Names of FiberNotifiers in the same namespace to notify, besides those whose
+    /// probeSelector selects this probe.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub notifiers: Vec<String>,
+    /// Until this time (RFC 3339, e.g. 2026-12-01T06:00:00Z) nothing is sent: a
+    /// maintenance window. Alerts still open and close in status; what is still firing
+    /// when the mute ends is sent then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub muted_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Alerting {
+    fn is_empty(&self) -> bool {
+        self.notifiers.is_empty() && self.muted_until.is_none()
+    }
+
+    /// Whether notifications are held at `now`.
+    pub fn muted_at(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.muted_until.is_some_and(|until| now < until)
+    }
 }
 
 /// `kubectl explain fiberprobe.spec.targets`, naming the kinds of [`CheckKind::ALL`].
@@ -349,6 +385,26 @@ pub struct Thresholds {
     #[serde(default = "default_uptime")]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub uptime_pct: f64,
+    /// HTTPS targets: Breaching when the server's certificate (the newest seen from any node)
+    /// expires within this many days; 0 never. Default 14.
+    #[serde(default = "default_cert_expiry_days")]
+    #[schemars(range(max = fiberstack_model::config::MAX_CERT_EXPIRY_DAYS))]
+    pub cert_expiry_days: u32,
+}
+
+impl Thresholds {
+    /// These limits with a target's own in place of those it sets.
+    pub fn with(&self, own: Option<&TargetThresholds>) -> Thresholds {
+        let Some(own) = own else {
+            return self.clone();
+        };
+        Thresholds {
+            latency_p95_ms: own.latency_p95_ms.unwrap_or(self.latency_p95_ms),
+            packet_loss_pct: own.packet_loss_pct.unwrap_or(self.packet_loss_pct),
+            uptime_pct: own.uptime_pct.unwrap_or(self.uptime_pct),
+            cert_expiry_days: own.cert_expiry_days.unwrap_or(self.cert_expiry_days),
+        }
+    }
 }
 
 fn default_p95() -> f64 {
@@ -360,6 +416,9 @@ fn default_loss() -> f64 {
 fn default_uptime() -> f64 {
     99.0
 }
+fn default_cert_expiry_days() -> u32 {
+    14
+}
 
 impl Default for Thresholds {
     fn default() -> Self {
@@ -367,6 +426,7 @@ impl Default for Thresholds {
             latency_p95_ms: default_p95(),
             packet_loss_pct: default_loss(),
             uptime_pct: default_uptime(),
+            cert_expiry_days: default_cert_expiry_days(),
         }
     }
 }
@@ -415,6 +475,61 @@ pub struct FiberProbeStatus {
     /// is the state being counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_streak: Option<HealthStreak>,
+    /// The targets' alerts: firing ones, and resolved ones until every notifier told of
+    /// their start has been told of their end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub alerts: Vec<Alert>,
+}
+
+/// One episode of a target breaching its thresholds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// Stable key of the episode, the same in every notification of it (receivers
+    /// deduplicate by it): namespace/probe/target@startsAt in Unix seconds.
+    pub id: String,
+    /// The target's name in spec.targets.
+    pub target: String,
+    /// Firing or Resolved.
+    pub state: AlertState,
+    /// What breached when it started, e.g. "latency p95 412 ms > 150 ms".
+    pub reason: String,
+    /// When it started firing, RFC 3339.
+    pub starts_at: String,
+    /// When it resolved, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
+    /// What each notifier has acknowledged: the last state it received.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["notifier"]))]
+    pub notified: Vec<Notified>,
+    /// The state last written to the alert history (table alerts), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<AlertState>,
+}
+
+/// A notifier's acknowledgement of an alert.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Notified {
+    /// The FiberNotifier's name.
+    pub notifier: String,
+    /// The state it acknowledged.
+    pub state: AlertState,
+    /// When, RFC 3339.
+    pub time: String,
+}
+
+string_enum! {
+    /// An alert's state.
+    pub enum AlertState {
+        /// The target breaches its thresholds.
+        Firing,
+        /// The target is within its thresholds again.
+        Resolved,
+    }
+    else Firing
 }
 
 /// Figures over a 15-minute window, computed from the samples of that window.
@@ -451,6 +566,14 @@ pub struct TargetStatus {
     /// Which threshold is exceeded, when Breaching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// HTTPS targets: when the server's certificate expires (its notAfter), RFC 3339; the
+    /// earliest of the certificates the nodes saw in their newest samples of the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expires_at: Option<String>,
+    /// The target's alert changes only after its new state held for several evaluations in
+    /// a row; this is the state being counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streak: Option<HealthStreak>,
 }
 
 string_enum! {
@@ -510,4 +633,86 @@ pub struct Condition {
     /// The spec generation the condition was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// Where alerts of FiberProbes are sent: an Alertmanager, a generic JSON webhook or a Slack
+/// incoming webhook. The URL is read from a Secret at each send and never written to status,
+/// Events or logs.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "fiberstack.io",
+    version = "v1alpha1",
+    kind = "FiberNotifier",
+    namespaced,
+    status = "FiberNotifierStatus",
+    shortname = "fn",
+    category = "fiberstack",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".status.kind","description":"alertmanager, webhook or slack"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the last delivery succeeded"}"#,
+    printcolumn = r#"{"name":"Sent","type":"integer","jsonPath":".status.sent","description":"Notifications delivered"}"#,
+    printcolumn = r#"{"name":"Failures","type":"integer","jsonPath":".status.consecutiveFailures","description":"Failed attempts since the last success"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "[has(self.alertmanager), has(self.webhook), has(self.slack)].filter(x, x).size() == 1",
+        "message": "set exactly one of alertmanager, webhook and slack"
+    }
+]))]
+pub struct FiberNotifierSpec {
+    /// An Alertmanager: alerts are posted to `<url>/api/v2/alerts` with labels alertname,
+    /// severity, namespace, probe, region, target and kind, re-sent while firing (as
+    /// Prometheus does) so that Alertmanager's grouping, silences and inhibition apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<Endpoint>,
+    /// A generic webhook: one JSON object per alert start and end (fields version, id,
+    /// status, namespace, probe, region, target, kind, reason, startsAt, endsAt), with the
+    /// header Idempotency-Key: <id>/<status>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Endpoint>,
+    /// A Slack incoming webhook (https://hooks.slack.com/services/…): one message per alert
+    /// start and end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<Endpoint>,
+    /// FiberProbes in this namespace whose labels include all of these are notified here
+    /// (besides those naming this notifier in spec.alerting.notifiers). Empty: none by label.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probe_selector: BTreeMap<String, String>,
+}
+
+/// A receiver's address.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// A key of a Secret in the notifier's namespace holding the URL (http or https); a
+    /// webhook URL often carries its credential.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// What the operator last saw of deliveries to a FiberNotifier.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FiberNotifierStatus {
+    /// alertmanager, webhook or slack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Ready: True when the last delivery succeeded (or none was tried yet), False with
+    /// reason DeliveryFailed or SecretNotFound and what went wrong (never the URL).
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Notifications delivered since the notifier was created.
+    #[serde(default)]
+    pub sent: i64,
+    /// Failed attempts since the last success; retried with backoff.
+    #[serde(default)]
+    pub consecutive_failures: i64,
+    /// When the last notification was delivered, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sent_time: Option<String>,
+    /// When the last attempt failed, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<String>,
 }

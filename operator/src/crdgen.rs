@@ -2,13 +2,14 @@
 
 use kube::CustomResourceExt;
 
-use crate::crd::{FiberProbe, FiberRegion};
+use crate::crd::{FiberNotifier, FiberProbe, FiberRegion};
 
 /// File name under `crds/` and YAML of each CRD.
 pub fn manifests() -> Vec<(&'static str, String)> {
     vec![
         ("fiberregions.yaml", yaml(&FiberRegion::crd())),
         ("fiberprobes.yaml", yaml(&FiberProbe::crd())),
+        ("fibernotifiers.yaml", yaml(&FiberNotifier::crd())),
     ]
 }
 

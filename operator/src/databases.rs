@@ -1,7 +1,8 @@
 //! The databases the operator reads fleet health from: its own `--database-url`, and each
 //! region's reader (`spec.database.readerUrlSecretRef`) when the region names one, so regions
 //! can be spread over several databases. Pools are read-only, opened lazily on first use per
-//! URL, and kept.
+//! URL, and kept. The one write the operator makes, the alert history, goes through the
+//! region's writer URL (`spec.database.urlSecretRef`, the ETL's), in a pool of its own.
 
 use std::collections::HashMap;
 
@@ -14,6 +15,7 @@ pub struct Databases {
     default: Option<PgPool>,
     schema: Option<String>,
     by_url: Mutex<HashMap<String, PgPool>>,
+    writers: Mutex<HashMap<String, PgPool>>,
 }
 
 impl Databases {
@@ -23,6 +25,7 @@ impl Databases {
             default,
             schema,
             by_url: Mutex::default(),
+            writers: Mutex::default(),
         }
     }
 
@@ -42,6 +45,23 @@ impl Databases {
         let pool = connect_lazy(url, self.schema.as_deref()).map_err(|e| {
             format!("spec.database.readerUrlSecretRef is not a PostgreSQL URL: {e}")
         })?;
+        pools.insert(url.to_owned(), pool.clone());
+        Ok(pool)
+    }
+
+    /// The writer pool of a region's writer URL (opened lazily, kept).
+    pub async fn writer(&self, url: &str) -> Result<PgPool, String> {
+        let mut pools = self.writers.lock().await;
+        if let Some(pool) = pools.get(url) {
+            return Ok(pool.clone());
+        }
+        let pool = fiberstack_plumbing::postgres::DbConfig {
+            schema: self.schema.clone(),
+            max_connections: 2,
+            ..fiberstack_plumbing::postgres::DbConfig::new(url)
+        }
+        .connect_lazy()
+        .map_err(|e| format!("spec.database.urlSecretRef is not a PostgreSQL URL: {e}"))?;
         pools.insert(url.to_owned(), pool.clone());
         Ok(pool)
     }

@@ -3,23 +3,51 @@
 //! `kubectl get`. No I/O: the figures come from [`crate::status`] (the SQL), the decision is
 //! made in the controllers' decide steps.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::conditions::{ConditionType, Reason, Status, find};
-use crate::crd::{Condition, Health, HealthStreak, Summary, TargetState, TargetStatus, Thresholds};
+use crate::conditions::{ConditionType, Reason, Status, find, rfc3339};
+use crate::crd::{
+    Condition, FiberProbeSpec, Health, HealthStreak, Summary, TargetState, TargetStatus, Thresholds,
+};
 use crate::status::{Figures, WINDOW};
 
+/// The thresholds a target is held to: its own where it sets them, the probe's otherwise.
+pub fn thresholds_of(spec: &FiberProbeSpec, target: &str) -> Thresholds {
+    let own = spec.targets.iter().find(|t| t.name == target);
+    spec.thresholds
+        .with(own.and_then(|t| t.thresholds.as_ref()))
+}
+
+/// Days from `now` to a certificate's expiry, fractional, negative once expired.
+fn days_left(expires: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+    (expires - now).num_seconds() as f64 / 86_400.0
+}
+
 /// How far a target is past its thresholds: above 1 is a breach, larger is worse.
-fn severity(s: &Summary, t: &Thresholds) -> f64 {
+fn severity(row: &TargetStatus, t: &Thresholds, now: DateTime<Utc>) -> f64 {
+    let s = &row.summary;
     let ratio = |value: Option<f64>, limit: f64| value.map_or(0.0, |v| v / limit.max(0.001));
     let p95 = ratio(s.latency_p95_ms, t.latency_p95_ms);
     let loss = ratio(s.packet_loss_pct, t.packet_loss_pct);
     let down = ratio(s.uptime_pct.map(|u| 100.0 - u), 100.0 - t.uptime_pct);
-    p95.max(loss).max(down)
+    let certificate = row
+        .certificate_expires_at
+        .as_deref()
+        .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+        .filter(|_| t.cert_expiry_days > 0)
+        .map_or(0.0, |at| {
+            f64::from(t.cert_expiry_days) / days_left(at.with_timezone(&Utc), now).max(0.001)
+        });
+    p95.max(loss).max(down).max(certificate)
 }
 
 /// What is wrong with a target, or None when it meets every threshold.
-fn breach(s: &Summary, t: &Thresholds) -> Option<String> {
+fn breach(
+    s: &Summary,
+    certificate: Option<DateTime<Utc>>,
+    t: &Thresholds,
+    now: DateTime<Utc>,
+) -> Option<String> {
     let mut what = Vec::new();
     if let Some(p95) = s.latency_p95_ms.filter(|v| *v > t.latency_p95_ms) {
         what.push(format!("p95 latency {p95} ms > {} ms", t.latency_p95_ms));
@@ -30,18 +58,33 @@ fn breach(s: &Summary, t: &Thresholds) -> Option<String> {
     if let Some(up) = s.uptime_pct.filter(|v| *v < t.uptime_pct) {
         what.push(format!("uptime {up} % < {} %", t.uptime_pct));
     }
+    let within = TimeDelta::days(i64::from(t.cert_expiry_days));
+    if let Some(expires) = certificate.filter(|at| t.cert_expiry_days > 0 && *at - now < within) {
+        what.push(if expires <= now {
+            format!("certificate expired at {}", rfc3339(expires))
+        } else {
+            format!(
+                "certificate expires in {:.1} days < {} days ({})",
+                days_left(expires, now),
+                t.cert_expiry_days,
+                rfc3339(expires)
+            )
+        });
+    }
     (!what.is_empty()).then(|| what.join(", "))
 }
 
-/// Rows for every target of the spec, in spec order; a target without samples is NoData.
+/// Rows for every target of the spec, in spec order, each judged by its own thresholds
+/// ([`thresholds_of`]); a target without samples is NoData.
 pub fn target_rows(
-    spec_targets: &[String],
+    spec: &FiberProbeSpec,
     figures: &Figures,
-    t: &Thresholds,
+    now: DateTime<Utc>,
 ) -> Vec<TargetStatus> {
-    spec_targets
+    spec.targets
         .iter()
-        .map(|name| {
+        .map(|target| {
+            let name = &target.name;
             let found = figures.targets.iter().find(|(n, _)| n == name);
             match found {
                 None => TargetStatus {
@@ -51,7 +94,12 @@ pub fn target_rows(
                     ..Default::default()
                 },
                 Some((_, s)) => {
-                    let problem = breach(s, t);
+                    let certificate = figures
+                        .certificates
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, at)| *at);
+                    let problem = breach(s, certificate, &thresholds_of(spec, name), now);
                     TargetStatus {
                         name: name.clone(),
                         summary: s.clone(),
@@ -61,6 +109,8 @@ pub fn target_rows(
                             TargetState::Healthy
                         },
                         message: problem,
+                        certificate_expires_at: certificate.map(rfc3339),
+                        ..Default::default()
                     }
                 }
             }
@@ -78,15 +128,16 @@ pub struct Observed {
     pub message: String,
 }
 
-/// Healthy as observed now, from the target rows.
-pub fn observe(rows: &[TargetStatus], t: &Thresholds) -> Observed {
+/// Healthy as observed now, from the target rows of `spec`.
+pub fn observe(rows: &[TargetStatus], spec: &FiberProbeSpec, now: DateTime<Utc>) -> Observed {
     let with_data: Vec<&TargetStatus> = rows
         .iter()
         .filter(|r| r.state != TargetState::NoData)
         .collect();
+    let severity = |r: &TargetStatus| severity(r, &thresholds_of(spec, &r.name), now);
     let Some(worst) = with_data
         .iter()
-        .max_by(|a, b| severity(&a.summary, t).total_cmp(&severity(&b.summary, t)))
+        .max_by(|a, b| severity(a).total_cmp(&severity(b)))
     else {
         return Observed {
             status: Status::Unknown,
@@ -230,9 +281,32 @@ mod tests {
         }
     }
 
+    /// The fixture's spec with one ICMP target of each name (probe thresholds 150 ms, 2 %,
+    /// 99 %, certificates 14 days).
+    fn spec(names: &[&str]) -> FiberProbeSpec {
+        let mut spec = crate::fixtures::probe().spec;
+        let template = spec.targets[0].clone();
+        spec.targets = names
+            .iter()
+            .map(|n| fiberstack_model::Target {
+                name: (*n).to_owned(),
+                ..template.clone()
+            })
+            .collect();
+        spec
+    }
+
+    fn own(spec: &mut FiberProbeSpec, target: &str, t: fiberstack_model::TargetThresholds) {
+        let target = spec.targets.iter_mut().find(|x| x.name == target).unwrap();
+        target.thresholds = Some(t);
+    }
+
+    fn days(n: f64) -> DateTime<Utc> {
+        at((n * 86_400.0) as i64)
+    }
+
     #[test]
     fn the_worst_breaching_target_is_named() {
-        let t = Thresholds::default();
         let figures = Figures {
             targets: vec![
                 ("a".into(), s(160.0, 0.0, 100.0)),
@@ -241,12 +315,12 @@ mod tests {
             ],
             ..Default::default()
         };
-        let names = ["a", "b", "c", "d"].map(String::from);
-        let rows = target_rows(&names, &figures, &t);
+        let spec = spec(&["a", "b", "c", "d"]);
+        let rows = target_rows(&spec, &figures, at(0));
         let states: Vec<TargetState> = rows.iter().map(|r| r.state).collect();
         use TargetState::*;
         assert_eq!(states, [Breaching, Breaching, Healthy, NoData]);
-        let observed = observe(&rows, &t);
+        let observed = observe(&rows, &spec, at(0));
         assert_eq!(
             (observed.status, observed.reason),
             (Status::False, Reason::ThresholdsBreached)
@@ -261,15 +335,137 @@ mod tests {
 
     #[test]
     fn no_samples_is_unknown_not_healthy() {
-        let rows = target_rows(
-            &["a".to_owned()],
-            &Figures::default(),
-            &Thresholds::default(),
-        );
-        let observed = observe(&rows, &Thresholds::default());
+        let spec = spec(&["a"]);
+        let rows = target_rows(&spec, &Figures::default(), at(0));
+        let observed = observe(&rows, &spec, at(0));
         assert_eq!(
             (observed.status, observed.reason),
             (Status::Unknown, Reason::NoData)
+        );
+    }
+
+    #[test]
+    fn a_certificate_expiring_within_cert_expiry_days_breaches() {
+        let names = ["soon", "later", "expired", "plain"];
+        let figures = Figures {
+            targets: names.map(|n| (n.to_owned(), s(20.0, 0.0, 100.0))).to_vec(),
+            certificates: vec![
+                ("soon".into(), days(10.5)),
+                ("later".into(), days(14.5)),
+                ("expired".into(), days(-2.0)),
+            ],
+            ..Default::default()
+        };
+        let mut spec = spec(&names);
+        let rows = target_rows(&spec, &figures, at(0));
+        let states: Vec<TargetState> = rows.iter().map(|r| r.state).collect();
+        use TargetState::*;
+        assert_eq!(states, [Breaching, Healthy, Breaching, Healthy]);
+        assert_eq!(
+            rows[0].message.as_deref(),
+            Some("certificate expires in 10.5 days < 14 days (2027-01-25T20:00:00Z)")
+        );
+        assert_eq!(
+            rows[2].message.as_deref(),
+            Some("certificate expired at 2027-01-13T08:00:00Z")
+        );
+        let expires: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.certificate_expires_at.as_deref())
+            .collect();
+        assert_eq!(
+            expires,
+            [
+                Some("2027-01-25T20:00:00Z"),
+                Some("2027-01-29T20:00:00Z"),
+                Some("2027-01-13T08:00:00Z"),
+                None
+            ],
+            "the figure is reported whether or not it breaches"
+        );
+        let observed = observe(&rows, &spec, at(0));
+        assert!(
+            observed
+                .message
+                .starts_with("worst target expired: certificate expired"),
+            "{}",
+            observed.message
+        );
+
+        // Four days on, the second one is within 14 days too.
+        let rows = target_rows(&spec, &figures, days(4.0));
+        assert_eq!(rows[1].state, Breaching, "{:?}", rows[1].message);
+
+        spec.thresholds.cert_expiry_days = 0;
+        let rows = target_rows(&spec, &figures, at(0));
+        assert!(
+            rows.iter().all(|r| r.state == Healthy),
+            "0 turns the rule off: {rows:?}"
+        );
+    }
+
+    #[test]
+    fn a_targets_own_thresholds_replace_the_probes_field_by_field() {
+        use fiberstack_model::TargetThresholds;
+        let names = ["lenient", "strict", "cert"];
+        let figures = Figures {
+            targets: vec![
+                ("lenient".into(), s(300.0, 2.5, 100.0)),
+                ("strict".into(), s(120.0, 1.0, 100.0)),
+                ("cert".into(), s(20.0, 0.0, 100.0)),
+            ],
+            certificates: vec![("cert".into(), days(20.0))],
+            ..Default::default()
+        };
+        let mut spec = spec(&names);
+        let rows = target_rows(&spec, &figures, at(0));
+        let states: Vec<TargetState> = rows.iter().map(|r| r.state).collect();
+        use TargetState::*;
+        assert_eq!(states, [Breaching, Healthy, Healthy], "the probe's limits");
+
+        own(
+            &mut spec,
+            "lenient",
+            TargetThresholds {
+                latency_p95_ms: Some(400.0),
+                ..Default::default()
+            },
+        );
+        own(
+            &mut spec,
+            "strict",
+            TargetThresholds {
+                latency_p95_ms: Some(100.0),
+                ..Default::default()
+            },
+        );
+        own(
+            &mut spec,
+            "cert",
+            TargetThresholds {
+                cert_expiry_days: Some(30),
+                ..Default::default()
+            },
+        );
+        let rows = target_rows(&spec, &figures, at(0));
+        let messages: Vec<Option<&str>> = rows.iter().map(|r| r.message.as_deref()).collect();
+        assert_eq!(
+            messages,
+            [
+                // Its latency limit is its own; its loss limit is still the probe's 2 %.
+                Some("packet loss 2.5 % > 2 %"),
+                Some("p95 latency 120 ms > 100 ms"),
+                Some("certificate expires in 20.0 days < 30 days (2027-02-04T08:00:00Z)"),
+            ]
+        );
+        // Severity is measured against each target's own limits: loss 1.25 × the limit,
+        // latency 1.2 ×, and the certificate 30 / 20 = 1.5 × (by the probe's 150 ms, the
+        // lenient target's 300 ms would have been the worst at 2 ×).
+        let observed = observe(&rows, &spec, at(0));
+        assert!(
+            observed.message.starts_with("worst target cert: "),
+            "{}",
+            observed.message
         );
     }
 

@@ -5,7 +5,8 @@
 //! validate ([`validate`]), build the objects ([`render`], pure functions), apply them with
 //! server-side apply under one field manager, then status in three steps: gather (reads:
 //! [`status`] holds the SQL), decide (pure: [`health`] holds the rules, [`conditions`] the
-//! typed vocabulary), effects (the status write, then Events).
+//! typed vocabulary), effects (the status write, then Events, then the notifications of
+//! [`notify`] and the alert history).
 
 pub mod conditions;
 pub mod controller;
@@ -19,6 +20,7 @@ pub mod health;
 pub mod lease;
 pub mod measurements;
 pub mod metrics;
+pub mod notify;
 pub mod render;
 pub mod server;
 pub mod status;

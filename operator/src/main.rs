@@ -68,6 +68,12 @@ struct Config {
     /// Reconciles each controller runs at once (0: unbounded).
     #[arg(long, env = "FIBER_RECONCILE_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
+    /// The link every alert notification carries (Alertmanager's generatorURL, the
+    /// webhook's and Slack's link): a URL template where {namespace}, {probe}, {region} and
+    /// {target} are filled in, e.g. a Grafana dashboard:
+    /// https://grafana.example/d/fiberstack-target?var-probe={namespace}/{probe}&var-target={target}
+    #[arg(long, env = "FIBER_ALERT_LINK")]
+    alert_link: Option<String>,
     /// Run without leader election (a single replica only).
     #[arg(long, env = "FIBER_NO_LEADER_ELECTION")]
     no_leader_election: bool,
@@ -140,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             min_gap: Duration::from_secs(config.health_evaluation_gap_secs),
         },
         concurrency: config.concurrency,
+        alert_link: config.alert_link.clone(),
     };
 
     let lease = (!config.no_leader_election).then(|| {

@@ -1,11 +1,15 @@
 //! Fleet health as Prometheus series, for alerting: what the FiberProbe status already says,
-//! per probe and per target — healthy, p50/p95 latency, packet loss, uptime, samples — over
-//! the status window (15 minutes), in base units (seconds, ratios 0–1).
+//! per probe and per target — healthy, p50/p95 latency, packet loss, uptime, samples over
+//! the status window (15 minutes), certificate expiry — in base units (seconds, ratios 0–1,
+//! Unix time), and per probe how many nodes should report and how many do.
 //!
 //! Labels: `namespace`, `probe`, `region`, and for targets `target` and `kind`. Cardinality is
-//! bounded by the specs: one series per probe, six per target with data (a probe holds at
-//! most 200 targets); a target without samples in the window has no series (absent, not
-//! zero), and a deleted probe's series go with it.
+//! bounded by the specs: three series per probe (`healthy`, `desired_nodes`,
+//! `reporting_nodes`), at most seven per target with data — six, plus
+//! `certificate_expiry_timestamp_seconds` for an HTTPS target whose certificate was seen (a
+//! probe holds at most 200 targets, so at most 1,403 series per probe). A target without
+//! samples in the window has no series (absent, not zero), and a deleted probe's series go
+//! with it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +31,8 @@ struct TargetSeries {
     latency_p95_seconds: Option<f64>,
     packet_loss_ratio: Option<f64>,
     uptime_ratio: Option<f64>,
+    /// The certificate's notAfter, Unix seconds.
+    certificate_expiry: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +40,10 @@ struct ProbeSeries {
     region: String,
     /// None when the probe's health is neither Healthy nor Degraded.
     healthy: Option<bool>,
+    /// Nodes that should run a probe pod (status.desiredProbes).
+    desired_nodes: i32,
+    /// Nodes whose samples arrived within 3 intervals (status.reportingProbes).
+    reporting_nodes: i32,
     targets: Vec<TargetSeries>,
 }
 
@@ -68,6 +78,8 @@ impl Measurements {
                 Health::Degraded => Some(false),
                 _ => None,
             },
+            desired_nodes: status.desired_probes,
+            reporting_nodes: status.reporting_probes,
             targets: status
                 .targets
                 .iter()
@@ -81,6 +93,11 @@ impl Measurements {
                     latency_p95_seconds: ms(t.summary.latency_p95_ms),
                     packet_loss_ratio: pct(t.summary.packet_loss_pct),
                     uptime_ratio: pct(t.summary.uptime_pct),
+                    certificate_expiry: t
+                        .certificate_expires_at
+                        .as_deref()
+                        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                        .map(|at| at.timestamp() as f64),
                 })
                 .collect(),
         };
@@ -130,6 +147,22 @@ impl Collector for Measurements {
                     .map(|h| (probe_labels(k, p), if h { 1.0 } else { 0.0 }))
             }),
         )?;
+        family(
+            &mut e,
+            "fiberstack_probe_desired_nodes",
+            "Nodes that should run a probe pod of the probe (status.desiredProbes)",
+            probes
+                .iter()
+                .map(|(k, p)| (probe_labels(k, p), f64::from(p.desired_nodes))),
+        )?;
+        family(
+            &mut e,
+            "fiberstack_probe_reporting_nodes",
+            "Nodes whose samples of the probe arrived within the last 3 intervals (status.reportingProbes)",
+            probes
+                .iter()
+                .map(|(k, p)| (probe_labels(k, p), f64::from(p.reporting_nodes))),
+        )?;
         let targets = || {
             probes.iter().flat_map(move |(k, p)| {
                 p.targets.iter().map(move |t| {
@@ -141,7 +174,7 @@ impl Collector for Measurements {
             })
         };
         type Pick = fn(&TargetSeries) -> Option<f64>;
-        let per_target: [(&str, &str, Pick); 6] = [
+        let per_target: [(&str, &str, Pick); 7] = [
             (
                 "fiberstack_target_healthy",
                 "1 when the target meets every threshold over the window, 0 when it breaches one",
@@ -172,6 +205,11 @@ impl Collector for Measurements {
                 "Share of checks that succeeded over the window, 0 to 1",
                 |t| t.uptime_ratio,
             ),
+            (
+                "fiberstack_target_certificate_expiry_timestamp_seconds",
+                "HTTPS: when the server's certificate expires (notAfter), Unix time; the earliest the nodes saw",
+                |t| t.certificate_expiry,
+            ),
         ];
         for (name, help, pick) in per_target {
             family(
@@ -191,12 +229,14 @@ mod tests {
     use crate::crd::{Summary, TargetStatus};
     use crate::fixtures::probe;
 
-    fn render(m: &Measurements) -> String {
+    fn registry(m: &Measurements) -> prometheus_client::registry::Registry {
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(m.clone()));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        text
+        registry
+    }
+
+    fn render(m: &Measurements) -> String {
+        fiberstack_plumbing::metrics::encode(&registry(m))
     }
 
     #[test]
@@ -215,7 +255,17 @@ mod tests {
                         uptime_pct: Some(98.0),
                     },
                     state: TargetState::Breaching,
-                    message: None,
+                    ..Default::default()
+                },
+                TargetStatus {
+                    name: "api".into(),
+                    summary: Summary {
+                        samples: 15,
+                        ..Default::default()
+                    },
+                    state: TargetState::Healthy,
+                    certificate_expires_at: Some("2027-01-15T08:00:00Z".into()),
+                    ..Default::default()
                 },
                 TargetStatus {
                     name: "db".into(),
@@ -223,14 +273,20 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            desired_probes: 3,
+            reporting_probes: 2,
             ..Default::default()
         };
         m.record(&probe(), &status);
         let text = render(&m);
         let labels = r#"namespace="fiberstack",probe="accra-edge",region="ghana""#;
         let target = format!(r#"{labels},target="google-dns",kind="icmp""#);
+        let api = format!(r#"{labels},target="api",kind="http""#);
         for line in [
             format!("fiberstack_probe_healthy{{{labels}}} 0.0"),
+            format!("fiberstack_probe_desired_nodes{{{labels}}} 3.0"),
+            format!("fiberstack_probe_reporting_nodes{{{labels}}} 2.0"),
+            format!("fiberstack_target_certificate_expiry_timestamp_seconds{{{api}}} 1800000000.0"),
             format!("fiberstack_target_healthy{{{target}}} 0.0"),
             format!("fiberstack_target_samples{{{target}}} 90.0"),
             format!("fiberstack_target_latency_p50_seconds{{{target}}} 0.02"),
@@ -244,6 +300,16 @@ mod tests {
             !text.contains(r#"target="db""#),
             "no data, no series:\n{text}"
         );
+        assert!(
+            !text.contains(&format!(
+                "fiberstack_target_certificate_expiry_timestamp_seconds{{{target}}}"
+            )),
+            "no certificate, no series:\n{text}"
+        );
+        fiberstack_e2e::promtool::check_metrics(&fiberstack_plumbing::metrics::encode_text(
+            &registry(&m),
+        ))
+        .unwrap();
 
         m.forget("fiberstack", "accra-edge");
         let text = render(&m);

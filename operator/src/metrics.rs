@@ -15,6 +15,15 @@ pub struct ControllerLabel {
     pub controller: &'static str,
 }
 
+/// A notification attempt: the FiberNotifier, its kind, and `sent` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub namespace: String,
+    pub notifier: String,
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub controller: &'static str,
@@ -31,6 +40,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<ControllerLabel, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
+    /// Notifications sent or failed, per FiberNotifier.
+    pub notifications: Family<NotificationLabels, Counter>,
     /// Fleet health per probe and target, from the statuses written.
     pub measurements: crate::measurements::Measurements,
     registry: Registry,
@@ -45,7 +56,13 @@ impl Default for Metrics {
                 duration_histogram,
             );
         let leader = Gauge::default();
+        let notifications = Family::<NotificationLabels, Counter>::default();
         let mut registry = Registry::default();
+        registry.register(
+            "fiberstack_notifications",
+            "Alert notifications, by FiberNotifier (namespace, notifier, kind) and result (sent or failed)",
+            notifications.clone(),
+        );
         registry.register(
             "fiberstack_operator_reconciles",
             "Reconciles run, by controller",
@@ -73,6 +90,7 @@ impl Default for Metrics {
             errors,
             duration,
             leader,
+            notifications,
             measurements,
             registry,
         }
@@ -96,10 +114,14 @@ impl Metrics {
 
     /// The registry in the OpenMetrics text format.
     pub fn render(&self) -> String {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String");
-        text
+        fiberstack_plumbing::metrics::encode(&self.registry)
+    }
+
+    /// What `GET /metrics` answers for a request's `Accept` header: content type and body
+    /// (OpenMetrics when asked for, else the classic text format; see
+    /// [`fiberstack_plumbing::metrics::exposition`]).
+    pub fn exposition(&self, accept: Option<&str>) -> (&'static str, String) {
+        fiberstack_plumbing::metrics::exposition(&self.registry, accept)
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::{ACCEPT, CONTENT_TYPE, HeaderName};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 
 use crate::metrics::Metrics;
@@ -30,14 +31,13 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
         .with_state(AppState { metrics, health })
 }
 
-async fn render(State(s): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
-    (
-        [(
-            "content-type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
+async fn render(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> ([(HeaderName, &'static str); 1], String) {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, text) = s.metrics.exposition(accept);
+    ([(CONTENT_TYPE, content_type)], text)
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {

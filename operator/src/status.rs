@@ -74,9 +74,15 @@ pub struct Figures {
     pub summary: Summary,
     /// Targets with samples in the window, by name.
     pub targets: Vec<(String, Summary)>,
+    /// HTTPS targets' certificate expiry (notAfter), by name: the earliest over the nodes, each
+    /// node's from its newest sample of the window that saw a certificate (so a renewed
+    /// certificate counts from its first sample on).
+    pub certificates: Vec<(String, DateTime<Utc>)>,
 }
 
 type Row = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+/// A sample that saw a certificate: target, time, `cert_not_after`, `cert_days_to_expiry`.
+type CertificateRow = (String, DateTime<Utc>, Option<String>, Option<String>);
 type TargetRow = (
     String,
     i64,
@@ -152,6 +158,19 @@ pub async fn probe_figures(
     .bind(probe)
     .fetch_all(pool)
     .await?;
+    // The metadata is read as text and parsed here: a malformed value in one sample must not
+    // fail the whole status query.
+    let newest_certificates: Vec<CertificateRow> = sqlx::query_as(
+        "select distinct on (target, node) target, time,
+                    metadata->>'cert_not_after', metadata->>'cert_days_to_expiry'
+               from metrics
+              where probe = $1 and time > now() - interval '15 minutes'
+                and (metadata ? 'cert_not_after' or metadata ? 'cert_days_to_expiry')
+              order by target, node, time desc",
+    )
+    .bind(probe)
+    .fetch_all(pool)
+    .await?;
     Ok(Figures {
         reporting_nodes,
         last_sample,
@@ -160,5 +179,63 @@ pub async fn probe_figures(
             .into_iter()
             .map(|(name, n, p50, p95, loss, up)| (name, summary((n, p50, p95, loss, up))))
             .collect(),
+        certificates: earliest_certificates(newest_certificates),
     })
+}
+
+/// Per target, the earliest notAfter of the rows (target, sample time, `cert_not_after`,
+/// `cert_days_to_expiry`). A sample of a probe that records only the whole days counts as
+/// expiring at its time plus those days, which is within a day of the truth; a value that
+/// does not parse is skipped.
+fn earliest_certificates(rows: Vec<CertificateRow>) -> Vec<(String, DateTime<Utc>)> {
+    let mut earliest: std::collections::BTreeMap<String, DateTime<Utc>> = Default::default();
+    for (target, time, not_after, days) in rows {
+        let exact = not_after
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        let from_days = || {
+            let days: i64 = days?.parse().ok()?;
+            time.checked_add_signed(chrono::TimeDelta::try_days(days)?)
+        };
+        if let Some(at) = exact.or_else(from_days) {
+            let entry = earliest.entry(target).or_insert(at);
+            *entry = (*entry).min(at);
+        }
+    }
+    earliest.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn the_earliest_certificate_counts_and_a_malformed_one_is_skipped() {
+        let at = |day: u32| Utc.with_ymd_and_hms(2027, 1, day, 0, 0, 0).unwrap();
+        let text = |s: &str| Some(s.to_owned());
+        let rows = vec![
+            ("api".into(), at(1), text("2027-03-01T00:00:00Z"), None),
+            ("api".into(), at(1), None, text("20")),
+            ("api".into(), at(1), text("next tuesday"), None),
+            (
+                "web".into(),
+                at(1),
+                text("2027-02-01T00:00:00+01:00"),
+                text("x"),
+            ),
+            ("dns".into(), at(1), text("soon"), text("many")),
+        ];
+        assert_eq!(
+            earliest_certificates(rows),
+            [
+                ("api".to_owned(), at(21)),
+                (
+                    "web".to_owned(),
+                    Utc.with_ymd_and_hms(2027, 1, 31, 23, 0, 0).unwrap()
+                ),
+            ]
+        );
+    }
 }

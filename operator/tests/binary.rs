@@ -178,7 +178,9 @@ async fn two_replicas_one_leads_and_the_other_takes_over_on_exit() -> Result<()>
             metrics_a.contains("fiberstack_operator_leader 1"),
             "{metrics_a}"
         );
+        fiberstack_e2e::promtool::check_metrics(&metrics_a)?;
         let (_, metrics_b) = b.get("/metrics").await?;
+        fiberstack_e2e::promtool::check_metrics(&metrics_b)?;
         assert!(
             metrics_b.contains("fiberstack_operator_leader 0"),
             "{metrics_b}"

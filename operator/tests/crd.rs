@@ -66,6 +66,10 @@ async fn a_valid_probe_is_accepted() -> Result<()> {
         Some(150.0)
     );
     assert_eq!(
+        created.data["spec"]["thresholds"]["certExpiryDays"].as_u64(),
+        Some(14)
+    );
+    assert_eq!(
         created.data["spec"]["targets"][0]["icmp"]["spacing"],
         json!("200ms")
     );
@@ -173,6 +177,24 @@ async fn numbers_the_operator_could_not_read_are_refused() -> Result<()> {
     assert_says(
         &e,
         &["spec.targets[0].icmp.count", "less than or equal to 100"],
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_targets_own_thresholds_are_bounded_like_the_probes() -> Result<()> {
+    let e = refusal(|v| {
+        v["spec"]["targets"][0]["thresholds"] = json!({ "uptimePct": 101, "certExpiryDays": 4000 })
+    })
+    .await?;
+    assert_says(
+        &e,
+        &[
+            "spec.targets[0].thresholds.uptimePct",
+            "less than or equal to 100",
+            "spec.targets[0].thresholds.certExpiryDays",
+            "less than or equal to 3650",
+        ],
     );
     Ok(())
 }

@@ -286,3 +286,147 @@ async fn an_unreachable_database_makes_reporting_unknown() -> Result<()> {
     ns.delete().await?;
     result
 }
+
+/// Certificate expiry from HTTPS samples' metadata, against a real database: per node the
+/// newest sample that saw a certificate, the earliest over the nodes, in status
+/// (certificateExpiresAt) and as a series, breaching the target's own certExpiryDays.
+#[tokio::test]
+async fn certificate_expiry_reaches_status_series_and_health() -> Result<()> {
+    let client = common::client().await?;
+    common::install_crds(&client).await?;
+    let (url, pool) = migrated_database().await?;
+    let ns = TestNamespace::create(&client, "op-cert").await?;
+    let db = fiberstack_operator::status::connect_lazy(&url, None)?;
+    let operator = Operator::start(&client, &ns.name, Some(db));
+    let result = certificates(&client, &ns.name, &pool, &operator).await;
+    operator.stop().await;
+    ns.delete().await?;
+    result
+}
+
+async fn certificates(client: &Client, ns: &str, pool: &PgPool, operator: &Operator) -> Result<()> {
+    use chrono::{DateTime, Duration, SubsecRound, Utc};
+    let regions: Api<FiberRegion> = Api::namespaced(client.clone(), ns);
+    let probes: Api<FiberProbe> = Api::namespaced(client.clone(), ns);
+    apply_json(&regions, &common::region_json("ghana")).await?;
+    let mut probe = common::probe_json("accra-edge", "ghana");
+    // The probe's certExpiryDays stays the default 14 and its uptimePct 99; the target's own
+    // are 30 and 50 (one failed check of four is no breach).
+    probe["spec"]["targets"] = serde_json::json!([
+        { "name": "api", "http": { "url": "https://api.example.com/health" },
+          "thresholds": { "certExpiryDays": 30, "uptimePct": 50 } },
+        { "name": "google-dns", "icmp": { "host": "8.8.8.8" } }
+    ]);
+    apply_json(&probes, &probe).await?;
+    let key = format!("{ns}/accra-edge");
+
+    let now = Utc::now().trunc_subsecs(0);
+    let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let at = |secs: i64| now - Duration::seconds(secs);
+    // gh-accra-1 saw an old certificate (5 days left), then the renewed one (90 days);
+    // gh-accra-2 runs a probe that records whole days only (20), then failed a check (no
+    // certificate). The earliest of the nodes' newest: gh-accra-2's, 20 days from its sample.
+    let samples = [
+        (
+            at(60),
+            "gh-accra-1",
+            "api",
+            "http",
+            true,
+            serde_json::json!({ "cert_not_after": rfc3339(now + Duration::days(5)) }),
+        ),
+        (
+            at(30),
+            "gh-accra-1",
+            "api",
+            "http",
+            true,
+            serde_json::json!({ "cert_not_after": rfc3339(now + Duration::days(90)) }),
+        ),
+        (
+            at(40),
+            "gh-accra-2",
+            "api",
+            "http",
+            true,
+            serde_json::json!({ "cert_days_to_expiry": 20 }),
+        ),
+        (
+            at(10),
+            "gh-accra-2",
+            "api",
+            "http",
+            false,
+            serde_json::json!({}),
+        ),
+        (
+            at(20),
+            "gh-accra-1",
+            "google-dns",
+            "icmp",
+            true,
+            serde_json::json!({}),
+        ),
+    ];
+    for (time, node, target, kind, up, metadata) in samples {
+        sqlx::query(
+            "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, metadata)
+             values ($1, $2, $3, 'ghana', $4, $5, $6, 20, $7::jsonb)",
+        )
+        .bind(time)
+        .bind(node)
+        .bind(&key)
+        .bind(target)
+        .bind(kind)
+        .bind(up)
+        .bind(metadata.to_string())
+        .execute(pool)
+        .await?;
+    }
+    let expected = at(40) + Duration::days(20);
+
+    let s = wait_status(&probes, "the certificate figure", |s| {
+        s.targets.iter().any(|t| t.certificate_expires_at.is_some())
+    })
+    .await?;
+    let api = &s.targets[0];
+    assert_eq!(api.name, "api");
+    assert_eq!(
+        api.certificate_expires_at.as_deref(),
+        Some(rfc3339(expected).as_str())
+    );
+    assert_eq!(api.state, "Breaching", "20 days < the target's 30");
+    let message = api.message.as_deref().unwrap_or_default();
+    assert!(
+        message.starts_with("certificate expires in ") && message.contains("< 30 days"),
+        "{message}"
+    );
+    assert_eq!(s.targets[1].certificate_expires_at, None);
+    assert_eq!(s.targets[1].state, "Healthy");
+
+    // The same figure as a series, Unix time; and the nodes that report.
+    let labels = format!(r#"namespace="{ns}",probe="accra-edge",region="ghana""#);
+    let wanted = [
+        format!(
+            r#"fiberstack_target_certificate_expiry_timestamp_seconds{{{labels},target="api",kind="http"}} {}.0"#,
+            expected.timestamp()
+        ),
+        format!("fiberstack_probe_reporting_nodes{{{labels}}} 2.0"),
+        format!(
+            "fiberstack_probe_desired_nodes{{{labels}}} {}.0",
+            s.desired_probes
+        ),
+    ];
+    wait_for("the certificate series", WAIT, EVERY, || async {
+        let metrics = operator.metrics_text();
+        Ok(
+            match wanted.iter().find(|s| !metrics.contains(s.as_str())) {
+                None => Ok(()),
+                Some(missing) => Err(format!("no {missing} in\n{metrics}")),
+            },
+        )
+    })
+    .await?;
+    fiberstack_e2e::promtool::check_metrics(&operator.metrics_classic_text())?;
+    Ok(())
+}

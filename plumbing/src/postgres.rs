@@ -128,6 +128,20 @@ impl DbConfig {
             .connect_lazy_with(self.read_only_options()?))
     }
 
+    /// A writer's pool that connects on first use, for a caller with occasional writes that
+    /// must keep running without a database (the operator's alert history): the schema, which
+    /// must exist, ahead of `public`; a query waits at most [`LAZY_ACQUIRE_TIMEOUT`].
+    pub fn connect_lazy(&self) -> Result<PgPool, DbError> {
+        let mut options = self.options()?;
+        if let Some(schema) = &self.schema {
+            options = options.options([("search_path", format!("{schema}, public"))]);
+        }
+        Ok(PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(LAZY_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options))
+    }
+
     fn options(&self) -> Result<PgConnectOptions, DbError> {
         let options = PgConnectOptions::from_str(&self.url).map_err(|source| DbError::Url {
             url: self.redacted_url(),

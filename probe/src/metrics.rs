@@ -241,9 +241,16 @@ pub async fn serve(addr: SocketAddr, stats: Arc<Stats>) -> std::io::Result<()> {
                     let registry = registry.clone();
                     async move {
                         let response = match req.uri().path() {
-                            "/metrics" => Response::builder()
-                                .header("content-type", metrics::CONTENT_TYPE)
-                                .body(Full::new(bytes::Bytes::from(metrics::encode(&registry)))),
+                            "/metrics" => {
+                                let accept = req
+                                    .headers()
+                                    .get(hyper::header::ACCEPT)
+                                    .and_then(|v| v.to_str().ok());
+                                let (content_type, text) = metrics::exposition(&registry, accept);
+                                Response::builder()
+                                    .header("content-type", content_type)
+                                    .body(Full::new(bytes::Bytes::from(text)))
+                            }
                             "/healthz" => {
                                 Response::builder().body(Full::new(bytes::Bytes::from("ok")))
                             }

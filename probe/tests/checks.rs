@@ -26,6 +26,7 @@ fn icmp_target(host: &str, count: u32) -> Target {
         tcp: None,
         http: None,
         dns: None,
+        thresholds: None,
     }
 }
 
@@ -39,6 +40,7 @@ fn tcp_target_of(addr: SocketAddr) -> Target {
         }),
         http: None,
         dns: None,
+        thresholds: None,
     }
 }
 

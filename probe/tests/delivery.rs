@@ -205,6 +205,7 @@ async fn rejected_samples_are_dropped_counted_and_not_retried() {
         st.rejected_keys
     );
     assert!(st.keys.keys().all(|k| k.2 == "good"));
+    fiberstack_e2e::promtool::check_metrics(&text).unwrap();
     let value = |series: &str| -> u64 {
         text.lines()
             .find(|l| l.starts_with(series))

@@ -75,6 +75,7 @@ fn http(url: String, f: impl FnOnce(&mut HttpCheck)) -> Target {
         tcp: None,
         http: Some(check),
         dns: None,
+        thresholds: None,
     }
 }
 
@@ -274,6 +275,12 @@ async fn https_with_a_self_signed_certificate_trusted_through_ssl_cert_file() {
     assert_eq!(s.status_code, Some(200));
     let days = s.metadata["cert_days_to_expiry"].as_i64().unwrap();
     assert!((38..=40).contains(&days), "{days}");
+    let not_after = chrono::Utc::now().date_naive() + chrono::Duration::days(40);
+    assert_eq!(
+        s.metadata["cert_not_after"],
+        format!("{not_after}T00:00:00Z"),
+        "the leaf certificate's notAfter, RFC 3339"
+    );
     assert!(s.metadata["tls_ms"].as_f64().unwrap() > 0.0);
     assert!(s.metadata["dns_ms"].as_f64().is_some());
 
@@ -379,6 +386,7 @@ fn dns(query: &str, server: SocketAddr) -> Target {
             record_type: DnsRecordType::A,
             server: Some(server.to_string()),
         }),
+        thresholds: None,
     }
 }
 

@@ -20,6 +20,10 @@ pub enum Transition {
     HealthDegraded { message: String },
     /// Healthy turned from False back to True.
     HealthRecovered { message: String },
+    /// A target's alert started (its breach held for the hysteresis).
+    AlertFiring { target: String, message: String },
+    /// A target's alert ended.
+    AlertResolved { target: String, message: String },
 }
 
 impl Transition {
@@ -31,6 +35,10 @@ impl Transition {
             }
             Transition::HealthRecovered { message } => {
                 (EventType::Normal, "HealthRecovered", message)
+            }
+            Transition::AlertFiring { message, .. } => (EventType::Warning, "AlertFiring", message),
+            Transition::AlertResolved { message, .. } => {
+                (EventType::Normal, "AlertResolved", message)
             }
         };
         Event {

@@ -29,6 +29,12 @@ use crate::databases::Databases;
 use crate::error::Error;
 use crate::health::Hysteresis;
 use crate::metrics::Metrics;
+use crate::notify::Notifications;
+use fiberstack_plumbing::backoff::Backoff;
+
+/// A firing alert is re-sent to an Alertmanager this often (Prometheus's default), with an
+/// end 4 times that far ahead.
+const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
 use crate::render::{FIELD_MANAGER, Images, MANAGED_BY};
 
 /// The operator's settings, from its flags.
@@ -45,6 +51,9 @@ pub struct Settings {
     /// Reconciles running at once per controller. Unbounded, 2,000 probes' reconciles all
     /// wait on one API server together and each takes tens of seconds.
     pub concurrency: u16,
+    /// `--alert-link`: the link notifications carry, a URL template with {namespace},
+    /// {probe}, {region} and {target}.
+    pub alert_link: Option<String>,
 }
 
 /// What a reconcile needs besides the object.
@@ -55,10 +64,11 @@ pub struct Context {
     pub databases: Databases,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    pub notifications: Notifications,
 }
 
 impl Context {
-    fn api<K>(&self, namespace: &str) -> Api<K>
+    pub(crate) fn api<K>(&self, namespace: &str) -> Api<K>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -291,12 +301,18 @@ pub async fn run(
     let ns = settings.namespace.clone();
     let concurrency = settings.concurrency;
     let db_schema = settings.db_schema.clone();
+    let notifications = Notifications::new(
+        settings.alert_link.clone(),
+        ALERTMANAGER_RESEND,
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
         databases: Databases::new(db, db_schema),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
+        notifications,
     });
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let stop = |tx: &tokio::sync::broadcast::Sender<()>| {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use fiberstack_model::{BufferConfig, Duration, IngestConfig, ProbeConfig};
+use fiberstack_model::{BufferConfig, Duration, IngestConfig, ProbeConfig, Target};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
@@ -60,7 +60,17 @@ pub fn probe_config(probe: &FiberProbe, region: &FiberRegion) -> ProbeConfig {
             ..BufferConfig::default()
         },
         metrics_listen: Some(([0, 0, 0, 0], METRICS_PORT).into()),
-        targets: probe.spec.targets.clone(),
+        // A target's thresholds are the operator's to judge: left out, so that changing one
+        // leaves the probe's configuration as it was.
+        targets: probe
+            .spec
+            .targets
+            .iter()
+            .map(|t| Target {
+                thresholds: None,
+                ..t.clone()
+            })
+            .collect(),
     }
 }
 
@@ -268,5 +278,17 @@ mod tests {
         let mut moved = p.clone();
         moved.spec.node_selector.insert("disk".into(), "ssd".into());
         assert_ne!(before, build_daemonset(&moved, &r, &images()).unwrap());
+    }
+
+    #[test]
+    fn a_targets_thresholds_stay_out_of_the_probes_configuration() {
+        let (p, r) = (probe(), region());
+        let mut stricter = p.clone();
+        stricter.spec.targets[0].thresholds = Some(fiberstack_model::TargetThresholds {
+            latency_p95_ms: Some(20.0),
+            ..Default::default()
+        });
+        assert_eq!(build_configmap(&p, &r), build_configmap(&stricter, &r));
+        assert_eq!(probe_config(&stricter, &r).targets[0].thresholds, None);
     }
 }

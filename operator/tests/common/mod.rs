@@ -132,6 +132,9 @@ impl Operator {
                 min_gap: std::time::Duration::from_secs(1),
             },
             concurrency: 8,
+            alert_link: Some(
+                "https://grafana.test/d/fiberstack-target?var-probe={namespace}/{probe}&var-target={target}".to_owned(),
+            ),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let metrics = std::sync::Arc::new(fiberstack_operator::metrics::Metrics::default());
@@ -154,6 +157,12 @@ impl Operator {
     /// What this operator's `/metrics` would answer now.
     pub fn metrics_text(&self) -> String {
         self.metrics.render()
+    }
+
+    /// What `/metrics` would answer a scrape that does not ask for OpenMetrics (curl,
+    /// promtool): the classic text format.
+    pub fn metrics_classic_text(&self) -> String {
+        self.metrics.exposition(None).1
     }
 
     pub async fn stop(mut self) {

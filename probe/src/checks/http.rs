@@ -1,7 +1,8 @@
 //! HTTP(S): one GET per round with its phases timed apart (`dns_ms`, `connect_ms`, `tls_ms`,
 //! `ttfb_ms`, `total_ms` in `metadata`) so a slow network and a slow server can be told
 //! apart, the status checked against `expectStatus` (any 2xx when empty), the body
-//! optionally searched, and for HTTPS the days until the leaf certificate expires.
+//! optionally searched, and for HTTPS when the leaf certificate expires (`cert_not_after`,
+//! `cert_days_to_expiry`).
 
 use std::time::{Duration, Instant};
 
@@ -131,15 +132,18 @@ fn phases_metadata(s: &mut Sample, p: &Phases, total: Duration) {
         }
     }
     s.metadata.insert("total_ms".into(), json!(millis(total)));
-    if let Some(days) = p.leaf_cert.as_deref().and_then(days_to_expiry) {
-        s.metadata.insert("cert_days_to_expiry".into(), json!(days));
+    if let Some(not_after) = p.leaf_cert.as_deref().and_then(not_after) {
+        s.metadata.insert(
+            "cert_days_to_expiry".into(),
+            json!((not_after - Utc::now()).num_days()),
+        );
+        // The exact instant, for the operator's expiry figure and alert (days alone lose up
+        // to a day).
+        s.metadata.insert(
+            "cert_not_after".into(),
+            json!(not_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        );
     }
-}
-
-/// Whole days from now until the certificate's `notAfter` (negative once expired).
-pub fn days_to_expiry(der: &[u8]) -> Option<i64> {
-    let not_after = not_after(der)?;
-    Some((not_after - Utc::now()).num_days())
 }
 
 /// One DER element: tag, content, rest.

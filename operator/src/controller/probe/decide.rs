@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::alerts;
 use crate::conditions::{
     ConditionType as Type, Reason, Status, condition, find, merge, rfc3339, status_of,
 };
@@ -97,6 +98,7 @@ pub fn decide(
     };
     let recent = fiberstack_model::Duration(spec.interval.as_std() * REPORTING_INTERVALS);
 
+    let mut alert_transitions = vec![];
     let no_figures = Err("the database was not read".to_owned());
     let (reporting, healthy) = match observed.figures.as_ref().unwrap_or(&no_figures) {
         Err(e) => {
@@ -105,6 +107,7 @@ pub fn decide(
             status.last_sample_time = previous.last_sample_time.clone();
             status.summary = previous.summary.clone();
             status.targets = previous.targets.clone();
+            status.alerts = previous.alerts.clone();
             let message = format!("cannot read samples from the database: {e}");
             (
                 condition(
@@ -131,10 +134,20 @@ pub fn decide(
             status.reporting_probes = figures.reporting_nodes.len() as i32;
             status.last_sample_time = figures.last_sample.map(rfc3339);
             status.summary = Some(figures.summary.clone());
-            let target_names: Vec<String> = spec.targets.iter().map(|t| t.name.clone()).collect();
-            let rows = health::target_rows(&target_names, figures, &spec.thresholds);
+            let mut rows = health::target_rows(spec, figures, now);
             let reporting = reporting(spec.paused, observed, figures, &status, recent);
-            let seen = health::observe(&rows, &spec.thresholds);
+            let seen = health::observe(&rows, spec, now);
+            let (alerts, started_or_ended) = alerts::evolve(
+                probe.metadata.namespace.as_deref().unwrap_or_default(),
+                probe.metadata.name.as_deref().unwrap_or_default(),
+                &mut rows,
+                &previous.targets,
+                &previous.alerts,
+                hysteresis,
+                now,
+            );
+            status.alerts = alerts;
+            alert_transitions = started_or_ended;
             status.targets = rows;
             let current = find(&previous.conditions, &Type::Healthy);
             let healthy = if seen.status == Status::Unknown {
@@ -168,6 +181,7 @@ pub fn decide(
     status.health = health::health_word(&status.conditions, spec.paused);
     let transitions = health_transition(&previous.conditions, &status.conditions)
         .into_iter()
+        .chain(alert_transitions)
         .collect();
     Decision {
         status,
@@ -261,6 +275,8 @@ fn blocked(
             conditions,
             health: Health::from(reason.as_str()),
             ready: "0/0".to_owned(),
+            // Not evaluated: open alerts and what is owed on them stay as they were.
+            alerts: previous.alerts.clone(),
             ..Default::default()
         },
         transitions: vec![],
@@ -333,6 +349,7 @@ mod tests {
                 last_sample: Some(at(-5)),
                 summary: good(),
                 targets,
+                ..Default::default()
             })),
         }
     }
@@ -403,11 +420,18 @@ mod tests {
             .collect();
         assert_eq!(streaks, [None, Some(1), Some(2), None, None]);
         let announced: Vec<usize> = decisions.iter().map(|d| d.transitions.len()).collect();
-        assert_eq!(announced, [0, 0, 0, 1, 0]);
+        // The probe's Healthy and the target's alert share the hysteresis: both at once.
+        assert_eq!(announced, [0, 0, 0, 2, 0]);
         assert!(matches!(
             decisions[3].transitions[0],
             Transition::HealthDegraded { .. }
         ));
+        assert!(matches!(
+            &decisions[3].transitions[1],
+            Transition::AlertFiring { target, .. } if target == "db"
+        ));
+        assert_eq!(decisions[3].status.alerts.len(), 1);
+        assert_eq!(decisions[4].status.alerts, decisions[3].status.alerts);
         assert_eq!(healthy(&decisions[3]).last_transition_time, rfc3339(at(90)));
         assert_eq!(healthy(&decisions[4]).last_transition_time, rfc3339(at(90)));
         // While the old state holds, Healthy keeps its old message too.

@@ -3,10 +3,12 @@
 //! previous status + observations → new status and transitions), effects (status write, then
 //! Events).
 
+pub mod alerts;
 pub mod decide;
 mod gather;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -20,6 +22,7 @@ use super::{Context, apply, effects};
 use crate::conditions::Reason;
 use crate::crd::{FiberProbe, FiberRegion};
 use crate::error::Error;
+use crate::notify;
 use crate::render::{names, probe as render};
 use crate::validate::validate_probe;
 use decide::Placement;
@@ -45,17 +48,25 @@ async fn reconcile_inner(probe: &FiberProbe, ctx: &Context) -> Result<Action, Er
         tracing::info!(name = %probe.name_any(), namespace = %ns, %reason, %message, "probe not placed");
     }
     let observed = gather::gather(probe, region.as_ref(), ctx, placement).await?;
-    let decision = decide::decide(probe, &observed, ctx.settings.hysteresis, Utc::now());
-    effects::write_status_then_announce(
-        ctx,
-        &ctx.api::<FiberProbe>(&ns),
-        probe,
-        &decision.status,
-        &decision.transitions,
-    )
-    .await?;
-    ctx.metrics.measurements.record(probe, &decision.status);
-    Ok(Action::requeue(ctx.settings.status_every))
+    let now = Utc::now();
+    let decide::Decision {
+        mut status,
+        transitions,
+    } = decide::decide(probe, &observed, ctx.settings.hysteresis, now);
+    let api = ctx.api::<FiberProbe>(&ns);
+    effects::write_status_then_announce(ctx, &api, probe, &status, &transitions).await?;
+    // The alerts' starts and ends are stored: now send them, then store who acknowledged.
+    let delivered = notify::deliver(ctx, probe, region.as_ref(), &mut status, now).await;
+    if delivered.changed {
+        effects::write_status_then_announce(ctx, &api, probe, &status, &[]).await?;
+    }
+    ctx.metrics.measurements.record(probe, &status);
+    let every = ctx.settings.status_every;
+    Ok(Action::requeue(
+        delivered
+            .retry_in
+            .map_or(every, |r| r.clamp(Duration::from_secs(1), every)),
+    ))
 }
 
 /// Dereference → validate → build → apply; the region (when found) and where that got to.
