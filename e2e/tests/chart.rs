@@ -472,8 +472,9 @@ async fn examples_are_accepted_by_the_api_server() -> Result<()> {
     ns.delete().await?;
     let stdout = text(&out.stdout);
     ensure!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    // probe.yaml: one region and one probe; three-regions.yaml: three of each.
+    // probe.yaml: one region and one probe; three-regions.yaml: three of each;
+    // notifiers.yaml: three notifiers, their three Secrets and a probe.
     let accepted = stdout.matches("created (server dry run)").count();
-    ensure!(accepted == 8, "{accepted} objects accepted: {stdout}");
+    ensure!(accepted == 15, "{accepted} objects accepted: {stdout}");
     Ok(())
 }
