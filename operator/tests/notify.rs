@@ -737,3 +737,122 @@ async fn the_example_is_accepted_and_a_notifier_of_two_kinds_is_refused() -> Res
     ns.delete().await?;
     result
 }
+
+/// Two operator binaries sharing the leader Lease; the leader is killed (SIGKILL) the moment
+/// its first notification arrives — between the receiver's answer and the acknowledgement's
+/// write, possibly — and the other takes over: the receiver sees each transition once per
+/// idempotency key (a re-send after such a kill carries the same key and body), none is lost,
+/// and the history holds the episode once.
+#[tokio::test]
+async fn killing_the_leader_mid_way_loses_nothing_and_duplicates_nothing_by_key() -> Result<()> {
+    const BIN: &str = env!("CARGO_BIN_EXE_fiberstack-operator");
+    let world = World::new("op-notify-failover").await?;
+    let (receiver, addr) = Receiver::start().await?;
+    let env = LocalEnv::load()?;
+    let replica = |identity: &str| -> Result<std::process::Child> {
+        std::process::Command::new(BIN)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("FIBER_LOG", "warn")
+            .args(["--database-url", &world.url])
+            .args([
+                "--watch-namespace",
+                &world.ns.name,
+                "--lease-namespace",
+                &world.ns.name,
+            ])
+            .args(["--identity", identity, "--lease-duration-secs", "3"])
+            .args(["--status-interval-secs", "2", "--health-evaluations", "2"])
+            .args([
+                "--health-evaluation-gap-secs",
+                "1",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting fiberstack-operator")
+    };
+    let mut a = replica("replica-a")?;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = world.api();
+    let leads = |who: &'static str| {
+        let leases = leases.clone();
+        async move {
+            wait_for(&format!("{who} leads"), WAIT, EVERY, || async {
+                let holder = leases
+                    .get_opt("fiberstack-operator")
+                    .await?
+                    .and_then(|l| l.spec)
+                    .and_then(|s| s.holder_identity);
+                Ok(if holder.as_deref() == Some(who) {
+                    Ok(())
+                } else {
+                    Err(format!("{holder:?}"))
+                })
+            })
+            .await
+        }
+    };
+    let result = async {
+        leads("replica-a").await?;
+        let mut b = replica("replica-b")?;
+        let result = async {
+            world
+                .notifier("hook", "webhook", &format!("http://{addr}/hook"))
+                .await?;
+            world.breaching_probe(&["hook"], None).await?;
+            until_received(&receiver, "hook", 1).await?;
+            a.kill()?;
+            a.wait()?;
+            world.recover().await?;
+            leads("replica-b").await?;
+            wait_for("the resolution", WAIT, EVERY, || async {
+                let got = receiver.on("hook");
+                Ok(if got.iter().any(|r| r.body["status"] == "resolved") {
+                    Ok(())
+                } else {
+                    Err(format!("{got:?}"))
+                })
+            })
+            .await?;
+            world
+                .status_until("the resolved alert leaves the status", |s| {
+                    s.alerts.is_empty()
+                })
+                .await?;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        let _ = b.kill();
+        let _ = b.wait();
+        result?;
+        let got = receiver.on("hook");
+        let id = got[0].body["id"].as_str().context("id")?.to_owned();
+        let mut keys: Vec<String> = got.iter().filter_map(|r| r.key.clone()).collect();
+        keys.dedup();
+        assert_eq!(
+            keys,
+            [format!("{id}/firing"), format!("{id}/resolved")],
+            "{got:?}"
+        );
+        for r in &got {
+            let first = got.iter().find(|o| o.key == r.key).expect("itself");
+            assert_eq!(r.body, first.body, "a re-send carries the same body");
+        }
+        let resolved = got
+            .iter()
+            .filter(|r| r.body["status"] == "resolved")
+            .count();
+        assert_eq!(resolved, 1, "{got:?}");
+        let history = world.history().await?;
+        assert_eq!(history.len(), 1, "{history:?}");
+        assert_eq!(history[0].1, "resolved");
+        Ok(())
+    }
+    .await;
+    let _ = a.kill();
+    let _ = a.wait();
+    world.delete().await?;
+    result
+}
