@@ -81,6 +81,7 @@ async fn plain_postgres_mode_applies_once_and_rolls_up() -> Result<()> {
         tables(&pool).await?,
         [
             "_sqlx_migrations",
+            "alerts",
             "fiberstack_meta",
             "metrics",
             "metrics_daily",

@@ -39,10 +39,16 @@ use payload::Subject;
 /// Longest a receiver may take to answer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The HTTP(S) client notifications are sent with.
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
 /// The operator's notification state that need not survive it: when each firing alert was
 /// last re-sent to an Alertmanager, and which notifiers are failing.
 pub struct Notifications {
-    client: reqwest::Client,
+    client: HttpClient,
     sent_at: Mutex<HashMap<(String, String), Instant>>,
     failing: Mutex<HashMap<String, (u32, Instant)>>,
     backoff: Backoff,
@@ -68,12 +74,14 @@ impl Notifications {
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(SEND_TIMEOUT)
-            .user_agent(concat!("fiberstack-operator/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the notification client builds");
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https);
         Self {
             client,
             sent_at: Mutex::default(),
@@ -398,7 +406,7 @@ async fn secret_url(ctx: &Context, ns: &str, r: &SecretKeyRef) -> Result<String,
         .ok_or_else(|| format!("Secret {:?} has no key {:?}", r.name, r.key))
 }
 
-/// One POST; an error that never contains the URL.
+/// One POST; an error that never contains the URL (it may carry a credential).
 async fn send(
     notes: &Notifications,
     kind: Kind,
@@ -406,6 +414,9 @@ async fn send(
     subject: &Subject<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    use hyper::header::{CONTENT_TYPE, USER_AGENT};
+
     let (url, body) = match kind {
         Kind::Alertmanager => (
             format!("{}/api/v2/alerts", url.trim_end_matches('/')),
@@ -414,24 +425,58 @@ async fn send(
         Kind::Webhook => (url.to_owned(), payload::webhook(subject)),
         Kind::Slack => (url.to_owned(), payload::slack(subject)),
     };
-    let mut request = notes.client.post(&url).json(&body);
+    let who = kind.as_str();
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|_| format!("the {who} URL in the Secret is not a valid http(s) URL"))?;
+    let mut request = hyper::Request::post(uri)
+        .header(CONTENT_TYPE, "application/json")
+        .header(
+            USER_AGENT,
+            concat!("fiberstack-operator/", env!("CARGO_PKG_VERSION")),
+        );
     if kind == Kind::Webhook {
         request = request.header("Idempotency-Key", payload::idempotency_key(subject));
     }
-    let response = request
-        .send()
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .map_err(|e| format!("{who} request: {e}"))?;
+    let exchange = async {
+        let response = notes
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("{who} receiver: {}", error_chain(&e)))?;
+        let code = response.status();
+        if code.is_success() {
+            return Ok(());
+        }
+        let text = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        let text: String = text.trim().chars().take(200).collect();
+        Err(format!("{who} receiver answered {code}: {text}"))
+    };
+    tokio::time::timeout(SEND_TIMEOUT, exchange)
         .await
-        .map_err(|e| format!("{} receiver: {}", kind.as_str(), e.without_url()))?;
-    let code = response.status();
-    if code.is_success() {
-        return Ok(());
+        .map_err(|_| format!("{who} receiver: no answer within {SEND_TIMEOUT:?}"))?
+}
+
+/// An error and its sources, on one line (hyper's errors never name the URL).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
     }
-    let text = response.text().await.unwrap_or_default();
-    let text: String = text.trim().chars().take(200).collect();
-    Err(format!(
-        "{} receiver answered {code}: {text}",
-        kind.as_str()
-    ))
+    text
 }
 
 /// The FiberNotifier's status after an attempt: counts, times, Ready, and an Event when it
