@@ -41,6 +41,7 @@ stop_pid() {
 
 stop_processes() {
   stop_pid "$STATE/demo-targets.pid"
+  stop_pid "$STATE/alertmanager.pid"
 }
 
 probes_ready() {
@@ -55,6 +56,12 @@ probes_ready() {
       and (.status.reportingProbes // 0) == (.status.readyProbes // -1)
       and ((.status.targets // []) | length) > 0
       and all(.status.targets[]; .state != "NoData"))' >/dev/null
+}
+
+# The degraded target's alert, as the demo's Alertmanager holds it.
+alert_seen() {
+  curl -fsS "http://$FIBERSTACK_HOST_ADDR:19093/api/v2/alerts" 2>/dev/null |
+    jq -e 'any(.[]; .labels.probe == "lagos-edge" and .status.state == "active")' >/dev/null
 }
 
 degraded_seen() {
@@ -87,6 +94,12 @@ summary() {
       echo "  (the read API did not answer)"
     curl -fsS -H "Authorization: Bearer $token" "http://$ip:8080/api/status" | jq -c . | sed 's/^/  status: /' || true
   fi
+  echo
+  echo "alerts in the demo's Alertmanager (http://$FIBERSTACK_HOST_ADDR:19093/api/v2/alerts):"
+  curl -fsS "http://$FIBERSTACK_HOST_ADDR:19093/api/v2/alerts" |
+    jq -r '.[] | "  \(.labels.alertname) \(.labels.namespace)/\(.labels.probe) target \(.labels.target) (\(.labels.region)): \(.annotations.description), since \(.startsAt)"' ||
+    echo "  (Alertmanager did not answer)"
+  kubectl -n "$NS" get fibernotifiers
 }
 
 up() {
@@ -111,6 +124,13 @@ up() {
   # On the address the pods reach this machine at (UDP answers must come from it).
   nohup "$BIN/demo-targets" --listen "$FIBERSTACK_HOST_ADDR" >"$STATE/demo-targets.log" 2>&1 &
   echo $! >"$STATE/demo-targets.pid"
+
+  log "Alertmanager (http://$FIBERSTACK_HOST_ADDR:19093), where the operator sends alerts"
+  mkdir -p "$STATE/alertmanager"
+  nohup "$FIBERSTACK_BIN/alertmanager" --config.file=e2e/demo/alertmanager.yml \
+    --storage.path="$STATE/alertmanager" --web.listen-address="$FIBERSTACK_HOST_ADDR:19093" \
+    --cluster.listen-address= >"$STATE/alertmanager.log" 2>&1 &
+  echo $! >"$STATE/alertmanager.pid"
 
   log "database $DEMO_DB and the Secrets the chart and the regions read"
   psql "$DATABASE_URL" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DEMO_DB'" | grep -q 1 ||
@@ -138,7 +158,8 @@ up() {
     --set operator.statusIntervalSeconds=10 \
     --set operator.healthEvaluations=2 \
     --wait --timeout 3m
-  log "kubectl apply -f e2e/demo/three-regions.yaml"
+  log "kubectl apply -f e2e/demo/notifier.yaml -f e2e/demo/three-regions.yaml"
+  sed "s/HOST_ADDR/$FIBERSTACK_HOST_ADDR/" e2e/demo/notifier.yaml | kubectl -n "$NS" apply -f -
   kubectl -n "$NS" apply -f e2e/demo/three-regions.yaml
 
   log "waiting until every probe is Ready and Reporting (up to 4 minutes)"
@@ -154,6 +175,9 @@ up() {
   log "every probe reports ($((SECONDS - t))s); waiting for the degraded target to show (up to 2 minutes)"
   t=$SECONDS
   until degraded_seen || ((SECONDS - t > 120)); do sleep 5; done
+  log "waiting for its alert to reach Alertmanager (up to 1 minute)"
+  t=$SECONDS
+  until alert_seen || ((SECONDS - t > 60)); do sleep 5; done
   summary
   log "demo up in $((SECONDS - start))s. Samples: psql postgres://postgres:postgres@127.0.0.1:15432/$DEMO_DB (Grafana dashboards: charts/fiberstack/dashboards/)"
   log "logs: kubectl -n $NS logs <pod> (source e2e/.env/env.sh first). Ctrl-C stops the demo targets; \`make demo-down\` removes everything"
