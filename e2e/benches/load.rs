@@ -215,7 +215,7 @@ async fn main() -> Result<()> {
     let base = Utc::now() - chrono::Duration::hours(1);
     let mut senders = Vec::new();
     for p in 0..probes {
-        let (client, url) = (client.clone(), ingest_url.clone());
+        let (client, url, region) = (client.clone(), ingest_url.clone(), region.clone());
         let (accepted, accept_log, latencies, failures) = (
             accepted.clone(),
             accept_log.clone(),
@@ -232,7 +232,12 @@ async fn main() -> Result<()> {
                     tokio::time::sleep_until(next).await;
                     next += period;
                 }
-                let body = serde_json::to_vec(&batch(p, seq, size, base)).expect("json");
+                // The ingest service takes its own region's batches only.
+                let sent_batch = Batch {
+                    region: region.clone(),
+                    ..batch(p, seq, size, base)
+                };
+                let body = serde_json::to_vec(&sent_batch).expect("json");
                 let sent = Instant::now();
                 let response = client
                     .post(&url)

@@ -4,7 +4,9 @@
 //! that are already stored, so when a write meets a sample stored before (a redelivery after a
 //! crash: rare) the whole write is redone conflict-tolerantly, as one `INSERT … SELECT FROM
 //! UNNEST(…) ON CONFLICT DO NOTHING` — the approach Promscale measured and DESIGN.md §3 asks
-//! to try. Both paths store exactly the same rows.
+//! to try. Both paths store exactly the same rows, and neither alters a value: one that does
+//! not fit its column fails the write as a data error (see [`is_data_error`]), which the
+//! consumer narrows down to the row.
 
 use std::collections::BTreeMap;
 
@@ -110,8 +112,9 @@ async fn write_with(
     let inserted = match (count, path) {
         (0, _) => 0,
         (_, Path::Copy) => {
+            let rows = copy_binary(batches)?;
             let mut copy = tx.copy_in_raw(COPY_METRICS).await?;
-            copy.send(copy_binary(batches)).await?;
+            copy.send(rows).await?;
             copy.finish().await?
         }
         (_, Path::ConflictTolerant) => insert_unnest(&mut tx, batches, count).await?,
@@ -196,9 +199,11 @@ async fn insert_unnest(
             c.latency_max_ms.push(s.latency_max_ms);
             c.jitter_ms.push(s.jitter_ms);
             c.packet_loss.push(s.packet_loss);
-            c.sent.push(s.sent.map(clamp_i32));
-            c.received.push(s.received.map(clamp_i32));
-            c.status_code.push(s.status_code.map(clamp_i16));
+            c.sent.push(s.sent.map(|v| int4("sent", v)).transpose()?);
+            c.received
+                .push(s.received.map(|v| int4("received", v)).transpose()?);
+            c.status_code
+                .push(s.status_code.map(|v| int2("status_code", v)).transpose()?);
             c.error.push(s.error.clone());
             c.metadata.push(
                 (!s.metadata.is_empty()).then(|| serde_json::Value::Object(s.metadata.clone())),
@@ -229,18 +234,26 @@ async fn insert_unnest(
         .rows_affected())
 }
 
-// Validation bounds these far below the limits; clamping only keeps a broken value from
-// wrapping around (the database's CHECKs then refuse it).
-fn clamp_i32(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
+/// `v` as an `integer` column's value. Validation keeps counts within it; a value beyond is
+/// refused as a data error, never stored altered.
+fn int4(column: &str, v: u32) -> Result<i32, sqlx::Error> {
+    i32::try_from(v).map_err(|_| out_of_range(column, v.into(), i32::MAX.into()))
 }
 
-fn clamp_i16(v: u16) -> i16 {
-    i16::try_from(v).unwrap_or(i16::MAX)
+/// `v` as a `smallint` column's value (see [`int4`]).
+fn int2(column: &str, v: u16) -> Result<i16, sqlx::Error> {
+    i16::try_from(v).map_err(|_| out_of_range(column, v.into(), i16::MAX.into()))
 }
 
-/// The samples in PostgreSQL's binary `COPY` format, in the column order of [`COPY_METRICS`].
-fn copy_binary(batches: &[Batch]) -> Vec<u8> {
+fn out_of_range(column: &str, v: i64, max: i64) -> sqlx::Error {
+    sqlx::Error::Encode(
+        format!("{column}: {v} is out of range of its column (at most {max})").into(),
+    )
+}
+
+/// The samples in PostgreSQL's binary `COPY` format, in the column order of [`COPY_METRICS`];
+/// a value that does not fit its column is an error.
+fn copy_binary(batches: &[Batch]) -> Result<Vec<u8>, sqlx::Error> {
     /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
     const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
     let mut out = Vec::with_capacity(64 * 1024);
@@ -278,15 +291,15 @@ fn copy_binary(batches: &[Batch]) -> Vec<u8> {
             float(&mut out, s.jitter_ms);
             float(&mut out, s.packet_loss);
             match s.sent {
-                Some(v) => field(&mut out, &clamp_i32(v).to_be_bytes()),
+                Some(v) => field(&mut out, &int4("sent", v)?.to_be_bytes()),
                 None => null(&mut out),
             }
             match s.received {
-                Some(v) => field(&mut out, &clamp_i32(v).to_be_bytes()),
+                Some(v) => field(&mut out, &int4("received", v)?.to_be_bytes()),
                 None => null(&mut out),
             }
             match s.status_code {
-                Some(v) => field(&mut out, &clamp_i16(v).to_be_bytes()),
+                Some(v) => field(&mut out, &int2("status_code", v)?.to_be_bytes()),
                 None => null(&mut out),
             }
             match &s.error {
@@ -309,7 +322,7 @@ fn copy_binary(batches: &[Batch]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&(-1i16).to_be_bytes()); // trailer
-    out
+    Ok(out)
 }
 
 /// The samples of a write, column by column.

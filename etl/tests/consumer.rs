@@ -311,6 +311,107 @@ async fn what_can_never_be_stored_is_dead_lettered_with_the_reason() -> Result<(
 }
 
 #[tokio::test]
+async fn a_row_the_database_refuses_is_dead_lettered_alone() -> Result<()> {
+    let mut f = fixture().await?;
+    // A rule the validator does not know (as under a migration newer than this worker):
+    // the database refuses rows the validator lets through.
+    sqlx::query("alter table metrics add constraint no_poison check (target <> 'poison')")
+        .execute(&f.pool)
+        .await?;
+    let poison = |minute| Sample {
+        target: "poison".into(),
+        ..icmp(minute, 20.0)
+    };
+    let mut five = batch("gh-accra-1", (1..=5).map(|m| icmp(m, 20.0)).collect());
+    five.samples[3] = poison(4);
+    let refused_row = f.add(&encode_batch(&five)).await?;
+    // The validator refuses samples[0]; the database samples[2] (named by its index in the
+    // entry, not in the part left after validation) and samples[4].
+    let mut mixed = batch(
+        "gh-accra-2",
+        vec![
+            icmp(1, 20.0),
+            icmp(2, 20.0),
+            poison(3),
+            icmp(4, 20.0),
+            poison(5),
+        ],
+    );
+    mixed.samples[0].packet_loss = Some(250.0);
+    let both = f.add(&encode_batch(&mixed)).await?;
+    f.add(&encode_batch(&batch("gh-accra-3", vec![icmp(1, 30.0)])))
+        .await?;
+    let mut consumer = f.consumer("worker-1");
+    f.drain(&mut consumer).await?;
+
+    let stored: Vec<(String, i64)> = sqlx::query_as(
+        "select node, count(*) from metrics where target <> 'poison' group by node order by node",
+    )
+    .fetch_all(&f.pool)
+    .await?;
+    assert_eq!(
+        stored,
+        [
+            ("gh-accra-1".to_owned(), 4),
+            ("gh-accra-2".to_owned(), 2),
+            ("gh-accra-3".to_owned(), 1)
+        ],
+        "every valid neighbour is stored"
+    );
+    assert_eq!(f.pending().await?, 0, "everything is acknowledged");
+    let dlq: redis::streams::StreamRangeReply =
+        f.redis.xrange_all(dead_letter_stream(&f.region)).await?;
+    let letters: Vec<(String, String, Batch)> = dlq
+        .ids
+        .iter()
+        .map(|e| {
+            (
+                e.get::<String>("source_id").unwrap(),
+                e.get::<String>("reason").unwrap(),
+                serde_json::from_slice(&e.get::<Vec<u8>>("batch").unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    // Validation's letters are written as entries are read, the database's after the write.
+    let (id, reason, refused) = &letters[0];
+    assert_eq!(id, &both);
+    assert!(
+        reason.starts_with("samples[0].packet_loss: 250"),
+        "{reason}"
+    );
+    assert_eq!(refused.samples, [mixed.samples[0].clone()]);
+    let (id, reason, refused) = &letters[1];
+    assert_eq!(id, &refused_row);
+    assert!(
+        reason.starts_with("samples[3]: the database refused the row:")
+            && reason.contains("no_poison"),
+        "{reason}"
+    );
+    assert_eq!(refused.samples, [five.samples[3].clone()], "the row alone");
+    assert_eq!(refused.node, "gh-accra-1");
+    let (id, reason, refused) = &letters[2];
+    assert_eq!(id, &both);
+    let reasons: Vec<&str> = reason.split("; ").collect();
+    assert_eq!(reasons.len(), 2, "{reason}");
+    assert!(
+        reasons[0].starts_with("samples[2]: the database refused the row:"),
+        "{reason}"
+    );
+    assert!(
+        reasons[1].starts_with("samples[4]: the database refused the row:"),
+        "{reason}"
+    );
+    assert_eq!(
+        refused.samples,
+        [mixed.samples[2].clone(), mixed.samples[4].clone()]
+    );
+    assert_eq!(Stats::get(&consumer.stats().dead_lettered), 3);
+    assert_eq!(Stats::get(&consumer.stats().samples_written), 7);
+    Ok(())
+}
+
+#[tokio::test]
 async fn database_errors_ack_nothing_and_another_worker_reclaims() -> Result<()> {
     let mut f = fixture().await?;
     f.add(&encode_batch(&batch("gh-accra-1", vec![icmp(1, 20.0)])))

@@ -120,6 +120,33 @@ async fn a_partly_stored_write_falls_back_and_stores_the_rest_once() -> Result<(
 }
 
 #[tokio::test]
+async fn a_count_beyond_its_column_is_refused_never_stored_altered() -> Result<()> {
+    let pool = fresh().await?;
+    let mut too_many = samples();
+    too_many[0].sent = Some(u32::MAX);
+    too_many[0].received = Some(1);
+    let refused = write(&pool, &[batch("gh-accra-1", too_many.clone())], Utc::now())
+        .await
+        .expect_err("COPY refuses it");
+    assert!(fiber_etl::writer::is_data_error(&refused), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("sent: 4294967295 is out of range"),
+        "{refused}"
+    );
+    let refused = write_conflict_tolerant(&pool, &[batch("gh-accra-1", too_many)], Utc::now())
+        .await
+        .expect_err("the insert refuses it");
+    assert!(fiber_etl::writer::is_data_error(&refused), "{refused}");
+    let count: i64 = sqlx::query_scalar("select count(*) from metrics")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(count, 0, "nothing of the refused write is stored");
+    Ok(())
+}
+
+#[tokio::test]
 async fn copy_writes_into_the_timescaledb_hypertable() -> Result<()> {
     let schema = TimescaleSchema::create("fs_writer").await?;
     let outcome = async {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -39,9 +40,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        // The compressed body is limited here; the decompressed one in `decode_body`.
+        // Answered with the JSON error too, like every refusal.
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // The compressed body is limited here (the handlers answer an overrun with the JSON
+        // error); the decompressed one in `decode_body`.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such path; see /api/openapi.json")
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this path; see /api/openapi.json",
+    )
 }
 
 /// `202` body: how many samples were accepted and which were refused.
@@ -123,6 +139,37 @@ fn retry_after(status: StatusCode, wait: Duration, message: impl Into<String>) -
     response
 }
 
+/// Checks that a request body is declared JSON: `Content-Type: application/json`, with no
+/// charset but UTF-8 (RFC 8259 §8.1). A request without a `Content-Type` is read as JSON
+/// (the seed's push clients may send none; fiber-probe always sends it): the body must
+/// still parse.
+fn json_content_type(headers: &HeaderMap) -> Result<(), String> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("?");
+    let mut parts = text.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(format!(
+            "Content-Type {text:?} is not supported; send application/json"
+        ));
+    }
+    for parameter in parts {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        let value = value.trim().trim_matches('"');
+        if name.trim().eq_ignore_ascii_case("charset")
+            && !value.eq_ignore_ascii_case("utf-8")
+            && !value.eq_ignore_ascii_case("utf8")
+        {
+            return Err(format!(
+                "Content-Type {text:?}: JSON is read as UTF-8, not {value:?}; send application/json"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The body as JSON bytes: gzip is undone, within the same size limit.
 fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode, String)> {
     let encoding = headers
@@ -162,16 +209,50 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode,
     }
 }
 
-/// Checks the token and undoes the content encoding: the JSON of a request, or its refusal.
-fn authorized_json(state: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, Refusal> {
+/// Checks the token, the body's size and type, and undoes the content encoding: the JSON of
+/// a request, or its refusal.
+fn authorized_json(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Vec<u8>, Refusal> {
     authorized(state, headers)?;
-    decode_body(headers, body).map_err(|(status, message)| {
+    let read = body
+        .map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is over {MAX_BODY_BYTES} bytes"),
+            ),
+            status => (status, rejection.body_text()),
+        })
+        .and_then(|body| {
+            json_content_type(headers)
+                .map_err(|message| (StatusCode::UNSUPPORTED_MEDIA_TYPE, message))?;
+            decode_body(headers, body)
+        });
+    read.map_err(|(status, message)| {
         let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
         state
             .metrics
             .outcome(if too_large { "too_large" } else { "invalid" });
         Box::new(error(status, message))
     })
+}
+
+/// Parses a JSON body; the error names where it went wrong (`samples[3].sent: invalid value:
+/// integer `5000000000`, expected u32 at line 1 column 200`).
+fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })?;
+    deserializer.end().map_err(|e| e.to_string())?;
+    Ok(value)
 }
 
 /// A 400 for a request whose content breaks a rule, counted as `invalid`.
@@ -244,7 +325,7 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
     operation_id = "postSamples",
     tag = "ingest",
     summary = "Send a batch of samples",
-    description = "Valid samples of a batch are accepted even when others are not; refused ones are named by index. At most 5000 samples and 1 MiB (compressed and decompressed). `Content-Encoding: gzip` is accepted.",
+    description = "Valid samples of a batch are accepted even when others are not; refused ones are named by index and field, among them any that could not be stored as sent (a NUL character in any string, a count above 2147483647). At most 5000 samples and 1 MiB (compressed and decompressed). The batch's `region` must be the region this service serves. `Content-Type: application/json` (a request without one is read as JSON); `Content-Encoding: gzip` is accepted.",
     params(BodyHeaders),
     request_body(content = Batch, example = json!({
         "probe": "fiberstack/accra-edge",
@@ -274,8 +355,9 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
         (status = 202, description = "The valid samples are in the stream.", body = Accepted),
         (status = 400, description = "The body is not a batch, or the batch as a whole breaks a rule (the message names the field).", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "The batch's region is not the region this service serves (the message names both); nothing is stored.", body = ErrorBody),
         (status = 413, description = "The body is over 1 MiB, compressed or decompressed.", body = ErrorBody),
-        (status = 415, description = "A Content-Encoding other than gzip.", body = ErrorBody),
+        (status = 415, description = "A Content-Type other than application/json (or a charset other than UTF-8), or a Content-Encoding other than gzip.", body = ErrorBody),
         (status = 429, description = "The node is over its rate limit.", body = ErrorBody,
             headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
         (status = 503, description = "Redis does not answer, or the stream's backlog is over its cap.", body = ErrorBody,
@@ -285,22 +367,37 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
 async fn post_samples(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let span = request_span(tracing::info_span!("post_samples"), &headers);
     accept_samples(state, headers, body).instrument(span).await
 }
 
-async fn accept_samples(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn accept_samples(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let json = match authorized_json(&state, &headers, body) {
         Ok(json) => json,
         Err(refusal) => return *refusal,
     };
     let m = &state.metrics;
-    let batch: Batch = match serde_json::from_slice(&json) {
+    let batch: Batch = match parse(&json) {
         Ok(batch) => batch,
         Err(e) => return invalid(&state, format!("body is not a batch: {e}")),
     };
+    // The region's token admits the region's batches only.
+    if batch.region != state.region {
+        m.outcome("forbidden");
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "region: this ingest service serves region {:?}; a batch of region {:?} goes to that region's ingest",
+                state.region, batch.region
+            ),
+        );
+    }
     let (valid, rejected) = match batch.into_valid(chrono::Utc::now()) {
         Ok(split) => split,
         Err(e) => return invalid(&state, format!("batch refused: {e}")),
@@ -327,7 +424,7 @@ async fn accept_samples(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -
     operation_id = "postPush",
     tag = "ingest",
     summary = "Send one sample (the original single-sample contract)",
-    description = "Kept compatible with the first FiberStack blueprint. Stored as probe `legacy/push`, target `node`, kind `icmp`.",
+    description = "Kept compatible with the first FiberStack blueprint. Stored as probe `legacy/push`, target `node`, kind `icmp`, under the region this service serves. `Content-Type: application/json` (a request without one is read as JSON).",
     params(BodyHeaders),
     request_body(content = PushSample, example = json!({
         "node_id": "gh-accra-1",
@@ -343,7 +440,7 @@ async fn accept_samples(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -
         (status = 400, description = "The body is not a push sample, or a field breaks a rule.", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
-        (status = 415, description = "A Content-Encoding other than gzip.", body = ErrorBody),
+        (status = 415, description = "A Content-Type other than application/json (or a charset other than UTF-8), or a Content-Encoding other than gzip.", body = ErrorBody),
         (status = 429, description = "The node is over its rate limit.", body = ErrorBody,
             headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
         (status = 503, description = "Redis does not answer, or the stream's backlog is over its cap.", body = ErrorBody,
@@ -353,20 +450,24 @@ async fn accept_samples(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -
 async fn post_push(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let span = request_span(tracing::info_span!("post_push"), &headers);
     accept_push(state, headers, body).instrument(span).await
 }
 
-async fn accept_push(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn accept_push(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let json = match authorized_json(&state, &headers, body) {
         Ok(json) => json,
         Err(refusal) => return *refusal,
     };
     let m = &state.metrics;
     let now = chrono::Utc::now();
-    let push: PushSample = match serde_json::from_slice(&json) {
+    let push: PushSample = match parse(&json) {
         Ok(push) => push,
         Err(e) => return invalid(&state, format!("body is not a push sample: {e}")),
     };

@@ -1,7 +1,8 @@
 //! What every handler shares: the state, the JSON error body, the bearer-token check. Below
-//! both the write API (`api.rs`) and the read API (`read.rs`).
+//! both the write API (`api.rs`) and the read API (`read.rs`). Every refusal, whatever its
+//! cause, is the JSON `Error` body.
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -64,18 +65,20 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Checks the bearer token: nothing, or the 401 refusal.
+/// Checks the bearer token: nothing, or the 401 refusal with its `WWW-Authenticate`
+/// challenge.
 pub fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if state.token.admits(authorization) {
-        Ok(())
-    } else {
+    state.token.check(authorization).map_err(|refused| {
         state.metrics.outcome("unauthorized");
-        Err(Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        )))
-    }
+        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        let challenge = HeaderValue::from_str(&refused.challenge())
+            .expect("the challenge is a valid header value");
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+        Box::new(response)
+    })
 }

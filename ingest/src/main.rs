@@ -13,8 +13,9 @@ use fiber_ingest::stream::StreamWriter;
 use fiberstack_plumbing::postgres::DbConfig;
 
 /// FiberStack's HTTP ingest: probes POST batches of samples to /api/v1/samples (bearer
-/// token, JSON, gzip accepted, at most 1 MiB and 5000 samples); a batch is answered 202
-/// only after it was appended to the region's Redis stream fiber:samples:<region>.
+/// token, JSON, gzip accepted, at most 1 MiB and 5000 samples, of this region only); a batch
+/// is answered 202 only after it was appended to the region's Redis stream
+/// fiber:samples:<region>, and a sample that could not be stored as sent is refused by name.
 /// POST /api/push takes the original single-sample contract onto the same path.
 #[derive(Parser)]
 #[command(name = "fiber-ingest", version, after_help = fiberstack_telemetry::ENV_HELP)]
@@ -25,7 +26,8 @@ struct Config {
     /// Redis URL, e.g. redis://redis:6379
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: String,
-    /// The FiberRegion this service ingests for (names the stream).
+    /// The FiberRegion this service ingests for (names the stream). A batch whose `region`
+    /// is another is refused with 403.
     #[arg(long, env = "FIBER_REGION")]
     region: String,
     /// The region's probe token (at least 16 characters). Prefer --token-file.

@@ -11,7 +11,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// accepted, invalid, unauthorized, too_large, rate_limited, unavailable, backlog
+    /// accepted, invalid, unauthorized, forbidden (another region's batch), too_large,
+    /// rate_limited, unavailable, backlog
     pub outcome: &'static str,
 }
 

@@ -6,7 +6,10 @@
 
 use std::sync::LazyLock;
 
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
 use crate::{api, read};
@@ -43,7 +46,8 @@ use crate::{api, read};
 )]
 pub struct ApiDoc;
 
-/// The `bearer` scheme the operations' `security` names.
+/// The `bearer` scheme the operations' `security` names, and the `WWW-Authenticate`
+/// challenge every 401 answer carries (`crate::auth::Refused::challenge`).
 struct BearerToken;
 
 impl Modify for BearerToken {
@@ -57,6 +61,28 @@ impl Modify for BearerToken {
         doc.components
             .get_or_insert_with(Default::default)
             .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        let challenge = HeaderBuilder::new()
+            .schema(ObjectBuilder::new().schema_type(Type::String))
+            .description(Some(format!(
+                "`Bearer realm=\"{realm}\"`, with `error=\"invalid_token\"` when a token was sent and is wrong (RFC 6750).",
+                realm = crate::auth::REALM
+            )))
+            .build();
+        for item in doc.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if let Some(RefOr::T(Response { headers, .. })) =
+                    operation.responses.responses.get_mut("401")
+                {
+                    headers.insert("WWW-Authenticate".to_owned(), challenge.clone());
+                }
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -83,8 +84,8 @@ pub struct RollupRow {
 }
 
 /// The query of `GET /api/v1/metrics`. Times and the aggregation are checked by the handler,
-/// which answers a malformed one with the `Error` body (a typed field would be refused by the
-/// extractor in plain text instead).
+/// which answers a malformed one with the `Error` body naming it; so is a `limit` that is not
+/// a number (the extractor's refusal, turned into the `Error` body).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
@@ -258,7 +259,7 @@ fn rows_schema() -> Schema {
     params(MetricsQuery),
     responses(
         (status = 200, description = "Rows in time order.", body = MetricsAnswer),
-        (status = 400, description = "A parameter is malformed (the message names it).", body = ErrorBody),
+        (status = 400, description = "A parameter is malformed, or holds a NUL character (the message names it).", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 503, description = "No DATABASE_URL is configured, or the database does not answer.", body = ErrorBody),
     ),
@@ -266,10 +267,29 @@ fn rows_schema() -> Schema {
 pub async fn metrics(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(q): Query<MetricsQuery>,
+    query: Result<Query<MetricsQuery>, QueryRejection>,
 ) -> Response {
     if let Err(refusal) = authorized(&state, &headers) {
         return *refusal;
+    }
+    let q = match query {
+        Ok(Query(q)) => q,
+        // "Failed to deserialize query string: limit: invalid digit found in string"
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    // No stored name holds a NUL (ingest refuses them), and the database refuses one in a
+    // query: say which parameter instead of answering with the database's error.
+    for (name, value) in [
+        ("node", &q.node),
+        ("probe", &q.probe),
+        ("target", &q.target),
+    ] {
+        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{name}: contains a NUL character (U+0000), which no name holds"),
+            );
+        }
     }
     let db = match database(&state) {
         Ok(db) => db,

@@ -69,17 +69,6 @@ fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
-fn batch(samples: Vec<Sample>) -> Batch {
-    Batch {
-        probe: "fiberstack/accra-edge".into(),
-        region: "ghana".into(),
-        country: "GH".into(),
-        node: "gh-accra-1".into(),
-        agent_version: "0.1.0".into(),
-        samples,
-    }
-}
-
 fn tcp(latency: f64) -> Sample {
     Sample {
         latency_ms: Some(latency),
@@ -89,6 +78,18 @@ fn tcp(latency: f64) -> Sample {
 }
 
 impl Server {
+    /// A batch of this server's region.
+    fn batch(&self, samples: Vec<Sample>) -> Batch {
+        Batch {
+            probe: "fiberstack/accra-edge".into(),
+            region: self.region.clone(),
+            country: "GH".into(),
+            node: "gh-accra-1".into(),
+            agent_version: "0.1.0".into(),
+            samples,
+        }
+    }
+
     async fn post(
         &self,
         body: Vec<u8>,
@@ -96,10 +97,18 @@ impl Server {
     ) -> Result<(u16, Option<String>, Value)> {
         let mut request = reqwest::Client::new()
             .post(format!("{}/api/v1/samples", self.url))
-            .header("content-type", "application/json")
             .body(body);
+        // JSON unless the test says otherwise (or says `content-type: ""`: none at all).
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("content-type", "application/json");
+        }
         for (k, v) in headers {
-            request = request.header(*k, *v);
+            if !(k.eq_ignore_ascii_case("content-type") && v.is_empty()) {
+                request = request.header(*k, *v);
+            }
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
@@ -146,7 +155,7 @@ async fn valid_samples_are_accepted_and_invalid_ones_named() -> Result<()> {
         packet_loss: Some(120.0),
         ..tcp(3.0)
     };
-    let (status, _, body) = s.post_batch(&batch(vec![good.clone(), bad])).await?;
+    let (status, _, body) = s.post_batch(&s.batch(vec![good.clone(), bad])).await?;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], 1);
     assert_eq!(body["rejected"][0]["index"], 1);
@@ -179,7 +188,7 @@ async fn valid_samples_are_accepted_and_invalid_ones_named() -> Result<()> {
 #[tokio::test]
 async fn gzip_bodies_are_accepted() -> Result<()> {
     let mut s = server().await?;
-    let b = batch(vec![tcp(1.0), tcp(2.0)]);
+    let b = s.batch(vec![tcp(1.0), tcp(2.0)]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, &serde_json::to_vec(&b)?)?;
     let auth = format!("Bearer {TOKEN}");
@@ -198,7 +207,7 @@ async fn gzip_bodies_are_accepted() -> Result<()> {
 #[tokio::test]
 async fn refusals_say_why_and_store_nothing() -> Result<()> {
     let mut s = server().await?;
-    let good = serde_json::to_vec(&batch(vec![tcp(1.0)]))?;
+    let good = serde_json::to_vec(&s.batch(vec![tcp(1.0)]))?;
     let auth = format!("Bearer {TOKEN}");
 
     let (status, _, body) = s.post(good.clone(), &[]).await?;
@@ -226,7 +235,7 @@ async fn refusals_say_why_and_store_nothing() -> Result<()> {
         "{body}"
     );
 
-    let mut bad_country = batch(vec![tcp(1.0)]);
+    let mut bad_country = s.batch(vec![tcp(1.0)]);
     bad_country.country = "gh".into();
     let (status, _, body) = s.post_batch(&bad_country).await?;
     assert_eq!(status, 400);
@@ -235,7 +244,7 @@ async fn refusals_say_why_and_store_nothing() -> Result<()> {
         "{body}"
     );
 
-    let (status, _, body) = s.post_batch(&batch(vec![tcp(1.0); 5001])).await?;
+    let (status, _, body) = s.post_batch(&s.batch(vec![tcp(1.0); 5001])).await?;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("at most 5000"),
@@ -279,7 +288,7 @@ async fn over_the_rate_limit_answers_429_with_retry_after() -> Result<()> {
         100_000,
     )
     .await?;
-    let b = batch(vec![tcp(1.0)]);
+    let b = s.batch(vec![tcp(1.0)]);
     assert_eq!(s.post_batch(&b).await?.0, 202);
     assert_eq!(s.post_batch(&b).await?.0, 202);
     let (status, retry, body) = s.post_batch(&b).await?;
@@ -297,7 +306,7 @@ async fn over_the_backlog_cap_answers_503_with_retry_after() -> Result<()> {
         1,
     )
     .await?;
-    let b = batch(vec![tcp(1.0)]);
+    let b = s.batch(vec![tcp(1.0)]);
     assert_eq!(s.post_batch(&b).await?.0, 202);
     let (status, retry, body) = s.post_batch(&b).await?;
     assert_eq!(status, 503);
@@ -359,7 +368,7 @@ async fn redis_down_answers_503_never_202() -> Result<()> {
         },
     )
     .await?;
-    let b = batch(vec![tcp(1.0)]);
+    let b = s.batch(vec![tcp(1.0)]);
     assert_eq!(s.post_batch(&b).await?.0, 202);
     redis.kill()?;
     redis.wait()?;
@@ -385,7 +394,7 @@ async fn a_batch_goes_in_over_http_and_lands_in_postgres_once() -> Result<()> {
     let url = env.fresh_postgres_database("fs_e2e").await?;
     fiberstack_e2e::etl::migrate(&url, None).await?;
 
-    let b = batch(vec![
+    let b = s.batch(vec![
         tcp(1.5),
         Sample {
             target: "api".into(),
@@ -467,5 +476,273 @@ async fn the_seed_push_contract_lands_on_the_same_path() -> Result<()> {
         .await?;
     assert_eq!(unauthorized.status().as_u16(), 401);
     assert_eq!(s.stored().await?.len(), 1, "refused pushes stored nothing");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_of_another_region_is_refused_and_nothing_stored() -> Result<()> {
+    let mut s = server().await?;
+    // The forgery of issue 12: this region's token, another region's node and probe.
+    let forged = Batch {
+        region: "nigeria".into(),
+        country: "NG".into(),
+        node: "ng-fake-9".into(),
+        probe: "fiberstack/spoof".into(),
+        ..s.batch(vec![tcp(1.0)])
+    };
+    let (status, _, body) = s.post_batch(&forged).await?;
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{:?}", s.region)) && message.contains("\"nigeria\""),
+        "names both regions: {message}"
+    );
+    // Refused whatever else is wrong with it.
+    let mut forged_and_invalid = forged.clone();
+    forged_and_invalid.samples[0].packet_loss = Some(300.0);
+    assert_eq!(s.post_batch(&forged_and_invalid).await?.0, 403);
+    assert!(s.stored().await?.is_empty(), "nothing reached the stream");
+    assert!(
+        s.metrics()
+            .await?
+            .contains("fiber_ingest_requests_total{outcome=\"forbidden\"} 2")
+    );
+    // The region's own batches still go in.
+    assert_eq!(s.post_batch(&s.batch(vec![tcp(1.0)])).await?.0, 202);
+    Ok(())
+}
+
+#[tokio::test]
+async fn what_cannot_be_stored_is_refused_and_its_neighbours_stored() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let mut s = server().await?;
+    let named = |target: &str, sample: Sample| Sample {
+        target: target.into(),
+        ..sample
+    };
+    let mut nul_metadata = named("meta", tcp(3.0));
+    nul_metadata.metadata.insert(
+        "dns".into(),
+        serde_json::json!({"answers": ["10.0.0.1", "evil\u{0}.example"]}),
+    );
+    let samples = vec![
+        named("first", tcp(1.0)),
+        Sample {
+            error: Some("connection reset\u{0}".into()),
+            ..named("error", tcp(2.0))
+        },
+        nul_metadata,
+        Sample {
+            address: "10.0.0.5:5432\u{0}".into(),
+            ..named("address", tcp(4.0))
+        },
+        Sample {
+            sent: Some(1 << 31),
+            received: Some(1),
+            ..named("sent", tcp(5.0))
+        },
+        Sample {
+            received: Some(3_000_000_000),
+            ..named("received", tcp(6.0))
+        },
+        // The largest count the column holds is stored as sent.
+        Sample {
+            sent: Some(i32::MAX as u32),
+            received: Some(i32::MAX as u32),
+            ..named("last", tcp(7.0))
+        },
+    ];
+    let (status, _, body) = s.post_batch(&s.batch(samples.clone())).await?;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], 2, "{body}");
+    let rejected: Vec<(u64, &str)> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["error"].as_str().unwrap()))
+        .collect();
+    let expected = [
+        (1, "samples[1].error: contains a NUL character"),
+        (
+            2,
+            "samples[2].metadata.dns.answers[1]: contains a NUL character",
+        ),
+        (3, "samples[3].address: contains a NUL character"),
+        (
+            4,
+            "samples[4].sent: 2147483648 is out of range, expected 0 to 2147483647",
+        ),
+        (
+            5,
+            "samples[5].received: 3000000000 is out of range, expected 0 to 2147483647",
+        ),
+    ];
+    assert_eq!(rejected.len(), expected.len(), "{body}");
+    for ((index, error), (want_index, want)) in rejected.iter().zip(expected) {
+        assert_eq!(*index, want_index, "{body}");
+        assert!(error.starts_with(want), "{error}, expected {want}");
+    }
+    let stored = s.stored().await?;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].samples,
+        vec![samples[0].clone(), samples[6].clone()]
+    );
+
+    // Beyond even the wire type's range: the batch is not one, and the answer says where.
+    let mut json = serde_json::to_value(s.batch(vec![tcp(1.0)]))?;
+    json["samples"][0]["sent"] = serde_json::json!(5_000_000_000u64);
+    let auth = format!("Bearer {TOKEN}");
+    let (status, _, body) = s
+        .post(serde_json::to_vec(&json)?, &[("authorization", &auth)])
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "body is not a batch: samples[0].sent: invalid value: integer `5000000000`"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        s.stored().await?.len(),
+        1,
+        "the refused batch stored nothing"
+    );
+
+    // What was accepted is stored exactly as sent: the ETL dead-letters nothing.
+    let url = env.fresh_postgres_database("fs_storable").await?;
+    fiberstack_e2e::etl::migrate(&url, None).await?;
+    fiberstack_e2e::etl::drain(&env.redis_url, &url, &s.region).await?;
+    let pool = sqlx::PgPool::connect(&url).await?;
+    let rows: Vec<(String, Option<i32>, Option<i32>)> =
+        sqlx::query_as("select target, sent, received from metrics order by target")
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(
+        rows,
+        vec![
+            ("first".to_owned(), None, None),
+            ("last".to_owned(), Some(i32::MAX), Some(i32::MAX)),
+        ]
+    );
+    pool.close().await;
+    env.drop_postgres_database(&url, &[]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_refusal_is_the_json_error_with_its_headers() -> Result<()> {
+    let mut s = server().await?;
+    let good = serde_json::to_vec(&s.batch(vec![tcp(1.0)]))?;
+    let auth = format!("Bearer {TOKEN}");
+    let json_error = |what: &str, body: &Value| {
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: not the JSON error: {body}"
+        );
+    };
+
+    // 401: the RFC 6750 challenge, saying whether the token sent was wrong.
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/samples", s.url))
+        .json(&serde_json::from_slice::<Value>(&good)?)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"fiberstack\""
+    );
+    json_error("401", &response.json().await?);
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/samples", s.url))
+        .bearer_auth("wrong-token-0123456789")
+        .json(&serde_json::from_slice::<Value>(&good)?)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"fiberstack\", error=\"invalid_token\""
+    );
+
+    // The scheme is case-insensitive.
+    let lower = format!("bearer {TOKEN}");
+    let (status, _, body) = s.post(good.clone(), &[("authorization", &lower)]).await?;
+    assert_eq!(status, 202, "{body}");
+
+    // 413, compressed or not, is the JSON error.
+    let (status, _, body) = s
+        .post(vec![b' '; MAX_BODY_BYTES + 1], &[("authorization", &auth)])
+        .await?;
+    assert_eq!(status, 413);
+    json_error("413", &body);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &vec![b' '; 2 * MAX_BODY_BYTES])?;
+    let (status, _, body) = s
+        .post(
+            gz.finish()?,
+            &[("authorization", &auth), ("content-encoding", "gzip")],
+        )
+        .await?;
+    assert_eq!(status, 413);
+    json_error("413 gzip", &body);
+
+    // 415 for a body that does not say it is JSON.
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/json; charset=latin1",
+        "application/jsonx",
+    ] {
+        let (status, _, body) = s
+            .post(
+                good.clone(),
+                &[("authorization", &auth), ("content-type", content_type)],
+            )
+            .await?;
+        assert_eq!(status, 415, "{content_type}: {body}");
+        json_error(content_type, &body);
+        assert!(
+            body["error"].as_str().unwrap().contains("Content-Type"),
+            "{content_type}: {body}"
+        );
+    }
+    let before = s.stored().await?.len();
+    // JSON in any spelling, and no Content-Type at all (read as JSON), are accepted.
+    for content_type in ["application/json; charset=UTF-8", "Application/JSON", ""] {
+        let (status, _, body) = s
+            .post(
+                good.clone(),
+                &[("authorization", &auth), ("content-type", content_type)],
+            )
+            .await?;
+        assert_eq!(status, 202, "{content_type:?}: {body}");
+    }
+    assert_eq!(s.stored().await?.len(), before + 3);
+    // gzip still works with a charset.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &good)?;
+    let (status, _, body) = s
+        .post(
+            gz.finish()?,
+            &[
+                ("authorization", &auth),
+                ("content-encoding", "gzip"),
+                ("content-type", "application/json;charset=utf-8"),
+            ],
+        )
+        .await?;
+    assert_eq!(status, 202, "{body}");
+
+    // Paths and methods that are not served.
+    let response = reqwest::get(format!("{}/api/v2/samples", s.url)).await?;
+    assert_eq!(response.status().as_u16(), 404);
+    json_error("404", &response.json().await?);
+    let response = reqwest::get(format!("{}/api/v1/samples", s.url)).await?;
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    json_error("405", &response.json().await?);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `/api/openapi.json` tells the truth: every route the router serves is documented, and every
 //! documented operation, sent as the document describes it (its examples, with and without
-//! the token, with a malformed request), answers with a documented status and a body that
+//! the token, with a malformed request, an oversized or mistyped body, another region's
+//! batch), answers with a documented status, the headers documented for it, and a body that
 //! matches the documented schema — no missing required field, no undocumented one.
 
 mod common;
@@ -190,6 +191,10 @@ fn the_documented_bounds_are_the_models() -> Result<()> {
     ensure!(sample["target"]["maxLength"] == MAX_TARGET_NAME_LEN);
     ensure!(sample["address"]["maxLength"] == MAX_ADDRESS_LEN);
     ensure!(sample["error"]["maxLength"] == MAX_ERROR_LEN);
+    for field in ["sent", "received"] {
+        ensure!(sample[field]["maximum"] == MAX_COUNT, "Sample.{field}");
+        ensure!(sample[field]["minimum"] == 0, "Sample.{field}");
+    }
     let batch = &schemas["Batch"]["properties"];
     ensure!(batch["samples"]["maxItems"] == MAX_SAMPLES_PER_BATCH);
     for field in ["probe", "region", "node"] {
@@ -258,8 +263,9 @@ fn examples_match_their_schemas() -> Result<()> {
 }
 
 /// The request a client following the document would send: examples as the body and as
-/// query parameters. Sample times are moved to now so they are current.
-fn documented_request(op: &Value) -> (Option<Value>, Vec<(String, String)>) {
+/// query parameters. Sample times are moved to now so they are current, and a batch is of
+/// the `region` the service serves (as `/api/status` tells).
+fn documented_request(op: &Value, region: &str) -> (Option<Value>, Vec<(String, String)>) {
     let now = chrono::Utc::now().to_rfc3339();
     let body = op
         .pointer("/requestBody/content/application~1json/example")
@@ -269,6 +275,7 @@ fn documented_request(op: &Value) -> (Option<Value>, Vec<(String, String)>) {
                 samples
                     .iter_mut()
                     .for_each(|s| s["time"] = now.clone().into());
+                body["region"] = region.into();
             }
             if body.get("timestamp").is_some() {
                 body["timestamp"] = now.clone().into();
@@ -290,7 +297,8 @@ fn documented_request(op: &Value) -> (Option<Value>, Vec<(String, String)>) {
     (body, query)
 }
 
-/// Checks an answer against the operation's documented responses; returns the status.
+/// Checks an answer against the operation's documented responses — status, headers, body;
+/// returns the status.
 async fn answer_is_documented(
     doc: &Value,
     op: &Value,
@@ -298,8 +306,8 @@ async fn answer_is_documented(
     response: reqwest::Response,
 ) -> Result<u16> {
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
+    let headers = response.headers().clone();
+    let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
@@ -309,6 +317,17 @@ async fn answer_is_documented(
         .get(status.to_string())
         .with_context(|| format!("{what}: status {status} is not documented ({text})"))?;
     let documented = resolve(doc, documented)?;
+    for name in documented
+        .get("headers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|h| h.keys())
+    {
+        ensure!(
+            headers.contains_key(name.as_str()),
+            "{what}: {status} answered without its documented header {name}"
+        );
+    }
     let content = documented["content"]
         .as_object()
         .with_context(|| format!("{what}: {status} documents no content"))?;
@@ -334,23 +353,36 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
     let doc = document()?;
     let url = serve(&seed(), true).await?;
     let client = reqwest::Client::new();
+    let status: Value = client
+        .get(format!("{url}/api/status"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let region = status["region"]
+        .as_str()
+        .context("the status names the region")?;
     let mut seen = BTreeSet::new();
     for (path, method, op) in operations(&doc) {
-        let (body, query) = documented_request(op);
+        let (body, query) = documented_request(op, region);
         let secured = op
             .get("security")
             .and_then(Value::as_array)
             .is_none_or(|s| !s.is_empty());
         let target = url::Url::parse_with_params(&format!("{url}{path}"), &query)?;
-        let request = |token: bool, body: Option<Value>| {
+        let start = |token: Option<&str>| {
             let mut r = match method.as_str() {
                 "get" => client.get(target.clone()),
                 "post" => client.post(target.clone()),
                 other => panic!("method {other}"),
             };
-            if token {
-                r = r.bearer_auth(TOKEN);
+            if let Some(token) = token {
+                r = r.bearer_auth(token);
             }
+            r
+        };
+        let request = |token: bool, body: Option<Value>| {
+            let mut r = start(token.then_some(TOKEN));
             if let Some(body) = body {
                 r = r.json(&body);
             }
@@ -374,6 +406,21 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             .await?;
             ensure!(status == 401, "{what} without a token: {status}");
             seen.insert(format!("{what} {status}"));
+            let mut wrong = start(Some("wrong-token-0123456789"));
+            if let Some(body) = &body {
+                wrong = wrong.json(body);
+            }
+            let response = wrong.send().await?;
+            let challenge = response.headers().get("www-authenticate").cloned();
+            let what_wrong = format!("{what} with a wrong token");
+            let status = answer_is_documented(&doc, op, &what_wrong, response).await?;
+            ensure!(status == 401, "{what_wrong}: {status}");
+            ensure!(
+                challenge.is_some_and(|c| c
+                    .to_str()
+                    .is_ok_and(|c| c.contains("error=\"invalid_token\""))),
+                "{what_wrong}: the challenge says the token is invalid"
+            );
         }
         if body.is_some() {
             let status = answer_is_documented(
@@ -385,11 +432,50 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             .await?;
             ensure!(status == 400, "{what} with an empty object: {status}");
             seen.insert(format!("{what} {status}"));
+            let too_large = start(Some(TOKEN))
+                .header("content-type", "application/json")
+                .body(vec![b' '; fiber_ingest::api::MAX_BODY_BYTES + 1])
+                .send()
+                .await?;
+            let status =
+                answer_is_documented(&doc, op, &format!("{what} over 1 MiB"), too_large).await?;
+            ensure!(status == 413, "{what} over 1 MiB: {status}");
+            seen.insert(format!("{what} {status}"));
+            let mistyped = start(Some(TOKEN))
+                .header("content-type", "text/plain")
+                .body(serde_json::to_vec(&body)?)
+                .send()
+                .await?;
+            let status =
+                answer_is_documented(&doc, op, &format!("{what} as text/plain"), mistyped).await?;
+            ensure!(status == 415, "{what} as text/plain: {status}");
+            seen.insert(format!("{what} {status}"));
         }
     }
+    // Another region's batch.
+    let op = doc.pointer("/paths/~1api~1v1~1samples/post").unwrap();
+    let (Some(mut forged), _) = documented_request(op, "nigeria") else {
+        bail!("postSamples has an example");
+    };
+    forged["node"] = "ng-fake-9".into();
+    let response = client
+        .post(format!("{url}/api/v1/samples"))
+        .bearer_auth(TOKEN)
+        .json(&forged)
+        .send()
+        .await?;
+    let status = answer_is_documented(&doc, op, "another region's batch", response).await?;
+    ensure!(status == 403, "another region's batch: {status}");
+    seen.insert(format!("post /api/v1/samples {status}"));
     // Malformed query parameters: a documented 400 with the Error schema.
     let op = doc.pointer("/paths/~1api~1v1~1metrics/get").unwrap();
-    for bad in ["aggregation=weekly", "limit=0", "start=yesterday"] {
+    for bad in [
+        "aggregation=weekly",
+        "limit=0",
+        "limit=abc",
+        "start=yesterday",
+        "node=gh%00accra",
+    ] {
         let response = client
             .get(format!("{url}/api/v1/metrics?{bad}"))
             .bearer_auth(TOKEN)
@@ -418,6 +504,6 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             .unwrap();
         check(&doc, schema, &body, &what)?;
     }
-    assert_eq!(seen.len(), 15, "{seen:?}");
+    assert_eq!(seen.len(), 20, "{seen:?}");
     Ok(())
 }

@@ -96,6 +96,12 @@ async fn bad_parameters_are_named() -> Result<()> {
             "is not before end",
         ),
         ("limit=0", "limit: 0 is out of range"),
+        // Refused by the extractor, answered with the JSON error all the same.
+        ("limit=abc", "limit: invalid digit found in string"),
+        // The database cannot take a NUL: 400 naming the parameter, not a database error.
+        ("node=gh%00accra", "node: contains a NUL character"),
+        ("target=%00", "target: contains a NUL character"),
+        ("probe=a%00/b", "probe: contains a NUL character"),
     ] {
         let (status, body) = get(&format!("{url}/api/v1/metrics?{query}")).await?;
         assert_eq!(status, 400, "{query}: {body}");
@@ -106,6 +112,30 @@ async fn bad_parameters_are_named() -> Result<()> {
     }
     let unauthorized = reqwest::get(format!("{url}/api/v1/nodes")).await?;
     assert_eq!(unauthorized.status().as_u16(), 401);
+    assert_eq!(
+        unauthorized.headers()["www-authenticate"],
+        "Bearer realm=\"fiberstack\""
+    );
+    let wrong = reqwest::Client::new()
+        .get(format!("{url}/api/v1/metrics?limit=abc"))
+        .bearer_auth("wrong-token-0123456789")
+        .send()
+        .await?;
+    assert_eq!(wrong.status().as_u16(), 401, "the token is checked first");
+    assert_eq!(
+        wrong.headers()["www-authenticate"],
+        "Bearer realm=\"fiberstack\", error=\"invalid_token\""
+    );
+    let lower_case = reqwest::Client::new()
+        .get(format!("{url}/api/v1/nodes"))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await?;
+    assert_eq!(
+        lower_case.status().as_u16(),
+        200,
+        "the scheme is case-insensitive"
+    );
     Ok(())
 }
 

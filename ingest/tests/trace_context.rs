@@ -53,7 +53,7 @@ async fn serve() -> Result<Server> {
 impl Server {
     /// Posts a one-sample batch; returns the `traceparent` stored with its stream entry.
     async fn post(&mut self, traceparent: Option<&str>) -> Result<Option<String>> {
-        let batch = fiberstack_e2e::batch(
+        let mut batch = fiberstack_e2e::batch(
             "gh-accra-1",
             vec![Sample {
                 latency_ms: Some(1.5),
@@ -61,6 +61,7 @@ impl Server {
                 ..Sample::new(chrono::Utc::now(), "db", CheckKind::Tcp, true)
             }],
         );
+        batch.region = self.region.clone();
         let mut request = reqwest::Client::new()
             .post(format!("{}/api/v1/samples", self.url))
             .header("authorization", format!("Bearer {TOKEN}"))

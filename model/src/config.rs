@@ -117,8 +117,15 @@ impl Default for BufferConfig {
 #[cfg_attr(feature = "schemars", schemars(transform = exactly_one_check))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Target {
-    /// Unique within the probe; becomes the samples' `target`.
-    #[cfg_attr(feature = "schemars", schemars(length(min = 1, max = 63)))]
+    /// Unique within the probe, 1 to 63 characters without leading or trailing spaces or
+    /// control characters; becomes the samples' `target`.
+    #[cfg_attr(
+        feature = "schemars",
+        schemars(length(min = 1, max = 63), extend("x-kubernetes-validations" = [{
+            "rule": r"self.matches(r'^[^\p{Z}\p{Cc}]([^\p{Cc}]*[^\p{Z}\p{Cc}])?$')",
+            "message": "must not begin or end with a space or hold control characters",
+        }]))
+    )]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp: Option<IcmpCheck>,
@@ -163,29 +170,30 @@ pub struct TargetThresholds {
 }
 
 impl TargetThresholds {
-    fn validate(&self) -> Result<(), ValidationError> {
+    fn problems(&self) -> Problems {
+        let mut p = Problems::default();
         if let Some(p95) = self
             .latency_p95_ms
             .filter(|v| !(v.is_finite() && *v >= 0.0))
         {
-            return Err(ValidationError::new(
+            p.add(
                 "latencyP95Ms",
                 format!("{p95} is out of range, expected 0 ms or more"),
-            ));
+            );
         }
         if let Some(loss) = self.packet_loss_pct {
-            validate::percent("packetLossPct", loss)?;
+            p.check(validate::percent("packetLossPct", loss));
         }
         if let Some(up) = self.uptime_pct {
-            validate::percent("uptimePct", up)?;
+            p.check(validate::percent("uptimePct", up));
         }
-        match self.cert_expiry_days {
-            Some(days) if days > MAX_CERT_EXPIRY_DAYS => Err(ValidationError::new(
+        if let Some(days) = self.cert_expiry_days.filter(|d| *d > MAX_CERT_EXPIRY_DAYS) {
+            p.add(
                 "certExpiryDays",
                 format!("{days} is out of range, expected 0 to {MAX_CERT_EXPIRY_DAYS} days"),
-            )),
-            _ => Ok(()),
+            );
         }
+        p
     }
 }
 
@@ -265,21 +273,35 @@ impl Target {
         }
     }
 
-    /// Checks the target against the probe's `interval` and `timeout`.
+    /// Checks the target against the probe's `interval` and `timeout`: the first rule it
+    /// breaks.
     pub fn validate(&self, interval: Duration, timeout: Duration) -> Result<(), ValidationError> {
-        validate::name("name", &self.name, validate::MAX_TARGET_NAME_LEN)?;
-        let check = self.check()?;
-        match check {
-            Check::Icmp(c) => c.validate(interval, timeout),
-            Check::Tcp(c) => c.validate(),
-            Check::Http(c) => c.validate(),
-            Check::Dns(c) => c.validate(),
+        self.problems(interval, timeout).first()
+    }
+
+    fn problems(&self, interval: Duration, timeout: Duration) -> Problems {
+        let mut p = Problems::default();
+        p.check(validate::name(
+            "name",
+            &self.name,
+            validate::MAX_TARGET_NAME_LEN,
+        ));
+        match self.check() {
+            Err(e) => p.0.push(e),
+            Ok(check) => p.within(
+                check.kind().as_str(),
+                match check {
+                    Check::Icmp(c) => c.problems(interval, timeout),
+                    Check::Tcp(c) => c.problems(),
+                    Check::Http(c) => c.problems(),
+                    Check::Dns(c) => c.problems(),
+                },
+            ),
         }
-        .map_err(|e| e.within(check.kind().as_str()))?;
-        match &self.thresholds {
-            Some(t) => t.validate().map_err(|e| e.within("thresholds")),
-            None => Ok(()),
+        if let Some(t) = &self.thresholds {
+            p.within("thresholds", t.problems());
         }
+        p
     }
 }
 
@@ -288,16 +310,20 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IcmpCheck {
-    /// IPv4 or IPv6 address or host name.
+    /// IPv4 or IPv6 address or host name to ping, e.g. 8.8.8.8 or 2001:4860:4860::8888.
+    #[cfg_attr(
+        feature = "schemars",
+        schemars(length(min = 1, max = MAX_HOST_LEN), extend("x-kubernetes-validations" = host_rules()))
+    )]
     pub host: String,
-    /// Echo requests per round.
+    /// Echo requests per round, 1 to 100. Default 5.
     #[serde(default = "default_icmp_count")]
     #[cfg_attr(feature = "schemars", schemars(range(min = 1, max = MAX_ICMP_COUNT)))]
     pub count: u32,
-    /// Time between two echo requests of a round.
+    /// Time between two echo requests of a round, Go duration syntax. Default 200ms.
     #[serde(default = "default_icmp_spacing")]
     pub spacing: Duration,
-    /// ICMP payload size in bytes.
+    /// ICMP payload size in bytes, at most 65507. Default 56.
     #[serde(default = "default_icmp_payload")]
     #[cfg_attr(feature = "schemars", schemars(range(max = MAX_ICMP_PAYLOAD)))]
     pub payload_bytes: u32,
@@ -316,61 +342,72 @@ fn default_icmp_payload() -> u32 {
 }
 
 impl IcmpCheck {
-    fn validate(&self, interval: Duration, timeout: Duration) -> Result<(), ValidationError> {
-        host("host", &self.host)?;
+    fn problems(&self, interval: Duration, timeout: Duration) -> Problems {
+        let mut p = Problems::default();
+        p.check(host("host", &self.host));
         if !(1..=MAX_ICMP_COUNT).contains(&self.count) {
-            return Err(ValidationError::new(
+            p.add(
                 "count",
                 format!(
                     "{} is out of range, expected 1 to {MAX_ICMP_COUNT}",
                     self.count
                 ),
-            ));
+            );
         }
         if self.payload_bytes > MAX_ICMP_PAYLOAD {
-            return Err(ValidationError::new(
+            p.add(
                 "payloadBytes",
                 format!("{} is larger than {MAX_ICMP_PAYLOAD}", self.payload_bytes),
-            ));
+            );
         }
         // The last echo leaves after (count-1) spacings and may take the whole timeout.
-        let round = self.spacing.0 * (self.count - 1) + timeout.0;
-        if round >= interval.0 {
-            return Err(ValidationError::new(
+        let round = self
+            .spacing
+            .0
+            .checked_mul(self.count.saturating_sub(1))
+            .and_then(|echoes| echoes.checked_add(timeout.0));
+        let took = match round {
+            Some(round) if round < interval.0 => None,
+            Some(round) => Some(Duration(round).to_string()),
+            None => Some("longer than can be counted".to_owned()),
+        };
+        if let Some(took) = took {
+            p.add(
                 "spacing",
                 format!(
-                    "{} echoes {} apart plus the {} timeout take {}, which does not fit in the {} interval",
-                    self.count,
-                    self.spacing,
-                    timeout,
-                    Duration(round),
-                    interval
+                    "{} echoes {} apart plus the {} timeout take {took}, which does not fit in the {} interval",
+                    self.count, self.spacing, timeout, interval
                 ),
-            ));
+            );
         }
-        Ok(())
+        p
     }
 }
 
-/// TCP connect.
+/// TCP connect: the time to complete the handshake.
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpCheck {
+    /// IPv4 or IPv6 address or host name to connect to, e.g. 10.0.0.5 or db.example.com.
+    #[cfg_attr(
+        feature = "schemars",
+        schemars(length(min = 1, max = MAX_HOST_LEN), extend("x-kubernetes-validations" = host_rules()))
+    )]
     pub host: String,
+    /// TCP port, 1 to 65535.
+    #[cfg_attr(feature = "schemars", schemars(range(min = 1)))]
     pub port: u16,
 }
 
 impl TcpCheck {
-    fn validate(&self) -> Result<(), ValidationError> {
-        host("host", &self.host)?;
+    fn problems(&self) -> Problems {
+        let mut p = Problems::default();
+        p.check(host("host", &self.host));
         if self.port == 0 {
-            return Err(ValidationError::new(
-                "port",
-                "0 is not a TCP port (1 to 65535)",
-            ));
+            p.add("port", "0 is not a TCP port (1 to 65535)");
         }
-        Ok(())
+        p
     }
 }
 
@@ -379,72 +416,95 @@ impl TcpCheck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpCheck {
-    /// `http://` or `https://` URL.
+    /// `http://` or `https://` URL with a host, at most 2048 characters, e.g.
+    /// https://api.example.com/health.
+    #[cfg_attr(
+        feature = "schemars",
+        schemars(length(max = validate::MAX_ADDRESS_LEN), extend("x-kubernetes-validations" = [{
+            "rule": "isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && url(self).getPort().size() <= 5 && (url(self).getPort() == '' || int(url(self).getPort()) <= 65535)",
+            "message": "must be an http:// or https:// URL with a host, such as https://api.example.com/health",
+            "messageExpression": "'\"' + self + '\" is not an http:// or https:// URL with a host, such as https://api.example.com/health'",
+        }]))
+    )]
     pub url: String,
-    /// Statuses that count as up; empty means any 2xx.
+    /// Statuses that count as up, each 100 to 599; empty means any 2xx.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schemars", schemars(inner(range(min = 100, max = 599))))]
     pub expect_status: Vec<u16>,
-    /// Text the response body must contain to count as up.
+    /// Text the response body must contain to count as up; not empty. Unset: the body is
+    /// not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schemars", schemars(length(min = 1)))]
     pub body_contains: Option<String>,
-    /// Follow redirects (off: a redirect is measured as the response it is).
+    /// Follow redirects (off: a redirect is measured as the response it is). Default false.
     #[serde(default)]
     pub follow_redirects: bool,
 }
 
 impl HttpCheck {
-    fn validate(&self) -> Result<(), ValidationError> {
-        let url = url::Url::parse(&self.url).map_err(|e| {
-            ValidationError::new("url", format!("{:?} is not a URL: {e}", self.url))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ValidationError::new(
+    fn problems(&self) -> Problems {
+        let mut p = Problems::default();
+        p.check(validate::text("url", &self.url, validate::MAX_ADDRESS_LEN));
+        match url::Url::parse(&self.url) {
+            Err(e) => p.add("url", format!("{:?} is not a URL: {e}", self.url)),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => p.add(
                 "url",
                 format!(
                     "{:?} has scheme {:?}, expected http or https",
                     self.url,
                     url.scheme()
                 ),
-            ));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(ValidationError::new(
-                "url",
-                format!("{:?} has no host", self.url),
-            ));
+            ),
+            Ok(url) if url.host_str().is_none_or(str::is_empty) => {
+                p.add("url", format!("{:?} has no host", self.url));
+            }
+            Ok(_) => {}
         }
         for (i, code) in self.expect_status.iter().enumerate() {
             if !(100..=599).contains(code) {
-                return Err(ValidationError::new(
+                p.add(
                     format!("expectStatus[{i}]"),
                     format!("{code} is not an HTTP status code (100 to 599)"),
-                ));
+                );
             }
         }
-        if let Some(text) = &self.body_contains
-            && text.is_empty()
-        {
-            return Err(ValidationError::new(
-                "bodyContains",
-                "is empty; omit it to not check the body",
-            ));
+        if self.body_contains.as_deref() == Some("") {
+            p.add("bodyContains", "is empty; omit it to not check the body");
         }
-        Ok(())
+        p
     }
 }
 
-/// DNS query.
+/// DNS query: the time to an answer from the resolver.
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DnsCheck {
-    /// The name to resolve.
+    /// The name to resolve, e.g. example.com: dot-separated labels of 1 to 63 characters,
+    /// at most 253 characters besides an optional final dot.
+    #[cfg_attr(
+        feature = "schemars",
+        schemars(length(min = 1, max = 254), extend("x-kubernetes-validations" = [{
+            "rule": r"self.matches(r'^([^.]{1,63}\.)*[^.]{1,63}\.?$') && self.size() - (self.endsWith('.') ? 1 : 0) <= 253",
+            "message": "must be a DNS name: dot-separated labels of 1 to 63 characters, at most 253 characters besides a final dot",
+            "messageExpression": r#"'"' + self + '" is not a DNS name: dot-separated labels of 1 to 63 characters, at most 253 characters besides a final dot'"#,
+        }]))
+    )]
     pub query: String,
-    /// Record type to ask for.
+    /// Record type to ask for: A (default), AAAA, CNAME, MX, NS, TXT, SOA, SRV, PTR or CAA.
     #[serde(rename = "type", default)]
     pub record_type: DnsRecordType,
-    /// Resolver address (`ip` or `ip:port`); the system's resolver when absent.
+    /// Resolver to ask, `ip` or `ip:port` (IPv6 with a port in brackets, e.g.
+    /// [2606:4700::1111]:53; port 53 when left out). Unset: the node's resolver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schemars",
+        schemars(length(min = 1, max = 64), extend("x-kubernetes-validations" = [{
+            "rule": r"isIP(self) || (self.matches(r'^[0-9.]+:[0-9]{1,5}$') && isIP(self.substring(0, self.indexOf(':'))) && int(self.substring(self.indexOf(':') + 1)) <= 65535) || (self.matches(r'^\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]:[0-9]{1,5}$') && isIP(self.substring(1, self.indexOf(']'))) && int(self.substring(self.indexOf(']') + 2)) <= 65535)",
+            "message": "must be an IP address or ip:port such as 1.1.1.1 or [2606:4700::1111]:53",
+            "messageExpression": r#"'"' + self + '" is not an IP address or ip:port such as 1.1.1.1 or [2606:4700::1111]:53'"#,
+        }]))
+    )]
     pub server: Option<String>,
 }
 
@@ -466,48 +526,86 @@ pub enum DnsRecordType {
 }
 
 impl DnsCheck {
-    fn validate(&self) -> Result<(), ValidationError> {
-        let q = self.query.trim_end_matches('.');
+    fn problems(&self) -> Problems {
+        let mut p = Problems::default();
+        let q = self.query.strip_suffix('.').unwrap_or(&self.query);
         if q.is_empty() || q.len() > 253 {
-            return Err(ValidationError::new(
+            p.add(
                 "query",
                 format!("{:?} is not a DNS name (1 to 253 characters)", self.query),
-            ));
-        }
-        if let Some(label) = q.split('.').find(|l| l.is_empty() || l.len() > 63) {
-            return Err(ValidationError::new(
+            );
+        } else if let Some(label) = q.split('.').find(|l| l.is_empty() || l.len() > 63) {
+            p.add(
                 "query",
                 format!(
                     "{:?} has a label {label:?} that is empty or longer than 63 characters",
                     self.query
                 ),
-            ));
+            );
         }
         if let Some(server) = &self.server {
             let ok =
                 server.parse::<std::net::IpAddr>().is_ok() || server.parse::<SocketAddr>().is_ok();
             if !ok {
-                return Err(ValidationError::new(
+                p.add(
                     "server",
                     format!(
                         "{server:?} is not an IP address or ip:port such as 1.1.1.1 or [2606:4700::1111]:53"
                     ),
-                ));
+                );
             }
         }
-        Ok(())
+        p
     }
 }
 
+/// Longest host name: a DNS name is at most 253 characters.
+const MAX_HOST_LEN: usize = 253;
+
+/// A host to probe: an IP address, or a DNS name of dot-separated labels of 1 to 63 letters,
+/// digits, '-' and '_' (not starting or ending with '-') with an optional final dot. A name of
+/// digits and dots only must be an IPv4 address: resolvers read "1.2.3" as 1.2.0.3.
 fn host(field: &str, value: &str) -> Result<(), ValidationError> {
-    validate::name(field, value, 253)?;
-    if value.contains(char::is_whitespace) || value.contains('/') {
+    validate::name(field, value, MAX_HOST_LEN)?;
+    if value.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let name = value.strip_suffix('.').unwrap_or(value);
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let numeric = name.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if numeric || !name.split('.').all(label) {
         return Err(ValidationError::new(
             field,
-            format!("{value:?} is not a host name or IP address"),
+            format!("{value:?} is not an IP address or a host name ({HOST_SYNTAX})"),
         ));
     }
     Ok(())
+}
+
+const HOST_SYNTAX: &str =
+    "letters, digits, '-' and '_' in dot-separated labels of at most 63 characters";
+
+/// The API server's rule for a host: what [`host`] accepts, but for IPv4-mapped IPv6
+/// addresses such as ::ffff:1.2.3.4, which CEL's `isIP` refuses.
+#[cfg(feature = "schemars")]
+fn host_rules() -> serde_json::Value {
+    let label = "[A-Za-z0-9_]([-A-Za-z0-9_]{0,61}[A-Za-z0-9_])?";
+    serde_json::json!([{
+        "rule": format!(
+            r"isIP(self) || (self.matches(r'^({label}\.)*{label}\.?$') && !self.matches(r'^[0-9.]+$'))"
+        ),
+        "message": format!("must be an IP address or a host name ({HOST_SYNTAX})"),
+        "messageExpression": format!(
+            r#"'"' + self + '" is not an IP address or a host name ({})'"#,
+            HOST_SYNTAX.replace('\'', "\\'")
+        ),
+    }])
 }
 
 /// Why a probe configuration could not be used.
@@ -531,114 +629,157 @@ impl ProbeConfig {
         serde_yaml::to_string(self).expect("a ProbeConfig always serializes")
     }
 
+    /// The first rule the configuration breaks.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        validate::name("node", &self.node, validate::MAX_NAME_LEN).map_err(|e| {
-            ValidationError::new(
-                e.field,
-                format!("{} (set it in the file or with NODE_NAME)", e.message),
-            )
-        })?;
-        validate::name("probe", &self.probe, validate::MAX_NAME_LEN)?;
-        if self.probe.split('/').filter(|p| !p.is_empty()).count() != 2
+        self.collect().first()
+    }
+
+    /// Every rule the configuration breaks, in the order of its fields, so that one reading
+    /// tells all that is to be fixed.
+    pub fn problems(&self) -> Vec<ValidationError> {
+        self.collect().0
+    }
+
+    fn collect(&self) -> Problems {
+        let mut p = Problems::default();
+        p.check(
+            validate::name("node", &self.node, validate::MAX_NAME_LEN).map_err(|e| {
+                ValidationError::new(
+                    e.field,
+                    format!("{} (set it in the file or with NODE_NAME)", e.message),
+                )
+            }),
+        );
+        if let Err(e) = validate::name("probe", &self.probe, validate::MAX_NAME_LEN) {
+            p.0.push(e);
+        } else if self.probe.split('/').filter(|p| !p.is_empty()).count() != 2
             || self.probe.matches('/').count() != 1
         {
-            return Err(ValidationError::new(
+            p.add(
                 "probe",
                 format!("{:?} is not namespace/name of a FiberProbe", self.probe),
-            ));
+            );
         }
-        validate::name("region", &self.region, validate::MAX_NAME_LEN)?;
-        validate::country("country", &self.country)?;
+        p.check(validate::name(
+            "region",
+            &self.region,
+            validate::MAX_NAME_LEN,
+        ));
+        p.check(validate::country("country", &self.country));
         if self.interval < MIN_INTERVAL {
-            return Err(ValidationError::new(
+            p.add(
                 "interval",
                 format!(
                     "{} is shorter than the minimum of {MIN_INTERVAL}",
                     self.interval
                 ),
-            ));
+            );
         }
         if self.timeout.0.is_zero() || self.timeout >= self.interval {
-            return Err(ValidationError::new(
+            p.add(
                 "timeout",
                 format!(
                     "{} must be above 0 and below the interval {}",
                     self.timeout, self.interval
                 ),
-            ));
+            );
         }
-        self.ingest.validate().map_err(|e| e.within("ingest"))?;
+        p.within("ingest", self.ingest.problems());
         if self.buffer.max_bytes.0 < 1 << 20 {
-            return Err(ValidationError::new(
+            p.add(
                 "buffer.maxBytes",
                 format!("{} is below the minimum of 1Mi", self.buffer.max_bytes),
-            ));
+            );
         }
         if self.buffer.dir.as_os_str().is_empty() {
-            return Err(ValidationError::new("buffer.dir", "must not be empty"));
+            p.add("buffer.dir", "must not be empty");
         }
         if self.targets.is_empty() {
-            return Err(ValidationError::new(
-                "targets",
-                "is empty; a probe needs at least one target",
-            ));
+            p.add("targets", "is empty; a probe needs at least one target");
         }
         let mut seen = HashMap::new();
         for (i, target) in self.targets.iter().enumerate() {
             let path = format!("targets[{i}]");
-            target
-                .validate(self.interval, self.timeout)
-                .map_err(|e| e.within(&path))?;
+            p.within(&path, target.problems(self.interval, self.timeout));
             if let Some(first) = seen.insert(target.name.as_str(), i) {
-                return Err(ValidationError::new(
+                p.add(
                     format!("{path}.name"),
                     format!(
                         "{:?} is already the name of targets[{first}]; target names must be unique",
                         target.name
                     ),
-                ));
+                );
             }
         }
-        Ok(())
+        p
     }
 }
 
 impl IngestConfig {
-    fn validate(&self) -> Result<(), ValidationError> {
+    fn problems(&self) -> Problems {
+        let mut p = Problems::default();
         if self.urls.is_empty() {
-            return Err(ValidationError::new(
+            p.add(
                 "urls",
                 "is empty; give at least one ingest URL (or set FIBER_INGEST_URL)",
-            ));
+            );
         }
         for (i, u) in self.urls.iter().enumerate() {
-            let parsed = url::Url::parse(u).map_err(|e| {
-                ValidationError::new(format!("urls[{i}]"), format!("{u:?} is not a URL: {e}"))
-            })?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(ValidationError::new(
+            match url::Url::parse(u) {
+                Err(e) => p.add(format!("urls[{i}]"), format!("{u:?} is not a URL: {e}")),
+                Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => p.add(
                     format!("urls[{i}]"),
                     format!(
                         "{u:?} has scheme {:?}, expected http or https",
                         parsed.scheme()
                     ),
-                ));
+                ),
+                Ok(_) => {}
             }
         }
         if !(1..=validate::MAX_SAMPLES_PER_BATCH).contains(&self.batch_max_samples) {
-            return Err(ValidationError::new(
+            p.add(
                 "batchMaxSamples",
                 format!(
                     "{} is out of range, expected 1 to {}",
                     self.batch_max_samples,
                     validate::MAX_SAMPLES_PER_BATCH
                 ),
-            ));
+            );
         }
         if self.batch_max_delay.0.is_zero() {
-            return Err(ValidationError::new("batchMaxDelay", "must be above 0"));
+            p.add("batchMaxDelay", "must be above 0");
         }
-        Ok(())
+        p
+    }
+}
+
+/// The rules a value breaks, each naming its field.
+#[derive(Debug, Default)]
+struct Problems(Vec<ValidationError>);
+
+impl Problems {
+    /// Notes the rule `result` says is broken, if any.
+    fn check(&mut self, result: Result<(), ValidationError>) {
+        if let Err(e) = result {
+            self.0.push(e);
+        }
+    }
+
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ValidationError::new(field, message));
+    }
+
+    /// Notes the rules broken inside the field `parent`.
+    fn within(&mut self, parent: &str, inner: Problems) {
+        self.0.extend(inner.0.into_iter().map(|e| e.within(parent)));
+    }
+
+    fn first(self) -> Result<(), ValidationError> {
+        match self.0.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -935,6 +1076,117 @@ targets:
         assert!(e.message.contains("targets[1]"), "{e}");
         let e = invalid(|c| c.node.clear());
         assert!(e.message.contains("NODE_NAME"), "{e}");
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported_in_field_order() {
+        let mut c = example();
+        c.timeout = Duration::default();
+        icmp(&mut c).host = "a b".into();
+        icmp(&mut c).count = 0;
+        let http = c.targets[1].http.as_mut().unwrap();
+        http.url = "ftp://x/".into();
+        http.expect_status = vec![999, 200, 0];
+        c.targets[2].tcp.as_mut().unwrap().port = 0;
+        c.targets[3].name = "api".into();
+        let fields: Vec<String> = c.problems().into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "timeout",
+                "targets[0].icmp.host",
+                "targets[0].icmp.count",
+                "targets[1].http.url",
+                "targets[1].http.expectStatus[0]",
+                "targets[1].http.expectStatus[2]",
+                "targets[2].tcp.port",
+                "targets[3].name",
+            ]
+        );
+        assert_eq!(c.validate().unwrap_err().field, "timeout");
+        assert_eq!(example().problems(), []);
+    }
+
+    #[test]
+    fn hosts_are_ip_addresses_or_host_names() {
+        let with_host = |h: &str| {
+            let mut c = example();
+            icmp(&mut c).host = h.into();
+            c.targets[2].tcp.as_mut().unwrap().host = h.into();
+            c.problems()
+        };
+        let long_label = "a".repeat(64);
+        for ok in [
+            "8.8.8.8",
+            "::1",
+            "2001:4860:4860::8888",
+            "localhost",
+            "mail.example.com",
+            "mail.example.com.",
+            "db_1.internal",
+            "host.fiberstack.svc.cluster.local",
+            "1e100.net",
+        ] {
+            assert_eq!(with_host(ok), [], "{ok}");
+        }
+        for bad in [
+            "a b",
+            "1.2.3",
+            "1.2.3.4.",
+            "999.1.1.1",
+            "-a.example.com",
+            "a-.example.com",
+            "a..b",
+            ".",
+            "example.com/x",
+            "[::1]",
+            "http://example.com",
+            long_label.as_str(),
+        ] {
+            let fields: Vec<String> = with_host(bad).into_iter().map(|e| e.field).collect();
+            assert_eq!(
+                fields,
+                ["targets[0].icmp.host", "targets[2].tcp.host"],
+                "{bad}"
+            );
+        }
+        let e = invalid(|c| icmp(c).host = "1.2.3".into());
+        assert!(
+            e.message
+                .contains("\"1.2.3\" is not an IP address or a host name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_dns_query_may_end_in_one_dot() {
+        let query = |q: &str| {
+            let mut c = example();
+            c.targets[3].dns.as_mut().unwrap().query = q.into();
+            c.validate()
+        };
+        assert!(query("example.com.").is_ok());
+        assert!(query("_dmarc.example.com").is_ok());
+        assert_eq!(
+            query("example.com..").unwrap_err().field,
+            "targets[3].dns.query"
+        );
+        assert_eq!(query(".").unwrap_err().field, "targets[3].dns.query");
+    }
+
+    #[test]
+    fn an_http_url_fits_a_samples_address() {
+        let long = format!("https://example.com/{}", "a".repeat(2_048));
+        let e = invalid(|c| c.targets[1].http.as_mut().unwrap().url = long);
+        assert_eq!(e.field, "targets[1].http.url");
+        assert!(e.message.contains("at most 2048"), "{e}");
+    }
+
+    #[test]
+    fn an_icmp_round_too_long_to_count_is_refused_not_a_panic() {
+        let e = invalid(|c| icmp(c).spacing = Duration(std::time::Duration::MAX));
+        assert_eq!(e.field, "targets[0].icmp.spacing");
+        assert!(e.message.contains("longer than can be counted"), "{e}");
     }
 
     #[test]

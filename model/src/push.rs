@@ -56,6 +56,7 @@ impl PushSample {
         if let Some(v) = self.packet_loss {
             validate::percent("packet_loss", v)?;
         }
+        validate::json_object("metadata", &self.metadata)?;
         if self.timestamp > now + chrono::Duration::seconds(MAX_FUTURE_SKEW_SECS) {
             return Err(ValidationError::new(
                 "timestamp",
@@ -145,6 +146,7 @@ mod tests {
             ("uptime_pct", json!(-1), "uptime_pct"),
             ("packet_loss", json!(100.1), "packet_loss"),
             ("timestamp", json!("2026-11-23T12:05:01Z"), "timestamp"),
+            ("metadata", json!({"isp": "MTN\u{0}"}), "metadata.isp"),
         ] {
             let mut payload = seed_payload();
             payload[key] = value;

@@ -105,17 +105,20 @@ pub struct Sample {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 100))]
     pub packet_loss: Option<f64>,
-    /// Packets sent (ICMP).
+    /// Packets sent (ICMP); at most 2147483647 (the database's `integer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 2147483647))]
     pub sent: Option<u32>,
     /// Replies received (ICMP); not more than `sent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 2147483647))]
     pub received: Option<u32>,
     /// HTTP status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "utoipa", schema(minimum = 100, maximum = 599))]
     pub status_code: Option<u16>,
-    /// Why the check failed.
+    /// Why the check failed. Any text but the NUL character (U+0000), which the database
+    /// cannot store (as in every string of a sample).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "utoipa", schema(max_length = 1024))]
     pub error: Option<String>,
@@ -220,6 +223,12 @@ impl Sample {
         if let Some(loss) = self.packet_loss {
             validate::percent("packet_loss", loss)?;
         }
+        if let Some(sent) = self.sent {
+            validate::count("sent", sent)?;
+        }
+        if let Some(received) = self.received {
+            validate::count("received", received)?;
+        }
         if let (Some(sent), Some(received)) = (self.sent, self.received)
             && received > sent
         {
@@ -242,6 +251,7 @@ impl Sample {
             validate::text("error", error, validate::MAX_ERROR_LEN)?;
         }
         if !self.metadata.is_empty() {
+            validate::json_object("metadata", &self.metadata)?;
             let size = serde_json::to_vec(&self.metadata)
                 .map(|v| v.len())
                 .unwrap_or(usize::MAX);
@@ -557,6 +567,44 @@ mod tests {
                 },
                 "error",
             ),
+            (
+                Sample {
+                    error: Some("timed out\0".into()),
+                    ..icmp()
+                },
+                "error",
+            ),
+            (
+                Sample {
+                    address: "8.8.8.8\0".into(),
+                    ..icmp()
+                },
+                "address",
+            ),
+            (
+                Sample {
+                    sent: Some(1 << 31),
+                    received: Some(4),
+                    ..icmp()
+                },
+                "sent",
+            ),
+            (
+                Sample {
+                    sent: Some(u32::MAX),
+                    received: Some(u32::MAX),
+                    ..icmp()
+                },
+                "sent",
+            ),
+            (
+                Sample {
+                    sent: None,
+                    received: Some(1 << 31),
+                    ..icmp()
+                },
+                "received",
+            ),
         ];
         for (sample, field) in cases {
             assert_eq!(field_of(sample.clone()), field, "{sample:?}");
@@ -564,6 +612,19 @@ mod tests {
         let mut big = icmp();
         big.metadata.insert("blob".into(), json!("x".repeat(9000)));
         assert_eq!(field_of(big), "metadata");
+        let mut nul = icmp();
+        nul.metadata
+            .insert("dns".into(), json!({"answers": ["a", "b\u{0}"]}));
+        assert_eq!(field_of(nul), "metadata.dns.answers[1]");
+        let mut nul_key = icmp();
+        nul_key.metadata.insert("k\0".into(), json!(1));
+        assert_eq!(field_of(nul_key), "metadata");
+        let largest = Sample {
+            sent: Some(i32::MAX as u32),
+            received: Some(i32::MAX as u32),
+            ..icmp()
+        };
+        assert_eq!(largest.validate(now()), Ok(()));
     }
 
     #[test]
@@ -689,6 +750,13 @@ mod tests {
             (
                 Batch {
                     agent_version: "v".repeat(65),
+                    ..batch(vec![icmp()])
+                },
+                "agent_version",
+            ),
+            (
+                Batch {
+                    agent_version: "0.1.0\0".into(),
                     ..batch(vec![icmp()])
                 },
                 "agent_version",

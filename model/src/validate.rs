@@ -18,6 +18,8 @@ pub const MAX_ADDRESS_LEN: usize = 2_048;
 pub const MAX_ERROR_LEN: usize = 1_024;
 /// Largest `metadata` object, serialized as JSON.
 pub const MAX_METADATA_BYTES: usize = 8_192;
+/// Largest packet count (`sent`, `received`): the database stores them as `integer`.
+pub const MAX_COUNT: u32 = i32::MAX as u32;
 
 /// A value that breaks a rule: `field` is a path such as `samples[3].latency_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,13 +86,64 @@ pub(crate) fn name(field: &str, value: &str, max: usize) -> Result {
     Ok(())
 }
 
-/// Free text of at most `max` characters (may be empty).
+/// Free text of at most `max` characters (may be empty) that the database can store.
 pub(crate) fn text(field: &str, value: &str, max: usize) -> Result {
     let len = value.chars().count();
     if len > max {
         return Err(ValidationError::new(
             field,
             format!("is {len} characters long, at most {max} are allowed"),
+        ));
+    }
+    storable(field, value)
+}
+
+/// Refuses a NUL character (U+0000): PostgreSQL stores none in `text` or `jsonb`, so a
+/// string holding one could be accepted but never stored. Other control characters are
+/// stored as sent.
+fn storable(field: &str, value: &str) -> Result {
+    match value.chars().position(|c| c == '\0') {
+        None => Ok(()),
+        Some(at) => Err(ValidationError::new(
+            field,
+            format!(
+                "contains a NUL character (U+0000) at character {at}, which cannot be stored; \
+                 leave it out or escape it"
+            ),
+        )),
+    }
+}
+
+/// A JSON value the database can store in `jsonb`: no NUL character in any string or
+/// object key, at any depth. A nested value is named by its path: `metadata.answers[2]`.
+pub(crate) fn json(field: &str, value: &serde_json::Value) -> Result {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => storable(field, s),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| json(&format!("{field}[{i}]"), item)),
+        Value::Object(map) => json_object(field, map),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// [`json`] of an object: its keys and values.
+pub(crate) fn json_object(field: &str, map: &serde_json::Map<String, serde_json::Value>) -> Result {
+    map.iter().try_for_each(|(key, value)| {
+        storable(field, key)
+            .map_err(|e| ValidationError::new(field, format!("key {key:?} {}", e.message)))?;
+        json(&format!("{field}.{key}"), value)
+    })
+}
+
+/// A packet count that fits the database's `integer` column.
+pub(crate) fn count(field: &str, value: u32) -> Result {
+    if value > MAX_COUNT {
+        return Err(ValidationError::new(
+            field,
+            format!("{value} is out of range, expected 0 to {MAX_COUNT}"),
         ));
     }
     Ok(())
@@ -176,6 +229,48 @@ mod tests {
                 .message
                 .contains("control")
         );
+    }
+
+    #[test]
+    fn text_refuses_only_what_cannot_be_stored() {
+        assert!(text("error", "line 1\nline 2\ttab \u{1b}[0m", 100).is_ok());
+        let e = text("error", "ab\0c", 100).unwrap_err();
+        assert_eq!(e.field, "error");
+        assert!(
+            e.message.contains("NUL") && e.message.contains("character 2"),
+            "{e}"
+        );
+        assert!(text("error", "\0", 100).is_err());
+        assert!(name("node", "a\0b", 10).is_err());
+    }
+
+    #[test]
+    fn json_names_the_path_of_a_nul() {
+        let ok = serde_json::json!({"a": [1, "x", {"b": null}], "c": true});
+        assert!(json("metadata", &ok).is_ok());
+        let nested = serde_json::json!({"dns": {"answers": ["1.1.1.1", "a\u{0}b"]}});
+        let e = json("metadata", &nested).unwrap_err();
+        assert_eq!(e.field, "metadata.dns.answers[1]", "{e}");
+        assert!(e.message.contains("NUL"), "{e}");
+        let key = serde_json::json!({"ok": 1, "bad\u{0}key": 2});
+        let e = json("metadata", &key).unwrap_err();
+        assert_eq!(e.field, "metadata");
+        assert!(
+            e.message.starts_with("key \"bad\\0key\" contains a NUL"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn counts_fit_an_integer_column() {
+        assert!(count("sent", 0).is_ok());
+        assert!(count("sent", i32::MAX as u32).is_ok());
+        let e = count("sent", 1 << 31).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "sent: 2147483648 is out of range, expected 0 to 2147483647"
+        );
+        assert!(count("received", u32::MAX).is_err());
     }
 
     #[test]

@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 
 use fiberstack_model::{CheckKind, Duration, Target, TargetThresholds};
 use kube::CustomResource;
+use kube::core::{Message, Rule};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::conditions::{ConditionType, Reason, Status};
+use crate::validate::{MAX_PROBE_NAME_LEN, MAX_REGION_NAME_LEN};
 use crate::words::string_enum;
 
 /// The API group of both resources.
@@ -25,6 +27,8 @@ pub const GROUP: &str = "fiberstack.io";
     version = "v1alpha1",
     kind = "FiberRegion",
     namespaced,
+    doc = "A region of the network and its data path: the ingest service its probes send samples to, the ETL workers that move them into the database, and the token probes use. The name (a DNS label of at most 45 characters) names the region in every sample and its objects (fiberstack-ingest-<name>).",
+    validation = region_name_rule(),
     status = "FiberRegionStatus",
     shortname = "fr",
     category = "fiberstack",
@@ -253,6 +257,8 @@ pub struct FiberRegionStatus {
     version = "v1alpha1",
     kind = "FiberProbe",
     namespaced,
+    doc = "What to probe, from which nodes: targets checked every interval by a probe pod on each node of the region that matches the nodeSelector; status holds the fleet's health over the last 15 minutes. The name is at most 63 characters (it is a label value).",
+    validation = probe_name_rule(),
     status = "FiberProbeStatus",
     shortname = "fp",
     category = "fiberstack",
@@ -264,6 +270,7 @@ pub struct FiberRegionStatus {
     printcolumn = r#"{"name":"Loss","type":"number","jsonPath":".status.summary.packetLossPct","description":"15-minute packet loss, %"}"#,
     printcolumn = r#"{"name":"Uptime","type":"number","jsonPath":".status.summary.uptimePct","description":"15-minute uptime, %"}"#,
     printcolumn = r#"{"name":"Health","type":"string","jsonPath":".status.health","description":"Healthy, Degraded, NoData, Paused or why not placed"}"#,
+    printcolumn = r#"{"name":"Scope","type":"string","jsonPath":".status.scope","description":"Where breaches are seen from: Everywhere, Partial (some vantage points) or Single"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -278,12 +285,18 @@ pub struct FiberRegionStatus {
         "rule": "duration(self.timeout) < duration(self.interval)",
         "message": "timeout must be shorter than interval",
         "fieldPath": ".timeout"
-    }
+    },
+    {
+        "rule": "duration(self.timeout) > duration('0s')",
+        "message": "timeout must be above 0",
+        "fieldPath": ".timeout"
+    },
+    icmp_round_rule()
 ]))]
 pub struct FiberProbeSpec {
     /// Name of a FiberRegion in the same namespace; the probe uses its nodes, ingest service
-    /// and token.
-    #[schemars(length(min = 1, max = 253))]
+    /// and token. A region's name is a DNS label of at most 45 characters.
+    #[schemars(length(min = 1, max = MAX_REGION_NAME_LEN), regex(pattern = REGION_NAME))]
     pub region: String,
     /// Labels a node must also carry to run this probe, ANDed with the region's
     /// nodeSelector, e.g. `fiberstack.io/edge: "true"`. Empty: all of the region's nodes.
@@ -331,11 +344,33 @@ pub struct Alerting {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub muted_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Fire a target's alert only when this many vantage points agree it breaches. Unset:
+    /// one is enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<Quorum>,
+}
+
+/// How many vantage points must see a breach before it is notified.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Quorum {
+    /// Vantage points (nodes) that must see the breach. Default 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub nodes: u32,
+    /// Distinct regions they must be in. Default 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub regions: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Alerting {
     fn is_empty(&self) -> bool {
-        self.notifiers.is_empty() && self.muted_until.is_none()
+        self.notifiers.is_empty() && self.muted_until.is_none() && self.quorum.is_none()
     }
 
     /// Whether notifications are held at `now`.
@@ -360,6 +395,54 @@ fn describe_targets(schema: &mut schemars::Schema) {
             .into(),
         );
     }
+}
+
+/// A FiberRegion's name: a DNS label, as [`crate::validate::validate_region`] checks.
+pub const REGION_NAME: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
+
+/// The API server's rule for a FiberRegion's name (a CRD's schema cannot hold one for
+/// metadata.name; a rule at the root may read it).
+fn region_name_rule() -> Rule {
+    Rule::new(format!(
+        "self.metadata.name.size() <= {MAX_REGION_NAME_LEN} && self.metadata.name.matches(r'{REGION_NAME}')"
+    ))
+    .message(Message::Expression(format!(
+        r#"'metadata.name "' + self.metadata.name + '" cannot name the ingest Service fiberstack-ingest-' + self.metadata.name + ': use at most {MAX_REGION_NAME_LEN} lower-case letters, digits and \'-\', starting with a letter and ending with a letter or digit'"#
+    )))
+}
+
+/// The API server's rule for a FiberProbe's name: it is a label value of the probe's pods.
+fn probe_name_rule() -> Rule {
+    Rule::new(format!(
+        "self.metadata.name.size() <= {MAX_PROBE_NAME_LEN}"
+    ))
+    .message(format!(
+        "metadata.name must be at most {MAX_PROBE_NAME_LEN} characters: it is a label value of the probe's pods"
+    ).as_str())
+}
+
+/// The API server's rule that each ICMP round fits in the interval, as the probe configuration
+/// checks it: the last echo leaves after (count - 1) spacings and may take the whole timeout.
+///
+/// CEL can neither multiply a duration nor read one finer than a millisecond, so the round is
+/// counted in whole milliseconds rounded down and the interval rounded up (adding 999999ns
+/// before reading its milliseconds): a round refused here never fits, and every round of
+/// whole-millisecond durations is judged exactly. One that overruns only by fractions of a
+/// millisecond is left to the operator.
+///
+/// The message names the first such target; its name is picked with map, then filter,
+/// because the API server's cost estimate loses the length bound of a name read from a
+/// filtered list of targets and then refuses the CRD.
+fn icmp_round_rule() -> serde_json::Value {
+    let too_long = "duration(t.icmp.spacing).getMilliseconds() * (t.icmp.count - 1) + duration(self.timeout).getMilliseconds() >= (duration(self.interval) + duration('999999ns')).getMilliseconds()";
+    serde_json::json!({
+        "rule": format!("!self.targets.exists(t, has(t.icmp) && {too_long})"),
+        "message": "an ICMP round does not fit in the interval: (icmp.count - 1) × icmp.spacing + timeout must be shorter than interval",
+        "messageExpression": format!(
+            "'the ICMP round of target ' + self.targets.map(t, has(t.icmp) && {too_long} ? t.name : '').filter(name, name != '')[0] + ' does not fit in the interval ' + self.interval + ': (icmp.count - 1) × icmp.spacing + timeout must be shorter than interval'"
+        ),
+        "fieldPath": ".targets",
+    })
 }
 
 fn default_interval() -> Duration {
@@ -475,6 +558,10 @@ pub struct FiberProbeStatus {
     /// is the state being counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_streak: Option<HealthStreak>,
+    /// Where the breaches are seen from, for `kubectl get`: Everywhere when any breaching
+    /// target is seen breaching from every vantage point, else Partial, else Single.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
     /// The targets' alerts: firing ones, and resolved ones until every notifier told of
     /// their start has been told of their end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -507,6 +594,12 @@ pub struct Alert {
     /// The state last written to the alert history (table alerts), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recorded: Option<AlertState>,
+    /// Where the breach was seen from when it started (see targets[].scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// The vantage points (region/node) that saw it when it started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vantage_points: Vec<String>,
 }
 
 /// A notifier's acknowledgement of an alert.
@@ -574,6 +667,31 @@ pub struct TargetStatus {
     /// a row; this is the state being counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streak: Option<HealthStreak>,
+    /// Where a breach is seen from: Everywhere (every vantage point with data: the target
+    /// itself), Partial (only those in vantagePoints: their path) or Single (the only vantage
+    /// point with data). Absent when no vantage point sees a breach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// The vantage points (region/node) that see the breach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vantage_points: Vec<String>,
+    /// Nodes that run the probe but sent no recent sample of this target (within 3
+    /// intervals): the probe or its link, not the target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silent: Vec<String>,
+}
+
+string_enum! {
+    /// Where a target's breach is seen from.
+    pub enum Scope {
+        /// Every vantage point with data sees it: the target itself.
+        Everywhere,
+        /// Only some vantage points see it: their path.
+        Partial,
+        /// Seen from the only vantage point with data: where cannot be told.
+        Single,
+    }
+    else Single
 }
 
 string_enum! {
@@ -644,6 +762,7 @@ pub struct Condition {
     version = "v1alpha1",
     kind = "FiberNotifier",
     namespaced,
+    doc = "Where alerts of FiberProbes are sent: an Alertmanager, a generic JSON webhook or a Slack incoming webhook, set by exactly one of spec.alertmanager, spec.webhook and spec.slack.",
     status = "FiberNotifierStatus",
     shortname = "fn",
     category = "fiberstack",

@@ -42,7 +42,7 @@ fn severity(row: &TargetStatus, t: &Thresholds, now: DateTime<Utc>) -> f64 {
 }
 
 /// What is wrong with a target, or None when it meets every threshold.
-fn breach(
+pub(crate) fn breach(
     s: &Summary,
     certificate: Option<DateTime<Utc>>,
     t: &Thresholds,

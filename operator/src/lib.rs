@@ -18,6 +18,7 @@ pub mod error;
 pub(crate) mod fixtures;
 pub mod health;
 pub mod lease;
+pub mod localize;
 pub mod measurements;
 pub mod metrics;
 pub mod notify;

@@ -1,5 +1,6 @@
 //! Fleet health from the database — the SQL of the gather step: which nodes report, the
-//! newest sample, and the 15-minute figures of a probe and of each of its targets.
+//! newest sample, and the 15-minute figures of a probe, of each of its targets, and of each
+//! target from each node (for localization).
 //! Read-only; the figures are computed from the samples of the window (percentiles are never
 //! averaged). What the figures mean for health is decided in [`crate::health`].
 
@@ -78,11 +79,26 @@ pub struct Figures {
     /// node's from its newest sample of the window that saw a certificate (so a renewed
     /// certificate counts from its first sample on).
     pub certificates: Vec<(String, DateTime<Utc>)>,
+    /// Each target from each vantage point (node) that measured it in the window, by target
+    /// name: what [`crate::localize`] judges.
+    pub vantages: Vec<(String, crate::localize::Vantage)>,
 }
 
 type Row = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
 /// A sample that saw a certificate: target, time, `cert_not_after`, `cert_days_to_expiry`.
 type CertificateRow = (String, DateTime<Utc>, Option<String>, Option<String>);
+/// A target from one vantage point: target, node, region, newest sample, then [`Row`].
+type VantageRow = (
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+);
 type TargetRow = (
     String,
     i64,
@@ -158,6 +174,15 @@ pub async fn probe_figures(
     .bind(probe)
     .fetch_all(pool)
     .await?;
+    let per_vantage: Vec<VantageRow> = sqlx::query_as(concat!(
+        "select target, node, region, max(time), ",
+        figures!(),
+        " from metrics where probe = $1 and time > now() - interval '15 minutes'
+              group by target, node, region order by target, region, node"
+    ))
+    .bind(probe)
+    .fetch_all(pool)
+    .await?;
     // The metadata is read as text and parsed here: a malformed value in one sample must not
     // fail the whole status query.
     let newest_certificates: Vec<CertificateRow> = sqlx::query_as(
@@ -180,6 +205,18 @@ pub async fn probe_figures(
             .map(|(name, n, p50, p95, loss, up)| (name, summary((n, p50, p95, loss, up))))
             .collect(),
         certificates: earliest_certificates(newest_certificates),
+        vantages: per_vantage
+            .into_iter()
+            .map(|(target, node, region, newest, n, p50, p95, loss, up)| {
+                let vantage = crate::localize::Vantage {
+                    node,
+                    region,
+                    summary: summary((n, p50, p95, loss, up)),
+                    newest,
+                };
+                (target, vantage)
+            })
+            .collect(),
     })
 }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Context, apply_status};
+use crate::crd::Scope;
 use crate::error::Error;
 
 /// A change a decide step found, to be announced once its status is stored.
@@ -20,8 +21,12 @@ pub enum Transition {
     HealthDegraded { message: String },
     /// Healthy turned from False back to True.
     HealthRecovered { message: String },
-    /// A target's alert started (its breach held for the hysteresis).
-    AlertFiring { target: String, message: String },
+    /// A target's alert started (its breach held for the hysteresis); where it is seen from.
+    AlertFiring {
+        target: String,
+        message: String,
+        scope: Option<Scope>,
+    },
     /// A target's alert ended.
     AlertResolved { target: String, message: String },
 }
@@ -36,7 +41,17 @@ impl Transition {
             Transition::HealthRecovered { message } => {
                 (EventType::Normal, "HealthRecovered", message)
             }
-            Transition::AlertFiring { message, .. } => (EventType::Warning, "AlertFiring", message),
+            // The reason says where: the target (everywhere) or a path (from some).
+            Transition::AlertFiring { message, scope, .. } => (
+                EventType::Warning,
+                match scope {
+                    Some(Scope::Everywhere) => "AlertFiringEverywhere",
+                    Some(Scope::Partial) => "AlertFiringPartial",
+                    Some(Scope::Single) => "AlertFiringSingleVantage",
+                    None => "AlertFiring",
+                },
+                message,
+            ),
             Transition::AlertResolved { message, .. } => {
                 (EventType::Normal, "AlertResolved", message)
             }

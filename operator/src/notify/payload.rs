@@ -40,11 +40,13 @@ pub fn alertmanager(s: &Subject, now: DateTime<Utc>, hold: std::time::Duration) 
             "region": s.region,
             "target": s.target(),
             "kind": s.kind,
+            "scope": s.scope_word(),
         },
         "annotations": {
             "summary": s.summary(),
             "description": s.alert.reason,
             "fiberstack_id": s.alert.id,
+            "vantage_points": s.alert.vantage_points.join(", "),
         },
         "startsAt": s.alert.starts_at,
         "endsAt": ends_at,
@@ -67,6 +69,8 @@ pub fn webhook(s: &Subject) -> Value {
         "target": s.target(),
         "kind": s.kind,
         "reason": s.alert.reason,
+        "scope": s.scope_word(),
+        "vantagePoints": s.alert.vantage_points,
         "startsAt": s.alert.starts_at,
         "endsAt": s.alert.ends_at,
         "link": s.link,
@@ -97,6 +101,14 @@ pub fn idempotency_key(s: &Subject) -> String {
 }
 
 impl Subject<'_> {
+    /// everywhere, partial or single ("" when not known).
+    fn scope_word(&self) -> String {
+        self.alert
+            .scope
+            .map(|s| s.as_str().to_lowercase())
+            .unwrap_or_default()
+    }
+
     fn target(&self) -> &str {
         &self.alert.target
     }
@@ -149,6 +161,8 @@ mod tests {
             reason: "packet loss 30 % > 2 %".into(),
             starts_at: "2027-01-15T08:00:00Z".into(),
             ends_at: (state == AlertState::Resolved).then(|| "2027-01-15T09:00:00Z".into()),
+            scope: Some(crate::crd::Scope::Partial),
+            vantage_points: vec!["ghana/gh-accra-1".into()],
             ..Default::default()
         }
     }
@@ -175,6 +189,8 @@ mod tests {
         assert_eq!(one["labels"]["target"], "dns");
         assert_eq!(one["labels"]["region"], "ghana");
         assert_eq!(one["labels"]["kind"], "icmp");
+        assert_eq!(one["labels"]["scope"], "partial");
+        assert_eq!(one["annotations"]["vantage_points"], "ghana/gh-accra-1");
         assert_eq!(one["startsAt"], "2027-01-15T08:00:00Z");
         assert_eq!(one["endsAt"], "2027-01-15T08:34:00Z");
         assert_eq!(
@@ -197,6 +213,8 @@ mod tests {
         assert_eq!(w["status"], "firing");
         assert_eq!(w["id"], "ns/edge/dns@1800000000");
         assert_eq!(w["reason"], "packet loss 30 % > 2 %");
+        assert_eq!(w["scope"], "partial");
+        assert_eq!(w["vantagePoints"], serde_json::json!(["ghana/gh-accra-1"]));
         assert_eq!(
             idempotency_key(&subject(&a)),
             "ns/edge/dns@1800000000/firing"

@@ -18,11 +18,15 @@ pub fn alert_id(namespace: &str, probe: &str, target: &str, starts_at: DateTime<
 }
 
 /// The alerts after this evaluation, and their starts and ends. `rows` are this evaluation's
-/// targets (their `streak` is set here); `previous_rows` and `previous` the last status's.
+/// targets (their `streak` is set here); `agreed[i]`: whether enough vantage points agree on
+/// row i's breach to notify it (a breach without the quorum counts as no breach);
+/// `previous_rows` and `previous` the last status's.
+#[allow(clippy::too_many_arguments)]
 pub fn evolve(
     namespace: &str,
     probe: &str,
     rows: &mut [TargetStatus],
+    agreed: &[bool],
     previous_rows: &[TargetStatus],
     previous: &[Alert],
     hysteresis: Hysteresis,
@@ -30,12 +34,13 @@ pub fn evolve(
 ) -> (Vec<Alert>, Vec<Transition>) {
     let mut alerts: Vec<Alert> = previous.iter().filter(|a| owed(a)).cloned().collect();
     let mut transitions = vec![];
-    for row in rows.iter_mut() {
+    for (i, row) in rows.iter_mut().enumerate() {
         let firing = alerts
             .iter()
             .position(|a| a.target == row.name && a.state == AlertState::Firing);
         let seen = match row.state {
-            TargetState::Breaching => Status::False,
+            TargetState::Breaching if agreed.get(i).copied().unwrap_or(true) => Status::False,
+            TargetState::Breaching => Status::True,
             TargetState::Healthy => Status::True,
             // No samples: nothing to judge; the count starts over.
             TargetState::NoData => {
@@ -66,6 +71,7 @@ pub fn evolve(
                 transitions.push(Transition::AlertFiring {
                     target: row.name.clone(),
                     message: format!("target {}: {reason}", row.name),
+                    scope: row.scope,
                 });
                 alerts.push(Alert {
                     id: alert_id(namespace, probe, &row.name, now),
@@ -73,6 +79,8 @@ pub fn evolve(
                     state: AlertState::Firing,
                     reason,
                     starts_at: rfc3339(now),
+                    scope: row.scope,
+                    vantage_points: row.vantage_points.clone(),
                     ..Default::default()
                 });
             }
@@ -148,8 +156,16 @@ mod tests {
             .iter()
             .map(|(t, state)| {
                 let mut now_rows = vec![row("a", *state)];
-                let (next, transitions) =
-                    evolve("ns", "edge", &mut now_rows, &rows, &alerts, H, at(*t));
+                let (next, transitions) = evolve(
+                    "ns",
+                    "edge",
+                    &mut now_rows,
+                    &[true],
+                    &rows,
+                    &alerts,
+                    H,
+                    at(*t),
+                );
                 rows = now_rows;
                 alerts = next;
                 (alerts.clone(), transitions)
@@ -221,7 +237,7 @@ mod tests {
     #[test]
     fn the_streak_is_kept_per_target() {
         let mut rows = vec![row("a", B), row("b", Ok_)];
-        let (_, _) = evolve("ns", "p", &mut rows, &[], &[], H, at(0));
+        let (_, _) = evolve("ns", "p", &mut rows, &[true, true], &[], &[], H, at(0));
         assert_eq!(
             rows[0].streak,
             Some(HealthStreak {
@@ -253,6 +269,7 @@ mod tests {
                 })
                 .collect(),
             recorded,
+            ..Default::default()
         }
     }
 
@@ -260,7 +277,7 @@ mod tests {
     fn a_resolved_alert_stays_until_its_end_is_delivered_and_recorded() {
         let evolve_one = |alert: Alert| {
             let mut rows = vec![row("a", Ok_)];
-            evolve("ns", "p", &mut rows, &[], &[alert], H, at(90)).0
+            evolve("ns", "p", &mut rows, &[true], &[], &[alert], H, at(90)).0
         };
         use AlertState::{Firing as F, Resolved as R};
         assert_eq!(evolve_one(resolved(&[("am", F)], Some(R))).len(), 1);
@@ -281,7 +298,8 @@ mod tests {
             ..resolved(&[], None)
         };
         let mut rows = vec![row("b", Ok_)];
-        let (alerts, transitions) = evolve("ns", "p", &mut rows, &[], &[firing], H, at(90));
+        let (alerts, transitions) =
+            evolve("ns", "p", &mut rows, &[true], &[], &[firing], H, at(90));
         assert_eq!(alerts[0].state, AlertState::Resolved);
         assert_eq!(alerts[0].ends_at, Some(rfc3339(at(90))));
         assert!(matches!(
@@ -306,6 +324,7 @@ mod tests {
             "ns",
             "p",
             &mut rows,
+            &[true],
             &previous_rows,
             std::slice::from_ref(&old),
             H,
@@ -316,5 +335,19 @@ mod tests {
         assert_eq!(alerts[1].state, AlertState::Firing);
         assert_ne!(alerts[1].id, old.id);
         assert_eq!(transitions.len(), 1);
+    }
+
+    #[test]
+    fn a_breach_without_the_quorum_fires_nothing() {
+        let mut rows: Vec<TargetStatus> = vec![];
+        let mut alerts: Vec<Alert> = vec![];
+        for t in [0, 30, 60, 90] {
+            let mut now_rows = vec![row("a", B)];
+            let (next, transitions) =
+                evolve("ns", "p", &mut now_rows, &[false], &rows, &alerts, H, at(t));
+            assert!(transitions.is_empty() && next.is_empty());
+            rows = now_rows;
+            alerts = next;
+        }
     }
 }

@@ -9,8 +9,12 @@ use crate::conditions::{
     ConditionType as Type, Reason, Status, condition, find, merge, rfc3339, status_of,
 };
 use crate::controller::effects::Transition;
-use crate::crd::{Condition, FiberProbe, FiberProbeStatus, Health};
+use crate::crd::{
+    Condition, FiberProbe, FiberProbeSpec, FiberProbeStatus, Health, Scope, TargetState,
+    TargetStatus,
+};
 use crate::health::{self, Hysteresis};
+use crate::localize;
 use crate::status::{Figures, REPORTING_INTERVALS};
 
 /// Where the pipeline got with the probe's pods.
@@ -135,12 +139,15 @@ pub fn decide(
             status.last_sample_time = figures.last_sample.map(rfc3339);
             status.summary = Some(figures.summary.clone());
             let mut rows = health::target_rows(spec, figures, now);
+            let agreed = localize_rows(spec, &mut rows, figures, &observed.pod_nodes, now, recent);
+            status.scope = overall_scope(&rows);
             let reporting = reporting(spec.paused, observed, figures, &status, recent);
             let seen = health::observe(&rows, spec, now);
             let (alerts, started_or_ended) = alerts::evolve(
                 probe.metadata.namespace.as_deref().unwrap_or_default(),
                 probe.metadata.name.as_deref().unwrap_or_default(),
                 &mut rows,
+                &agreed,
                 &previous.targets,
                 &previous.alerts,
                 hysteresis,
@@ -187,6 +194,52 @@ pub fn decide(
         status,
         transitions,
     }
+}
+
+/// Judges each target from its vantage points ([`localize`]): its scope, the vantage points
+/// that see a breach and the silent nodes go into its row, the scope into its message.
+/// Returns, per row, whether enough vantage points agree to notify (`spec.alerting.quorum`).
+fn localize_rows(
+    spec: &FiberProbeSpec,
+    rows: &mut [TargetStatus],
+    figures: &Figures,
+    expected: &[String],
+    now: DateTime<Utc>,
+    recent: fiberstack_model::Duration,
+) -> Vec<bool> {
+    let quorum = spec.alerting.quorum;
+    rows.iter_mut()
+        .map(|row| {
+            let vantages: Vec<localize::Vantage> = figures
+                .vantages
+                .iter()
+                .filter(|(target, _)| *target == row.name)
+                .map(|(_, v)| v.clone())
+                .collect();
+            let thresholds = health::thresholds_of(spec, &row.name);
+            let l = localize::localize(&vantages, expected, &thresholds, now, recent.as_std());
+            row.silent = l.silent.clone();
+            if row.state != TargetState::Breaching {
+                return true;
+            }
+            // A breach no single vantage point sees on its own (a certificate, or figures
+            // that only breach together) is the target's own.
+            row.scope = Some(l.scope.unwrap_or(Scope::Everywhere));
+            row.vantage_points = l.breaching.clone();
+            if let (Some(message), Some(where_)) = (&row.message, localize::describe(&l)) {
+                row.message = Some(format!("{message}; {where_}"));
+            }
+            quorum.is_none_or(|q| localize::quorum_met(&l, q.nodes, q.regions))
+        })
+        .collect()
+}
+
+/// The probe's scope for `kubectl get`: the widest of its breaching targets'.
+fn overall_scope(rows: &[TargetStatus]) -> Option<Scope> {
+    let scopes: Vec<Scope> = rows.iter().filter_map(|r| r.scope).collect();
+    [Scope::Everywhere, Scope::Partial, Scope::Single]
+        .into_iter()
+        .find(|s| scopes.contains(s))
 }
 
 /// Reporting: do samples arrive from every node that runs a probe pod?
