@@ -151,6 +151,7 @@ async fn health(client: &Client, ns: &str, pool: &PgPool, operator: &Operator) -
             "LOSS",
             "UPTIME",
             "HEALTH",
+            "SCOPE",
             "AGE"
         ]
     );
