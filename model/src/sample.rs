@@ -142,6 +142,43 @@ fn earliest_time() -> DateTime<Utc> {
 }
 
 impl Sample {
+    /// Replaces every NUL (U+0000) in the sample's strings — address, error, metadata keys
+    /// and values at any depth — with U+FFFD, which PostgreSQL can store (a NUL it cannot,
+    /// and ingest refuses a sample carrying one). For the probe: what it measures (a DNS
+    /// answer, a server's error text) may contain one. Returns how many it replaced.
+    pub fn scrub_nul(&mut self) -> usize {
+        fn text(s: &mut String) -> usize {
+            let n = s.matches('\0').count();
+            if n > 0 {
+                *s = s.replace('\0', "\u{FFFD}");
+            }
+            n
+        }
+        fn value(v: &mut Value) -> usize {
+            match v {
+                Value::String(s) => text(s),
+                Value::Array(items) => items.iter_mut().map(value).sum(),
+                Value::Object(map) => object(map),
+                _ => 0,
+            }
+        }
+        fn object(map: &mut Map<String, Value>) -> usize {
+            let mut n = 0;
+            if map.keys().any(|k| k.contains('\0')) {
+                let entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
+                for (mut k, v) in entries {
+                    n += text(&mut k);
+                    map.insert(k, v);
+                }
+            }
+            n + map.values_mut().map(value).sum::<usize>()
+        }
+        text(&mut self.target)
+            + text(&mut self.address)
+            + self.error.as_mut().map_or(0, text)
+            + object(&mut self.metadata)
+    }
+
     /// A sample with only the required fields set, for builders and tests.
     pub fn new(time: DateTime<Utc>, target: impl Into<String>, kind: CheckKind, up: bool) -> Self {
         Self {
@@ -381,6 +418,28 @@ impl Batch {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scrubbing_replaces_every_nul_and_the_sample_validates() {
+        let now = chrono::Utc::now();
+        let mut s = Sample::new(now, "dns", CheckKind::Dns, false);
+        s.address = "10.0.0.1:53".into();
+        s.error = Some("bad\0answer".into());
+        s.metadata.insert(
+            "answers".into(),
+            serde_json::json!(["a\0b", { "k\0": "v\0" }]),
+        );
+        assert!(s.validate(now).is_err(), "a NUL is refused");
+        assert_eq!(s.scrub_nul(), 4);
+        s.validate(now).expect("scrubbed, it is stored as measured");
+        assert_eq!(s.error.as_deref(), Some("bad\u{FFFD}answer"));
+        assert_eq!(
+            s.metadata["answers"],
+            serde_json::json!(["a\u{FFFD}b", { "k\u{FFFD}": "v\u{FFFD}" }])
+        );
+        assert!(!serde_json::to_string(&s).unwrap().contains("\\u0000"));
+        assert_eq!(s.scrub_nul(), 0, "nothing left to replace");
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -412,8 +412,17 @@ impl Deliverer {
                 );
                 Outcome::RetryAfter(wait)
             }
-            401 | 403 => {
+            401 => {
                 tracing::error!(url, status = response.status, body = %text(), "ingest refused the token: check FIBER_TOKEN / FIBER_TOKEN_FILE / ingest.tokenFile; retrying every minute");
+                Outcome::Failed {
+                    config_error: true,
+                    error: SendError::Refused,
+                }
+            }
+            403 => {
+                // The token was taken but this probe may not write what it sent: today, a
+                // batch of another region than the ingest's (the body names both).
+                tracing::error!(url, status = response.status, body = %text(), "ingest forbids this batch: its region is not the ingest's (the configuration's region and ingest URL disagree); retrying every minute");
                 Outcome::Failed {
                     config_error: true,
                     error: SendError::Refused,

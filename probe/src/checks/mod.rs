@@ -54,6 +54,9 @@ pub async fn run(target: &Target, ctx: &CheckContext) -> Sample {
     };
     sample.time = time;
     sample.target = target.name.clone();
+    // What was measured may hold a NUL (a DNS answer, a server's error text): ingest refuses
+    // a sample carrying one, so it is replaced here rather than the round lost.
+    sample.scrub_nul();
     sample
 }
 
