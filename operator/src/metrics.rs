@@ -15,6 +15,13 @@ pub struct ControllerLabel {
     pub controller: &'static str,
 }
 
+/// A status write: the resource kind, and `written` or `unchanged` (skipped).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusWriteLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
 /// A notification attempt: the FiberNotifier, its kind, and `sent` or `failed`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NotificationLabels {
@@ -40,6 +47,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<ControllerLabel, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
+    /// Status writes by kind and whether they were made or skipped (unchanged status).
+    pub status_writes: Family<StatusWriteLabels, Counter>,
     /// Notifications sent or failed, per FiberNotifier.
     pub notifications: Family<NotificationLabels, Counter>,
     /// Fleet health per probe and target, from the statuses written.
@@ -57,7 +66,13 @@ impl Default for Metrics {
             );
         let leader = Gauge::default();
         let notifications = Family::<NotificationLabels, Counter>::default();
+        let status_writes = Family::<StatusWriteLabels, Counter>::default();
         let mut registry = Registry::default();
+        registry.register(
+            "fiberstack_operator_status_writes",
+            "Status writes by resource kind: written, or skipped because the status did not change",
+            status_writes.clone(),
+        );
         registry.register(
             "fiberstack_notifications",
             "Alert notifications, by FiberNotifier (namespace, notifier, kind) and result (sent or failed)",
@@ -90,6 +105,7 @@ impl Default for Metrics {
             errors,
             duration,
             leader,
+            status_writes,
             notifications,
             measurements,
             registry,

@@ -176,6 +176,34 @@ async fn health(client: &Client, ns: &str, pool: &PgPool, operator: &Operator) -
     let s = probes.get("accra-edge").await?.status.unwrap_or_default();
     assert_eq!(cond(&s, "Healthy").last_transition_time, healthy_since);
 
+    // Steady state: nothing changes, so reconciles (every 2 s) write no status at all.
+    let counted = |text: &str, result: &str| -> f64 {
+        let series = format!(
+            "fiberstack_operator_status_writes_total{{kind=\"FiberProbe\",result=\"{result}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let version = probes.get("accra-edge").await?.metadata.resource_version;
+    let before = operator.metrics_text();
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let after = operator.metrics_text();
+    assert_eq!(
+        counted(&after, "written"),
+        counted(&before, "written"),
+        "a status write in steady state:\n{after}"
+    );
+    assert!(
+        counted(&after, "unchanged") >= counted(&before, "unchanged") + 2.0,
+        "reconciles ran and found nothing to write:\n{after}"
+    );
+    assert_eq!(
+        probes.get("accra-edge").await?.metadata.resource_version,
+        version
+    );
+
     // The DNS target degrades: 60 slow, lossy samples outweigh the 30 good ones.
     sqlx::query(
         "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss)

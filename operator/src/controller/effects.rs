@@ -68,7 +68,8 @@ impl Transition {
 }
 
 /// Writes `status` (server-side apply), then publishes the transitions. A failed publish is
-/// logged, not retried: the status already says what happened.
+/// logged, not retried: the status already says what happened. A status equal to the one
+/// the object has is not written at all: in steady state a reconcile makes no write.
 pub async fn write_status_then_announce<K, S>(
     ctx: &Context,
     api: &Api<K>,
@@ -77,15 +78,30 @@ pub async fn write_status_then_announce<K, S>(
     transitions: &[Transition],
 ) -> Result<(), Error>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
     S: Serialize,
 {
-    apply_status(
-        api,
-        object,
-        serde_json::to_value(status).expect("status serializes"),
-    )
-    .await?;
+    let status = serde_json::to_value(status).expect("status serializes");
+    let kind = K::kind(&());
+    let current = serde_json::to_value(object)
+        .ok()
+        .and_then(|mut o| o.get_mut("status").map(serde_json::Value::take));
+    let unchanged = current.as_ref() == Some(&status);
+    let result = if unchanged { "unchanged" } else { "written" };
+    ctx.metrics
+        .status_writes
+        .get_or_create(&crate::metrics::StatusWriteLabels {
+            kind: if kind == "FiberProbe" {
+                "FiberProbe"
+            } else {
+                "FiberRegion"
+            },
+            result,
+        })
+        .inc();
+    if !unchanged {
+        apply_status(api, object, status).await?;
+    }
     for transition in transitions {
         if let Err(e) = ctx
             .recorder
