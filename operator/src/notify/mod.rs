@@ -299,11 +299,15 @@ pub async fn deliver(
                     match send(notes, channel.kind, &url, &subject, now).await {
                         Ok(()) => {
                             sent += 1;
-                            notes
-                                .sent_at
-                                .lock()
-                                .await
-                                .insert((alert.id.clone(), channel.name.clone()), Instant::now());
+                            // Re-send times matter only while firing: an end forgets them.
+                            let key = (alert.id.clone(), channel.name.clone());
+                            let mut sent_at = notes.sent_at.lock().await;
+                            if d.state == AlertState::Resolved {
+                                sent_at.remove(&key);
+                            } else {
+                                sent_at.insert(key, Instant::now());
+                            }
+                            drop(sent_at);
                             let alert = &mut status.alerts[d.alert];
                             if acknowledge(alert, &channel.name, &d.state, now) {
                                 outcome.changed = true;
