@@ -1,5 +1,6 @@
 //! The HTTP API: the router, `POST /api/v1/samples`, `POST /api/push`, health, readiness,
-//! metrics and the OpenAPI document; the read API's handlers are in `read.rs`, what every
+//! metrics and the OpenAPI document; the read API's handlers are in `read.rs` (and the seed's
+//! dashboard routes in `dashboard.rs`), what every
 //! handler shares (state, JSON errors, the token check) in `app.rs`. Each handler carries its
 //! `#[utoipa::path]`, from which `openapi.rs` builds the document.
 
@@ -13,7 +14,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, options, post};
 use fiberstack_model::{Batch, PushSample, Rejection};
 use serde::Serialize;
 use tracing::Instrument;
@@ -35,6 +36,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/push", post(post_push))
         .route("/api/v1/nodes", get(crate::read::nodes))
         .route("/api/v1/metrics", get(crate::read::metrics))
+        .route("/api/metrics", get(crate::dashboard::metrics))
+        .route("/api/metrics", options(crate::dashboard::metrics_preflight))
+        .route("/api/nodes", get(crate::dashboard::nodes))
+        .route("/api/nodes", options(crate::dashboard::nodes_preflight))
         .route("/api/status", get(crate::read::status))
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
@@ -130,7 +135,11 @@ impl utoipa::PartialSchema for RetryAfter {
 
 impl ToSchema for RetryAfter {}
 
-fn retry_after(status: StatusCode, wait: Duration, message: impl Into<String>) -> Response {
+pub(crate) fn retry_after(
+    status: StatusCode,
+    wait: Duration,
+    message: impl Into<String>,
+) -> Response {
     let mut response = error(status, message);
     let RetryAfter(secs) = RetryAfter::of(wait);
     response

@@ -8,6 +8,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::auth::Token;
+use crate::dashboard::{CorsOrigins, DEFAULT_READ_RATE_PER_MINUTE};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::stream::StreamWriter;
@@ -22,6 +23,12 @@ pub struct AppState {
     pub registry: Registry,
     /// The database of the read API (read-only role); the read API answers 503 without it.
     pub db: Option<sqlx::PgPool>,
+    /// The dashboard API's allowance per client address (`dashboard.rs`).
+    pub read_limiter: RateLimiter,
+    /// Requests a minute of `read_limiter`, for its refusals.
+    pub read_rate_per_minute: u32,
+    /// Origins whose browsers may read the dashboard API; none by default.
+    pub cors: CorsOrigins,
 }
 
 impl AppState {
@@ -37,7 +44,25 @@ impl AppState {
             metrics,
             registry,
             db: None,
+            read_limiter: read_limiter(DEFAULT_READ_RATE_PER_MINUTE),
+            read_rate_per_minute: DEFAULT_READ_RATE_PER_MINUTE,
+            cors: CorsOrigins::default(),
         }
+    }
+
+    /// Allows each client `per_minute` dashboard requests a minute, all of them at once at
+    /// most (0 is taken as 1).
+    pub fn with_read_rate(mut self, per_minute: u32) -> Self {
+        let per_minute = per_minute.max(1);
+        self.read_limiter = read_limiter(per_minute);
+        self.read_rate_per_minute = per_minute;
+        self
+    }
+
+    /// Lets browsers of `origins` read the dashboard API.
+    pub fn with_cors_origins(mut self, origins: CorsOrigins) -> Self {
+        self.cors = origins;
+        self
     }
 
     /// Enables the read API on `pool`.
@@ -45,6 +70,10 @@ impl AppState {
         self.db = Some(pool);
         self
     }
+}
+
+fn read_limiter(per_minute: u32) -> RateLimiter {
+    RateLimiter::new(f64::from(per_minute) / 60.0, per_minute)
 }
 
 /// A request's refusal (boxed: a `Response` is large to carry in every `Result`).

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use fiber_ingest::api::{AppState, router};
 use fiber_ingest::auth::Token;
+use fiber_ingest::dashboard::CorsOrigins;
 use fiber_ingest::ratelimit::RateLimiter;
 use fiber_ingest::stream::StreamWriter;
 use fiberstack_plumbing::postgres::DbConfig;
@@ -59,6 +60,15 @@ struct Config {
     /// holding them in memory. 10,000 batches of 500 samples are about 1 GB.
     #[arg(long, env = "FIBER_MAX_BACKLOG", default_value_t = 10_000)]
     max_backlog: u64,
+    /// Origins whose browsers may read GET /api/metrics and /api/nodes, comma-separated, e.g.
+    /// https://dashboard.example.org,http://localhost:3000. None by default: no CORS header
+    /// is sent and every preflight is refused.
+    #[arg(long, env = "FIBER_CORS_ORIGINS", default_value = "")]
+    cors_origins: String,
+    /// Requests a minute each client address may make to GET /api/metrics and /api/nodes
+    /// together (all at once at most); beyond that they are answered 429 with Retry-After.
+    #[arg(long, env = "FIBER_READ_RATE_PER_MINUTE", default_value_t = fiber_ingest::dashboard::DEFAULT_READ_RATE_PER_MINUTE)]
+    read_rate_per_minute: u32,
 }
 
 fn token(config: &Config) -> anyhow::Result<Token> {
@@ -80,8 +90,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("REDIS_URL")?;
     let writer = StreamWriter::new(redis, &config.region, config.max_backlog);
+    let cors = CorsOrigins::parse(&config.cors_origins)
+        .map_err(|e| anyhow::anyhow!("--cors-origins: {e}"))?;
+    if config.read_rate_per_minute == 0 {
+        bail!("--read-rate-per-minute must be above 0");
+    }
     let limiter = RateLimiter::new(config.rate_per_node, config.rate_burst);
-    let mut state = AppState::new(&config.region, token, limiter, writer);
+    let mut state = AppState::new(&config.region, token, limiter, writer)
+        .with_read_rate(config.read_rate_per_minute)
+        .with_cors_origins(cors);
     if let Some(url) = &config.database_url {
         let db = DbConfig {
             schema: config.db_schema.clone(),
@@ -95,7 +112,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(listen = %config.listen, region = %config.region, "ingest ready");
-    axum::serve(listener, router(state))
+    // The peer address keys the dashboard API's rate limit.
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api, read};
+use crate::{api, dashboard, read};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,10 @@ use crate::{api, read};
         read::nodes,
         read::metrics,
         read::status,
+        dashboard::metrics,
+        dashboard::metrics_preflight,
+        dashboard::nodes,
+        dashboard::nodes_preflight,
         api::openapi,
         api::healthz,
         api::readyz,
@@ -40,6 +44,7 @@ use crate::{api, read};
     tags(
         (name = "ingest", description = "What probes send."),
         (name = "read", description = "Stored samples and rollups (needs a DATABASE_URL)."),
+        (name = "dashboard", description = "Seed 000's dashboard read API, in its shapes (needs a DATABASE_URL): a read rate limit per client address (`--read-rate-per-minute`, 1000 by default) and CORS for the origins of `--cors-origins` (none by default: no CORS header, every preflight refused)."),
         (name = "service", description = "Health, readiness, metrics, status and this document."),
     ),
     modifiers(&BearerToken),

@@ -136,12 +136,12 @@ impl Aggregation {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.as_str() == text)
     }
 }
 
-fn database(state: &AppState) -> Result<&sqlx::PgPool, Refusal> {
+pub(crate) fn database(state: &AppState) -> Result<&sqlx::PgPool, Refusal> {
     state.db.as_ref().ok_or_else(|| {
         Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -150,7 +150,7 @@ fn database(state: &AppState) -> Result<&sqlx::PgPool, Refusal> {
     })
 }
 
-fn db_error(e: sqlx::Error) -> Response {
+pub(crate) fn db_error(e: sqlx::Error) -> Response {
     tracing::warn!(error = %e, "read API query failed");
     error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
 }
@@ -186,7 +186,7 @@ pub async fn nodes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     }
 }
 
-fn time_param(
+pub(crate) fn time_param(
     name: &str,
     value: Option<&str>,
     default: DateTime<Utc>,

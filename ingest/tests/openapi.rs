@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, bail, ensure};
 use chrono::DateTime;
-use common::{TOKEN, seed, serve};
+use common::{DASHBOARD_ORIGIN, TOKEN, seed, serve, serve_with};
 use serde_json::Value;
 
 fn document() -> Result<Value> {
@@ -317,6 +317,7 @@ async fn answer_is_documented(
         .get(status.to_string())
         .with_context(|| format!("{what}: status {status} is not documented ({text})"))?;
     let documented = resolve(doc, documented)?;
+    let documents_content = documented.get("content").is_some();
     for name in documented
         .get("headers")
         .and_then(Value::as_object)
@@ -327,6 +328,10 @@ async fn answer_is_documented(
             headers.contains_key(name.as_str()),
             "{what}: {status} answered without its documented header {name}"
         );
+    }
+    if !documents_content && status == 204 {
+        ensure!(text.is_empty(), "{what}: 204 with a body: {text}");
+        return Ok(status);
     }
     let content = documented["content"]
         .as_object()
@@ -374,6 +379,11 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             let mut r = match method.as_str() {
                 "get" => client.get(target.clone()),
                 "post" => client.post(target.clone()),
+                // A browser's CORS preflight, from the origin the server allows.
+                "options" => client
+                    .request(reqwest::Method::OPTIONS, target.clone())
+                    .header("origin", DASHBOARD_ORIGIN)
+                    .header("access-control-request-method", "GET"),
                 other => panic!("method {other}"),
             };
             if let Some(token) = token {
@@ -484,6 +494,77 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
         let status = answer_is_documented(&doc, op, &format!("metrics?{bad}"), response).await?;
         ensure!(status == 400, "metrics?{bad}: {status}");
     }
+    // The dashboard API: a preflight from an origin not allowed, malformed parameters, points
+    // of every aggregation.
+    for path in ["/api/metrics", "/api/nodes"] {
+        let op = &doc["paths"][path]["options"];
+        let response = client
+            .request(reqwest::Method::OPTIONS, format!("{url}{path}"))
+            .header("origin", "https://elsewhere.example.com")
+            .header("access-control-request-method", "GET")
+            .send()
+            .await?;
+        let what = format!("options {path} from another origin");
+        let status = answer_is_documented(&doc, op, &what, response).await?;
+        ensure!(status == 403, "{what}: {status}");
+        seen.insert(format!("options {path} {status}"));
+    }
+    let dashboard = doc.pointer("/paths/~1api~1metrics/get").unwrap();
+    for bad in [
+        "aggregation=weekly",
+        "node_id=gh-accra-1&aggregation=weekly",
+        "node_id=gh-accra-1&start=yesterday",
+        "node_id=gh-accra-1&start=2026-11-23T10:00:00Z&end=2026-11-23T09:00:00Z",
+        "node_id=gh%00accra",
+    ] {
+        let response = client
+            .get(format!("{url}/api/metrics?{bad}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?;
+        let status =
+            answer_is_documented(&doc, dashboard, &format!("api/metrics?{bad}"), response).await?;
+        ensure!(status == 400, "api/metrics?{bad}: {status}");
+        seen.insert(format!("get /api/metrics {status}"));
+    }
+    let start = (common::hour() - chrono::Duration::days(2)).to_rfc3339();
+    for aggregation in ["raw", "hourly", "daily"] {
+        let target = url::Url::parse_with_params(
+            &format!("{url}/api/metrics"),
+            [
+                ("node_id", "gh-accra-1"),
+                ("aggregation", aggregation),
+                ("start", &start),
+            ],
+        )?;
+        let response = client.get(target).bearer_auth(TOKEN).send().await?;
+        let what = format!("api/metrics {aggregation}");
+        ensure!(response.status() == 200, "{what}: {}", response.status());
+        let body: Value = response.json().await?;
+        ensure!(
+            !body["data"].as_array().context("data")?.is_empty(),
+            "{what}: no points"
+        );
+        let schema = dashboard
+            .pointer("/responses/200/content/application~1json/schema")
+            .unwrap();
+        check(&doc, schema, &body, &what)?;
+    }
+    // Over the read rate limit (one request a minute).
+    let limited = serve_with(&[], false, |s| s.with_read_rate(1)).await?;
+    for path in ["/api/nodes", "/api/metrics"] {
+        let op = &doc["paths"][path]["get"];
+        let _first = client.get(format!("{limited}{path}")).send().await?;
+        let response = client
+            .get(format!("{limited}{path}?node_id=gh-accra-1"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?;
+        let what = format!("get {path} over the read rate limit");
+        let status = answer_is_documented(&doc, op, &what, response).await?;
+        ensure!(status == 429, "{what}: {status}");
+        seen.insert(format!("get {path} {status}"));
+    }
     // Rows of every aggregation, on the seeded samples (the examples name other targets).
     let start = (common::hour() - chrono::Duration::days(2)).to_rfc3339();
     for aggregation in ["raw", "hourly", "daily"] {
@@ -504,6 +585,6 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             .unwrap();
         check(&doc, schema, &body, &what)?;
     }
-    assert_eq!(seen.len(), 20, "{seen:?}");
+    assert_eq!(seen.len(), 31, "{seen:?}");
     Ok(())
 }

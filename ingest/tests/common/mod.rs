@@ -10,6 +10,7 @@ use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
 use fiber_ingest::api::{AppState, router};
 use fiber_ingest::auth::Token;
+use fiber_ingest::dashboard::CorsOrigins;
 use fiber_ingest::ratelimit::RateLimiter;
 use fiber_ingest::stream::StreamWriter;
 use fiberstack_e2e::{LocalEnv, batch, etl, unique_name};
@@ -36,8 +37,21 @@ pub fn sample(target: &str, minute: i64, latency: f64, up: bool) -> Sample {
     }
 }
 
-/// An ingest server whose read API uses a fresh database seeded with `batches`.
+/// The origin the test servers let read the dashboard API.
+pub const DASHBOARD_ORIGIN: &str = "https://dashboard.example.org";
+
+/// An ingest server whose read API uses a fresh database seeded with `batches`, whose
+/// dashboard API answers browsers of [`DASHBOARD_ORIGIN`].
 pub async fn serve(batches: &[Batch], with_db: bool) -> Result<String> {
+    serve_with(batches, with_db, |state| state).await
+}
+
+/// [`serve`], with the state changed by `configure` (after the CORS origin is set).
+pub async fn serve_with(
+    batches: &[Batch],
+    with_db: bool,
+    configure: impl FnOnce(AppState) -> AppState,
+) -> Result<String> {
     let env = LocalEnv::load()?;
     let redis = fiber_ingest::stream::connect(&env.redis_url).await?;
     let region = unique_name("read-test");
@@ -61,9 +75,12 @@ pub async fn serve(batches: &[Batch], with_db: bool) -> Result<String> {
         // The read API's pool as fiber-ingest opens it.
         state = state.with_database(DbConfig::new(url).connect_read_only().await?);
     }
+    let state = configure(state.with_cors_origins(CorsOrigins::parse(DASHBOARD_ORIGIN).unwrap()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, router(Arc::new(state))).await });
+    // As fiber-ingest serves: the peer address keys the dashboard API's rate limit.
+    let service = router(Arc::new(state)).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
     Ok(format!("http://{addr}"))
 }
 
