@@ -84,6 +84,10 @@ pub struct IngestSpec {
     /// Per-node token bucket of the ingest service.
     #[serde(default)]
     pub rate_limit: RateLimit,
+    /// The dashboard read API (GET /api/metrics and /api/nodes): which browser origins may
+    /// read it, and how often each client address may ask.
+    #[serde(default, skip_serializing_if = "ReadApi::is_default")]
+    pub read_api: ReadApi,
 }
 
 impl Default for IngestSpec {
@@ -92,7 +96,50 @@ impl Default for IngestSpec {
             replicas: default_replicas(),
             resources: None,
             rate_limit: RateLimit::default(),
+            read_api: ReadApi::default(),
         }
+    }
+}
+
+/// CORS and the read rate limit of the ingest service's dashboard read API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadApi {
+    /// Origins whose browsers may read the API, e.g. https://dashboard.example.org (scheme
+    /// http or https, host, optional port; no path, no wildcard). Empty (default): no CORS
+    /// header is sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(extend("items" = {
+        "type": "string",
+        "maxLength": 253,
+        "pattern": "^https?://[^/?#*@\\s]+$"
+    }))]
+    pub cors_origins: Vec<String>,
+    /// Requests a minute each client address may make; beyond, 429 with Retry-After.
+    /// Default 1000.
+    #[serde(default = "default_read_rate")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests_per_minute: u32,
+}
+
+fn default_read_rate() -> u32 {
+    1000
+}
+
+impl Default for ReadApi {
+    fn default() -> Self {
+        Self {
+            cors_origins: vec![],
+            requests_per_minute: default_read_rate(),
+        }
+    }
+}
+
+impl ReadApi {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
     }
 }
 

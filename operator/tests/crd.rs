@@ -164,6 +164,47 @@ async fn a_region_with_a_bad_country_is_refused() -> Result<()> {
 }
 
 #[tokio::test]
+async fn read_api_origins_must_be_origins() -> Result<()> {
+    let client = common::client().await?;
+    common::install_crds(&client).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client,
+        "default",
+        &ApiResource::erase::<fiberstack_operator::crd::FiberRegion>(&()),
+    );
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let region = |origins: Value, per_minute: Value| -> Result<DynamicObject> {
+        let mut value = common::region_json(&fiberstack_e2e::unique_name("read"));
+        value["spec"]["ingest"]["readApi"] =
+            json!({ "corsOrigins": origins, "requestsPerMinute": per_minute });
+        Ok(serde_json::from_value(value)?)
+    };
+    let ok = region(
+        json!(["https://noc.example", "http://localhost:3000"]),
+        json!(120),
+    )?;
+    api.create(&params, &ok).await?;
+    for bad in ["*", "https://noc.example/path", "ftp://x", "https://a b"] {
+        let e = api
+            .create(&params, &region(json!([bad]), json!(120))?)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_says(&e, &["spec.ingest.readApi.corsOrigins[0]"]);
+    }
+    let e = api
+        .create(&params, &region(json!([]), json!(0))?)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_says(&e, &["spec.ingest.readApi.requestsPerMinute"]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_target_without_a_check_is_refused() -> Result<()> {
     let e = refusal(|v| v["spec"]["targets"][0] = json!({"name": "nothing"})).await?;
     assert_says(

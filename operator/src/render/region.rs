@@ -103,6 +103,22 @@ fn deployment(
     }
 }
 
+/// The dashboard read API's settings, only where they differ from ingest's defaults (so a
+/// region that sets nothing renders as before).
+fn read_api_env(read: &crate::crd::ReadApi) -> Vec<EnvVar> {
+    let mut vars = vec![];
+    if !read.cors_origins.is_empty() {
+        vars.push(env("FIBER_CORS_ORIGINS", read.cors_origins.join(",")));
+    }
+    if read.requests_per_minute != crate::crd::ReadApi::default().requests_per_minute {
+        vars.push(env(
+            "FIBER_READ_RATE_PER_MINUTE",
+            read.requests_per_minute.to_string(),
+        ));
+    }
+    vars
+}
+
 pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deployment {
     let spec = &region.spec;
     let container = Container {
@@ -110,18 +126,23 @@ pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deploym
         image: Some(images.ingest.clone()),
         image_pull_policy: Some(images.pull_policy.clone()),
         command: Some(vec!["fiber-ingest".to_owned()]),
-        env: Some(vec![
-            env("FIBER_LISTEN", format!("0.0.0.0:{INGEST_PORT}")),
-            env("FIBER_REGION", region.name_any()),
-            env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
-            env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
-            env("FIBER_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_KEY}")),
-            env(
-                "FIBER_RATE_PER_NODE",
-                spec.ingest.rate_limit.per_probe_per_second.to_string(),
-            ),
-            env("FIBER_RATE_BURST", spec.ingest.rate_limit.burst.to_string()),
-        ]),
+        env: Some(
+            vec![
+                env("FIBER_LISTEN", format!("0.0.0.0:{INGEST_PORT}")),
+                env("FIBER_REGION", region.name_any()),
+                env_from_secret("REDIS_URL", &spec.redis.url_secret_ref),
+                env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
+                env("FIBER_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_KEY}")),
+                env(
+                    "FIBER_RATE_PER_NODE",
+                    spec.ingest.rate_limit.per_probe_per_second.to_string(),
+                ),
+                env("FIBER_RATE_BURST", spec.ingest.rate_limit.burst.to_string()),
+            ]
+            .into_iter()
+            .chain(read_api_env(&spec.ingest.read_api))
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("http".to_owned()),
             container_port: INGEST_PORT,
@@ -337,6 +358,36 @@ mod tests {
         assert_golden(
             "region-token-secret.yaml",
             &[build_token_secret(&r, "not-a-real-token")],
+        );
+    }
+
+    #[test]
+    fn the_read_api_settings_reach_ingest_only_when_set() {
+        let env_of = |region: &FiberRegion| -> Vec<(String, String)> {
+            build_ingest_deployment(region, &crate::fixtures::images())
+                .spec
+                .and_then(|s| s.template.spec)
+                .map(|p| p.containers[0].env.clone().unwrap_or_default())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.name.starts_with("FIBER_CORS") || e.name.starts_with("FIBER_READ"))
+                .map(|e| (e.name, e.value.unwrap_or_default()))
+                .collect()
+        };
+        let mut region = crate::fixtures::region();
+        assert!(env_of(&region).is_empty(), "defaults render nothing new");
+        region.spec.ingest.read_api.cors_origins =
+            vec!["https://noc.example".into(), "http://localhost:3000".into()];
+        region.spec.ingest.read_api.requests_per_minute = 120;
+        assert_eq!(
+            env_of(&region),
+            [
+                (
+                    "FIBER_CORS_ORIGINS".to_owned(),
+                    "https://noc.example,http://localhost:3000".to_owned()
+                ),
+                ("FIBER_READ_RATE_PER_MINUTE".to_owned(), "120".to_owned())
+            ]
         );
     }
 
