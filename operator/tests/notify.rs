@@ -856,3 +856,48 @@ async fn killing_the_leader_mid_way_loses_nothing_and_duplicates_nothing_by_key(
     world.delete().await?;
     result
 }
+
+#[tokio::test]
+async fn deleting_a_probe_with_a_firing_alert_sends_its_end_first() -> Result<()> {
+    let world = World::new("op-notify-delete").await?;
+    let (receiver, addr) = Receiver::start().await?;
+    let operator = operator(&world).await?;
+    let result = async {
+        world
+            .notifier("hook", "webhook", &format!("http://{addr}/hook"))
+            .await?;
+        world.breaching_probe(&["hook"], None).await?;
+        until_received(&receiver, "hook", 1).await?;
+        let probes = world.api::<FiberProbe>();
+        wait_for("the alerts finalizer", WAIT, EVERY, || async {
+            let p = probes.get("accra-edge").await?;
+            let f = p.metadata.finalizers.clone().unwrap_or_default();
+            Ok(if f.iter().any(|f| f == "fiberstack.io/alerts") {
+                Ok(())
+            } else {
+                Err(format!("{f:?}"))
+            })
+        })
+        .await?;
+
+        probes.delete("accra-edge", &Default::default()).await?;
+        let got = until_received(&receiver, "hook", 2).await?;
+        assert_eq!(got[1].body["status"], "resolved");
+        assert_eq!(got[1].body["id"], got[0].body["id"]);
+        wait_for("the probe is gone", WAIT, EVERY, || async {
+            Ok(match probes.get_opt("accra-edge").await? {
+                None => Ok(()),
+                Some(p) => Err(format!("{:?}", p.metadata.finalizers)),
+            })
+        })
+        .await?;
+        let history = world.history().await?;
+        assert_eq!(history.len(), 1, "{history:?}");
+        assert_eq!((history[0].1.as_str(), history[0].2), ("resolved", true));
+        Ok(())
+    }
+    .await;
+    operator.stop().await;
+    world.delete().await?;
+    result
+}

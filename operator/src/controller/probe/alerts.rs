@@ -112,9 +112,35 @@ pub fn evolve(
     (alerts, transitions)
 }
 
+/// Every firing alert resolved at `now` with `why` (the probe is going away), and their ends.
+pub fn resolve_all(
+    alerts: &[Alert],
+    now: DateTime<Utc>,
+    why: &str,
+) -> (Vec<Alert>, Vec<Transition>) {
+    let mut transitions = vec![];
+    let alerts = alerts
+        .iter()
+        .filter(|a| owed(a))
+        .cloned()
+        .map(|mut alert| {
+            if alert.state == AlertState::Firing {
+                transitions.push(Transition::AlertResolved {
+                    target: alert.target.clone(),
+                    message: format!("target {}: {why}", alert.target),
+                });
+                alert.state = AlertState::Resolved;
+                alert.ends_at = Some(rfc3339(now));
+            }
+            alert
+        })
+        .collect();
+    (alerts, transitions)
+}
+
 /// Whether an alert still has to stay in status: firing, or its end not yet delivered to a
 /// notifier told of its start, or not yet in the history.
-fn owed(alert: &Alert) -> bool {
+pub(crate) fn owed(alert: &Alert) -> bool {
     alert.state == AlertState::Firing
         || alert.recorded != Some(AlertState::Resolved)
         || alert
@@ -349,5 +375,32 @@ mod tests {
             rows = now_rows;
             alerts = next;
         }
+    }
+
+    #[test]
+    fn deleting_resolves_what_fires_and_keeps_only_what_is_owed() {
+        let firing = Alert {
+            state: AlertState::Firing,
+            ends_at: None,
+            ..resolved(&[("am", AlertState::Firing)], Some(AlertState::Firing))
+        };
+        let done = Alert {
+            id: "ns/p/b@1".into(),
+            target: "b".into(),
+            ..resolved(&[("am", AlertState::Resolved)], Some(AlertState::Resolved))
+        };
+        let (alerts, transitions) =
+            resolve_all(&[firing, done], at(90), "the FiberProbe was deleted");
+        assert_eq!(alerts.len(), 1, "the delivered episode is owed nothing");
+        assert_eq!(alerts[0].state, AlertState::Resolved);
+        assert_eq!(alerts[0].ends_at, Some(rfc3339(at(90))));
+        assert!(
+            owed(&alerts[0]),
+            "its end is still owed to am and the history"
+        );
+        assert!(matches!(
+            transitions.as_slice(),
+            [Transition::AlertResolved { message, .. }] if message == "target a: the FiberProbe was deleted"
+        ));
     }
 }

@@ -13,14 +13,14 @@ use std::time::Duration;
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::{Context, apply, effects};
 use crate::conditions::Reason;
-use crate::crd::{FiberProbe, FiberRegion};
+use crate::crd::{FiberProbe, FiberProbeStatus, FiberRegion};
 use crate::error::Error;
 use crate::notify;
 use crate::render::{names, probe as render};
@@ -39,10 +39,22 @@ pub async fn reconcile(
     .await
 }
 
+/// While a probe has alerts in status it carries this finalizer, so that deleting it first
+/// resolves them — sent to the notifiers that heard their start, written to the history —
+/// and only then lets it go.
+pub const ALERTS_FINALIZER: &str = "fiberstack.io/alerts";
+
+/// How long a deleted probe waits for its alerts' ends to be delivered before it goes anyway
+/// (a receiver that stays down must not keep it forever).
+const DELETION_GRACE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 async fn reconcile_inner(probe: &FiberProbe, ctx: &Context) -> Result<Action, Error> {
     let ns = probe
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
+    if probe.metadata.deletion_timestamp.is_some() {
+        return end_alerts_then_let_go(probe, ctx, &ns).await;
+    }
     let (region, placement) = place(probe, ctx, &ns).await?;
     if let Placement::Blocked { reason, message } = &placement {
         tracing::info!(name = %probe.name_any(), namespace = %ns, %reason, %message, "probe not placed");
@@ -60,6 +72,7 @@ async fn reconcile_inner(probe: &FiberProbe, ctx: &Context) -> Result<Action, Er
     if delivered.changed {
         effects::write_status_then_announce(ctx, &api, probe, &status, &[]).await?;
     }
+    keep_finalizer(&api, probe, !status.alerts.is_empty()).await?;
     ctx.metrics.measurements.record(probe, &status);
     let every = ctx.settings.status_every;
     Ok(Action::requeue(
@@ -67,6 +80,100 @@ async fn reconcile_inner(probe: &FiberProbe, ctx: &Context) -> Result<Action, Er
             .retry_in
             .map_or(every, |r| r.clamp(Duration::from_secs(1), every)),
     ))
+}
+
+/// A deleted probe: its firing alerts end ("the FiberProbe was deleted"), the ends are sent
+/// and recorded, and the finalizer goes once nothing is owed — or while muted, or after
+/// [`DELETION_GRACE`].
+async fn end_alerts_then_let_go(
+    probe: &FiberProbe,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Action, Error> {
+    let api = ctx.api::<FiberProbe>(ns);
+    let now = Utc::now();
+    let previous = probe.status.clone().unwrap_or_default();
+    let (alerts, transitions) =
+        alerts::resolve_all(&previous.alerts, now, "the FiberProbe was deleted");
+    let mut status = FiberProbeStatus { alerts, ..previous };
+    effects::write_status_then_announce(ctx, &api, probe, &status, &transitions).await?;
+    let region = ctx
+        .api::<FiberRegion>(ns)
+        .get_opt(&probe.spec.region)
+        .await?;
+    let delivered = notify::deliver(ctx, probe, region.as_ref(), &mut status, now).await;
+    if delivered.changed {
+        effects::write_status_then_announce(ctx, &api, probe, &status, &[]).await?;
+    }
+    let owed = status.alerts.iter().any(alerts::owed);
+    let waited = probe
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .is_some_and(|t| now.timestamp() - t.0.as_second() > DELETION_GRACE.num_seconds());
+    if owed && !waited && !probe.spec.alerting.muted_at(now) {
+        return Ok(Action::requeue(
+            delivered
+                .retry_in
+                .unwrap_or(Duration::from_secs(5))
+                .clamp(Duration::from_secs(1), ctx.settings.status_every),
+        ));
+    }
+    if owed {
+        tracing::warn!(name = %probe.name_any(), namespace = %ns, "deleted with alert ends still undelivered (muted, or receivers down for 10 minutes)");
+    }
+    keep_finalizer(&api, probe, false).await?;
+    Ok(Action::await_change())
+}
+
+/// Adds or removes [`ALERTS_FINALIZER`]: a merge patch guarded by the resourceVersion, so
+/// a finalizer someone else added meanwhile is not lost; on a conflict (our own status write
+/// moved the version on) the object is read again and the patch retried.
+async fn keep_finalizer(
+    api: &Api<FiberProbe>,
+    probe: &FiberProbe,
+    want: bool,
+) -> Result<(), Error> {
+    let mut probe = probe.clone();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = probe.finalizers();
+        let has = current.iter().any(|f| f == ALERTS_FINALIZER);
+        if has == want {
+            return Ok(());
+        }
+        let finalizers: Vec<&str> = current
+            .iter()
+            .map(String::as_str)
+            .filter(|f| *f != ALERTS_FINALIZER)
+            .chain(want.then_some(ALERTS_FINALIZER))
+            .collect();
+        let patch = serde_json::json!({
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": probe.resource_version(),
+            }
+        });
+        match api
+            .patch(
+                &probe.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 3 => {
+                match api.get_opt(&probe.name_any()).await? {
+                    Some(fresh) => probe = fresh,
+                    None => return Ok(()),
+                }
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Dereference → validate → build → apply; the region (when found) and where that got to.
