@@ -13,15 +13,6 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use sqlx::PgPool;
 
-async fn migrated_database() -> Result<(String, PgPool)> {
-    let url = LocalEnv::load()?
-        .fresh_postgres_database("fs_operator")
-        .await?;
-    fiberstack_e2e::etl::migrate(&url, None).await?;
-    let pool = PgPool::connect(&url).await?;
-    Ok((url, pool))
-}
-
 /// `count` successful samples of one target from gh-accra-1, one every 10 s back from now
 /// (offset by `skew_ms` so that two series never share a key).
 async fn seed(
@@ -87,7 +78,7 @@ async fn health_events(client: &Client, ns: &str) -> Result<Vec<String>> {
 async fn samples_drive_reporting_and_healthy_with_events() -> Result<()> {
     let client = common::client().await?;
     common::install_crds(&client).await?;
-    let (url, pool) = migrated_database().await?;
+    let (url, pool) = common::migrated_database("fs_operator").await?;
     let ns = TestNamespace::create(&client, "op-health").await?;
     let db = fiberstack_operator::status::connect_lazy(&url, None)?;
     let operator = Operator::start(&client, &ns.name, Some(db));
@@ -179,12 +170,9 @@ async fn health(client: &Client, ns: &str, pool: &PgPool, operator: &Operator) -
     // Steady state: nothing changes, so reconciles (every 2 s) write no status at all.
     let counted = |text: &str, result: &str| -> f64 {
         let series = format!(
-            "fiberstack_operator_status_writes_total{{kind=\"FiberProbe\",result=\"{result}\"}} "
+            "fiberstack_operator_status_writes_total{{kind=\"FiberProbe\",result=\"{result}\"}}"
         );
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        common::metric_value(text, &series).unwrap_or(0.0)
     };
     let version = probes.get("accra-edge").await?.metadata.resource_version;
     let before = operator.metrics_text();
@@ -323,7 +311,7 @@ async fn an_unreachable_database_makes_reporting_unknown() -> Result<()> {
 async fn certificate_expiry_reaches_status_series_and_health() -> Result<()> {
     let client = common::client().await?;
     common::install_crds(&client).await?;
-    let (url, pool) = migrated_database().await?;
+    let (url, pool) = common::migrated_database("fs_operator").await?;
     let ns = TestNamespace::create(&client, "op-cert").await?;
     let db = fiberstack_operator::status::connect_lazy(&url, None)?;
     let operator = Operator::start(&client, &ns.name, Some(db));

@@ -24,37 +24,6 @@ const VANTAGES: [(&str, &str); 3] = [
     ("ke-nairobi-1", "kenya"),
 ];
 
-/// 30 samples of `target` from `node` at `latency_ms`, one every 10 s back from now (the
-/// node's earlier samples of it replaced).
-async fn seed(
-    pool: &PgPool,
-    probe: &str,
-    target: &str,
-    node: &str,
-    region: &str,
-    latency_ms: f64,
-) -> Result<()> {
-    sqlx::query("delete from metrics where probe = $1 and target = $2 and node = $3")
-        .bind(probe)
-        .bind(target)
-        .bind(node)
-        .execute(pool)
-        .await?;
-    sqlx::query(
-        "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss)
-         select now() - make_interval(secs => g * 10), $3, $1, $4, $2, 'icmp', true, $5, 0
-           from generate_series(1, 30) g",
-    )
-    .bind(probe)
-    .bind(target)
-    .bind(node)
-    .bind(region)
-    .bind(latency_ms)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
 struct World {
     client: Client,
     ns: TestNamespace,
@@ -67,11 +36,7 @@ impl World {
     async fn new(prefix: &str, quorum: Option<serde_json::Value>) -> Result<Self> {
         let client = common::client().await?;
         common::install_crds(&client).await?;
-        let url = LocalEnv::load()?
-            .fresh_postgres_database("fs_localize")
-            .await?;
-        fiberstack_e2e::etl::migrate(&url, None).await?;
-        let pool = PgPool::connect(&url).await?;
+        let (url, pool) = common::migrated_database("fs_localize").await?;
         let ns = TestNamespace::create(&client, prefix).await?;
         apply_json(
             &Api::<FiberRegion>::namespaced(client.clone(), &ns.name),
@@ -102,9 +67,10 @@ impl World {
     async fn slow_from(&self, slow: &[&str]) -> Result<()> {
         for (node, region) in VANTAGES {
             let latency = if slow.contains(&node) { 400.0 } else { 20.0 };
-            seed(&self.pool, &self.key, "google-dns", node, region, latency).await?;
+            common::replace_samples(&self.pool, &self.key, "google-dns", node, region, latency)
+                .await?;
         }
-        seed(&self.pool, &self.key, "db", "gh-accra-1", "ghana", 5.0).await
+        common::replace_samples(&self.pool, &self.key, "db", "gh-accra-1", "ghana", 5.0).await
     }
 
     async fn until(

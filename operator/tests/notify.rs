@@ -148,25 +148,9 @@ impl Alertmanager {
     }
 }
 
-/// `count` samples of `target` from gh-accra-1 at `latency_ms`, one every 10 s back from now.
+/// Samples of `target` from gh-accra-1 at `latency_ms` (replacing its earlier ones).
 async fn seed(pool: &PgPool, probe: &str, target: &str, latency_ms: f64) -> Result<()> {
-    sqlx::query("delete from metrics where probe = $1 and target = $2")
-        .bind(probe)
-        .bind(target)
-        .execute(pool)
-        .await?;
-    sqlx::query(
-        "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss)
-         select now() - make_interval(secs => g * 10), 'gh-accra-1', $1, 'ghana', $2, 'icmp',
-                true, $3, 0
-           from generate_series(1, 30) g",
-    )
-    .bind(probe)
-    .bind(target)
-    .bind(latency_ms)
-    .execute(pool)
-    .await?;
-    Ok(())
+    common::replace_samples(pool, probe, target, "gh-accra-1", "ghana", latency_ms).await
 }
 
 /// One test's world: a namespace with the CRDs, a migrated database, the Secrets, a region.
@@ -181,11 +165,7 @@ impl World {
     async fn new(prefix: &str) -> Result<Self> {
         let client = common::client().await?;
         common::install_crds(&client).await?;
-        let url = LocalEnv::load()?
-            .fresh_postgres_database("fs_notify")
-            .await?;
-        fiberstack_e2e::etl::migrate(&url, None).await?;
-        let pool = PgPool::connect(&url).await?;
+        let (url, pool) = common::migrated_database("fs_notify").await?;
         let ns = TestNamespace::create(&client, prefix).await?;
         let world = Self {
             client,
@@ -552,13 +532,10 @@ async fn a_receiver_that_was_down_gets_the_notification_when_it_is_back() -> Res
         let text = operator.metrics_text();
         let value = |result: &str| -> f64 {
             let series = format!(
-                "fiberstack_notifications_total{{namespace=\"{}\",notifier=\"hook\",kind=\"webhook\",result=\"{result}\"}} ",
+                "fiberstack_notifications_total{{namespace=\"{}\",notifier=\"hook\",kind=\"webhook\",result=\"{result}\"}}",
                 world.ns.name
             );
-            text.lines()
-                .find_map(|l| l.strip_prefix(&series))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(-1.0)
+            common::metric_value(&text, &series).unwrap_or(-1.0)
         };
         assert_eq!(value("sent"), 1.0, "{text}");
         assert!(value("failed") >= 2.0, "{text}");

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 
-use crate::crd::{FiberProbe, FiberRegion};
+use crate::crd::{FiberProbe, FiberRegion, SecretKeyRef};
 use crate::databases::Databases;
 use crate::error::Error;
 use crate::health::Hysteresis;
@@ -85,22 +85,28 @@ impl Context {
             return self.databases.pool(None).await;
         };
         let ns = region.namespace().unwrap_or_default();
-        let secret = self
-            .api::<Secret>(&ns)
-            .get_opt(&reference.name)
+        let url = self
+            .secret_value(&ns, reference)
             .await
-            .map_err(|e| format!("reading Secret {:?}: {e}", reference.name))?;
-        let url = secret
-            .and_then(|s| s.data)
-            .and_then(|mut d| d.remove(&reference.key))
+            .map_err(|e| format!("{e} (spec.database.readerUrlSecretRef)"))?;
+        self.databases.pool(Some(&url)).await
+    }
+
+    /// The text under a key of a Secret in `ns`, trimmed; an error naming the Secret and key,
+    /// never the value (a URL there may carry a password).
+    pub(crate) async fn secret_value(&self, ns: &str, r: &SecretKeyRef) -> Result<String, String> {
+        let secret = self
+            .api::<Secret>(ns)
+            .get_opt(&r.name)
+            .await
+            .map_err(|e| format!("reading Secret {:?}: {e}", r.name))?
+            .ok_or_else(|| format!("Secret {:?} does not exist", r.name))?;
+        secret
+            .data
+            .and_then(|mut d| d.remove(&r.key))
             .and_then(|v| String::from_utf8(v.0).ok())
-            .ok_or_else(|| {
-                format!(
-                    "Secret {:?} has no key {:?} (spec.database.readerUrlSecretRef)",
-                    reference.name, reference.key
-                )
-            })?;
-        self.databases.pool(Some(url.trim())).await
+            .map(|s| s.trim().to_owned())
+            .ok_or_else(|| format!("Secret {:?} has no key {:?}", r.name, r.key))
     }
 }
 

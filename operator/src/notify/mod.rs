@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use fiberstack_plumbing::backoff::Backoff;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -278,7 +277,7 @@ pub async fn deliver(
             continue;
         }
         let mut sent = 0;
-        let failure = match secret_url(ctx, &ns, channel.secret).await {
+        let failure = match ctx.secret_value(&ns, channel.secret).await {
             Err(e) => Some((Reason::SecretNotFound, e)),
             Ok(url) => {
                 let mut failure = None;
@@ -391,23 +390,6 @@ fn kind_of(probe: &FiberProbe, target: &str) -> String {
         .and_then(|t| t.check().ok())
         .map_or("unknown", |c| c.kind().as_str())
         .to_owned()
-}
-
-/// The URL in a notifier's Secret; an error naming the Secret and key (never the value).
-async fn secret_url(ctx: &Context, ns: &str, r: &SecretKeyRef) -> Result<String, String> {
-    let secret = ctx
-        .api::<Secret>(ns)
-        .get_opt(&r.name)
-        .await
-        .map_err(|e| format!("reading Secret {:?}: {e}", r.name))?
-        .ok_or_else(|| format!("Secret {:?} does not exist", r.name))?;
-    secret
-        .data
-        .and_then(|mut d| d.remove(&r.key))
-        .and_then(|v| String::from_utf8(v.0).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| format!("Secret {:?} has no key {:?}", r.name, r.key))
 }
 
 /// One POST; an error that never contains the URL (it may carry a credential).
@@ -588,7 +570,10 @@ async fn record_history(
         return false;
     }
     let ns = probe.namespace().unwrap_or_default();
-    let pool = match secret_url(ctx, &ns, &region.spec.database.url_secret_ref).await {
+    let pool = match ctx
+        .secret_value(&ns, &region.spec.database.url_secret_ref)
+        .await
+    {
         Ok(url) => ctx.databases.writer(&url).await,
         Err(e) => Err(format!("{e} (the region's spec.database.urlSecretRef)")),
     };

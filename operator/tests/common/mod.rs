@@ -194,3 +194,52 @@ where
 
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 pub const EVERY: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// A fresh PostgreSQL database, migrated as the chart's Job does: its URL and a pool.
+pub async fn migrated_database(prefix: &str) -> Result<(String, sqlx::PgPool)> {
+    let url = fiberstack_e2e::LocalEnv::load()?
+        .fresh_postgres_database(prefix)
+        .await?;
+    fiberstack_e2e::etl::migrate(&url, None).await?;
+    let pool = sqlx::PgPool::connect(&url).await?;
+    Ok((url, pool))
+}
+
+/// 30 successful ICMP samples of `target` from `node` (in `region`) at `latency_ms`, one
+/// every 10 s back from now; the node's earlier samples of the target are replaced.
+pub async fn replace_samples(
+    pool: &sqlx::PgPool,
+    probe: &str,
+    target: &str,
+    node: &str,
+    region: &str,
+    latency_ms: f64,
+) -> Result<()> {
+    sqlx::query("delete from metrics where probe = $1 and target = $2 and node = $3")
+        .bind(probe)
+        .bind(target)
+        .bind(node)
+        .execute(pool)
+        .await?;
+    sqlx::query(
+        "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss)
+         select now() - make_interval(secs => g * 10), $3, $1, $4, $2, 'icmp', true, $5, 0
+           from generate_series(1, 30) g",
+    )
+    .bind(probe)
+    .bind(target)
+    .bind(node)
+    .bind(region)
+    .bind(latency_ms)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The value of one series (name and labels exactly as exposed) in a /metrics text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
