@@ -31,10 +31,12 @@ images:
 	bash images/build.sh
 
 # Load benchmark of the data path with the release binaries (e2e/benches/load.rs), then the
-# ETL's database writer alone (etl/benches/writer.rs). Prints figures, never fails on time.
+# ETL's database writer alone (etl/benches/writer.rs), then the dashboards and status queries
+# on a generated fleet (etl/benches/dashboards.rs). Prints figures, never fails on time.
 bench: env-up
 	cargo bench -p fiberstack-e2e --bench load
 	cargo bench -p fiber-etl --bench writer
+	cargo bench -p fiber-etl --bench dashboards
 
 # Regenerate the CRDs from the operator's types, and the install bundle from the chart (tests
 # fail when either is stale).

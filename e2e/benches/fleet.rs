@@ -81,16 +81,161 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-async fn reconciles(port: u16) -> Result<f64> {
+/// The sum of the operator's series named `prefix` whose labels contain `having`.
+async fn counted(port: u16, prefix: &str, having: &str) -> Result<f64> {
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await?
         .text()
         .await?;
     Ok(text
         .lines()
-        .filter(|l| l.starts_with("fiberstack_operator_reconciles_total{"))
+        .filter(|l| l.starts_with(prefix) && l.contains(having))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+async fn reconciles(port: u16) -> Result<f64> {
+    counted(port, "fiberstack_operator_reconciles_total{", "").await
+}
+
+/// The operator's writes to the API server: status patches and applies it made.
+async fn writes(port: u16) -> Result<f64> {
+    Ok(counted(
+        port,
+        "fiberstack_operator_status_writes_total{",
+        "result=\"written\"",
+    )
+    .await?
+        + counted(
+            port,
+            "fiberstack_operator_applies_total{",
+            "result=\"applied\"",
+        )
+        .await?)
+}
+
+/// Reads the operator made from the API server because a cache could not answer.
+async fn reads(port: u16) -> Result<f64> {
+    counted(port, "fiberstack_operator_api_reads_total{", "").await
+}
+
+/// An object as the API server returned it, made into what a client would send: server
+/// fields dropped, moved to namespace `ns`.
+fn resend(mut object: serde_json::Value, ns: &str) -> serde_json::Value {
+    if let Some(meta) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        for field in [
+            "resourceVersion",
+            "uid",
+            "managedFields",
+            "creationTimestamp",
+            "generation",
+            "ownerReferences",
+        ] {
+            meta.remove(field);
+        }
+        meta.insert("namespace".to_owned(), json!(ns));
+    }
+    if let Some(o) = object.as_object_mut() {
+        o.remove("status");
+    }
+    object
+}
+
+/// The floor: a plain client makes the writes the operator made — each probe created, its
+/// ConfigMap and DaemonSet applied, its status applied — with the operator's concurrency,
+/// in a namespace of its own. Returns how long that took.
+async fn floor(client: &Client, from: &str, concurrency: usize) -> Result<Duration> {
+    let ns = TestNamespace::create(client, "op-floor").await?;
+    let probes: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), from, &resource("FiberProbe"));
+    let list = probes.list(&ListParams::default()).await?;
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), from);
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), from);
+    let cms: std::collections::HashMap<String, serde_json::Value> = configmaps
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|c| {
+            Some((
+                c.metadata
+                    .labels
+                    .as_ref()?
+                    .get("app.kubernetes.io/instance")?
+                    .clone(),
+                serde_json::to_value(c).ok()?,
+            ))
+        })
+        .collect();
+    let dss: std::collections::HashMap<String, serde_json::Value> = daemonsets
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|d| {
+            Some((
+                d.metadata
+                    .labels
+                    .as_ref()?
+                    .get("app.kubernetes.io/instance")?
+                    .clone(),
+                serde_json::to_value(d).ok()?,
+            ))
+        })
+        .collect();
+    let work: Vec<_> = list
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.metadata.name.clone()?;
+            let status = p.data.get("status").cloned()?;
+            let probe = resend(serde_json::to_value(&p).ok()?, &ns.name);
+            let cm = resend(cms.get(&name)?.clone(), &ns.name);
+            let ds = resend(dss.get(&name)?.clone(), &ns.name);
+            Some((name, probe, cm, ds, status))
+        })
+        .collect();
+    let to_probes: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns.name, &resource("FiberProbe"));
+    let to_cms: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+    );
+    let to_dss: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ApiResource::erase::<k8s_openapi::api::apps::v1::DaemonSet>(&()),
+    );
+    let n = work.len();
+    let start = Instant::now();
+    let apply = PatchParams::apply("fiberstack-floor").force();
+    futures::stream::iter(work)
+        .map(|(name, probe, cm, ds, status)| {
+            let (to_probes, to_cms, to_dss, apply) = (to_probes.clone(), to_cms.clone(), to_dss.clone(), apply.clone());
+            async move {
+                to_probes.patch(&name, &apply, &Patch::Apply(&probe)).await?;
+                let cm_name = cm["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                to_cms.patch(&cm_name, &apply, &Patch::Apply(&cm)).await?;
+                let ds_name = ds["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                to_dss.patch(&ds_name, &apply, &Patch::Apply(&ds)).await?;
+                let status = json!({ "apiVersion": "fiberstack.io/v1alpha1", "kind": "FiberProbe", "status": status });
+                to_probes.patch_status(&name, &apply, &Patch::Apply(&status)).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let took = start.elapsed();
+    println!(
+        "floor: a plain client made the same writes for {n} probes (create, ConfigMap, DaemonSet, status; {concurrency} at once) in {:.1} s",
+        took.as_secs_f64()
+    );
+    ns.delete().await?;
+    Ok(took)
 }
 
 /// Probes whose status has conditions for their current generation.
@@ -204,27 +349,54 @@ async fn main() -> Result<()> {
             during / all.as_secs_f64()
         );
 
-        // Steady state: every probe is recomputed at least every 30 s.
+        // Steady state: every probe is recomputed at least every 30 s (one status period),
+        // and with nothing changing, should neither write nor read the API server.
+        tokio::time::sleep(Duration::from_secs(30)).await;
         let steady_from = reconciles(port).await?;
+        let (writes_from, reads_from) = (writes(port).await?, reads(port).await?);
         let window = Duration::from_secs(30);
         tokio::time::sleep(window).await;
         let steady = reconciles(port).await? - steady_from;
         println!(
-            "steady state: {:.0} reconciles/s over {} s (at least {:.0}/s needed for every probe every 30 s)",
+            "steady state: {:.0} reconciles/s over {} s (at least {:.0}/s needed for every probe every 30 s); API writes in that status period: {:.0}, reads not answered by a cache: {:.0}",
             steady / window.as_secs_f64(),
             window.as_secs(),
-            count as f64 / 30.0
+            count as f64 / 30.0,
+            writes(port).await? - writes_from,
+            reads(port).await? - reads_from,
         );
-        anyhow::Ok(())
+        anyhow::Ok(all)
     }
     .await;
 
     let peak = peak_rss_mib(pid).unwrap_or_default();
-    println!("operator peak RSS: {peak:.1} MiB (idle at start: {idle_rss:.1} MiB)");
+    println!(
+        "operator peak RSS: {peak:.1} MiB (idle at start: {idle_rss:.1} MiB; {:.1} KiB per probe)",
+        (peak - idle_rss) * 1024.0 / count as f64
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = operator.wait();
+    let result = match result {
+        Ok(all) => {
+            // The operator reconciles 16 at once by default.
+            let floor = floor(&client, &ns.name, 16).await;
+            floor.map(|floor| {
+                println!(
+                    "operator: {:.1} s = {:.2} x the floor ({:.1} s)",
+                    all.as_secs_f64(),
+                    all.as_secs_f64() / floor.as_secs_f64(),
+                    floor.as_secs_f64()
+                );
+                println!(
+                    "{}",
+                    json!({"bench": "fleet", "probes": count, "statused_s": all.as_secs_f64(), "floor_s": floor.as_secs_f64(), "peak_rss_mib": peak})
+                );
+            })
+        }
+        Err(e) => Err(e),
+    };
     ns.delete().await?;
     result
 }

@@ -85,7 +85,7 @@ summary() {
   kubectl -n "$NS" get pods -o wide
   if [[ -n $pod ]]; then
     read -r pod ip region <<<"$pod"
-    token=$(kubectl -n "$NS" get secret "fiberstack-probe-token-$region" -o jsonpath='{.data.token}' | base64 -d)
+    token=$(kubectl -n "$NS" get secret "fiberstack-reader-token-$region" -o jsonpath='{.data.token}' | base64 -d)
     echo
     echo "read API of region $region (http://$ip:8080, pod $pod):"
     curl -fsS -H "Authorization: Bearer $token" "http://$ip:8080/api/v1/nodes" |
@@ -100,6 +100,23 @@ summary() {
     jq -r '.[] | "  \(.labels.alertname) \(.labels.namespace)/\(.labels.probe) target \(.labels.target) (\(.labels.region)): \(.annotations.description), since \(.startsAt)"' ||
     echo "  (Alertmanager did not answer)"
   kubectl -n "$NS" get fibernotifiers
+  status_page_url
+}
+
+# The status page (statusPage.enabled), served by the operator pods on port 8081; pod IPs
+# are reachable from this machine.
+status_page_url() {
+  local ip
+  ip=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=operator \
+    --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}' 2>/dev/null || true)
+  echo
+  if [[ -n $ip ]]; then
+    echo "status page: http://$ip:8081/ (three regions, the degraded target under Current incidents)"
+    echo "  badges: http://$ip:8081/badges/$NS/lagos-edge/uptime.svg?window=24h, .../latency.svg"
+    echo "  (in the cluster: Service $RELEASE-status, port 80; statusPage.ingress in the chart)"
+  else
+    echo "status page: no running operator pod (kubectl -n $NS get pods)"
+  fi
 }
 
 up() {
@@ -145,6 +162,14 @@ up() {
     kubectl apply -f - >/dev/null
   kubectl -n "$NS" create secret generic fiberstack-redis --dry-run=client -o yaml \
     --from-literal=url="redis://redis.$NS.svc:16379/" | kubectl apply -f - >/dev/null
+  # The read API's own credential (probe tokens do not read), one per region, made before the
+  # regions so their ingest pods start with it.
+  local region
+  for region in ghana nigeria kenya; do
+    kubectl -n "$NS" get secret "fiberstack-reader-token-$region" >/dev/null 2>&1 ||
+      kubectl -n "$NS" create secret generic "fiberstack-reader-token-$region" \
+        --from-literal=token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >/dev/null
+  done
 
   local digests=()
   while IFS=$'\t' read -r name _ digest _ _; do
@@ -157,6 +182,8 @@ up() {
     --set operator.watchNamespace="$NS" \
     --set operator.statusIntervalSeconds=10 \
     --set operator.healthEvaluations=2 \
+    --set statusPage.enabled=true \
+    --set statusPage.refreshSeconds=10 \
     --wait --timeout 3m
   log "kubectl apply -f e2e/demo/notifier.yaml -f e2e/demo/three-regions.yaml"
   sed "s/HOST_ADDR/$FIBERSTACK_HOST_ADDR/" e2e/demo/notifier.yaml | kubectl -n "$NS" apply -f -

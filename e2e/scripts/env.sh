@@ -80,6 +80,10 @@ install_packages() {
   command -v gcc >/dev/null || missing+=(gcc libc6-dev)
   # promtool: the metrics lint of every binary's /metrics and the alerting rules' unit tests.
   command -v promtool >/dev/null || missing+=(prometheus)
+  # tracepath: the reference the traceroute check's hop RTTs are compared with.
+  command -v tracepath >/dev/null || missing+=(iputils-tracepath)
+  # chromium: the status page's headless-browser test (operator/tests/statuspage_browser.rs).
+  command -v chromium >/dev/null || missing+=(chromium)
   if ((${#missing[@]})); then
     local start=$SECONDS
     log "installing Debian packages: ${missing[*]}"

@@ -1,7 +1,10 @@
 //! What the benchmarks share: their settings from the environment and the batches they
 //! send (the data-path load benchmark in `e2e/benches`, the ETL writer's in `etl/benches`).
 
-use chrono::{DateTime, Utc};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Duration, Utc};
 use fiberstack_model::{Batch, CheckKind, Sample};
 
 /// A numeric setting from the environment variable `name`, or `default`.
@@ -45,4 +48,116 @@ pub fn batch(node: usize, seq: u64, size: usize, base: DateTime<Utc>) -> Batch {
         agent_version: "bench".into(),
         samples,
     }
+}
+
+/// The probes of [`fleet_dataset`] (`bench/probe-0` …), `targets / PROBES` targets each.
+pub const PROBES: u64 = 20;
+/// Its nodes (`bench-node-0` …, in `region-0` … `region-2`): probe p runs on node p % 10.
+pub const NODES: u64 = 10;
+
+/// The fleet the dashboards and status benchmarks read (`etl/benches/dashboards.rs`,
+/// `operator/benches/status.rs`): Nodes, stream stats, alerts and `hours` of samples of `targets` targets ending now, one
+/// hour per statement (progress shows, and no transaction holds the whole set).
+pub async fn fleet_dataset(
+    pool: &sqlx::PgPool,
+    targets: u64,
+    hours: u64,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "insert into nodes (name, region, country, agent_version, last_seen_at)
+         select 'bench-node-' || n, 'region-' || (n % 3), (array['GH', 'NG', 'KE'])[n % 3 + 1],
+                '0.1.0', $1 - case when n = 9 then interval '1 hour' else interval '5 s' end
+           from generate_series(0, $2 - 1) n",
+    )
+    .bind(now)
+    .bind(NODES as i64)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "insert into stream_stats (time, region, consumer, stream_length, pending, dead_letters)
+         select t, 'region-' || r, 'etl-0', (extract(epoch from t)::int8 % 13) * 4, r, 2
+           from generate_series($1 - make_interval(hours => $2), $1, interval '10 s') t,
+                generate_series(0, 2) r",
+    )
+    .bind(now)
+    .bind(hours as i32)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "insert into alerts (id, namespace, probe, region, target, state, reason, started_at, ended_at)
+         select 'bench/probe-' || a || '/target-1@' || a, 'bench', 'probe-' || a, 'region-' || (a % 3),
+                'target-1', case when a = 0 then 'firing' else 'resolved' end, 'uptime below 99 %',
+                $1 - make_interval(mins => a * 40 + 20),
+                case when a = 0 then null else $1 - make_interval(mins => a * 40) end
+           from generate_series(0, 9) a",
+    )
+    .bind(now)
+    .execute(pool)
+    .await?;
+    let per_probe = (targets / PROBES) as i32;
+    let start = Instant::now();
+    for hour in (0..hours).rev() {
+        let to = now - Duration::hours(hour as i64);
+        // Each (probe, target) has a base latency of 2–200 ms; samples vary ±20 % around it
+        // with a 2 % share of spikes to 3–5×; 0.5 % are down; ICMP loses 20 % of packets in
+        // 5 % of its samples. Probe p runs on node p % 10, in that node's region.
+        sqlx::query(
+            "insert into metrics (time, node, probe, region, target, kind, address, up,
+               latency_ms, latency_min_ms, latency_max_ms, jitter_ms, packet_loss, sent, received,
+               status_code, error, metadata)
+             select time, 'bench-node-' || (p % 10), 'bench/probe-' || p, 'region-' || (p % 10 % 3),
+                    'target-' || t, kind, '10.' || p || '.0.' || t, up,
+                    case when up then latency end,
+                    case when up and kind = 'icmp' then latency * 0.9 end,
+                    case when up and kind = 'icmp' then latency * 1.2 end,
+                    case when kind = 'icmp' then latency * 0.05 end,
+                    case when kind = 'icmp' then case when random() < 0.05 then 20.0 else 0.0 end end,
+                    case when kind = 'icmp' then 5 end,
+                    case when kind = 'icmp' then 4 end,
+                    case when kind = 'http' then case when up then 200 else 503 end end,
+                    case when not up then 'timeout' end,
+                    case when kind = 'http' then jsonb_build_object('dns_ms', 1.0, 'connect_ms', 2.0,
+                         'tls_ms', 3.5, 'ttfb_ms', latency * 0.8, 'total_ms', latency) else '{}' end
+               from generate_series($1 - interval '1 hour' + interval '10 s', $1, interval '10 s') time
+               cross join generate_series(0, 19) p
+               cross join generate_series(0, $2 - 1) t
+               cross join lateral (select (array['icmp', 'tcp', 'http', 'dns'])[t % 4 + 1] as kind,
+                                          random() >= 0.005 as up,
+                                          (2 + (p * 50 + t) % 199)
+                                            * (0.8 + 0.4 * random())
+                                            * case when random() < 0.02 then 3 + 2 * random() else 1 end
+                                            as latency) s",
+        )
+        .bind(to)
+        .bind(per_probe)
+        .execute(pool)
+        .await
+        .with_context(|| format!("generating hour {hour}"))?;
+        eprint!(
+            "\rgenerated {} of {hours} hours ({:.0} s)",
+            hours - hour,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!();
+    sqlx::raw_sql("vacuum analyze").execute(pool).await?;
+    Ok(())
+}
+
+/// Times `runs` runs of `f` after one warm-up; the durations in milliseconds, sorted.
+pub async fn timed<F, Fut, T>(runs: usize, mut f: F) -> Result<Vec<f64>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    f().await?;
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        f().await?;
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms)
 }

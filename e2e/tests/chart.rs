@@ -184,6 +184,101 @@ fn an_otlp_endpoint_reaches_the_operator_and_through_it_the_workloads() -> Resul
     Ok(())
 }
 
+/// Probe identity (on by default): the ingest ServiceAccount may create TokenReviews and
+/// nothing else, and the operator is told to render ingest pods with it; off, neither. The
+/// Ingress routes each host to its region's ingest Service.
+#[test]
+fn probe_identity_and_the_ingest_ingress_render_as_configured() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let on = template(&env, "fs", &["ingest.probeIdentity.namespaces={regions-a}"])?;
+    ensure!(on.status.success(), "{}", text(&on.stderr));
+    let docs = documents(&text(&on.stdout))?;
+    let of_kind = |kind: &str| -> Vec<&serde_yaml::Value> {
+        docs.iter()
+            .filter(|d| d["kind"] == kind && d["metadata"]["name"] == "fs-fiberstack-ingest")
+            .collect()
+    };
+    let role = of_kind("ClusterRole");
+    ensure!(role.len() == 1, "one ingest ClusterRole: {role:?}");
+    let rules: serde_yaml::Value = serde_yaml::from_str(
+        "[{apiGroups: [authentication.k8s.io], resources: [tokenreviews], verbs: [create]}]",
+    )?;
+    ensure!(role[0]["rules"] == rules, "{:?}", role[0]["rules"]);
+    let accounts: Vec<_> = of_kind("ServiceAccount")
+        .iter()
+        .map(|a| {
+            a["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    ensure!(accounts == ["fs", "regions-a"], "{accounts:?}");
+    let binding = of_kind("ClusterRoleBinding");
+    let subjects: Vec<_> = binding[0]["subjects"]
+        .as_sequence()
+        .context("subjects")?
+        .iter()
+        .map(|s| s["namespace"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ensure!(subjects == ["fs", "regions-a"], "{subjects:?}");
+    let operator = text(&on.stdout);
+    ensure!(
+        operator.contains(
+            "- name: FIBER_INGEST_SERVICE_ACCOUNT\n              value: fs-fiberstack-ingest"
+        ),
+        "the operator is not told the ingest ServiceAccount"
+    );
+    ensure!(
+        !operator.contains("kind: Ingress\n"),
+        "an Ingress without asking"
+    );
+
+    let off = template(
+        &env,
+        "fs",
+        &[
+            "ingest.probeIdentity.enabled=false",
+            "ingest.ingress.enabled=true",
+            "ingest.ingress.hosts[0].host=ingest-ghana.example.org",
+            "ingest.ingress.hosts[0].region=ghana",
+        ],
+    )?;
+    ensure!(off.status.success(), "{}", text(&off.stderr));
+    let rendered = text(&off.stdout);
+    ensure!(!rendered.contains("FIBER_INGEST_SERVICE_ACCOUNT"));
+    ensure!(!rendered.contains("tokenreviews"));
+    let docs = documents(&rendered)?;
+    let ingress = docs
+        .iter()
+        .find(|d| d["kind"] == "Ingress")
+        .context("no Ingress")?;
+    let rule = &ingress["spec"]["rules"][0];
+    ensure!(rule["host"] == "ingest-ghana.example.org", "{rule:?}");
+    let backend = &rule["http"]["paths"][0]["backend"]["service"];
+    ensure!(
+        backend["name"] == "fiberstack-ingest-ghana" && backend["port"]["number"] == 8080,
+        "{backend:?}"
+    );
+
+    // A host without its region is refused, naming the field.
+    let no_region = template(
+        &env,
+        "fs",
+        &[
+            "ingest.ingress.enabled=true",
+            "ingest.ingress.hosts[0].host=ingest-ghana.example.org",
+        ],
+    )?;
+    ensure!(!no_region.status.success());
+    ensure!(
+        text(&no_region.stderr).contains("region"),
+        "{}",
+        text(&no_region.stderr)
+    );
+    Ok(())
+}
+
 /// The YAML documents of `text`.
 fn documents(text: &str) -> Result<Vec<serde_yaml::Value>> {
     serde_yaml::Deserializer::from_str(text)
@@ -342,6 +437,15 @@ async fn rendered_objects_are_accepted_by_the_api_server_under_restricted_pod_se
                 "database.existingSecret=my-db",
                 "operator.replicas=1",
                 "networkPolicy.enabled=false",
+            ][..],
+            &[
+                "ingest.ingress.enabled=true",
+                "ingest.ingress.className=nginx",
+                "ingest.ingress.hosts[0].host=ingest-ghana.example.org",
+                "ingest.ingress.hosts[0].region=ghana",
+                "ingest.ingress.tls[0].secretName=ingest-tls",
+                "ingest.ingress.tls[0].hosts[0]=ingest-ghana.example.org",
+                "ingest.probeIdentity.enabled=false",
             ][..],
         ] {
             let rendered = template(&env, &ns.name, sets)?;

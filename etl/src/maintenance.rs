@@ -1,6 +1,8 @@
 //! The maintenance loop of plain-PostgreSQL mode: what TimescaleDB's background jobs do
-//! (refreshing the hourly and daily rollups, dropping data past retention) done by the ETL.
-//! In TimescaleDB mode the database's own policies do it and this loop does nothing.
+//! (refreshing the hourly and daily rollups — the summaries of migration 0002 and the latency
+//! histograms of 0007, all in `fiberstack_refresh_rollups` — and dropping data past retention)
+//! done by the ETL. In TimescaleDB mode the database's own policies do it and this loop does
+//! nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

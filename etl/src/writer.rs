@@ -1,4 +1,5 @@
-//! Writes batches into the database: the nodes registry and `metrics`, in one transaction.
+//! Writes batches into the database: the nodes registry, `metrics` and the `hops` of
+//! traceroute samples, in one transaction.
 //!
 //! Samples go in by binary `COPY`, the cheapest way into PostgreSQL. `COPY` cannot skip rows
 //! that are already stored, so when a write meets a sample stored before (a redelivery after a
@@ -41,14 +42,24 @@ pub struct Written {
 const INSERT_METRICS: &str = "
 insert into metrics (time, node, probe, region, target, kind, address, up, latency_ms,
                      latency_min_ms, latency_max_ms, jitter_ms, packet_loss, sent, received,
-                     status_code, error, metadata)
-select t, n, p, r, tg, k, a, u, l, lmin, lmax, j, pl, s, rc, sc, e, coalesce(m, '{}'::jsonb)
+                     status_code, error, metadata, path_fingerprint)
+select t, n, p, r, tg, k, a, u, l, lmin, lmax, j, pl, s, rc, sc, e, coalesce(m, '{}'::jsonb), f
   from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
               $6::text[], $7::text[], $8::bool[], $9::float8[], $10::float8[],
               $11::float8[], $12::float8[], $13::float8[], $14::int4[], $15::int4[],
-              $16::int2[], $17::text[], $18::jsonb[])
-       as x(t, n, p, r, tg, k, a, u, l, lmin, lmax, j, pl, s, rc, sc, e, m)
+              $16::int2[], $17::text[], $18::jsonb[], $19::text[])
+       as x(t, n, p, r, tg, k, a, u, l, lmin, lmax, j, pl, s, rc, sc, e, m, f)
 on conflict (node, probe, target, time) do nothing";
+
+/// Hops already stored (their sample redelivered) are skipped like their sample.
+const INSERT_HOPS: &str = "
+insert into hops (time, node, probe, target, ttl, address, sent, received, packet_loss,
+                  latency_ms, latency_min_ms, latency_max_ms)
+select t, n, p, tg, ttl, a::inet, s, rc, pl, l, lmin, lmax
+  from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[],
+              $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::float8[], $12::float8[])
+       as x(t, n, p, tg, ttl, a, s, rc, pl, l, lmin, lmax)
+on conflict (probe, target, node, time, ttl) do nothing";
 
 const UPSERT_NODES: &str = "
 insert into nodes (name, region, country, agent_version, last_seen_at)
@@ -98,7 +109,7 @@ enum Path {
 const COPY_METRICS: &str =
     "copy metrics (time, node, probe, region, target, kind, address, up, latency_ms,
                      latency_min_ms, latency_max_ms, jitter_ms, packet_loss, sent, received,
-                     status_code, error, metadata) from stdin (format binary)";
+                     status_code, error, metadata, path_fingerprint) from stdin (format binary)";
 
 async fn write_with(
     pool: &PgPool,
@@ -119,6 +130,7 @@ async fn write_with(
         }
         (_, Path::ConflictTolerant) => insert_unnest(&mut tx, batches, count).await?,
     };
+    insert_hops(&mut tx, batches).await?;
     tx.commit().await?;
     Ok(Written {
         samples: count as u64,
@@ -208,6 +220,7 @@ async fn insert_unnest(
             c.metadata.push(
                 (!s.metadata.is_empty()).then(|| serde_json::Value::Object(s.metadata.clone())),
             );
+            c.path_fingerprint.push(s.path_fingerprint.clone());
         }
     }
     Ok(sqlx::query(INSERT_METRICS)
@@ -229,9 +242,78 @@ async fn insert_unnest(
         .bind(c.status_code)
         .bind(c.error)
         .bind(c.metadata)
+        .bind(c.path_fingerprint)
         .execute(&mut **tx)
         .await?
         .rows_affected())
+}
+
+/// Inserts the hops of the write's traceroute samples (after their samples: in plain
+/// PostgreSQL a hop refers to its sample).
+async fn insert_hops(
+    tx: &mut sqlx::PgTransaction<'_>,
+    batches: &[Batch],
+) -> Result<(), sqlx::Error> {
+    let n: usize = batches
+        .iter()
+        .flat_map(|b| &b.samples)
+        .map(|s| s.hops.len())
+        .sum();
+    if n == 0 {
+        return Ok(());
+    }
+    let mut time = Vec::with_capacity(n);
+    let (mut node, mut probe, mut target) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut ttl, mut address, mut sent, mut received) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut loss, mut latency, mut min, mut max) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for batch in batches {
+        for s in &batch.samples {
+            for hop in &s.hops {
+                time.push(s.time);
+                node.push(batch.node.clone());
+                probe.push(batch.probe.clone());
+                target.push(s.target.clone());
+                ttl.push(i16::from(hop.ttl));
+                address.push(hop.address.clone());
+                sent.push(int4("hops.sent", hop.sent)?);
+                received.push(int4("hops.received", hop.received)?);
+                loss.push(hop.packet_loss);
+                latency.push(hop.latency_ms);
+                min.push(hop.latency_min_ms);
+                max.push(hop.latency_max_ms);
+            }
+        }
+    }
+    sqlx::query(INSERT_HOPS)
+        .bind(time)
+        .bind(node)
+        .bind(probe)
+        .bind(target)
+        .bind(ttl)
+        .bind(address)
+        .bind(sent)
+        .bind(received)
+        .bind(loss)
+        .bind(latency)
+        .bind(min)
+        .bind(max)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// `v` as an `integer` column's value. Validation keeps counts within it; a value beyond is
@@ -275,7 +357,7 @@ fn copy_binary(batches: &[Batch]) -> Result<Vec<u8>, sqlx::Error> {
     }
     for batch in batches {
         for s in &batch.samples {
-            out.extend_from_slice(&18i16.to_be_bytes());
+            out.extend_from_slice(&19i16.to_be_bytes());
             let micros = s.time.timestamp_micros() - PG_EPOCH_MICROS;
             field(&mut out, &micros.to_be_bytes());
             field(&mut out, batch.node.as_bytes());
@@ -319,6 +401,10 @@ fn copy_binary(batches: &[Batch]) -> Result<Vec<u8>, sqlx::Error> {
             }
             let length = (out.len() - length_at - 4) as i32;
             out[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
+            match &s.path_fingerprint {
+                Some(f) => field(&mut out, f.as_bytes()),
+                None => null(&mut out),
+            }
         }
     }
     out.extend_from_slice(&(-1i16).to_be_bytes()); // trailer
@@ -346,6 +432,7 @@ struct Columns {
     error: Vec<Option<String>>,
     /// `None` for an empty object: the database fills in `{}` without parsing JSON.
     metadata: Vec<Option<serde_json::Value>>,
+    path_fingerprint: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -369,6 +456,7 @@ impl Columns {
             status_code: Vec::with_capacity(n),
             error: Vec::with_capacity(n),
             metadata: Vec::with_capacity(n),
+            path_fingerprint: Vec::with_capacity(n),
         }
     }
 }

@@ -139,7 +139,8 @@ async fn batches_land_field_for_field_exactly_once_and_are_acked() -> Result<()>
 
     let row = sqlx::query(
         "select time, node, probe, region, target, kind, address, up, latency_ms, latency_min_ms,
-                latency_max_ms, jitter_ms, packet_loss, sent, received, status_code, error, metadata
+                latency_max_ms, jitter_ms, packet_loss, sent, received, status_code, error, metadata,
+                path_fingerprint
            from metrics where node = 'gh-accra-1' and time = $1",
     )
     .bind(at(2))
@@ -164,6 +165,9 @@ async fn batches_land_field_for_field_exactly_once_and_are_acked() -> Result<()>
             serde_json::Value::Object(m) => m,
             other => anyhow::bail!("metadata is not an object: {other}"),
         },
+        // An ICMP sample has no hops (the hops table holds a traceroute's).
+        hops: Vec::new(),
+        path_fingerprint: row.get("path_fingerprint"),
     };
     assert_eq!(
         stored,

@@ -5,234 +5,18 @@
 //! exist, or returns nothing but NULLs on data that should fill it fails the test.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 mod common;
+mod grafana;
 
 use anyhow::{Context, Result, bail, ensure};
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, Utc};
 use common::TimescaleSchema;
 use fiber_etl::migrate::{StorageMode, migrate};
 use fiberstack_e2e::LocalEnv;
 use fiberstack_plumbing::postgres::DbConfig;
-use serde_json::Value;
+use grafana::{QueryContext, ROLLUPS, VariableValue, load_dashboards, rows};
 use sqlx::PgPool;
-
-fn dashboards_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/fiberstack/dashboards")
-}
-
-struct Dashboard {
-    file: String,
-    json: Value,
-}
-
-fn load_dashboards() -> Result<Vec<Dashboard>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dashboards_dir())? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let text = std::fs::read_to_string(&path)?;
-            let json = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not JSON", path.display()))?;
-            found.push(Dashboard {
-                file: path.file_name().unwrap().to_string_lossy().into_owned(),
-                json,
-            });
-        }
-    }
-    found.sort_by(|a, b| a.file.cmp(&b.file));
-    Ok(found)
-}
-
-/// What Grafana substitutes before it sends a query: the time range, the interval it picked
-/// for the panel, and the chosen values of the dashboard's variables.
-struct QueryContext {
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    interval: Duration,
-    /// Grafana's `timescaledb` datasource option: `$__timeGroup` becomes `time_bucket`.
-    timescaledb: bool,
-    variables: BTreeMap<String, VariableValue>,
-}
-
-#[derive(Clone)]
-enum VariableValue {
-    /// A single-value variable is interpolated as it is (the dashboard quotes it).
-    Single(String),
-    /// Multi-value and "All": Grafana's PostgreSQL datasource joins quoted literals.
-    Multi(Vec<String>),
-}
-
-impl VariableValue {
-    fn interpolate(&self) -> String {
-        match self {
-            Self::Single(v) => v.clone(),
-            Self::Multi(vs) => vs
-                .iter()
-                .map(|v| format!("'{}'", v.replace('\'', "''")))
-                .collect::<Vec<_>>()
-                .join(","),
-        }
-    }
-}
-
-fn grafana_interval(d: Duration) -> String {
-    let s = d.num_seconds();
-    match s {
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
-fn parse_interval(text: &str) -> Result<Duration> {
-    let t = text.trim().trim_matches('\'');
-    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: i64 = number
-        .parse()
-        .with_context(|| format!("interval {text:?}"))?;
-    Ok(match unit {
-        "ms" => Duration::milliseconds(n),
-        "s" => Duration::seconds(n),
-        "m" => Duration::minutes(n),
-        "h" => Duration::hours(n),
-        "d" => Duration::days(n),
-        _ => bail!("interval {text:?}: unknown unit"),
-    })
-}
-
-impl QueryContext {
-    fn rfc3339(t: DateTime<Utc>) -> String {
-        t.to_rfc3339_opts(SecondsFormat::Nanos, true)
-    }
-
-    /// Interpolates variables (`$name`, `${name}`, Grafana's global `$__interval` and
-    /// `$__interval_ms`), then expands the PostgreSQL datasource's macros. Anything it does
-    /// not know is an error: the test must not pass a query Grafana would not run.
-    fn expand(&self, sql: &str) -> Result<String> {
-        let sql = sql
-            .replace(
-                "$__interval_ms",
-                &self.interval.num_milliseconds().to_string(),
-            )
-            .replace("$__interval", &grafana_interval(self.interval));
-        let sql = self.interpolate_variables(&sql)?;
-        let expanded = self.expand_macros(&sql)?;
-        if let Some(at) = expanded.find('$') {
-            bail!("unexpanded `{}` in {expanded}", &expanded[at..]);
-        }
-        Ok(expanded)
-    }
-
-    fn interpolate_variables(&self, sql: &str) -> Result<String> {
-        let mut out = String::with_capacity(sql.len());
-        let mut rest = sql;
-        while let Some(at) = rest.find('$') {
-            out.push_str(&rest[..at]);
-            let after = &rest[at + 1..];
-            if after.starts_with("__") {
-                // A macro: left for expand_macros.
-                out.push('$');
-                rest = after;
-                continue;
-            }
-            let (name, consumed) = if let Some(braced) = after.strip_prefix('{') {
-                let end = braced.find('}').context("unclosed ${")?;
-                (&braced[..end], end + 2)
-            } else {
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(after.len());
-                (&after[..end], end)
-            };
-            let value = self
-                .variables
-                .get(name)
-                .with_context(|| format!("variable ${name} is not defined by the dashboard"))?;
-            out.push_str(&value.interpolate());
-            rest = &after[consumed..];
-        }
-        out.push_str(rest);
-        Ok(out)
-    }
-
-    fn expand_macros(&self, sql: &str) -> Result<String> {
-        let mut out = String::with_capacity(sql.len());
-        let mut rest = sql;
-        while let Some(at) = rest.find("$__") {
-            out.push_str(&rest[..at]);
-            let after = &rest[at + 3..];
-            let name_end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            let name = &after[..name_end];
-            let open = after[name_end..]
-                .strip_prefix('(')
-                .with_context(|| format!("macro $__{name} without arguments"))?;
-            let close = open
-                .find(')')
-                .with_context(|| format!("macro $__{name}: no closing parenthesis"))?;
-            let args: Vec<&str> = open[..close]
-                .split(',')
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-                .collect();
-            out.push_str(&self.macro_value(name, &args)?);
-            rest = &open[close + 1..];
-        }
-        out.push_str(rest);
-        Ok(out)
-    }
-
-    fn macro_value(&self, name: &str, args: &[&str]) -> Result<String> {
-        let from = Self::rfc3339(self.from);
-        let to = Self::rfc3339(self.to);
-        let arg = |i: usize| -> Result<&str> {
-            args.get(i)
-                .copied()
-                .with_context(|| format!("macro $__{name} needs argument {}", i + 1))
-        };
-        Ok(match name {
-            "time" => format!("{} AS \"time\"", arg(0)?),
-            "timeEpoch" => format!("extract(epoch from {}) AS \"time\"", arg(0)?),
-            "timeFilter" => format!("{} BETWEEN '{from}' AND '{to}'", arg(0)?),
-            "timeFrom" => format!("'{from}'"),
-            "timeTo" => format!("'{to}'"),
-            "timeGroup" | "timeGroupAlias" => {
-                let column = arg(0)?;
-                let seconds = parse_interval(arg(1)?)?.num_seconds();
-                let group = if self.timescaledb {
-                    format!("time_bucket('{seconds}s',{column})")
-                } else {
-                    format!("floor(extract(epoch from {column})/{seconds})*{seconds}")
-                };
-                if name == "timeGroupAlias" {
-                    format!("{group} AS \"time\"")
-                } else {
-                    group
-                }
-            }
-            other => bail!("macro $__{other} is not one Grafana's PostgreSQL datasource knows"),
-        })
-    }
-}
-
-/// Runs one query, returning its rows as JSON objects (column → value).
-async fn rows(pool: &PgPool, sql: &str) -> Result<Vec<serde_json::Map<String, Value>>> {
-    let wrapped = format!("select to_jsonb(q)::text from ({sql}) q");
-    let texts: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wrapped))
-        .fetch_all(pool)
-        .await?;
-    texts
-        .into_iter()
-        .map(|t| match serde_json::from_str(&t)? {
-            Value::Object(map) => Ok(map),
-            other => bail!("row is not an object: {other}"),
-        })
-        .collect()
-}
 
 /// Seeds two regions over the last three hours: an ICMP target with loss on both nodes, an
 /// HTTP target with phases in its metadata and a share of failures, a third node that has
@@ -309,7 +93,7 @@ async fn refresh_rollups(pool: &PgPool, mode: StorageMode, now: DateTime<Utc>) -
     match mode {
         StorageMode::TimescaleDb => {
             // One CALL per statement: PGlite refuses CALL inside a multi-statement batch.
-            for view in ["metrics_hourly", "metrics_daily"] {
+            for view in ROLLUPS {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                     "call refresh_continuous_aggregate('{view}', '{from}', '{to}')"
                 )))
@@ -328,15 +112,23 @@ async fn refresh_rollups(pool: &PgPool, mode: StorageMode, now: DateTime<Utc>) -
     Ok(())
 }
 
+/// The ranges every query runs over: panels read raw samples up to an hour and the rollups
+/// beyond, so both of their branches run.
+const RANGES: [Duration; 2] = [Duration::minutes(30), Duration::hours(6)];
+
 /// Every query of every dashboard, run on a seeded database for every choice a user can
 /// make of its single-value variables (a multi-value one takes all its values). A query must
 /// never fail; each panel must draw something (a row with a value) for at least one choice —
 /// a loss panel has nothing to show for an HTTP target, but must for an ICMP one. Returns the
 /// queries that ran.
-async fn run_every_query(pool: &PgPool, timescaledb: bool) -> Result<BTreeSet<String>> {
+async fn run_every_query(
+    pool: &PgPool,
+    timescaledb: bool,
+    range: Duration,
+) -> Result<BTreeSet<String>> {
     let now = Utc::now();
     let context = |variables: &BTreeMap<String, VariableValue>| QueryContext {
-        from: now - Duration::hours(6),
+        from: now - range,
         to: now,
         interval: Duration::minutes(5),
         timescaledb,
@@ -557,8 +349,10 @@ async fn every_panel_runs_on_plain_postgres() -> Result<()> {
     let now = Utc::now();
     seed(&pool, now).await?;
     refresh_rollups(&pool, StorageMode::Postgres, now).await?;
-    let ran = run_every_query(&pool, false).await?;
-    assert!(ran.len() >= 30, "only {} queries ran: {ran:?}", ran.len());
+    for range in RANGES {
+        let ran = run_every_query(&pool, false, range).await?;
+        assert!(ran.len() >= 30, "only {} queries ran: {ran:?}", ran.len());
+    }
     Ok(())
 }
 
@@ -571,12 +365,115 @@ async fn every_panel_runs_on_timescaledb() -> Result<()> {
         let now = Utc::now();
         seed(pool, now).await?;
         refresh_rollups(pool, StorageMode::TimescaleDb, now).await?;
-        run_every_query(pool, true).await
+        let mut ran = Vec::new();
+        for range in RANGES {
+            ran.push(run_every_query(pool, true, range).await?);
+        }
+        Ok::<_, anyhow::Error>(ran)
     }
     .await;
     // Clean up before judging.
     schema.drop().await?;
-    let ran = outcome?;
-    assert!(ran.len() >= 30, "only {} queries ran: {ran:?}", ran.len());
+    for ran in outcome? {
+        assert!(ran.len() >= 30, "only {} queries ran: {ran:?}", ran.len());
+    }
     Ok(())
+}
+
+/// 20,000 latencies spread log-uniformly over 2–1,000 ms, one every half second over the
+/// last ~2.8 hours (so they fall in 3–4 hourly buckets), in a shuffled order.
+async fn seed_latencies(pool: &PgPool) -> Result<()> {
+    sqlx::raw_sql(
+        "insert into metrics (time, node, probe, region, target, kind, up, latency_ms)
+         select now() - make_interval(secs => i * 0.5), 'gh-accra-' || (i % 2), 'fiberstack/edge',
+                'ghana', 'gateway', 'icmp', true, 2 * power(500, ((i * 7919) % 20000) / 20000.0)
+           from generate_series(0, 19999) i",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The percentile merged from the histograms of every rollup (per target and per node,
+/// hourly and daily) is within 1 % of the exact percentile of the raw samples.
+async fn histogram_percentiles_are_within_one_percent(pool: &PgPool) -> Result<()> {
+    for q in [0.5, 0.9, 0.95, 0.99] {
+        let exact: f64 = sqlx::query_scalar(
+            "select percentile_cont($1) within group (order by latency_ms) from metrics",
+        )
+        .bind(q)
+        .fetch_one(pool)
+        .await?;
+        for rollup in [
+            "metrics_latency_hourly",
+            "metrics_latency_daily",
+            "metrics_latency_node_hourly",
+            "metrics_latency_node_daily",
+        ] {
+            let (merged, buckets): (Option<f64>, i64) =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "select fiberstack_latency_quantile($1, array_agg(bin), array_agg(samples)),
+                            (select count(distinct bucket) from {rollup})
+                       from (select bin, sum(samples) as samples from {rollup} group by bin) h"
+                )))
+                .bind(q)
+                .fetch_one(pool)
+                .await?;
+            let merged = merged.with_context(|| format!("{rollup}: no histogram"))?;
+            let error = (merged - exact).abs() / exact;
+            ensure!(
+                error <= 0.01,
+                "{rollup}: p{} {merged:.3} ms against exact {exact:.3} ms: {:.2} % off",
+                q * 100.0,
+                error * 100.0
+            );
+            if rollup.ends_with("hourly") {
+                ensure!(
+                    buckets >= 3,
+                    "{rollup}: {buckets} buckets merged, expected 3 or more"
+                );
+            }
+        }
+    }
+    // Every sample is counted once, in each rollup.
+    let counted: Vec<i64> = sqlx::query_scalar(
+        "select (select sum(samples) from metrics_latency_hourly)::int8
+         union all select (select sum(samples) from metrics_latency_node_daily)::int8",
+    )
+    .fetch_all(pool)
+    .await?;
+    ensure!(counted == [20_000, 20_000], "samples counted: {counted:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn histogram_percentiles_on_plain_postgres() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let url = env.fresh_postgres_database("fs_histogram").await?;
+    let pool = DbConfig::new(&url).connect().await?;
+    let outcome = async {
+        migrate(&pool).await?;
+        seed_latencies(&pool).await?;
+        refresh_rollups(&pool, StorageMode::Postgres, Utc::now()).await?;
+        histogram_percentiles_are_within_one_percent(&pool).await
+    }
+    .await;
+    pool.close().await;
+    env.drop_postgres_database(&url, &[]).await?;
+    outcome
+}
+
+#[tokio::test]
+async fn histogram_percentiles_on_timescaledb() -> Result<()> {
+    let schema = TimescaleSchema::create("fs_histogram").await?;
+    let outcome = async {
+        let pool = &schema.pool;
+        migrate(pool).await?;
+        seed_latencies(pool).await?;
+        refresh_rollups(pool, StorageMode::TimescaleDb, Utc::now()).await?;
+        histogram_percentiles_are_within_one_percent(pool).await
+    }
+    .await;
+    schema.drop().await?;
+    outcome
 }

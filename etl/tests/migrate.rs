@@ -83,9 +83,14 @@ async fn plain_postgres_mode_applies_once_and_rolls_up() -> Result<()> {
             "_sqlx_migrations",
             "alerts",
             "fiberstack_meta",
+            "hops",
             "metrics",
             "metrics_daily",
             "metrics_hourly",
+            "metrics_latency_daily",
+            "metrics_latency_hourly",
+            "metrics_latency_node_daily",
+            "metrics_latency_node_hourly",
             "nodes",
             "stream_stats"
         ]
@@ -111,19 +116,23 @@ async fn plain_postgres_mode_applies_once_and_rolls_up() -> Result<()> {
     .await?;
     assert_eq!(hourly_10(&pool).await?, (4, 75.0, 25.0));
 
-    // Two indexes to maintain on insert: the natural key (probe and target first, so it also
-    // serves per-target queries) and time (retention, rollups).
+    // Two indexes to maintain on insert: the natural key (probe, target and time first, so it
+    // also serves per-target queries and the newest sample of a target) and time (retention,
+    // rollups).
     let indexes: Vec<String> = sqlx::query_scalar(
         "select indexname::text from pg_indexes where tablename = 'metrics'
             and schemaname = current_schema() order by 1",
     )
     .fetch_all(&pool)
     .await?;
-    assert_eq!(indexes, ["metrics_natural_key_ptn", "metrics_time"]);
+    assert_eq!(indexes, ["metrics_natural_key_pttn", "metrics_time"]);
 
     // The natural key refuses a second copy of a sample.
     let dup = sqlx::raw_sql(SEED).execute(&pool).await.unwrap_err();
-    assert!(dup.to_string().contains("metrics_natural_key_ptn"), "{dup}");
+    assert!(
+        dup.to_string().contains("metrics_natural_key_pttn"),
+        "{dup}"
+    );
 
     // Retention: 7 days of raw samples, 90 of hourly, 365 of daily.
     sqlx::query("select fiberstack_apply_retention('2026-11-27T10:03:30Z')")
@@ -292,25 +301,46 @@ async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<
     )
     .fetch_all(&pool)
     .await?;
-    assert_eq!(caggs, ["metrics_daily", "metrics_hourly"]);
-    let jobs = policy_jobs(&pool).await?;
-    let expected = [
-        ("policy_compression", "metrics", "3 days"),
-        (
-            "policy_refresh_continuous_aggregate",
+    // The summaries (0002) and the latency histograms (0007).
+    assert_eq!(
+        caggs,
+        [
             "metrics_daily",
-            "3 days",
-        ),
-        (
-            "policy_refresh_continuous_aggregate",
             "metrics_hourly",
-            "1 day",
-        ),
+            "metrics_latency_daily",
+            "metrics_latency_hourly",
+            "metrics_latency_node_daily",
+            "metrics_latency_node_hourly"
+        ]
+    );
+    let jobs = policy_jobs(&pool).await?;
+    let mut expected = vec![
+        ("policy_compression", "metrics", "3 days"),
         ("policy_retention", "metrics", "7 days"),
-        ("policy_retention", "metrics_daily", "365 days"),
-        ("policy_retention", "metrics_hourly", "90 days"),
-    ]
-    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+        ("policy_compression", "hops", "3 days"),
+        ("policy_retention", "hops", "7 days"),
+    ];
+    for daily in [
+        "metrics_daily",
+        "metrics_latency_daily",
+        "metrics_latency_node_daily",
+    ] {
+        expected.push(("policy_refresh_continuous_aggregate", daily, "3 days"));
+        expected.push(("policy_retention", daily, "365 days"));
+    }
+    for hourly in [
+        "metrics_hourly",
+        "metrics_latency_hourly",
+        "metrics_latency_node_hourly",
+    ] {
+        expected.push(("policy_refresh_continuous_aggregate", hourly, "1 day"));
+        expected.push(("policy_retention", hourly, "90 days"));
+    }
+    let mut expected: Vec<(String, String, String)> = expected
+        .into_iter()
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+        .collect();
+    expected.sort();
     assert_eq!(jobs, expected);
 
     // Retention is a setting: new periods replace the policies, the others stay.
@@ -330,10 +360,16 @@ async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<
     assert_eq!(
         retention_jobs,
         [
-            ("metrics".to_owned(), "14 days".to_owned()),
-            ("metrics_daily".to_owned(), "400 days".to_owned()),
-            ("metrics_hourly".to_owned(), "90 days".to_owned()),
+            ("hops", "14 days"),
+            ("metrics", "14 days"),
+            ("metrics_daily", "400 days"),
+            ("metrics_hourly", "90 days"),
+            ("metrics_latency_daily", "400 days"),
+            ("metrics_latency_hourly", "90 days"),
+            ("metrics_latency_node_daily", "400 days"),
+            ("metrics_latency_node_hourly", "90 days"),
         ]
+        .map(|(r, p)| (r.to_owned(), p.to_owned()))
     );
 
     sqlx::raw_sql(SEED).execute(&pool).await?;

@@ -23,7 +23,8 @@ use utoipa::openapi::{RefOr, Schema};
 use utoipa::{IntoParams, ToSchema};
 
 pub use crate::app::AppState;
-use crate::app::{ErrorBody, Refusal, authorized, error};
+use crate::app::{ErrorBody, Refusal, authorized_writer, error};
+use crate::auth::Identity;
 pub use crate::openapi::OPENAPI;
 use crate::stream::AppendError;
 
@@ -218,14 +219,14 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode,
     }
 }
 
-/// Checks the token, the body's size and type, and undoes the content encoding: the JSON of
-/// a request, or its refusal.
-fn authorized_json(
+/// Checks the writer's credential, the body's size and type, and undoes the content
+/// encoding: who sent it and the JSON of a request, or its refusal.
+async fn authorized_json(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Vec<u8>, Refusal> {
-    authorized(state, headers)?;
+) -> Result<(Identity, Vec<u8>), Refusal> {
+    let identity = authorized_writer(state, headers).await?;
     let read = body
         .map_err(|rejection| match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => (
@@ -239,13 +240,14 @@ fn authorized_json(
                 .map_err(|message| (StatusCode::UNSUPPORTED_MEDIA_TYPE, message))?;
             decode_body(headers, body)
         });
-    read.map_err(|(status, message)| {
-        let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
-        state
-            .metrics
-            .outcome(if too_large { "too_large" } else { "invalid" });
-        Box::new(error(status, message))
-    })
+    read.map(|json| (identity, json))
+        .map_err(|(status, message)| {
+            let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
+            state
+                .metrics
+                .outcome(if too_large { "too_large" } else { "invalid" });
+            Box::new(error(status, message))
+        })
 }
 
 /// Parses a JSON body; the error names where it went wrong (`samples[3].sent: invalid value:
@@ -304,7 +306,7 @@ async fn admit(state: &AppState, batch: &Batch) -> Result<Option<String>, Refusa
                 e.to_string(),
             )))
         }
-        Err(e @ AppendError::Backlog { .. }) => {
+        Err(e @ (AppendError::Backlog { .. } | AppendError::Behind { .. })) => {
             m.outcome("backlog");
             m.send_error("backlog");
             tracing::warn!(error = %e, "refusing a batch");
@@ -364,12 +366,12 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
         (status = 202, description = "The valid samples are in the stream.", body = Accepted),
         (status = 400, description = "The body is not a batch, or the batch as a whole breaks a rule (the message names the field).", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
-        (status = 403, description = "The batch's region is not the region this service serves (the message names both); nothing is stored.", body = ErrorBody),
+        (status = 403, description = "The batch's region is not the region this service serves, or (with a probe pod's ServiceAccount token) its node or probe is not the pod's own (the message names both), or the token sent is the reader token; nothing is stored.", body = ErrorBody),
         (status = 413, description = "The body is over 1 MiB, compressed or decompressed.", body = ErrorBody),
         (status = 415, description = "A Content-Type other than application/json (or a charset other than UTF-8), or a Content-Encoding other than gzip.", body = ErrorBody),
         (status = 429, description = "The node is over its rate limit.", body = ErrorBody,
             headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
-        (status = 503, description = "Redis does not answer, or the stream's backlog is over its cap.", body = ErrorBody,
+        (status = 503, description = "Redis does not answer, the stream's backlog is over its cap, or the Kubernetes API cannot be asked to verify a ServiceAccount token.", body = ErrorBody,
             headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
     ),
 )]
@@ -387,8 +389,8 @@ async fn accept_samples(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let json = match authorized_json(&state, &headers, body) {
-        Ok(json) => json,
+    let (identity, json) = match authorized_json(&state, &headers, body).await {
+        Ok(read) => read,
         Err(refusal) => return *refusal,
     };
     let m = &state.metrics;
@@ -406,6 +408,11 @@ async fn accept_samples(
                 state.region, batch.region
             ),
         );
+    }
+    // A probe pod's token admits its own node's and FiberProbe's batches only.
+    if let Err(message) = identity.may_write(&batch.node, &batch.probe) {
+        m.outcome("forbidden");
+        return error(StatusCode::FORBIDDEN, message);
     }
     let (valid, rejected) = match batch.into_valid(chrono::Utc::now()) {
         Ok(split) => split,
@@ -448,11 +455,12 @@ async fn accept_samples(
         (status = 202, description = "The sample is in the stream.", body = PushAccepted),
         (status = 400, description = "The body is not a push sample, or a field breaks a rule.", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "With a probe pod's ServiceAccount token: the sample's node is not the pod's own, or the pod is not a probe of `legacy/push`; or the token sent is the reader token. Nothing is stored.", body = ErrorBody),
         (status = 413, description = "The body is over 1 MiB.", body = ErrorBody),
         (status = 415, description = "A Content-Type other than application/json (or a charset other than UTF-8), or a Content-Encoding other than gzip.", body = ErrorBody),
         (status = 429, description = "The node is over its rate limit.", body = ErrorBody,
             headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
-        (status = 503, description = "Redis does not answer, or the stream's backlog is over its cap.", body = ErrorBody,
+        (status = 503, description = "Redis does not answer, the stream's backlog is over its cap, or the Kubernetes API cannot be asked to verify a ServiceAccount token.", body = ErrorBody,
             headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
     ),
 )]
@@ -470,8 +478,8 @@ async fn accept_push(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let json = match authorized_json(&state, &headers, body) {
-        Ok(json) => json,
+    let (identity, json) = match authorized_json(&state, &headers, body).await {
+        Ok(read) => read,
         Err(refusal) => return *refusal,
     };
     let m = &state.metrics;
@@ -484,6 +492,10 @@ async fn accept_push(
         return invalid(&state, format!("sample refused: {e}"));
     }
     let batch = push.into_batch(&state.region);
+    if let Err(message) = identity.may_write(&batch.node, &batch.probe) {
+        m.outcome("forbidden");
+        return error(StatusCode::FORBIDDEN, message);
+    }
     // The mapping can still break a rule of the batch (the region name, say): say which.
     match batch.validate(now) {
         Ok(rejected) if rejected.is_empty() => {}

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::auth::Token;
+use crate::auth::{Identity, Refused, ReviewError, Token, TokenReviewer, bearer};
 use crate::dashboard::{CorsOrigins, DEFAULT_READ_RATE_PER_MINUTE};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -16,7 +16,12 @@ use crate::stream::StreamWriter;
 pub struct AppState {
     /// The FiberRegion served; pushed samples are stored under it.
     pub region: String,
+    /// The region's static writer token(s): probes outside the cluster.
     pub token: Token,
+    /// The read API's token(s); none: the read API refuses everyone.
+    pub reader: Option<Token>,
+    /// Verifies probe pods' ServiceAccount tokens; without it only `token` writes.
+    pub reviewer: Option<TokenReviewer>,
     pub limiter: RateLimiter,
     pub writer: StreamWriter,
     pub metrics: Metrics,
@@ -39,6 +44,8 @@ impl AppState {
         Self {
             region: region.to_owned(),
             token,
+            reader: None,
+            reviewer: None,
             limiter,
             writer,
             metrics,
@@ -62,6 +69,19 @@ impl AppState {
     /// Lets browsers of `origins` read the dashboard API.
     pub fn with_cors_origins(mut self, origins: CorsOrigins) -> Self {
         self.cors = origins;
+        self
+    }
+
+    /// Opens the read API to holders of `reader` (and to them only: a writer's token is
+    /// refused there, and `reader` is refused on the write API).
+    pub fn with_reader_token(mut self, reader: Token) -> Self {
+        self.reader = Some(reader);
+        self
+    }
+
+    /// Takes probe pods' ServiceAccount tokens too, verified by `reviewer`.
+    pub fn with_token_review(mut self, reviewer: TokenReviewer) -> Self {
+        self.reviewer = Some(reviewer);
         self
     }
 
@@ -94,20 +114,99 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Checks the bearer token: nothing, or the 401 refusal with its `WWW-Authenticate`
-/// challenge.
-pub fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
-    let authorization = headers
+/// Checks a reader's credential: nothing, or the refusal with its `WWW-Authenticate`
+/// challenge — 401 for no token or an unknown one, 403 for a writer's (a probe's) token.
+pub fn authorized_reader(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+    let presented = bearer(authorization(headers))
+        .map_err(|refused| unauthorized(state, refused, "missing or wrong bearer token"))?;
+    if state.reader.as_ref().is_some_and(|r| r.matches(presented)) {
+        return Ok(());
+    }
+    if state.token.matches(presented) {
+        return Err(unauthorized(
+            state,
+            Refused::InsufficientScope,
+            "this is a writer's token (the region's probe token); reading needs the reader token",
+        ));
+    }
+    if state.reader.is_none() {
+        return Err(unauthorized(
+            state,
+            Refused::Invalid,
+            "the read API is closed: this service has no reader token (--reader-token-file)",
+        ));
+    }
+    Err(unauthorized(
+        state,
+        Refused::Invalid,
+        "missing or wrong bearer token",
+    ))
+}
+
+/// Checks a writer's credential: the region token, or (with a TokenReviewer) a probe pod's
+/// ServiceAccount token; who it is, or the refusal (401 with the challenge; 503 with
+/// Retry-After when the API server cannot be asked).
+pub async fn authorized_writer(state: &AppState, headers: &HeaderMap) -> Result<Identity, Refusal> {
+    let presented = bearer(authorization(headers))
+        .map_err(|refused| unauthorized(state, refused, "missing or wrong bearer token"))?;
+    if state.token.matches(presented) {
+        return Ok(Identity::Region);
+    }
+    if state.reader.as_ref().is_some_and(|r| r.matches(presented)) {
+        return Err(unauthorized(
+            state,
+            Refused::InsufficientScope,
+            "this is the reader token; writing needs the region's probe token or a probe pod's ServiceAccount token",
+        ));
+    }
+    let Some(reviewer) = state
+        .reviewer
+        .as_ref()
+        .filter(|_| TokenReviewer::looks_like_jwt(presented))
+    else {
+        return Err(unauthorized(
+            state,
+            Refused::Invalid,
+            "missing or wrong bearer token",
+        ));
+    };
+    match reviewer.review(presented).await {
+        Ok(pod) => Ok(Identity::Pod(pod)),
+        Err(e @ ReviewError::Refused(_)) => {
+            Err(unauthorized(state, Refused::Invalid, &e.to_string()))
+        }
+        Err(e @ ReviewError::Unavailable(_)) => {
+            state.metrics.outcome("unavailable");
+            tracing::warn!(error = %e, "cannot review a token");
+            Err(Box::new(crate::api::retry_after(
+                StatusCode::SERVICE_UNAVAILABLE,
+                std::time::Duration::from_secs(5),
+                e.to_string(),
+            )))
+        }
+    }
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    state.token.check(authorization).map_err(|refused| {
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The 401 (403 for a token of the other role) with its RFC 6750 challenge.
+fn unauthorized(state: &AppState, refused: Refused, message: &str) -> Refusal {
+    let status = if refused == Refused::InsufficientScope {
+        state.metrics.outcome("forbidden");
+        StatusCode::FORBIDDEN
+    } else {
         state.metrics.outcome("unauthorized");
-        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        let challenge = HeaderValue::from_str(&refused.challenge())
-            .expect("the challenge is a valid header value");
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, challenge);
-        Box::new(response)
-    })
+        StatusCode::UNAUTHORIZED
+    };
+    let mut response = error(status, message);
+    let challenge =
+        HeaderValue::from_str(&refused.challenge()).expect("the challenge is a valid header value");
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, challenge);
+    Box::new(response)
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::{RetryAfter, retry_after};
-use crate::app::{AppState, ErrorBody, Refusal, authorized, error};
+use crate::app::{AppState, ErrorBody, Refusal, authorized_reader, error};
 use crate::read::{Aggregation, database, db_error, time_param};
 
 /// Most points one `/api/metrics` answer holds.
@@ -197,7 +197,8 @@ pub struct NodeMetrics {
     description = "Every node, by name. Counts against the client address's read rate limit, shared with `GET /api/metrics`. A browser of an origin configured in `--cors-origins` gets `Access-Control-Allow-Origin` on every answer (and `Vary: Origin` whenever origins are configured); other origins get no CORS header.",
     responses(
         (status = 200, description = "Every known node, by name.", body = Vec<DashboardNode>),
-        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token (reading needs the reader token), or no reader token is configured.", body = ErrorBody),
+        (status = 403, description = "A writer's token (the region's probe token): reading needs the reader token.", body = ErrorBody),
         (status = 429, description = "The client address is over the read rate limit.", body = ErrorBody,
             headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before asking again."))),
         (status = 503, description = "No DATABASE_URL is configured, or the database does not answer.", body = ErrorBody),
@@ -210,7 +211,7 @@ pub async fn nodes(
 ) -> Response {
     let answer = async {
         within_read_limit(&state, &extensions)?;
-        authorized(&state, &headers)?;
+        authorized_reader(&state, &headers)?;
         let db = database(&state)?;
         sqlx::query_as::<_, DashboardNode>(
             "select name as node_id, region, country, agent_version as probe_version,
@@ -237,7 +238,8 @@ pub async fn nodes(
     responses(
         (status = 200, description = "The node's points in time order.", body = NodeMetrics),
         (status = 400, description = "A parameter is missing, malformed or holds a NUL character, `end` is not after `start`, or the range holds more than 10000 points (the message names it).", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token (reading needs the reader token), or no reader token is configured.", body = ErrorBody),
+        (status = 403, description = "A writer's token (the region's probe token): reading needs the reader token.", body = ErrorBody),
         (status = 429, description = "The client address is over the read rate limit.", body = ErrorBody,
             headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before asking again."))),
         (status = 503, description = "No DATABASE_URL is configured, or the database does not answer.", body = ErrorBody),
@@ -251,7 +253,7 @@ pub async fn metrics(
 ) -> Response {
     let answer = async {
         within_read_limit(&state, &extensions)?;
-        authorized(&state, &headers)?;
+        authorized_reader(&state, &headers)?;
         let Query(q) = query
             .map_err(|rejection| Box::new(error(StatusCode::BAD_REQUEST, rejection.body_text())))?;
         node_metrics(&state, q).await

@@ -10,3 +10,4 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod read;
 pub mod stream;
+pub mod tls;

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Parser;
 use fiber_ingest::api::{AppState, router};
-use fiber_ingest::auth::Token;
+use fiber_ingest::auth::{Token, TokenReviewer};
 use fiber_ingest::dashboard::CorsOrigins;
 use fiber_ingest::ratelimit::RateLimiter;
 use fiber_ingest::stream::StreamWriter;
+use fiber_ingest::tls::ReloadingCertificate;
 use fiberstack_plumbing::postgres::DbConfig;
 
 /// FiberStack's HTTP ingest: probes POST batches of samples to /api/v1/samples (bearer
@@ -31,7 +32,9 @@ struct Config {
     /// is another is refused with 403.
     #[arg(long, env = "FIBER_REGION")]
     region: String,
-    /// The region's probe token (at least 16 characters). Prefer --token-file.
+    /// The region's probe (writer) token, at least 16 characters; several, comma- or
+    /// newline-separated, are all valid at once (rotation: `new,old`, move the probes, drop
+    /// `old`). It writes and never reads. Prefer --token-file.
     #[arg(
         long,
         env = "FIBER_TOKEN",
@@ -39,9 +42,44 @@ struct Config {
         conflicts_with = "token_file"
     )]
     token: Option<String>,
-    /// File holding the region's probe token (a mounted Secret).
+    /// File holding the region's probe token(s) (a mounted Secret), as --token.
     #[arg(long, env = "FIBER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// The read API's token(s) (GET /api/v1/*, /api/metrics, /api/nodes), as --token: it
+    /// reads and never writes, and a probe token is refused there (403). Without one the read
+    /// API answers 401 to everyone. Prefer --reader-token-file.
+    #[arg(
+        long,
+        env = "FIBER_READER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "reader_token_file"
+    )]
+    reader_token: Option<String>,
+    /// File holding the reader token(s) (a mounted Secret). A file that does not exist (an
+    /// optional Secret not created) leaves the read API closed.
+    #[arg(long, env = "FIBER_READER_TOKEN_FILE")]
+    reader_token_file: Option<PathBuf>,
+    /// Also take probe pods' projected ServiceAccount tokens of this audience, verified by a
+    /// TokenReview against the Kubernetes API (in-cluster, or KUBECONFIG; needs `create` on
+    /// `tokenreviews`). Such a token writes only as its pod's node and FiberProbe: a batch
+    /// that says otherwise is refused with 403. Unset: only the region token writes.
+    #[arg(long, env = "FIBER_TOKEN_AUDIENCE")]
+    token_audience: Option<String>,
+    /// Seconds a token the Kubernetes API vouched for is taken without asking again (a token
+    /// revoked meanwhile, its pod deleted, is taken at most this long); 0 asks every time.
+    #[arg(long, env = "FIBER_TOKEN_REVIEW_CACHE_SECS", default_value_t = 60)]
+    token_review_cache_secs: u64,
+    /// Serve HTTPS with this PEM certificate (chain), e.g. `tls.crt` of a mounted
+    /// `kubernetes.io/tls` Secret (cert-manager's). Re-read when it changes: a renewed
+    /// certificate is served without a restart. Needs --tls-key-file.
+    #[arg(long, env = "FIBER_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --tls-cert-file (PKCS#8, PKCS#1 or SEC1), e.g. `tls.key`.
+    #[arg(long, env = "FIBER_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Seconds between looks at the certificate files for a change.
+    #[arg(long, env = "FIBER_TLS_RELOAD_SECS", default_value_t = 10)]
+    tls_reload_secs: u64,
     /// Batches per second each node may send on average.
     #[arg(long, env = "FIBER_RATE_PER_NODE", default_value_t = 5.0)]
     rate_per_node: f64,
@@ -81,8 +119,31 @@ fn token(config: &Config) -> anyhow::Result<Token> {
     Token::new(&text).map_err(|e| anyhow::anyhow!("probe token: {e}"))
 }
 
+/// The reader token, if one is configured; a configured file that is absent is none.
+fn reader_token(config: &Config) -> anyhow::Result<Option<Token>> {
+    let text = match (&config.reader_token, &config.reader_token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(path = %path.display(), "no reader token file: the read API is closed");
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("reading FIBER_READER_TOKEN_FILE {}", path.display())
+                });
+            }
+        },
+        (None, None) => return Ok(None),
+    };
+    let reader = Token::new(&text).map_err(|e| anyhow::anyhow!("reader token: {e}"))?;
+    Ok(Some(reader))
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let token = token(&config)?;
+    let reader = reader_token(&config)?;
     if config.rate_per_node.is_nan() || config.rate_per_node <= 0.0 {
         bail!("--rate-per-node {} must be above 0", config.rate_per_node);
     }
@@ -99,6 +160,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut state = AppState::new(&config.region, token, limiter, writer)
         .with_read_rate(config.read_rate_per_minute)
         .with_cors_origins(cors);
+    if let Some(reader) = reader {
+        if reader.overlaps(&state.token) {
+            bail!("the reader token is also a probe token: give the read API a token of its own");
+        }
+        state = state.with_reader_token(reader);
+    }
+    if let Some(audience) = config.token_audience.as_deref().filter(|a| !a.is_empty()) {
+        let client = kube::Client::try_default().await.context(
+            "--token-audience: connecting to the Kubernetes API (in-cluster or KUBECONFIG)",
+        )?;
+        let ttl = std::time::Duration::from_secs(config.token_review_cache_secs);
+        state = state.with_token_review(TokenReviewer::new(client, audience, ttl));
+    }
     if let Some(url) = &config.database_url {
         let db = DbConfig {
             schema: config.db_schema.clone(),
@@ -111,21 +185,43 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    tracing::info!(listen = %config.listen, region = %config.region, "ingest ready");
-    // The peer address keys the dashboard API's rate limit.
-    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            tracing::info!("shutting down: finishing requests in flight");
-        })
-        .await?;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+    };
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let certificate = ReloadingCertificate::load(cert, key)
+                .map_err(|e| anyhow::anyhow!("--tls-cert-file/--tls-key-file: {e}"))?;
+            let tls = certificate.server_config()?;
+            tokio::spawn(certificate.watch(std::time::Duration::from_secs(
+                config.tls_reload_secs.max(1),
+            )));
+            tracing::info!(listen = %config.listen, region = %config.region, "ingest ready (HTTPS)");
+            fiber_ingest::tls::serve(
+                listener,
+                router(state),
+                tls,
+                shutdown,
+                std::time::Duration::from_secs(25),
+            )
+            .await?;
+        }
+        (None, None) => {
+            tracing::info!(listen = %config.listen, region = %config.region, "ingest ready");
+            // The peer address keys the dashboard API's rate limit.
+            let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        _ => bail!("--tls-cert-file and --tls-key-file go together: give both or neither"),
+    }
     Ok(())
 }
 

@@ -60,7 +60,7 @@ impl Modify for BearerToken {
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
             .description(Some(
-                "The region's probe token (the FiberRegion's token Secret).",
+                "Writes (POST): the region's probe token (the FiberRegion's token Secret) or a probe pod's projected ServiceAccount token of audience `fiberstack-ingest`, which writes only as the pod's node and FiberProbe. Reads (GET): the reader token; a probe's token is refused there with 403, and the reader token on writes.",
             ))
             .build();
         doc.components

@@ -16,7 +16,7 @@ use utoipa::openapi::Schema;
 use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Ref, Type};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::{AppState, ErrorBody, Refusal, authorized, error};
+use crate::app::{AppState, ErrorBody, Refusal, authorized_reader, error};
 
 /// Most rows one `/api/v1/metrics` answer holds.
 pub const MAX_LIMIT: i64 = 10_000;
@@ -163,12 +163,13 @@ pub(crate) fn db_error(e: sqlx::Error) -> Response {
     summary = "Probe nodes that have reported",
     responses(
         (status = 200, description = "Every known node, by name.", body = Vec<Node>),
-        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token (reading needs the reader token), or no reader token is configured.", body = ErrorBody),
+        (status = 403, description = "A writer's token (the region's probe token): reading needs the reader token.", body = ErrorBody),
         (status = 503, description = "No DATABASE_URL is configured, or the database does not answer.", body = ErrorBody),
     ),
 )]
 pub async fn nodes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(refusal) = authorized(&state, &headers) {
+    if let Err(refusal) = authorized_reader(&state, &headers) {
         return *refusal;
     }
     let db = match database(&state) {
@@ -260,7 +261,8 @@ fn rows_schema() -> Schema {
     responses(
         (status = 200, description = "Rows in time order.", body = MetricsAnswer),
         (status = 400, description = "A parameter is malformed, or holds a NUL character (the message names it).", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token (reading needs the reader token), or no reader token is configured.", body = ErrorBody),
+        (status = 403, description = "A writer's token (the region's probe token): reading needs the reader token.", body = ErrorBody),
         (status = 503, description = "No DATABASE_URL is configured, or the database does not answer.", body = ErrorBody),
     ),
 )]
@@ -269,7 +271,7 @@ pub async fn metrics(
     headers: HeaderMap,
     query: Result<Query<MetricsQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(refusal) = authorized(&state, &headers) {
+    if let Err(refusal) = authorized_reader(&state, &headers) {
         return *refusal;
     }
     let q = match query {

@@ -6,7 +6,7 @@ mod common;
 
 use anyhow::Result;
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use common::{DASHBOARD_ORIGIN, TOKEN, get, hour, sample, serve, serve_with};
+use common::{DASHBOARD_ORIGIN, READER, get, hour, sample, serve, serve_with};
 use fiber_ingest::dashboard::CorsOrigins;
 use fiberstack_e2e::batch;
 use fiberstack_model::Batch;
@@ -269,7 +269,7 @@ async fn bad_parameters_are_named() -> Result<()> {
 async fn get_from(url: &str, origin: &str) -> Result<reqwest::Response> {
     Ok(reqwest::Client::new()
         .get(url)
-        .bearer_auth(TOKEN)
+        .bearer_auth(READER)
         .header("origin", origin)
         .send()
         .await?)

@@ -37,9 +37,18 @@ async fn redis_at(url: &str) -> Result<ConnectionManager> {
 }
 
 async fn serve(redis_url: &str, limiter: RateLimiter, max_backlog: u64) -> Result<Server> {
+    serve_with(redis_url, limiter, max_backlog, |w| w).await
+}
+
+async fn serve_with(
+    redis_url: &str,
+    limiter: RateLimiter,
+    max_backlog: u64,
+    writer: impl FnOnce(StreamWriter) -> StreamWriter,
+) -> Result<Server> {
     let region = unique_name("ingest-test");
     let redis = redis_at(redis_url).await?;
-    let writer = StreamWriter::new(redis.clone(), &region, max_backlog);
+    let writer = writer(StreamWriter::new(redis.clone(), &region, max_backlog));
     let state = Arc::new(AppState::new(
         &region,
         Token::new(TOKEN).unwrap(),
@@ -328,6 +337,64 @@ async fn over_the_backlog_cap_answers_503_with_retry_after() -> Result<()> {
         assert!(metrics.contains(series), "no {series} in {metrics}");
     }
     fiberstack_e2e::promtool::check_metrics(&metrics)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn while_the_etl_leaves_the_oldest_entry_unread_too_long_answers_503() -> Result<()> {
+    let mut s = serve_with(
+        &LocalEnv::load()?.redis_url,
+        RateLimiter::new(1000.0, 1000),
+        100_000,
+        |w| w.with_max_age(Duration::from_millis(1500)),
+    )
+    .await?;
+    let stream = samples_stream(&s.region);
+    // The ETL's consumer group exists and has read nothing yet.
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("etl")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async::<()>(&mut s.redis)
+        .await?;
+    let b = s.batch(vec![tcp(1.0)]);
+    assert_eq!(s.post_batch(&b).await?.0, 202);
+    assert_eq!(
+        s.post_batch(&b).await?.0,
+        202,
+        "young entries do not refuse"
+    );
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let (status, retry, body) = s.post_batch(&b).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(retry.is_some());
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("not yet read by the ETL") && error.contains("over the limit of 1500 ms"),
+        "{body}"
+    );
+    assert_eq!(s.stored().await?.len(), 2);
+
+    // The ETL catches up (reads every entry): batches are taken again, though the entries
+    // it read are still in the stream (acknowledged ones are trimmed later).
+    redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("etl")
+        .arg("worker")
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async::<redis::Value>(&mut s.redis)
+        .await?;
+    assert_eq!(s.post_batch(&b).await?.0, 202);
+    assert_eq!(s.stored().await?.len(), 3);
+    let metrics = s.metrics().await?;
+    let series = "fiber_ingest_errors_total{stage=\"send\",error_type=\"backlog\"} 1";
+    assert!(metrics.contains(series), "no {series} in {metrics}");
     Ok(())
 }
 

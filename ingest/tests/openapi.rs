@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, bail, ensure};
 use chrono::DateTime;
-use common::{DASHBOARD_ORIGIN, TOKEN, seed, serve, serve_with};
+use common::{DASHBOARD_ORIGIN, READER, TOKEN, seed, serve, serve_with};
 use serde_json::Value;
 
 fn document() -> Result<Value> {
@@ -209,6 +209,38 @@ fn the_documented_bounds_are_the_models() -> Result<()> {
     Ok(())
 }
 
+/// A traceroute sample's hops are documented with the bounds `Sample::validate` enforces.
+#[test]
+fn the_documented_hops_are_the_models() -> Result<()> {
+    use fiberstack_model::validate::*;
+    let doc = document()?;
+    let schemas = &doc["components"]["schemas"];
+    let sample = &schemas["Sample"]["properties"];
+    ensure!(sample["hops"]["maxItems"] == fiberstack_model::sample::MAX_HOPS);
+    ensure!(resolve(&doc, &sample["hops"]["items"])? == &schemas["Hop"]);
+    ensure!(sample["path_fingerprint"]["pattern"] == "^[0-9a-f]{16}$");
+    let hop = &schemas["Hop"]["properties"];
+    ensure!(hop["ttl"]["minimum"] == 1 && hop["ttl"]["maximum"] == 255);
+    for field in ["latency_ms", "latency_min_ms", "latency_max_ms"] {
+        ensure!(hop[field]["maximum"] == MAX_LATENCY_MS, "Hop.{field}");
+    }
+    ensure!(hop["packet_loss"]["maximum"] == 100);
+    for field in ["sent", "received"] {
+        ensure!(hop[field]["maximum"] == MAX_COUNT, "Hop.{field}");
+    }
+    let required: Vec<&str> = schemas["Hop"]["required"]
+        .as_array()
+        .context("Hop.required")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        required == ["ttl", "sent", "received", "packet_loss"],
+        "{required:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn the_documented_check_kinds_are_the_models() -> Result<()> {
     let doc = document()?;
@@ -391,8 +423,14 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             }
             r
         };
+        // Reads take the reader token, writes the probe token; each is refused the other's.
+        let (own, others) = if method == "get" {
+            (READER, TOKEN)
+        } else {
+            (TOKEN, READER)
+        };
         let request = |token: bool, body: Option<Value>| {
-            let mut r = start(token.then_some(TOKEN));
+            let mut r = start(token.then_some(own));
             if let Some(body) = body {
                 r = r.json(&body);
             }
@@ -431,6 +469,22 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
                     .is_ok_and(|c| c.contains("error=\"invalid_token\""))),
                 "{what_wrong}: the challenge says the token is invalid"
             );
+            let mut crossed = start(Some(others));
+            if let Some(body) = &body {
+                crossed = crossed.json(body);
+            }
+            let response = crossed.send().await?;
+            let challenge = response.headers().get("www-authenticate").cloned();
+            let what_crossed = format!("{what} with the other role's token");
+            let status = answer_is_documented(&doc, op, &what_crossed, response).await?;
+            ensure!(status == 403, "{what_crossed}: {status}");
+            ensure!(
+                challenge.is_some_and(|c| c
+                    .to_str()
+                    .is_ok_and(|c| c.contains("error=\"insufficient_scope\""))),
+                "{what_crossed}: the challenge says the token's scope is insufficient"
+            );
+            seen.insert(format!("{what} {status}"));
         }
         if body.is_some() {
             let status = answer_is_documented(
@@ -488,7 +542,7 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
     ] {
         let response = client
             .get(format!("{url}/api/v1/metrics?{bad}"))
-            .bearer_auth(TOKEN)
+            .bearer_auth(READER)
             .send()
             .await?;
         let status = answer_is_documented(&doc, op, &format!("metrics?{bad}"), response).await?;
@@ -519,7 +573,7 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
     ] {
         let response = client
             .get(format!("{url}/api/metrics?{bad}"))
-            .bearer_auth(TOKEN)
+            .bearer_auth(READER)
             .send()
             .await?;
         let status =
@@ -537,7 +591,7 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
                 ("start", &start),
             ],
         )?;
-        let response = client.get(target).bearer_auth(TOKEN).send().await?;
+        let response = client.get(target).bearer_auth(READER).send().await?;
         let what = format!("api/metrics {aggregation}");
         ensure!(response.status() == 200, "{what}: {}", response.status());
         let body: Value = response.json().await?;
@@ -557,7 +611,7 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
         let _first = client.get(format!("{limited}{path}")).send().await?;
         let response = client
             .get(format!("{limited}{path}?node_id=gh-accra-1"))
-            .bearer_auth(TOKEN)
+            .bearer_auth(READER)
             .send()
             .await?;
         let what = format!("get {path} over the read rate limit");
@@ -572,7 +626,7 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             &format!("{url}/api/v1/metrics"),
             [("aggregation", aggregation), ("start", &start)],
         )?;
-        let response = client.get(target).bearer_auth(TOKEN).send().await?;
+        let response = client.get(target).bearer_auth(READER).send().await?;
         let what = format!("metrics {aggregation}");
         ensure!(response.status() == 200, "{what}: {}", response.status());
         let body: Value = response.json().await?;
@@ -585,6 +639,6 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             .unwrap();
         check(&doc, schema, &body, &what)?;
     }
-    assert_eq!(seen.len(), 31, "{seen:?}");
+    assert_eq!(seen.len(), 36, "{seen:?}");
     Ok(())
 }

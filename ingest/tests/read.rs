@@ -8,7 +8,7 @@ use std::time::Duration as StdDuration;
 
 use anyhow::Result;
 use chrono::Duration;
-use common::{TOKEN, get, hour, seed, serve};
+use common::{READER, TOKEN, get, hour, seed, serve};
 use fiberstack_e2e::{LocalEnv, ReservedPort, etl, terminate, unique_name, wait_for};
 use serde_json::Value;
 
@@ -128,7 +128,7 @@ async fn bad_parameters_are_named() -> Result<()> {
     );
     let lower_case = reqwest::Client::new()
         .get(format!("{url}/api/v1/nodes"))
-        .header("authorization", format!("bearer {TOKEN}"))
+        .header("authorization", format!("bearer {READER}"))
         .send()
         .await?;
     assert_eq!(
@@ -211,6 +211,7 @@ async fn the_binary_reads_with_a_reader_role_in_its_schema() -> Result<()> {
         .args(["--database-url", reader_url.as_str(), "--db-schema", schema])
         .env("REDIS_URL", &env.redis_url)
         .env("FIBER_TOKEN", TOKEN)
+        .env("FIBER_READER_TOKEN", READER)
         .env("FIBER_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)

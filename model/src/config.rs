@@ -135,6 +135,8 @@ pub struct Target {
     pub http: Option<HttpCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceroute: Option<TracerouteCheck>,
     /// Limits of this target that replace the FiberProbe's spec.thresholds field by field;
     /// a field left out keeps the probe's. Judged by the operator; the probe ignores them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +223,7 @@ pub enum Check<'a> {
     Tcp(&'a TcpCheck),
     Http(&'a HttpCheck),
     Dns(&'a DnsCheck),
+    Traceroute(&'a TracerouteCheck),
 }
 
 impl Check<'_> {
@@ -230,6 +233,7 @@ impl Check<'_> {
             Check::Tcp(_) => CheckKind::Tcp,
             Check::Http(_) => CheckKind::Http,
             Check::Dns(_) => CheckKind::Dns,
+            Check::Traceroute(_) => CheckKind::Traceroute,
         }
     }
 }
@@ -243,6 +247,7 @@ impl Target {
             CheckKind::Tcp => self.tcp.as_ref().map(Check::Tcp),
             CheckKind::Http => self.http.as_ref().map(Check::Http),
             CheckKind::Dns => self.dns.as_ref().map(Check::Dns),
+            CheckKind::Traceroute => self.traceroute.as_ref().map(Check::Traceroute),
         }
     }
 
@@ -295,6 +300,7 @@ impl Target {
                     Check::Tcp(c) => c.problems(),
                     Check::Http(c) => c.problems(),
                     Check::Dns(c) => c.problems(),
+                    Check::Traceroute(c) => c.problems(interval),
                 },
             ),
         }
@@ -556,6 +562,148 @@ impl DnsCheck {
             }
         }
         p
+    }
+}
+
+/// Highest TTL (IPv4) or hop limit (IPv6) a probe can carry.
+pub const MAX_TTL: u32 = 255;
+/// Most probes sent with one TTL in a round.
+pub const MAX_PROBES_PER_HOP: u32 = 10;
+
+/// Traceroute: the routers on the way to `host`, hop by hop, by UDP datagrams of increasing
+/// TTL (hop limit). Each router answers the datagram whose TTL runs out with ICMP "time
+/// exceeded", the host with "port unreachable". Every probe of a round carries the same
+/// addresses and ports (Paris-traceroute style), so routers that balance load by flow send
+/// them all along one path and a balanced network does not look like a changing one.
+/// Unprivileged: no raw socket, no NET_RAW capability.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schemars", schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.firstHop <= self.maxHops",
+    "message": "firstHop must not be above maxHops",
+}])))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TracerouteCheck {
+    /// IPv4 or IPv6 address or host name to trace the path to, e.g. 8.8.8.8 or
+    /// 2001:4860:4860::8888.
+    #[cfg_attr(
+        feature = "schemars",
+        schemars(length(min = 1, max = MAX_HOST_LEN), extend("x-kubernetes-validations" = host_rules()))
+    )]
+    pub host: String,
+    /// UDP destination port of every probe, 1 to 65535; a port nothing listens on, so that
+    /// the host answers "port unreachable". Default 33434 (traceroute's).
+    #[serde(default = "default_traceroute_port")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 1)))]
+    pub port: u16,
+    /// UDP source port of every probe, 1 to 65535. Unset: a port from 61000 to 65535 (above
+    /// Linux's ephemeral range) derived from the target's name, the same every round, so
+    /// that load balancers hash every round onto the same path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 1)))]
+    pub source_port: Option<u16>,
+    /// TTL of the first probe, 1 to 255: hops before it are not probed. Default 1.
+    #[serde(default = "default_first_hop")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 1, max = MAX_TTL)))]
+    pub first_hop: u32,
+    /// Highest TTL probed, 1 to 255; the round ends earlier when the host answers.
+    /// Default 30.
+    #[serde(default = "default_max_hops")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 1, max = MAX_TTL)))]
+    pub max_hops: u32,
+    /// Probes sent with each TTL, 1 to 10: a hop's loss and RTT min/avg/max come from them.
+    /// Default 3.
+    #[serde(default = "default_probes_per_hop")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 1, max = MAX_PROBES_PER_HOP)))]
+    pub probes_per_hop: u32,
+    /// How long to wait for a hop's answers, Go duration syntax; a hop silent that long is
+    /// `*`. Every hop from firstHop to maxHops may take it, and all of them must fit in the
+    /// probe's interval. Default 1s.
+    #[serde(default = "default_hop_timeout")]
+    pub hop_timeout: Duration,
+}
+
+fn default_traceroute_port() -> u16 {
+    33434
+}
+
+fn default_first_hop() -> u32 {
+    1
+}
+
+fn default_max_hops() -> u32 {
+    30
+}
+
+fn default_probes_per_hop() -> u32 {
+    3
+}
+
+fn default_hop_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl TracerouteCheck {
+    fn problems(&self, interval: Duration) -> Problems {
+        let mut p = Problems::default();
+        p.check(host("host", &self.host));
+        if self.port == 0 {
+            p.add("port", "0 is out of range, expected 1 to 65535");
+        }
+        if self.source_port == Some(0) {
+            p.add("sourcePort", "0 is out of range, expected 1 to 65535");
+        }
+        for (field, value) in [("firstHop", self.first_hop), ("maxHops", self.max_hops)] {
+            if !(1..=MAX_TTL).contains(&value) {
+                p.add(
+                    field,
+                    format!("{value} is out of range, expected 1 to {MAX_TTL}"),
+                );
+            }
+        }
+        if self.first_hop > self.max_hops {
+            p.add(
+                "firstHop",
+                format!("{} is above maxHops {}", self.first_hop, self.max_hops),
+            );
+        }
+        if !(1..=MAX_PROBES_PER_HOP).contains(&self.probes_per_hop) {
+            p.add(
+                "probesPerHop",
+                format!(
+                    "{} is out of range, expected 1 to {MAX_PROBES_PER_HOP}",
+                    self.probes_per_hop
+                ),
+            );
+        }
+        if self.hop_timeout.0.is_zero() {
+            p.add("hopTimeout", "must be above 0");
+        } else {
+            let hops = self.max_hops.saturating_sub(self.first_hop) + 1;
+            let round = self.hop_timeout.0.checked_mul(hops);
+            if round.is_none_or(|r| r >= interval.0) {
+                let took = round.map_or("longer than can be counted".to_owned(), |r| {
+                    Duration(r).to_string()
+                });
+                p.add(
+                    "hopTimeout",
+                    format!(
+                        "{hops} hops of {} each take up to {took}, which does not fit in the {interval} interval",
+                        self.hop_timeout
+                    ),
+                );
+            }
+        }
+        p
+    }
+
+    /// The UDP source port of the probes of the target named `target`: `sourcePort`, or
+    /// one derived from the name (61000 to 65535, above Linux's ephemeral ports).
+    pub fn source_port_for(&self, target: &str) -> u16 {
+        self.source_port.unwrap_or_else(|| {
+            let span = u64::from(u16::MAX - 61000) + 1;
+            61000 + (crate::sample::fnv1a(target.as_bytes()) % span) as u16
+        })
     }
 }
 
@@ -896,6 +1044,67 @@ targets:
 
     fn icmp(c: &mut ProbeConfig) -> &mut IcmpCheck {
         c.targets[0].icmp.as_mut().unwrap()
+    }
+
+    fn traceroute_config(check: &str) -> Result<ProbeConfig, ConfigError> {
+        let text = DESIGN_EXAMPLE.replace(
+            "targets:\n",
+            &format!("targets:\n  - {{ name: path, traceroute: {check} }}\n"),
+        );
+        ProbeConfig::from_yaml(&text)
+    }
+
+    #[test]
+    fn a_traceroute_target_has_defaults_and_its_rules_name_their_field() {
+        let c = traceroute_config("{ host: 8.8.8.8 }").unwrap();
+        let Check::Traceroute(t) = c.targets[0].check().unwrap() else {
+            panic!("{:?}", c.targets[0]);
+        };
+        assert_eq!(
+            (t.port, t.first_hop, t.max_hops, t.probes_per_hop),
+            (33434, 1, 30, 3)
+        );
+        assert_eq!(t.hop_timeout, Duration::from_secs(1));
+        // The source port is the same every round and outside Linux's ephemeral range.
+        let port = t.source_port_for("path");
+        assert_eq!(port, t.source_port_for("path"));
+        assert!(port >= 61000, "{port}");
+        let pinned = traceroute_config("{ host: 8.8.8.8, sourcePort: 40000 }").unwrap();
+        let Check::Traceroute(t) = pinned.targets[0].check().unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.source_port_for("path"), 40000);
+
+        let refused = |check: &str| match traceroute_config(check) {
+            Err(ConfigError::Invalid(e)) => e,
+            other => panic!("{check}: {other:?}"),
+        };
+        let e = refused("{ host: 8.8.8.8, firstHop: 5, maxHops: 4 }");
+        assert_eq!(e.field, "targets[0].traceroute.firstHop");
+        assert!(e.message.contains("5 is above maxHops 4"), "{e}");
+        let e = refused("{ host: 8.8.8.8, maxHops: 256 }");
+        assert_eq!(e.field, "targets[0].traceroute.maxHops");
+        assert!(
+            e.message.contains("256 is out of range, expected 1 to 255"),
+            "{e}"
+        );
+        let e = refused("{ host: 8.8.8.8, probesPerHop: 11 }");
+        assert_eq!(e.field, "targets[0].traceroute.probesPerHop");
+        let e = refused("{ host: 8.8.8.8, port: 0 }");
+        assert_eq!(e.field, "targets[0].traceroute.port");
+        let e = refused("{ host: 'not a host' }");
+        assert_eq!(e.field, "targets[0].traceroute.host");
+        // 30 hops of 3s each may take 90s: more than the 60s interval.
+        let e = refused("{ host: 8.8.8.8, hopTimeout: 3s }");
+        assert_eq!(e.field, "targets[0].traceroute.hopTimeout");
+        assert!(
+            e.message.contains("30 hops of 3s each take up to 1m30s"),
+            "{e}"
+        );
+        assert!(matches!(
+            traceroute_config("{ host: 8.8.8.8, protocol: tcp }"),
+            Err(ConfigError::Parse(_))
+        ));
     }
 
     fn invalid(edit: impl FnOnce(&mut ProbeConfig)) -> ValidationError {

@@ -19,10 +19,10 @@ pub mod validate;
 
 pub use config::{
     BufferConfig, Check, ConfigError, DnsCheck, DnsRecordType, HttpCheck, IcmpCheck, IngestConfig,
-    ProbeConfig, Target, TargetThresholds, TcpCheck,
+    ProbeConfig, Target, TargetThresholds, TcpCheck, TracerouteCheck,
 };
 pub use duration::Duration;
 pub use push::PushSample;
 pub use quantity::ByteSize;
-pub use sample::{Batch, CheckKind, Rejection, Sample};
+pub use sample::{Batch, CheckKind, Hop, Rejection, Sample, path_fingerprint};
 pub use validate::ValidationError;

@@ -25,10 +25,17 @@ pub enum CheckKind {
     Tcp,
     Http,
     Dns,
+    Traceroute,
 }
 
 impl CheckKind {
-    pub const ALL: [CheckKind; 4] = [Self::Icmp, Self::Tcp, Self::Http, Self::Dns];
+    pub const ALL: [CheckKind; 5] = [
+        Self::Icmp,
+        Self::Tcp,
+        Self::Http,
+        Self::Dns,
+        Self::Traceroute,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -36,6 +43,7 @@ impl CheckKind {
             Self::Tcp => "tcp",
             Self::Http => "http",
             Self::Dns => "dns",
+            Self::Traceroute => "traceroute",
         }
     }
 
@@ -129,6 +137,172 @@ pub struct Sample {
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub metadata: Map<String, Value>,
+    /// Traceroute: the hops of the round in TTL order, from the first probed to the host (or
+    /// to the last TTL probed when the host did not answer). Absent for other kinds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "utoipa", schema(max_items = 255))]
+    pub hops: Vec<Hop>,
+    /// Traceroute: [`path_fingerprint`] of `hops` (16 hex digits), equal for rounds that took
+    /// the same path; required with `hops`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(pattern = "^[0-9a-f]{16}$"))]
+    pub path_fingerprint: Option<String>,
+}
+
+/// One hop of a traceroute round: the probes sent with one TTL and who answered them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct Hop {
+    /// The TTL (IPv6: hop limit) of the hop's probes, 1 to 255; increasing along `hops`.
+    #[cfg_attr(feature = "utoipa", schema(minimum = 1, maximum = 255))]
+    pub ttl: u8,
+    /// The IP address that answered (a router, or the host at the last hop); absent when no
+    /// probe of the hop was answered (`*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(max_length = 45))]
+    pub address: Option<String>,
+    /// Probes sent with this TTL.
+    #[cfg_attr(feature = "utoipa", schema(minimum = 1, maximum = 2147483647))]
+    pub sent: u32,
+    /// Probes answered within the hop timeout; not more than `sent`.
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 2147483647))]
+    pub received: u32,
+    /// Percent of the hop's probes unanswered.
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 100))]
+    pub packet_loss: f64,
+    /// Mean round-trip time of the answered probes; present when `received` is above 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 10000))]
+    pub latency_ms: Option<f64>,
+    /// Fastest answered probe; not above `latency_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 10000))]
+    pub latency_min_ms: Option<f64>,
+    /// Slowest answered probe; not below `latency_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 0, maximum = 10000))]
+    pub latency_max_ms: Option<f64>,
+}
+
+/// Most hops a sample may carry: one per TTL.
+pub const MAX_HOPS: usize = 255;
+
+/// 64-bit FNV-1a: a hash fixed by its definition, so that a fingerprint computed by one
+/// version of the probe equals the one computed by the next.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The fingerprint of a path: FNV-1a of its hops' TTLs and addresses (`*` for a silent hop),
+/// as 16 hex digits. Two rounds over the same routers have the same fingerprint; RTTs and
+/// loss do not enter it.
+pub fn path_fingerprint(hops: &[Hop]) -> String {
+    let mut text = String::new();
+    for hop in hops {
+        text.push_str(&format!(
+            "{} {}\n",
+            hop.ttl,
+            hop.address.as_deref().unwrap_or("*")
+        ));
+    }
+    format!("{:016x}", fnv1a(text.as_bytes()))
+}
+
+impl Hop {
+    fn validate(&self, field: &str, previous_ttl: u8) -> Result<(), ValidationError> {
+        let at = |name: &str| format!("{field}.{name}");
+        if self.ttl == 0 || self.ttl <= previous_ttl {
+            return Err(ValidationError::new(
+                at("ttl"),
+                format!(
+                    "{} must be 1 to 255 and above the previous hop's {previous_ttl}",
+                    self.ttl
+                ),
+            ));
+        }
+        if let Some(address) = &self.address
+            && address.parse::<std::net::IpAddr>().is_err()
+        {
+            validate::text(&at("address"), address, 64)?;
+            return Err(ValidationError::new(
+                at("address"),
+                format!("{address:?} is not an IP address"),
+            ));
+        }
+        validate::count(&at("sent"), self.sent)?;
+        if self.sent == 0 {
+            return Err(ValidationError::new(
+                at("sent"),
+                "0: a hop has at least one probe",
+            ));
+        }
+        if self.received > self.sent {
+            return Err(ValidationError::new(
+                at("received"),
+                format!(
+                    "{} answers counted for {} probes sent",
+                    self.received, self.sent
+                ),
+            ));
+        }
+        validate::percent(&at("packet_loss"), self.packet_loss)?;
+        for (name, value) in [
+            ("latency_ms", self.latency_ms),
+            ("latency_min_ms", self.latency_min_ms),
+            ("latency_max_ms", self.latency_max_ms),
+        ] {
+            if let Some(v) = value {
+                validate::latency(&at(name), v)?;
+            }
+        }
+        if (self.received > 0) != self.address.is_some() {
+            return Err(ValidationError::new(
+                at("address"),
+                format!(
+                    "is {} while {} probes were answered; a hop has an address exactly when it answered",
+                    if self.address.is_some() {
+                        "set"
+                    } else {
+                        "absent"
+                    },
+                    self.received
+                ),
+            ));
+        }
+        if (self.received > 0) != self.latency_ms.is_some() {
+            return Err(ValidationError::new(
+                at("latency_ms"),
+                format!(
+                    "is {} while {} probes were answered; it is required exactly when a probe was",
+                    if self.latency_ms.is_some() {
+                        "set"
+                    } else {
+                        "absent"
+                    },
+                    self.received
+                ),
+            ));
+        }
+        if let (Some(min), Some(mean)) = (self.latency_min_ms, self.latency_ms)
+            && min > mean + ORDER_EPSILON_MS
+        {
+            return Err(ValidationError::new(
+                at("latency_min_ms"),
+                format!("{min} is above latency_ms {mean}"),
+            ));
+        }
+        if let (Some(max), Some(mean)) = (self.latency_max_ms, self.latency_ms)
+            && max + ORDER_EPSILON_MS < mean
+        {
+            return Err(ValidationError::new(
+                at("latency_max_ms"),
+                format!("{max} is below latency_ms {mean}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Tolerance for `latency_min_ms <= latency_ms <= latency_max_ms`, which rounding may bend.
@@ -197,6 +371,8 @@ impl Sample {
             status_code: None,
             error: None,
             metadata: Map::new(),
+            hops: Vec::new(),
+            path_fingerprint: None,
         }
     }
 
@@ -287,6 +463,7 @@ impl Sample {
         if let Some(error) = &self.error {
             validate::text("error", error, validate::MAX_ERROR_LEN)?;
         }
+        self.validate_hops()?;
         if !self.metadata.is_empty() {
             validate::json_object("metadata", &self.metadata)?;
             let size = serde_json::to_vec(&self.metadata)
@@ -303,6 +480,60 @@ impl Sample {
             }
         }
         Ok(())
+    }
+}
+
+impl Sample {
+    /// The traceroute fields: hops only on a traceroute sample, each valid, and the
+    /// fingerprint theirs.
+    fn validate_hops(&self) -> Result<(), ValidationError> {
+        if !self.hops.is_empty() && self.kind != CheckKind::Traceroute {
+            return Err(ValidationError::new(
+                "hops",
+                format!(
+                    "holds {} hops on a {} sample; only traceroute samples carry hops",
+                    self.hops.len(),
+                    self.kind
+                ),
+            ));
+        }
+        if self.hops.len() > MAX_HOPS {
+            return Err(ValidationError::new(
+                "hops",
+                format!(
+                    "holds {} hops, at most {MAX_HOPS} (one per TTL) are allowed",
+                    self.hops.len()
+                ),
+            ));
+        }
+        let mut previous = 0;
+        for (i, hop) in self.hops.iter().enumerate() {
+            hop.validate(&format!("hops[{i}]"), previous)?;
+            previous = hop.ttl;
+        }
+        match (&self.path_fingerprint, self.hops.is_empty()) {
+            (None, true) => Ok(()),
+            (None, false) => Err(ValidationError::new(
+                "path_fingerprint",
+                "is required with hops",
+            )),
+            (Some(f), true) => Err(ValidationError::new(
+                "path_fingerprint",
+                format!("{f:?} is set without hops"),
+            )),
+            (Some(f), false) => {
+                let expected = path_fingerprint(&self.hops);
+                if *f == expected {
+                    Ok(())
+                } else {
+                    validate::text("path_fingerprint", f, 64)?;
+                    Err(ValidationError::new(
+                        "path_fingerprint",
+                        format!("{f:?} is not the fingerprint of the hops, {expected}"),
+                    ))
+                }
+            }
+        }
     }
 }
 
@@ -445,6 +676,97 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
+    }
+
+    fn hop(ttl: u8, address: Option<&str>, rtts: &[f64], sent: u32) -> Hop {
+        let received = rtts.len() as u32;
+        let mean = (!rtts.is_empty()).then(|| rtts.iter().sum::<f64>() / rtts.len() as f64);
+        Hop {
+            ttl,
+            address: address.map(str::to_owned),
+            sent,
+            received,
+            packet_loss: f64::from(sent - received) * 100.0 / f64::from(sent),
+            latency_ms: mean,
+            latency_min_ms: rtts.iter().copied().reduce(f64::min),
+            latency_max_ms: rtts.iter().copied().reduce(f64::max),
+        }
+    }
+
+    fn traceroute() -> Sample {
+        let hops = vec![
+            hop(1, Some("10.1.1.1"), &[5.0, 5.2, 5.1], 3),
+            hop(2, None, &[], 3),
+            hop(3, Some("2001:db8::9"), &[10.0, 11.0], 3),
+        ];
+        Sample {
+            address: "2001:db8::9".into(),
+            latency_ms: Some(10.5),
+            path_fingerprint: Some(path_fingerprint(&hops)),
+            hops,
+            ..Sample::new(now(), "path", CheckKind::Traceroute, true)
+        }
+    }
+
+    #[test]
+    fn a_traceroute_sample_carries_hops_and_their_fingerprint() {
+        let s = traceroute();
+        s.validate(now()).unwrap();
+        let back: Sample = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        // RTTs do not enter the fingerprint; addresses, silence and TTLs do.
+        let mut slower = s.hops.clone();
+        slower[0] = hop(1, Some("10.1.1.1"), &[50.0], 3);
+        assert_eq!(path_fingerprint(&slower), path_fingerprint(&s.hops));
+        let mut other = s.hops.clone();
+        other[0].address = Some("10.1.2.1".into());
+        assert_ne!(path_fingerprint(&other), path_fingerprint(&s.hops));
+        let mut answered = s.hops.clone();
+        answered[1] = hop(2, Some("10.2.1.1"), &[7.0], 3);
+        assert_ne!(path_fingerprint(&answered), path_fingerprint(&s.hops));
+        assert_eq!(path_fingerprint(&s.hops).len(), 16);
+        // No hops: an icmp sample or a traceroute that could not start carries none.
+        assert!(!serde_json::to_string(&icmp()).unwrap().contains("hops"));
+    }
+
+    #[test]
+    fn broken_hops_are_refused_naming_the_hop_and_field() {
+        let err = |edit: &dyn Fn(&mut Sample)| {
+            let mut s = traceroute();
+            edit(&mut s);
+            s.validate(now()).unwrap_err()
+        };
+        let e = err(&|s| s.kind = CheckKind::Icmp);
+        assert_eq!(e.field, "hops");
+        assert!(e.message.contains("only traceroute samples"), "{e}");
+        let e = err(&|s| s.hops[2].ttl = 1);
+        assert_eq!(e.field, "hops[2].ttl");
+        let e = err(&|s| s.hops[0].address = Some("router-a".into()));
+        assert_eq!(e.field, "hops[0].address");
+        assert!(
+            e.message.contains("\"router-a\" is not an IP address"),
+            "{e}"
+        );
+        let e = err(&|s| s.hops[1].address = Some("10.0.0.1".into()));
+        assert_eq!(e.field, "hops[1].address");
+        let e = err(&|s| s.hops[0].received = 4);
+        assert_eq!(e.field, "hops[0].received");
+        let e = err(&|s| s.hops[0].packet_loss = 101.0);
+        assert_eq!(e.field, "hops[0].packet_loss");
+        let e = err(&|s| s.hops[0].latency_min_ms = Some(9.0));
+        assert_eq!(e.field, "hops[0].latency_min_ms");
+        let e = err(&|s| s.hops[2].latency_ms = None);
+        assert_eq!(e.field, "hops[2].latency_ms");
+        let e = err(&|s| s.path_fingerprint = Some("0123456789abcdef".into()));
+        assert_eq!(e.field, "path_fingerprint");
+        assert!(
+            e.message.contains("is not the fingerprint of the hops"),
+            "{e}"
+        );
+        let e = err(&|s| s.path_fingerprint = None);
+        assert_eq!(e.field, "path_fingerprint");
+        let e = err(&|s| s.hops.clear());
+        assert_eq!(e.field, "path_fingerprint");
     }
 
     fn icmp() -> Sample {

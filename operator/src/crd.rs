@@ -370,6 +370,57 @@ pub struct FiberProbeSpec {
     /// Who is told when a target starts or stops breaching its thresholds.
     #[serde(default, skip_serializing_if = "Alerting::is_empty")]
     pub alerting: Alerting,
+    /// Service level objectives over all the probe's targets: status.slo reports the SLI over
+    /// the window, the error budget left and how fast it burns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<Slo>,
+}
+
+/// Objectives for a probe's rounds over a rolling window of whole days. Rounds that were
+/// expected but never arrived count as unknown (status.slo.unknownPct), neither good nor bad.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.availabilityPct < 100.0",
+        "message": "availabilityPct must be below 100: an objective of 100 % leaves no error budget",
+        "fieldPath": ".availabilityPct"
+    }
+]))]
+pub struct Slo {
+    /// Share of rounds that must succeed, percent, e.g. 99.9.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub availability_pct: f64,
+    /// Optionally, how fast the successful rounds must be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyObjective>,
+    /// The rolling window, in days (1-90; the hourly rollups are kept 90 days). Default 30.
+    #[serde(default = "default_slo_days")]
+    #[schemars(range(min = 1, max = 90))]
+    pub window_days: u32,
+}
+
+/// "percent of successful rounds faster than thresholdMs", e.g. 99 % under 150 ms.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.percent < 100.0",
+        "message": "percent must be below 100: an objective of 100 % leaves no error budget",
+        "fieldPath": ".percent"
+    }
+]))]
+pub struct LatencyObjective {
+    /// Latency a round must stay under, milliseconds (above 0, at most 10000).
+    #[schemars(range(min = 0.001, max = 10000.0))]
+    pub threshold_ms: f64,
+    /// Share of successful rounds that must be under it, percent, e.g. 99.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: f64,
+}
+
+fn default_slo_days() -> u32 {
+    30
 }
 
 /// Notifications of a FiberProbe's targets. A target fires an alert when it has breached its
@@ -614,6 +665,63 @@ pub struct FiberProbeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub alerts: Vec<Alert>,
+    /// The objectives of spec.slo as measured (absent without spec.slo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloStatus>,
+}
+
+/// How the probe meets its objectives over the window.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SloStatus {
+    /// The window, whole days ending now.
+    pub window_days: u32,
+    /// Share of successful rounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<ObjectiveStatus>,
+    /// Share of successful rounds under the latency threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<ObjectiveStatus>,
+    /// Rounds expected in the window (each node's, every interval since the probe exists)
+    /// that never arrived, percent: counted as unknown, neither good nor bad.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_pct: Option<f64>,
+    /// The fastest error-budget burn under way: Fast (the 1 h and 5 min burn rates both above
+    /// 14.4: 2 % of a 30-day budget in an hour), Slow (6 h and 30 min both above 6), or absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burning: Option<Burn>,
+}
+
+/// One objective: its target, the SLI, the budget left and the burn rates (1 = spending the
+/// budget exactly over the window).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectiveStatus {
+    /// The objective, percent.
+    pub objective_pct: f64,
+    /// The SLI over the window, percent; absent before any round counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sli_pct: Option<f64>,
+    /// Error budget left, percent of the window's budget; negative when overspent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_budget_remaining_pct: Option<f64>,
+    /// Burn rate over the last hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_rate_1h: Option<f64>,
+    /// Burn rate over the last 6 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_rate_6h: Option<f64>,
+}
+
+string_enum! {
+    /// How fast an objective's error budget burns (the SRE workbook's multi-window pairs).
+    pub enum Burn {
+        /// The 1 h and 5 min burn rates are both above 14.4.
+        Fast,
+        /// The 6 h and 30 min burn rates are both above 6.
+        Slow,
+    }
+    else Other(String)
 }
 
 /// One episode of a target breaching its thresholds.
@@ -647,6 +755,10 @@ pub struct Alert {
     /// The vantage points (region/node) that saw it when it started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vantage_points: Vec<String>,
+    /// Set for the alert of spec.slo's error budget burning (Fast or Slow; target is then
+    /// "slo"); absent for a target's alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn: Option<Burn>,
 }
 
 /// A notifier's acknowledgement of an alert.

@@ -52,6 +52,7 @@ pub fn images() -> crate::render::Images {
         probe: "ghcr.io/fiberstack/fiber-probe:0.1.0".to_owned(),
         pull_policy: "IfNotPresent".to_owned(),
         otlp_endpoint: None,
+        ingest_service_account: Some("fiberstack-ingest".to_owned()),
     }
 }
 

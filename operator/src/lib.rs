@@ -24,6 +24,8 @@ pub mod metrics;
 pub mod notify;
 pub mod render;
 pub mod server;
+pub mod slo;
 pub mod status;
+pub mod statuspage;
 pub mod validate;
 mod words;

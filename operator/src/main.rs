@@ -8,12 +8,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use fiberstack_operator::controller::{self, Settings};
+use fiberstack_operator::databases::Databases;
 use fiberstack_operator::health::Hysteresis;
 use fiberstack_operator::lease::{self, Ended, LeaderLease, LeaseConfig};
 use fiberstack_operator::metrics::Metrics;
 use fiberstack_operator::render::Images;
 use fiberstack_operator::server::{self, Health};
 use fiberstack_operator::status;
+use fiberstack_operator::statuspage::{self, StatusPage};
 use tokio::signal::unix::{SignalKind, signal};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -45,6 +47,13 @@ struct Config {
     /// its OTEL_EXPORTER_OTLP_ENDPOINT.
     #[arg(long, env = "FIBER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// ServiceAccount (in each FiberRegion's namespace) that ingest pods run as, allowed to
+    /// create TokenReviews (the chart makes it). Set: each probe pod presents its own
+    /// projected ServiceAccount token (audience fiberstack-ingest), so it can write only as
+    /// its node and FiberProbe; the region's static token stays for probes outside the
+    /// cluster. Unset: probe pods mount the region's static token.
+    #[arg(long, env = "FIBER_INGEST_SERVICE_ACCOUNT")]
+    ingest_service_account: Option<String>,
     /// PostgreSQL URL of a read-only role, for fleet health in status, of every region that
     /// names no reader of its own (spec.database.readerUrlSecretRef). Without either, status
     /// says Reporting=Unknown (DatabaseUnavailable).
@@ -92,6 +101,20 @@ struct Config {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "FIBER_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     metrics_listen: SocketAddr,
+    /// Serve the read-only status page (/) and SVG badges
+    /// (/badges/{namespace}/{probe}[/{target}]/{uptime|latency}.svg?window=24h|7d|30d) on this
+    /// address, e.g. 0.0.0.0:8081. Off when unset. Every replica serves it, leader or not.
+    #[arg(long, env = "FIBER_STATUS_PAGE_LISTEN")]
+    status_page_listen: Option<SocketAddr>,
+    /// Make the status page public: it then leaves out target addresses, node names, the
+    /// text of conditions and errors, ingest URLs, and FiberProbes annotated
+    /// fiberstack.io/status-page: private (hidden ones are never shown).
+    #[arg(long, env = "FIBER_STATUS_PAGE_PUBLIC")]
+    status_page_public: bool,
+    /// Seconds between refreshes of the status page's snapshot (also its Cache-Control
+    /// max-age).
+    #[arg(long, env = "FIBER_STATUS_PAGE_REFRESH_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    status_page_refresh_secs: u64,
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -130,6 +153,28 @@ async fn main() -> anyhow::Result<()> {
         .map(|url| status::connect_lazy(url, config.db_schema.as_deref()))
         .transpose()
         .context("--database-url is not a PostgreSQL URL")?;
+    if let Some(addr) = config.status_page_listen {
+        let page = StatusPage::new(statuspage::Settings {
+            mode: if config.status_page_public {
+                statuspage::Mode::Public
+            } else {
+                statuspage::Mode::Internal
+            },
+            refresh_every: Duration::from_secs(config.status_page_refresh_secs),
+            namespace: config.watch_namespace.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --status-page-listen {addr}"))?;
+        let databases = Databases::new(db.clone(), config.db_schema.clone());
+        tokio::spawn(
+            page.clone()
+                .run(client.clone(), databases, std::future::pending()),
+        );
+        let app = statuspage::router(page);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        tracing::info!(%addr, public = config.status_page_public, "status page serving");
+    }
     let settings = Settings {
         images: Images {
             ingest: config.ingest_image,
@@ -137,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             probe: config.probe_image,
             pull_policy: config.image_pull_policy,
             otlp_endpoint: config.otlp_endpoint,
+            ingest_service_account: config.ingest_service_account.filter(|s| !s.is_empty()),
         },
         namespace: config.watch_namespace,
         db_schema: config.db_schema.clone(),

@@ -22,6 +22,19 @@ pub struct StatusWriteLabels {
     pub result: &'static str,
 }
 
+/// An owned object's apply: its kind, and `applied` or `unchanged` (skipped).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApplyLabels {
+    pub kind: String,
+    pub result: &'static str,
+}
+
+/// A read from the API server that a cache could not answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    pub kind: String,
+}
+
 /// A notification attempt: the FiberNotifier, its kind, and `sent` or `failed`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NotificationLabels {
@@ -49,6 +62,10 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Status writes by kind and whether they were made or skipped (unchanged status).
     pub status_writes: Family<StatusWriteLabels, Counter>,
+    /// Applies of owned objects, made or skipped (unchanged render, untouched object).
+    pub applies: Family<ApplyLabels, Counter>,
+    /// Reads from the API server that a cache could not answer.
+    pub api_reads: Family<ReadLabels, Counter>,
     /// Notifications sent or failed, per FiberNotifier.
     pub notifications: Family<NotificationLabels, Counter>,
     /// Fleet health per probe and target, from the statuses written.
@@ -67,7 +84,19 @@ impl Default for Metrics {
         let leader = Gauge::default();
         let notifications = Family::<NotificationLabels, Counter>::default();
         let status_writes = Family::<StatusWriteLabels, Counter>::default();
+        let applies = Family::<ApplyLabels, Counter>::default();
+        let api_reads = Family::<ReadLabels, Counter>::default();
         let mut registry = Registry::default();
+        registry.register(
+            "fiberstack_operator_applies",
+            "Server-side applies of owned objects by kind: applied, or skipped because the render and the object were unchanged",
+            applies.clone(),
+        );
+        registry.register(
+            "fiberstack_operator_api_reads",
+            "Reads from the API server a reconcile made because its cache could not answer (not synced yet, or the object changed since the operator last saw it), by kind",
+            api_reads.clone(),
+        );
         registry.register(
             "fiberstack_operator_status_writes",
             "Status writes by resource kind: written, or skipped because the status did not change",
@@ -106,6 +135,8 @@ impl Default for Metrics {
             duration,
             leader,
             status_writes,
+            applies,
+            api_reads,
             notifications,
             measurements,
             registry,
@@ -114,6 +145,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn applied(&self, kind: &str, made: bool) {
+        self.applies
+            .get_or_create(&ApplyLabels {
+                kind: kind.to_owned(),
+                result: if made { "applied" } else { "unchanged" },
+            })
+            .inc();
+    }
+
+    pub fn api_reads(&self, kind: impl Into<String>) {
+        self.api_reads
+            .get_or_create(&ReadLabels { kind: kind.into() })
+            .inc();
+    }
+
     pub fn reconciled(&self, controller: &'static str, took: Duration) {
         let label = ControllerLabel { controller };
         self.reconciles.get_or_create(&label).inc();

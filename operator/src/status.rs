@@ -4,6 +4,7 @@
 //! Read-only; the figures are computed from the samples of the window (percentiles are never
 //! averaged). What the figures mean for health is decided in [`crate::health`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -87,20 +88,23 @@ pub struct Figures {
 type Row = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
 /// A sample that saw a certificate: target, time, `cert_not_after`, `cert_days_to_expiry`.
 type CertificateRow = (String, DateTime<Utc>, Option<String>, Option<String>);
-/// A target from one vantage point: target, node, region, newest sample, then [`Row`].
-type VantageRow = (
-    String,
+/// A [`CertificateRow`] led by its probe.
+type ProbeCertificateRow = (
     String,
     String,
     DateTime<Utc>,
-    i64,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
+    Option<String>,
+    Option<String>,
 );
-type TargetRow = (
+/// A row of the window's figures: probe, target, node, region (each NULL above its level),
+/// the level (`grouping(target, node, region)`), the newest sample, then [`Row`].
+type WindowRow = (
     String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i32,
+    Option<DateTime<Utc>>,
     i64,
     Option<f64>,
     Option<f64>,
@@ -130,24 +134,14 @@ macro_rules! figures {
     };
 }
 
-/// `probe` is `namespace/name`; `targets` are the spec's target names (the newest sample is
-/// looked up per target, which the (probe, target, time) index answers directly).
-pub async fn probe_figures(
+/// The newest sample of any of `targets` of `probe` (`namespace/name`); None when none has
+/// a sample.
+pub async fn newest_sample(
     pool: &PgPool,
     probe: &str,
     targets: &[String],
-    interval: Duration,
-) -> Result<Figures, sqlx::Error> {
-    let recent = interval.as_secs_f64() * f64::from(REPORTING_INTERVALS);
-    let reporting_nodes: Vec<String> = sqlx::query_scalar(
-        "select distinct node from metrics
-          where probe = $1 and time > now() - make_interval(secs => $2) order by node",
-    )
-    .bind(probe)
-    .bind(recent)
-    .fetch_all(pool)
-    .await?;
-    let last_sample: Option<DateTime<Utc>> = sqlx::query_scalar(
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
         "select max(m.time) from unnest($2::text[]) t(name)
            cross join lateral (select time from metrics
                                 where probe = $1 and target = t.name
@@ -156,68 +150,158 @@ pub async fn probe_figures(
     .bind(probe)
     .bind(targets)
     .fetch_one(pool)
-    .await?;
-    let total: Row = sqlx::query_as(concat!(
-        "select ",
-        figures!(),
-        " from metrics where probe = $1 and time > now() - interval '15 minutes'"
-    ))
-    .bind(probe)
-    .fetch_one(pool)
-    .await?;
-    let per_target: Vec<TargetRow> = sqlx::query_as(concat!(
-        "select target, ",
-        figures!(),
-        " from metrics where probe = $1 and time > now() - interval '15 minutes'
-              group by target order by target"
-    ))
-    .bind(probe)
-    .fetch_all(pool)
-    .await?;
-    let per_vantage: Vec<VantageRow> = sqlx::query_as(concat!(
-        "select target, node, region, max(time), ",
-        figures!(),
-        " from metrics where probe = $1 and time > now() - interval '15 minutes'
-              group by target, node, region order by target, region, node"
-    ))
-    .bind(probe)
-    .fetch_all(pool)
-    .await?;
-    // The metadata is read as text and parsed here: a malformed value in one sample must not
-    // fail the whole status query.
-    let newest_certificates: Vec<CertificateRow> = sqlx::query_as(
-        "select distinct on (target, node) target, time,
-                    metadata->>'cert_not_after', metadata->>'cert_days_to_expiry'
-               from metrics
-              where probe = $1 and time > now() - interval '15 minutes'
-                and (metadata ? 'cert_not_after' or metadata ? 'cert_days_to_expiry')
-              order by target, node, time desc",
+    .await
+}
+
+/// `probe` is `namespace/name`; `targets` are the spec's target names (the newest sample is
+/// looked up per target, which the natural key, (probe, target, time, node), answers by
+/// reading one index entry). The same figures as [`probe_figures_many`] for one probe.
+pub async fn probe_figures(
+    pool: &PgPool,
+    probe: &str,
+    targets: &[String],
+    interval: Duration,
+) -> Result<Figures, sqlx::Error> {
+    let query = ProbeQuery {
+        probe: probe.to_owned(),
+        targets: targets.to_vec(),
+        interval,
+    };
+    let mut figures = probe_figures_many(pool, std::slice::from_ref(&query)).await?;
+    Ok(figures.remove(probe).unwrap_or_default())
+}
+
+/// One probe of [`probe_figures_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeQuery {
+    /// `namespace/name`, as samples carry it.
+    pub probe: String,
+    /// The spec's target names: those whose newest sample counts.
+    pub targets: Vec<String>,
+    /// The probe's interval: nodes with a sample within [`REPORTING_INTERVALS`] of it report.
+    pub interval: Duration,
+}
+
+/// The figures of many probes (those of one region's database) in four queries whatever their
+/// number — reporting nodes, newest samples, the window's figures at three levels (probe,
+/// target, target from each node) in one scan, certificates — instead of four per probe,
+/// each of which read the window of every probe and kept its own. Keyed by `probe`; every
+/// probe asked for has an entry.
+pub async fn probe_figures_many(
+    pool: &PgPool,
+    probes: &[ProbeQuery],
+) -> Result<HashMap<String, Figures>, sqlx::Error> {
+    let names: Vec<&str> = probes.iter().map(|p| p.probe.as_str()).collect();
+    let recent: Vec<f64> = probes
+        .iter()
+        .map(|p| p.interval.as_secs_f64() * f64::from(REPORTING_INTERVALS))
+        .collect();
+    let widest = recent.iter().copied().fold(0.0, f64::max);
+    let (target_probes, target_names): (Vec<&str>, Vec<&str>) = probes
+        .iter()
+        .flat_map(|p| p.targets.iter().map(|t| (p.probe.as_str(), t.as_str())))
+        .unzip();
+    let mut figures: HashMap<String, Figures> = names
+        .iter()
+        .map(|name| ((*name).to_owned(), Figures::default()))
+        .collect();
+
+    // The widest window bounds the scan of the time index; each probe keeps its own window.
+    let reporting: Vec<(String, String)> = sqlx::query_as(
+        "select p.probe, m.node
+           from unnest($1::text[], $2::float8[]) p(probe, secs)
+           join metrics m on m.probe = p.probe and m.time > now() - make_interval(secs => p.secs)
+          where m.time > now() - make_interval(secs => $3)
+          group by 1, 2 order by 1, 2",
     )
-    .bind(probe)
+    .bind(&names)
+    .bind(&recent)
+    .bind(widest)
     .fetch_all(pool)
     .await?;
-    Ok(Figures {
-        reporting_nodes,
-        last_sample,
-        summary: summary(total),
-        targets: per_target
-            .into_iter()
-            .map(|(name, n, p50, p95, loss, up)| (name, summary((n, p50, p95, loss, up))))
-            .collect(),
-        certificates: earliest_certificates(newest_certificates),
-        vantages: per_vantage
-            .into_iter()
-            .map(|(target, node, region, newest, n, p50, p95, loss, up)| {
+    for (probe, node) in reporting {
+        if let Some(f) = figures.get_mut(&probe) {
+            f.reporting_nodes.push(node);
+        }
+    }
+
+    let newest: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "select t.probe, max(m.time)
+           from unnest($1::text[], $2::text[]) t(probe, target)
+           cross join lateral (select time from metrics
+                                where probe = t.probe and target = t.target
+                                order by time desc limit 1) m
+          group by t.probe",
+    )
+    .bind(&target_probes)
+    .bind(&target_names)
+    .fetch_all(pool)
+    .await?;
+    for (probe, time) in newest {
+        if let Some(f) = figures.get_mut(&probe) {
+            f.last_sample = time;
+        }
+    }
+
+    // grouping(target, node, region): 7 for a probe's row, 3 for a target's, 0 for a target
+    // from one node.
+    let window: Vec<WindowRow> = sqlx::query_as(concat!(
+        "select probe, target, node, region, grouping(target, node, region)::int4, max(time), ",
+        figures!(),
+        " from metrics where probe = any($1) and time > now() - interval '15 minutes'
+          group by grouping sets ((probe), (probe, target), (probe, target, node, region))
+          order by probe, target nulls first, region nulls first, node nulls first"
+    ))
+    .bind(&names)
+    .fetch_all(pool)
+    .await?;
+    for (probe, target, node, region, level, newest, n, p50, p95, loss, up) in window {
+        let Some(f) = figures.get_mut(&probe) else {
+            continue;
+        };
+        let figures = summary((n, p50, p95, loss, up));
+        match (level, target, node, region, newest) {
+            (7, ..) => f.summary = figures,
+            (3, Some(target), ..) => f.targets.push((target, figures)),
+            (0, Some(target), Some(node), Some(region), Some(newest)) => {
                 let vantage = crate::localize::Vantage {
                     node,
                     region,
-                    summary: summary((n, p50, p95, loss, up)),
+                    summary: figures,
                     newest,
                 };
-                (target, vantage)
-            })
-            .collect(),
-    })
+                f.vantages.push((target, vantage));
+            }
+            _ => {}
+        }
+    }
+
+    // The metadata is read as text and parsed here: a malformed value in one sample must not
+    // fail the whole status query.
+    let newest_certificates: Vec<ProbeCertificateRow> = sqlx::query_as(
+        "select distinct on (probe, target, node) probe, target, time,
+                    metadata->>'cert_not_after', metadata->>'cert_days_to_expiry'
+               from metrics
+              where probe = any($1) and time > now() - interval '15 minutes'
+                and (metadata ? 'cert_not_after' or metadata ? 'cert_days_to_expiry')
+              order by probe, target, node, time desc",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await?;
+    let mut certificates: HashMap<String, Vec<CertificateRow>> = HashMap::new();
+    for (probe, target, time, not_after, days) in newest_certificates {
+        certificates
+            .entry(probe)
+            .or_default()
+            .push((target, time, not_after, days));
+    }
+    for (probe, rows) in certificates {
+        if let Some(f) = figures.get_mut(&probe) {
+            f.certificates = earliest_certificates(rows);
+        }
+    }
+    Ok(figures)
 }
 
 /// Per target, the earliest notAfter of the rows (target, sample time, `cert_not_after`,

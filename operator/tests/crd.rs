@@ -568,7 +568,10 @@ async fn every_form_the_probe_accepts_is_accepted() -> Result<()> {
             { "name": "dns-v6-port", "dns": {
                 "query": "_dmarc.example.com", "server": "[2606:4700::1111]:53" } },
             { "name": "dns-v6", "dns": { "query": "example.com", "server": "::1" } },
-            { "name": "dns-system", "dns": { "query": "example.com", "type": "TXT" } }
+            { "name": "dns-system", "dns": { "query": "example.com", "type": "TXT" } },
+            { "name": "trace", "traceroute": { "host": "example.com" } },
+            { "name": "trace-one-hop", "traceroute": {
+                "host": "2001:4860:4860::8888", "firstHop": 255, "maxHops": 255, "port": 65_535 } }
         ]);
     })
     .await
@@ -608,5 +611,64 @@ async fn the_demo_is_accepted_by_the_api_server() -> Result<()> {
         kinds.push(kind);
     }
     assert_eq!(kinds.len(), 6, "{kinds:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_traceroute_target_is_checked_by_the_api_server() -> Result<()> {
+    accepted(|v| {
+        v["spec"]["targets"][1] = json!({
+            "name": "path",
+            "traceroute": { "host": "2001:4860:4860::8888", "firstHop": 2, "maxHops": 20,
+                            "probesPerHop": 5, "hopTimeout": "500ms", "sourcePort": 40000 }
+        });
+    })
+    .await?;
+    // Defaults fill in before the rule: firstHop 1 <= maxHops 30.
+    accepted(|v| {
+        v["spec"]["targets"][1] = json!({ "name": "path", "traceroute": { "host": "8.8.8.8" } })
+    })
+    .await?;
+    let e = refusal(|v| {
+        v["spec"]["targets"][1] = json!({
+            "name": "path",
+            "traceroute": { "host": "8.8.8.8", "firstHop": 10, "maxHops": 5 }
+        });
+    })
+    .await?;
+    assert_says(
+        &e,
+        &[
+            "spec.targets[1].traceroute",
+            "firstHop must not be above maxHops",
+        ],
+    );
+    let e = refusal(|v| {
+        v["spec"]["targets"][1] = json!({
+            "name": "path",
+            "traceroute": { "host": "1.2.3", "maxHops": 256, "probesPerHop": 0 }
+        });
+    })
+    .await?;
+    assert_says(
+        &e,
+        &[
+            "spec.targets[1].traceroute.host",
+            "\"1.2.3\" is not an IP address or a host name",
+            "spec.targets[1].traceroute.maxHops",
+            "less than or equal to 255",
+            "spec.targets[1].traceroute.probesPerHop",
+            "greater than or equal to 1",
+        ],
+    );
+    let e = refusal(|v| {
+        v["spec"]["targets"][1] = json!({
+            "name": "path",
+            "traceroute": { "host": "8.8.8.8" },
+            "icmp": { "host": "8.8.8.8" }
+        });
+    })
+    .await?;
+    assert_says(&e, &["exactly one check", "traceroute"]);
     Ok(())
 }

@@ -191,6 +191,31 @@ async fn health(client: &Client, ns: &str, pool: &PgPool, operator: &Operator) -
         probes.get("accra-edge").await?.metadata.resource_version,
         version
     );
+    // ... and neither applies its ConfigMap, DaemonSet or the region's workloads again, nor
+    // reads anything from the API server: the caches answer.
+    let sum = |text: &str, prefix: &str, having: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(having))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let applies = "fiberstack_operator_applies_total{";
+    assert_eq!(
+        sum(&after, applies, "result=\"applied\""),
+        sum(&before, applies, "result=\"applied\""),
+        "an apply in steady state:\n{after}"
+    );
+    assert!(
+        sum(&after, applies, "result=\"unchanged\"")
+            >= sum(&before, applies, "result=\"unchanged\"") + 4.0,
+        "the probe's ConfigMap and DaemonSet were found unchanged at each reconcile:\n{after}"
+    );
+    let reads = "fiberstack_operator_api_reads_total{";
+    assert_eq!(
+        sum(&after, reads, ""),
+        sum(&before, reads, ""),
+        "a read from the API server in steady state:\n{after}"
+    );
 
     // The DNS target degrades: 60 slow, lossy samples outweigh the 30 good ones.
     sqlx::query(

@@ -217,6 +217,31 @@ mod tests {
         assert_eq!(s.token().unwrap().as_deref(), Some("secret"));
     }
 
+    /// A projected ServiceAccount token is renewed by the kubelet as a ConfigMap is: new
+    /// files, then the `..data` symlink swapped. The next send reads the new token.
+    #[test]
+    fn a_rotated_token_is_read_at_the_next_send() {
+        let dir = std::env::temp_dir().join(format!("fiber-probe-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("v1")).unwrap();
+        std::fs::create_dir_all(dir.join("v2")).unwrap();
+        std::fs::write(dir.join("v1/token"), "first.jwt.token\n").unwrap();
+        std::fs::write(dir.join("v2/token"), "second.jwt.token\n").unwrap();
+        std::os::unix::fs::symlink("v1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/token", dir.join("token")).unwrap();
+        let o = Overrides {
+            node: Some("n1".into()),
+            ingest_urls: Some(vec!["http://a:1".into()]),
+            token_file: Some(dir.join("token")),
+            ..Overrides::default()
+        };
+        let s = Settings::from_yaml(MINIMAL, &o, Path::new("p")).unwrap();
+        assert_eq!(s.token().unwrap().as_deref(), Some("first.jwt.token"));
+        std::os::unix::fs::symlink("v2", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        assert_eq!(s.token().unwrap().as_deref(), Some("second.jwt.token"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn token_file_is_read_and_trimmed() {
         let dir = std::env::temp_dir().join(format!("fiber-probe-token-{}", std::process::id()));

@@ -420,9 +420,10 @@ impl Deliverer {
                 }
             }
             403 => {
-                // The token was taken but this probe may not write what it sent: today, a
-                // batch of another region than the ingest's (the body names both).
-                tracing::error!(url, status = response.status, body = %text(), "ingest forbids this batch: its region is not the ingest's (the configuration's region and ingest URL disagree); retrying every minute");
+                // The token was taken but this probe may not write what it sent: a batch of
+                // another region than the ingest's, or (with the pod's ServiceAccount token)
+                // of another node or FiberProbe than the pod's. The body names both.
+                tracing::error!(url, status = response.status, body = %text(), "ingest forbids this batch: its region, node or probe is not what the ingest or the token allows (the configuration's region and ingest URL disagree, or NODE_NAME is not the pod's node); retrying every minute");
                 Outcome::Failed {
                     config_error: true,
                     error: SendError::Refused,

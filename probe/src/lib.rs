@@ -4,7 +4,8 @@
 //! - [`config`]: the `ProbeConfig` file with its environment overrides, re-read when it changes.
 //! - [`schedule`]: one round per target per interval, spread over the interval.
 //! - [`checks`]: one module per kind of measurement ([`checks::icmp`], [`checks::tcp`],
-//!   [`checks::http`], [`checks::dns`]); each turns one round into one `Sample`.
+//!   [`checks::http`], [`checks::dns`], [`checks::traceroute`]); each turns one round into one
+//!   `Sample`.
 //! - [`buffer`]: the disk buffer every sample is written to before it is sent.
 //! - [`deliver`]: batches from the buffer to `fiber-ingest`, with retries and failover.
 //! - [`agent`]: wires the parts together for `fiber-probe --config`.

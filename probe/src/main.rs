@@ -22,7 +22,7 @@ static PROBE_HELP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 #[command(
     name = "fiber-probe",
     version,
-    about = "FiberStack's probe agent: measures ICMP, TCP, HTTP(S) and DNS targets once per interval and delivers every sample to fiber-ingest through a disk buffer that survives restarts and outages.",
+    about = "FiberStack's probe agent: measures ICMP, TCP, HTTP(S), DNS and traceroute targets once per interval and delivers every sample to fiber-ingest through a disk buffer that survives restarts and outages.",
     after_help = PROBE_HELP.as_str()
 )]
 struct Cli {

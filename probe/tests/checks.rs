@@ -26,6 +26,7 @@ fn icmp_target(host: &str, count: u32) -> Target {
         tcp: None,
         http: None,
         dns: None,
+        traceroute: None,
         thresholds: None,
     }
 }
@@ -40,6 +41,7 @@ fn tcp_target_of(addr: SocketAddr) -> Target {
         }),
         http: None,
         dns: None,
+        traceroute: None,
         thresholds: None,
     }
 }

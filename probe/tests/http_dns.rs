@@ -75,6 +75,7 @@ fn http(url: String, f: impl FnOnce(&mut HttpCheck)) -> Target {
         tcp: None,
         http: Some(check),
         dns: None,
+        traceroute: None,
         thresholds: None,
     }
 }
@@ -386,6 +387,7 @@ fn dns(query: &str, server: SocketAddr) -> Target {
             record_type: DnsRecordType::A,
             server: Some(server.to_string()),
         }),
+        traceroute: None,
         thresholds: None,
     }
 }

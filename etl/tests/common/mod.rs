@@ -39,7 +39,10 @@ impl TimescaleSchema {
     /// the aggregates and the hypertable go first).
     pub async fn drop(self) -> Result<()> {
         for statement in [
-            "drop materialized view if exists metrics_hourly, metrics_daily cascade".to_owned(),
+            "drop materialized view if exists metrics_hourly, metrics_daily, metrics_latency_hourly,
+                metrics_latency_daily, metrics_latency_node_hourly, metrics_latency_node_daily cascade"
+                .to_owned(),
+            "drop table if exists hops".to_owned(),
             "drop table if exists metrics".to_owned(),
             format!("drop schema {} cascade", self.name),
         ] {

@@ -18,7 +18,10 @@ use fiberstack_model::{Batch, CheckKind, Sample};
 use fiberstack_plumbing::postgres::DbConfig;
 use serde_json::Value;
 
+/// The region's writer (probe) token of the test servers.
 pub const TOKEN: &str = "read-test-token-0123456789";
+/// Their reader token: the read API's only credential.
+pub const READER: &str = "read-test-reader-0123456789";
 
 /// Two hours ago, on the hour: every sample of a test falls in one hourly bucket.
 pub fn hour() -> DateTime<Utc> {
@@ -61,7 +64,8 @@ pub async fn serve_with(
         Token::new(TOKEN).unwrap(),
         RateLimiter::new(100.0, 100),
         writer,
-    );
+    )
+    .with_reader_token(Token::new(READER).unwrap());
     if with_db {
         let url = env.fresh_postgres_database("fs_read").await?;
         etl::migrate(&url, None).await?;
@@ -87,7 +91,7 @@ pub async fn serve_with(
 pub async fn get(url: &str) -> Result<(u16, Value)> {
     let response = reqwest::Client::new()
         .get(url)
-        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("authorization", format!("Bearer {READER}"))
         .send()
         .await?;
     let status = response.status().as_u16();

@@ -29,6 +29,10 @@ pub enum Transition {
     },
     /// A target's alert ended.
     AlertResolved { target: String, message: String },
+    /// An objective's error budget started burning fast or slow (or moved between them).
+    SloBurning { message: String, fast: bool },
+    /// No objective's budget burns fast or slow any more.
+    SloBurnEnded { message: String },
 }
 
 impl Transition {
@@ -55,6 +59,12 @@ impl Transition {
             Transition::AlertResolved { message, .. } => {
                 (EventType::Normal, "AlertResolved", message)
             }
+            Transition::SloBurning { message, fast } => (
+                EventType::Warning,
+                if *fast { "SloBurnFast" } else { "SloBurnSlow" },
+                message,
+            ),
+            Transition::SloBurnEnded { message } => (EventType::Normal, "SloBurnEnded", message),
         };
         Event {
             type_,
@@ -100,7 +110,7 @@ where
         })
         .inc();
     if !unchanged {
-        apply_status(api, object, status).await?;
+        apply_status(ctx, api, object, status).await?;
     }
     for transition in transitions {
         if let Err(e) = ctx

@@ -1,6 +1,7 @@
 //! The two controllers and what they share. Each reconcile is one pipeline:
 //! dereference → validate → build → apply (server-side apply, one field manager) → status.
 
+pub mod cache;
 pub mod effects;
 pub mod probe;
 pub mod region;
@@ -12,19 +13,20 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 
-use crate::crd::{FiberProbe, FiberRegion, SecretKeyRef};
+use crate::crd::{FiberNotifier, FiberProbe, FiberRegion, SecretKeyRef};
 use crate::databases::Databases;
 use crate::error::Error;
 use crate::health::Hysteresis;
@@ -65,6 +67,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub notifications: Notifications,
+    /// What reconciles read instead of the API server.
+    pub caches: cache::Caches,
+    /// The database's figures for probes' statuses, one batch per region and period.
+    pub region_figures: probe::figures::RegionFigures,
 }
 
 impl Context {
@@ -94,7 +100,14 @@ impl Context {
 
     /// The text under a key of a Secret in `ns`, trimmed; an error naming the Secret and key,
     /// never the value (a URL there may carry a password).
+    /// A value read within the status period is taken again without a read: every probe of
+    /// a region names the same reader Secret.
     pub(crate) async fn secret_value(&self, ns: &str, r: &SecretKeyRef) -> Result<String, String> {
+        let remembered = format!("{ns}/{}/{}", r.name, r.key);
+        let ttl = self.settings.status_every.min(Duration::from_secs(15));
+        if let Some(value) = self.caches.secret(&remembered, ttl) {
+            return Ok(value);
+        }
         let secret = self
             .api::<Secret>(ns)
             .get_opt(&r.name)
@@ -107,6 +120,7 @@ impl Context {
             .and_then(|v| String::from_utf8(v.0).ok())
             .map(|s| s.trim().to_owned())
             .ok_or_else(|| format!("Secret {:?} has no key {:?}", r.name, r.key))
+            .inspect(|value| self.caches.remember_secret(remembered, value.clone()))
     }
 }
 
@@ -138,13 +152,25 @@ where
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = cached.name_any();
-    let result = match ctx.api::<K>(&ns).get_opt(&name).await {
-        Ok(Some(fresh)) => inner(fresh, ctx.clone()).await,
+    // The cached object is the fresh one when it carries the version this operator last
+    // saw fresh (its own last write, or its last read): then no read is needed.
+    let fresh = if ctx.caches.is_fresh(cached) {
+        Ok(Some(cached.clone()))
+    } else {
+        ctx.metrics.api_reads(K::kind(&()));
+        ctx.api::<K>(&ns).get_opt(&name).await
+    };
+    let result = match fresh {
+        Ok(Some(fresh)) => {
+            ctx.caches.saw_fresh(&fresh);
+            inner(fresh, ctx.clone()).await
+        }
         Ok(None) => {
             // Deleted: its health series go with it.
             if K::kind(&()) == "FiberProbe" {
                 ctx.metrics.measurements.forget(&ns, &name);
             }
+            ctx.caches.forget::<K>(&ns, &name);
             Ok(Action::await_change())
         }
         Err(e) => Err(e.into()),
@@ -168,27 +194,43 @@ where
 }
 
 /// Server-side apply of an owned object under the operator's field manager; forced, since
-/// the operator owns these objects' fields.
-async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
+/// the operator owns these objects' fields. Skipped when the same render was applied last
+/// time and the object (as `store` has it) has not changed since: the cached object is
+/// returned then.
+async fn apply<K>(ctx: &Context, store: &Store<K>, api: &Api<K>, object: &K) -> Result<K, Error>
 where
-    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
+    let kind = K::kind(&());
+    if let Some(live) = ctx.caches.unchanged(store, object).await {
+        ctx.metrics.applied(&kind, false);
+        return Ok((*live).clone());
+    }
     let name = object
         .meta()
         .name
         .clone()
         .ok_or(Error::MissingField("metadata.name"))?;
-    Ok(api
+    let applied = api
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(object),
         )
-        .await?)
+        .await?;
+    ctx.metrics.applied(&kind, true);
+    ctx.caches.applied(object, &applied);
+    Ok(applied)
 }
 
-/// Server-side apply of a custom resource's status.
-async fn apply_status<K>(api: &Api<K>, object: &K, status: serde_json::Value) -> Result<(), Error>
+/// Server-side apply of a custom resource's status; the object as written is remembered as
+/// fresh, so the next reconcile can take it from the cache once the watch delivers it.
+async fn apply_status<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    object: &K,
+    status: serde_json::Value,
+) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -197,12 +239,14 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &object.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &object.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.caches.saw_fresh(&written);
     Ok(())
 }
 
@@ -312,6 +356,59 @@ pub async fn run(
         ALERTMANAGER_RESEND,
         Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
     );
+    // The watches: each kind a reconcile reads is cached once. Regions, DaemonSets and
+    // Deployments also trigger reconciles (their streams go to the controllers, which poll
+    // them); ConfigMaps, pods and FiberNotifiers are only read (their streams run alone).
+    let (probe_store, probe_writer) = reflector::store();
+    let probe_stream = watcher(
+        all_or_namespaced::<DeserializeGuard<FiberProbe>>(&client, ns.as_deref()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|p| p.managed_fields_mut().clear())
+    .reflect(probe_writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    let (regions, region_stream) = cache::reflect(
+        all_or_namespaced::<DeserializeGuard<FiberRegion>>(&client, ns.as_deref()),
+        watcher::Config::default(),
+    );
+    let (daemonsets, daemonset_stream) = cache::reflect(
+        all_or_namespaced::<DaemonSet>(&client, ns.as_deref()),
+        managed("fiber-probe"),
+    );
+    let region_owned =
+        || watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    let (deployments, deployment_stream) = cache::reflect(
+        all_or_namespaced::<Deployment>(&client, ns.as_deref()),
+        region_owned(),
+    );
+    let (configmaps, configmap_stream) = cache::reflect(
+        all_or_namespaced::<ConfigMap>(&client, ns.as_deref()),
+        managed("fiber-probe"),
+    );
+    cache::spawn(configmap_stream);
+    let (services, service_stream) = cache::reflect(
+        all_or_namespaced::<Service>(&client, ns.as_deref()),
+        region_owned(),
+    );
+    cache::spawn(service_stream);
+    let (pdbs, pdb_stream) = cache::reflect(
+        all_or_namespaced::<PodDisruptionBudget>(&client, ns.as_deref()),
+        region_owned(),
+    );
+    cache::spawn(pdb_stream);
+    let (pods, pod_stream) = cache::reflect(
+        all_or_namespaced::<Pod>(&client, ns.as_deref()),
+        managed("fiber-probe"),
+    );
+    cache::spawn(pod_stream);
+    let (notifiers, notifier_stream) = cache::reflect(
+        all_or_namespaced::<FiberNotifier>(&client, ns.as_deref()),
+        watcher::Config::default(),
+    );
+    cache::spawn(notifier_stream);
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
@@ -319,6 +416,18 @@ pub async fn run(
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
         notifications,
+        caches: cache::Caches::new(
+            probe_store.clone(),
+            regions,
+            daemonsets,
+            configmaps,
+            deployments,
+            services,
+            pdbs,
+            pods,
+            notifiers,
+        ),
+        region_figures: Default::default(),
     });
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let stop = |tx: &tokio::sync::broadcast::Sender<()>| {
@@ -331,37 +440,21 @@ pub async fn run(
     // Probes: reconciled on spec changes (generation), on their DaemonSet's changes, on a
     // change of their region, and every `status_every`. Their own status writes do not
     // trigger a reconcile: in the benchmark those made most of the work.
-    let probes = all_or_namespaced::<DeserializeGuard<FiberProbe>>(&client, ns.as_deref());
-    let (reader, writer) = reflector::store();
-    let probe_stream = watcher(probes, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    let store = reader.clone();
-    let probe_controller = Controller::for_stream(probe_stream, reader);
-    let probe_controller = probe_controller
-        .owns(
-            all_or_namespaced::<DaemonSet>(&client, ns.as_deref()),
-            managed("fiber-probe"),
-        )
-        .watches(
-            all_or_namespaced::<DeserializeGuard<FiberRegion>>(&client, ns.as_deref()),
-            watcher::Config::default(),
-            move |region| {
-                let namespace = region.namespace();
-                let name = region.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|p| {
-                        p.namespace() == namespace
-                            && p.0.as_ref().is_ok_and(|p| p.spec.region == name)
-                    })
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
-            },
-        )
+    let store = probe_store.clone();
+    let probe_controller = Controller::for_stream(probe_stream, probe_store)
+        .owns_stream(daemonset_stream)
+        .watches_stream(region_stream, move |region| {
+            let namespace = region.namespace();
+            let name = region.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    p.namespace() == namespace && p.0.as_ref().is_ok_and(|p| p.spec.region == name)
+                })
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop(&shutdown_tx))
         .run(probe::reconcile, error_policy("probe"), ctx.clone())
@@ -371,10 +464,7 @@ pub async fn run(
         all_or_namespaced::<DeserializeGuard<FiberRegion>>(&client, ns.as_deref()),
         watcher::Config::default().any_semantic(),
     )
-    .owns(
-        all_or_namespaced::<Deployment>(&client, ns.as_deref()),
-        watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
-    )
+    .owns_stream(deployment_stream)
     .with_config(controller::Config::default().concurrency(concurrency))
     .graceful_shutdown_on(stop(&shutdown_tx))
     .run(region::reconcile, error_policy("region"), ctx.clone())

@@ -235,12 +235,29 @@ pub async fn deliver(
     let region_name = probe.spec.region.clone();
     let notes = &ctx.notifications;
 
-    let notifiers = match ctx
-        .api::<FiberNotifier>(&ns)
-        .list(&ListParams::default())
+    let cached = crate::controller::cache::synced(&ctx.caches.notifiers)
         .await
-    {
-        Ok(list) => list.items,
+        .then(|| {
+            ctx.caches
+                .notifiers
+                .state()
+                .iter()
+                .filter(|n| n.namespace().as_deref() == Some(ns.as_str()))
+                .map(|n| (**n).clone())
+                .collect::<Vec<_>>()
+        });
+    let listed = match cached {
+        Some(notifiers) => Ok(notifiers),
+        None => {
+            ctx.metrics.api_reads("FiberNotifier");
+            ctx.api::<FiberNotifier>(&ns)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+        }
+    };
+    let notifiers = match listed {
+        Ok(list) => list,
         Err(e) => {
             tracing::warn!(probe = %name, namespace = %ns, error = %e, "cannot list FiberNotifiers");
             outcome.retry_in = Some(notes.backoff.base);

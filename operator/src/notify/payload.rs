@@ -22,6 +22,8 @@ pub struct Subject<'a> {
 
 /// The alertname every FiberStack target alert carries in Alertmanager.
 pub const ALERTNAME: &str = "FiberTargetBreaching";
+/// The alertname of a FiberProbe's SLO burn alert (its target label is "slo").
+pub const SLO_ALERTNAME: &str = "FiberSloBurning";
 
 /// `POST /api/v2/alerts` body. While firing, `endsAt` lies `hold` ahead: Alertmanager
 /// resolves the alert by itself if the operator stops re-sending (as Prometheus does, at 4×
@@ -33,7 +35,7 @@ pub fn alertmanager(s: &Subject, now: DateTime<Utc>, hold: std::time::Duration) 
     };
     let mut alert = json!({
         "labels": {
-            "alertname": ALERTNAME,
+            "alertname": if s.alert.burn.is_some() { SLO_ALERTNAME } else { ALERTNAME },
             "severity": "warning",
             "namespace": s.namespace,
             "probe": s.probe,
@@ -121,6 +123,18 @@ impl Subject<'_> {
     }
 
     fn summary(&self) -> String {
+        if let Some(burn) = &self.alert.burn {
+            return format!(
+                "the SLO of FiberProbe {}/{} (region {}) {}",
+                self.namespace,
+                self.probe,
+                self.region,
+                match self.state {
+                    AlertState::Resolved => "no longer burns its error budget fast".to_owned(),
+                    _ => format!("burns its error budget {}", burn.as_str().to_lowercase()),
+                }
+            );
+        }
         format!(
             "target {} of FiberProbe {}/{} (region {}) {}",
             self.alert.target,

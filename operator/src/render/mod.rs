@@ -24,6 +24,12 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fiberstac
 pub const TOKEN_DIR: &str = "/var/run/fiberstack";
 /// The key of the token in the region's token Secret.
 pub const TOKEN_KEY: &str = "token";
+/// The audience of the probe pods' projected ServiceAccount tokens; fiber-ingest's
+/// `--token-audience` takes this one (`fiber_ingest::auth::DEFAULT_AUDIENCE`).
+pub const PROBE_TOKEN_AUDIENCE: &str = "fiberstack-ingest";
+/// Lifetime the probe pods' ServiceAccount tokens are asked for; the kubelet renews a token
+/// at 80 % of it, and the probe reads the file at every send.
+pub const PROBE_TOKEN_SECONDS: i64 = 3600;
 /// The ingest service's port.
 pub const INGEST_PORT: i32 = 8080;
 /// User and group the pods run as (distroless "nonroot").
@@ -41,6 +47,12 @@ pub struct Images {
     /// OTLP/HTTP endpoint given to every ingest, ETL and probe container
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT`); none: they export no spans.
     pub otlp_endpoint: Option<String>,
+    /// The ServiceAccount ingest pods run as, allowed to create TokenReviews (the chart makes
+    /// it). Set: probe pods present their own projected ServiceAccount token (audience
+    /// [`PROBE_TOKEN_AUDIENCE`]), which binds them to their node and FiberProbe, and the
+    /// region's static token is left to probes outside the cluster. None: probe pods mount
+    /// the region's token, as every probe did before.
+    pub ingest_service_account: Option<String>,
 }
 
 impl Images {
@@ -74,6 +86,10 @@ pub mod names {
     }
     pub fn token_secret(region: &str) -> String {
         format!("fiberstack-probe-token-{region}")
+    }
+    /// The read API's token Secret (key `token`), made by the user, not the operator.
+    pub fn reader_token_secret(region: &str) -> String {
+        format!("fiberstack-reader-token-{region}")
     }
     pub fn probe(probe: &str) -> String {
         format!("fiberstack-probe-{probe}")

@@ -6,8 +6,9 @@ use fiberstack_model::{BufferConfig, Duration, IngestConfig, ProbeConfig, Target
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, SecretVolumeSource, Sysctl,
-    Volume, VolumeMount,
+    EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, ProjectedVolumeSource,
+    SecretVolumeSource, ServiceAccountTokenProjection, Sysctl, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -188,14 +189,7 @@ pub fn build_daemonset(
                             }),
                             ..Default::default()
                         },
-                        Volume {
-                            name: "token".to_owned(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(names::token_secret(&region.name_any())),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
+                        token_volume(region, images),
                         Volume {
                             name: "buffer".to_owned(),
                             empty_dir: Some(EmptyDirVolumeSource {
@@ -213,6 +207,38 @@ pub fn build_daemonset(
         }),
         ..Default::default()
     })
+}
+
+/// The probe's bearer token, at `TOKEN_DIR/TOKEN_KEY` either way: its pod's own
+/// ServiceAccount token for ingest's audience (renewed by the kubelet; ingest takes the node
+/// and the FiberProbe from it), or, when ingest cannot review tokens, the region's token.
+fn token_volume(region: &FiberRegion, images: &Images) -> Volume {
+    if images.ingest_service_account.is_some() {
+        Volume {
+            name: "token".to_owned(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(super::PROBE_TOKEN_AUDIENCE.to_owned()),
+                        expiration_seconds: Some(super::PROBE_TOKEN_SECONDS),
+                        path: TOKEN_KEY.to_owned(),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    } else {
+        Volume {
+            name: "token".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names::token_secret(&region.name_any())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 fn mount(volume: &str, path: &str) -> VolumeMount {
@@ -250,6 +276,37 @@ mod tests {
             ["http://fiberstack-ingest-ghana.fiberstack.svc:8080"]
         );
         assert_eq!(config.targets.len(), 4);
+    }
+
+    #[test]
+    fn without_token_review_the_probe_mounts_the_region_token() {
+        let (p, r) = (probe(), region());
+        let volume = |images: &Images| {
+            let ds = build_daemonset(&p, &r, images).unwrap();
+            let pod = ds.spec.unwrap().template.spec.unwrap();
+            pod.volumes
+                .unwrap()
+                .into_iter()
+                .find(|v| v.name == "token")
+                .unwrap()
+        };
+        let projected = volume(&images()).projected.unwrap().sources.unwrap();
+        let sa = projected[0].service_account_token.as_ref().unwrap();
+        assert_eq!(sa.audience.as_deref(), Some("fiberstack-ingest"));
+        assert_eq!(sa.path, TOKEN_KEY);
+        let static_token = volume(&Images {
+            ingest_service_account: None,
+            ..images()
+        });
+        assert_eq!(
+            static_token.secret.unwrap().secret_name.as_deref(),
+            Some("fiberstack-probe-token-ghana")
+        );
+        // The file the probe reads is the same either way: the ConfigMap does not change.
+        assert_eq!(
+            probe_config(&p, &r).ingest.token_file.unwrap(),
+            std::path::PathBuf::from(format!("{TOKEN_DIR}/{TOKEN_KEY}"))
+        );
     }
 
     #[test]

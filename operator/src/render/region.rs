@@ -19,6 +19,8 @@ use super::{
 };
 use crate::crd::{FiberRegion, SecretKeyRef};
 
+/// Where the region's reader token Secret (optional) is mounted in ingest pods.
+pub const READER_TOKEN_DIR: &str = "/var/run/fiberstack-reader";
 /// Port of the ETL's /metrics and /healthz.
 pub const ETL_METRICS_PORT: i32 = 9090;
 
@@ -134,6 +136,10 @@ pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deploym
                 env_from_secret("DATABASE_URL", &spec.database.url_secret_ref),
                 env("FIBER_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_KEY}")),
                 env(
+                    "FIBER_READER_TOKEN_FILE",
+                    format!("{READER_TOKEN_DIR}/{TOKEN_KEY}"),
+                ),
+                env(
                     "FIBER_RATE_PER_NODE",
                     spec.ingest.rate_limit.per_probe_per_second.to_string(),
                 ),
@@ -155,12 +161,20 @@ pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deploym
             small("50m", "64Mi", "256Mi"),
         )),
         security_context: Some(super::restricted_container()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "token".to_owned(),
-            mount_path: TOKEN_DIR.to_owned(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "token".to_owned(),
+                mount_path: TOKEN_DIR.to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "reader-token".to_owned(),
+                mount_path: READER_TOKEN_DIR.to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         ..Default::default()
     };
     let token = Volume {
@@ -171,15 +185,45 @@ pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deploym
         }),
         ..Default::default()
     };
-    deployment(
+    // The read API's credential is the user's to make (and to rotate: `new,old` under the
+    // key `token`); until the Secret exists the read API stays closed.
+    let reader_token = Volume {
+        name: "reader-token".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::reader_token_secret(&region.name_any())),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut container = images.with_telemetry(container);
+    if images.ingest_service_account.is_some() {
+        container
+            .env
+            .get_or_insert_with(Vec::new)
+            .push(env("FIBER_TOKEN_AUDIENCE", super::PROBE_TOKEN_AUDIENCE));
+    }
+    let mut deployment = deployment(
         region,
         names::ingest(&region.name_any()),
         "fiber-ingest",
         "ingest",
         spec.ingest.replicas,
-        images.with_telemetry(container),
-        vec![token],
-    )
+        container,
+        vec![token, reader_token],
+    );
+    // Ingest verifies the probe pods' tokens with TokenReviews: it needs its own API
+    // credentials, those of a ServiceAccount allowed that and nothing else.
+    if let Some(account) = &images.ingest_service_account {
+        let pod = deployment
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .expect("the deployment has a pod spec");
+        pod.service_account_name = Some(account.clone());
+        pod.automount_service_account_token = Some(true);
+    }
+    deployment
 }
 
 pub fn build_ingest_service(region: &FiberRegion) -> Service {
@@ -370,7 +414,7 @@ mod tests {
                 .map(|p| p.containers[0].env.clone().unwrap_or_default())
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|e| e.name.starts_with("FIBER_CORS") || e.name.starts_with("FIBER_READ"))
+                .filter(|e| e.name.starts_with("FIBER_CORS") || e.name.starts_with("FIBER_READ_"))
                 .map(|e| (e.name, e.value.unwrap_or_default()))
                 .collect()
         };

@@ -117,6 +117,7 @@ pub fn images() -> fiberstack_operator::render::Images {
         probe: image("fiber-probe"),
         pull_policy: "IfNotPresent".to_owned(),
         otlp_endpoint: None,
+        ingest_service_account: None,
     }
 }
 

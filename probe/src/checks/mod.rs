@@ -5,6 +5,7 @@ pub mod dns;
 pub mod http;
 pub mod icmp;
 pub mod tcp;
+pub mod traceroute;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,7 @@ pub async fn run(target: &Target, ctx: &CheckContext) -> Sample {
         Check::Tcp(c) => Box::pin(tcp::run(c, ctx.timeout)).await,
         Check::Http(c) => Box::pin(http::run(c, ctx)).await,
         Check::Dns(c) => Box::pin(dns::run(c, ctx.timeout)).await,
+        Check::Traceroute(c) => Box::pin(traceroute::run(c, &target.name, ctx.timeout)).await,
     };
     sample.time = time;
     sample.target = target.name.clone();

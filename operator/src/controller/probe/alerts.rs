@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::conditions::{Status, rfc3339};
 use crate::controller::effects::Transition;
-use crate::crd::{Alert, AlertState, TargetState, TargetStatus};
+use crate::crd::{Alert, AlertState, Burn, TargetState, TargetStatus};
 use crate::health::{self, Hysteresis};
 
 /// The stable key of an episode: `namespace/probe/target@start` in Unix seconds.
@@ -35,9 +35,9 @@ pub fn evolve(
     let mut alerts: Vec<Alert> = previous.iter().filter(|a| owed(a)).cloned().collect();
     let mut transitions = vec![];
     for (i, row) in rows.iter_mut().enumerate() {
-        let firing = alerts
-            .iter()
-            .position(|a| a.target == row.name && a.state == AlertState::Firing);
+        let firing = alerts.iter().position(|a| {
+            a.target == row.name && a.state == AlertState::Firing && a.burn.is_none()
+        });
         let seen = match row.state {
             TargetState::Breaching if agreed.get(i).copied().unwrap_or(true) => Status::False,
             TargetState::Breaching => Status::True,
@@ -100,7 +100,10 @@ pub fn evolve(
     }
     // A target taken out of the spec ends its alert.
     for alert in alerts.iter_mut() {
-        if alert.state == AlertState::Firing && !rows.iter().any(|r| r.name == alert.target) {
+        if alert.state == AlertState::Firing
+            && alert.burn.is_none()
+            && !rows.iter().any(|r| r.name == alert.target)
+        {
             transitions.push(Transition::AlertResolved {
                 target: alert.target.clone(),
                 message: format!("target {} was removed from the spec", alert.target),
@@ -110,6 +113,53 @@ pub fn evolve(
         }
     }
     (alerts, transitions)
+}
+
+/// The target of an SLO's burn alert.
+pub const SLO_TARGET: &str = "slo";
+
+/// The SLO's burn alert after this evaluation: it fires when the budget starts burning (the
+/// multi-window pairs are their own hysteresis), follows Fast ↔ Slow in place, and resolves
+/// when neither pair burns or spec.slo is gone. `message` says how the objectives stand.
+pub fn evolve_slo(
+    namespace: &str,
+    probe: &str,
+    alerts: &mut Vec<Alert>,
+    burning: Option<&Burn>,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Vec<Transition> {
+    let firing = alerts
+        .iter()
+        .position(|a| a.burn.is_some() && a.state == AlertState::Firing);
+    match (firing, burning) {
+        (None, Some(burn)) => {
+            alerts.push(Alert {
+                id: alert_id(namespace, probe, SLO_TARGET, now),
+                target: SLO_TARGET.to_owned(),
+                state: AlertState::Firing,
+                reason: format!(
+                    "error budget burning {}: {message}",
+                    burn.as_str().to_lowercase()
+                ),
+                starts_at: rfc3339(now),
+                burn: Some(burn.clone()),
+                ..Default::default()
+            });
+            vec![]
+        }
+        (Some(i), Some(burn)) => {
+            alerts[i].burn = Some(burn.clone());
+            vec![]
+        }
+        (Some(i), None) => {
+            let alert = &mut alerts[i];
+            alert.state = AlertState::Resolved;
+            alert.ends_at = Some(rfc3339(now));
+            vec![]
+        }
+        (None, None) => vec![],
+    }
 }
 
 /// Every firing alert resolved at `now` with `why` (the probe is going away), and their ends.
@@ -171,6 +221,45 @@ mod tests {
             message: (state == TargetState::Breaching).then(|| "packet loss 30 % > 2 %".into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_slo_burn_alert_fires_follows_and_resolves_beside_a_target_named_slo() {
+        // A target that happens to be named "slo" keeps its own alert.
+        let mut alerts = vec![Alert {
+            id: "ns/edge/slo@1".into(),
+            target: "slo".into(),
+            state: AlertState::Firing,
+            ..Default::default()
+        }];
+        evolve_slo(
+            "ns",
+            "edge",
+            &mut alerts,
+            Some(&Burn::Fast),
+            "avail 90 %",
+            at(0),
+        );
+        assert_eq!(alerts.len(), 2);
+        let burn = &alerts[1];
+        assert_eq!(burn.id, alert_id("ns", "edge", SLO_TARGET, at(0)));
+        assert_eq!(burn.burn, Some(Burn::Fast));
+        assert_eq!(burn.reason, "error budget burning fast: avail 90 %");
+        // Fast → Slow: the same episode, its burn updated.
+        evolve_slo("ns", "edge", &mut alerts, Some(&Burn::Slow), "x", at(60));
+        assert_eq!(
+            (alerts.len(), alerts[1].burn.clone()),
+            (2, Some(Burn::Slow))
+        );
+        // The target rows do not touch it: no row named "slo" ends only the target's alert.
+        let (after, _) = evolve("ns", "edge", &mut [], &[], &[], &alerts, H, at(90));
+        assert_eq!(after[0].state, AlertState::Resolved);
+        assert_eq!(after[1].state, AlertState::Firing);
+        // Nothing burns: resolved.
+        let mut alerts = after;
+        evolve_slo("ns", "edge", &mut alerts, None, "", at(120));
+        assert_eq!(alerts[1].state, AlertState::Resolved);
+        assert_eq!(alerts[1].ends_at, Some(rfc3339(at(120))));
     }
 
     /// Runs evaluations of target `a` (second, state) from no alert; returns the alerts and

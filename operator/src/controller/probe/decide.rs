@@ -37,6 +37,8 @@ pub struct Observations {
     pub pod_nodes: Vec<String>,
     /// The database's figures, or why they could not be read. Not read when blocked.
     pub figures: Option<Result<Figures, String>>,
+    /// The SLO's counts when the spec has an SLO (or why they could not be read).
+    pub slo: Option<Result<crate::slo::SloCounts, String>>,
 }
 
 /// The status to write and what it makes true.
@@ -186,14 +188,93 @@ pub fn decide(
         now,
     );
     status.health = health::health_word(&status.conditions, spec.paused);
+    let (slo, slo_transition) = decide_slo(probe, &previous, observed, now);
+    let burning = slo.as_ref().and_then(|s| s.burning.clone());
+    let message = slo.as_ref().map(slo_message).unwrap_or_default();
+    alerts::evolve_slo(
+        probe.metadata.namespace.as_deref().unwrap_or_default(),
+        probe.metadata.name.as_deref().unwrap_or_default(),
+        &mut status.alerts,
+        burning.as_ref(),
+        &message,
+        now,
+    );
+    status.slo = slo;
     let transitions = health_transition(&previous.conditions, &status.conditions)
         .into_iter()
         .chain(alert_transitions)
+        .chain(slo_transition)
         .collect();
     Decision {
         status,
         transitions,
     }
+}
+
+/// status.slo from the counts (the previous one while they cannot be read), and the burn
+/// that started or ended.
+fn decide_slo(
+    probe: &FiberProbe,
+    previous: &FiberProbeStatus,
+    observed: &Observations,
+    now: DateTime<Utc>,
+) -> (Option<crate::crd::SloStatus>, Option<Transition>) {
+    let Some(spec) = &probe.spec.slo else {
+        return (None, None);
+    };
+    let status = match &observed.slo {
+        Some(Ok(counts)) => {
+            let created = probe
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0).unwrap_or(now));
+            let expected = crate::slo::expected_rounds(
+                counts,
+                spec.window_days,
+                probe.spec.interval.as_std(),
+                created,
+                now,
+            );
+            crate::slo::evaluate(spec, counts, expected)
+        }
+        _ => return (previous.slo.clone(), None),
+    };
+    let before = previous.slo.as_ref().and_then(|s| s.burning.clone());
+    let transition = match (&before, &status.burning) {
+        (before, Some(burn)) if before.as_ref() != Some(burn) => Some(Transition::SloBurning {
+            message: slo_message(&status),
+            fast: *burn == crate::crd::Burn::Fast,
+        }),
+        (Some(_), None) => Some(Transition::SloBurnEnded {
+            message: slo_message(&status),
+        }),
+        _ => None,
+    };
+    (Some(status), transition)
+}
+
+/// "availability 99.2 % (objective 99.9 %), 18.4 % of the 30-day budget left, burning 15.2x
+/// over 1 h; latency ..."
+fn slo_message(s: &crate::crd::SloStatus) -> String {
+    let one = |name: &str, o: &crate::crd::ObjectiveStatus| {
+        let num = |v: Option<f64>| v.map_or("?".to_owned(), |v| v.to_string());
+        format!(
+            "{name} {} % (objective {} %), {} % of the {}-day budget left, burn rate {} over 1 h and {} over 6 h",
+            num(o.sli_pct),
+            o.objective_pct,
+            num(o.error_budget_remaining_pct),
+            s.window_days,
+            num(o.burn_rate_1h),
+            num(o.burn_rate_6h)
+        )
+    };
+    s.availability
+        .iter()
+        .map(|o| one("availability", o))
+        .chain(s.latency.iter().map(|o| one("latency", o)))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Judges each target from its vantage points ([`localize`]): its scope, the vantage points
@@ -404,6 +485,7 @@ mod tests {
                 targets,
                 ..Default::default()
             })),
+            slo: None,
         }
     }
 
@@ -598,6 +680,7 @@ mod tests {
             },
             pod_nodes: vec![],
             figures: None,
+            slo: None,
         };
         let d = decide(&p, &blocked, H, at(30));
         assert_eq!(d.status.health, Health::RegionNotFound);

@@ -6,11 +6,9 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use super::decide::{Observations, Placement};
-use crate::controller::Context;
+use crate::controller::{Context, cache};
 use crate::crd::{FiberProbe, FiberRegion};
 use crate::error::Error;
-use crate::render::probe as render;
-use crate::status;
 
 /// `region` is the probe's region when the pipeline found it: its database holds the
 /// probe's samples.
@@ -25,21 +23,24 @@ pub async fn gather(
             placement,
             pod_nodes: vec![],
             figures: None,
+            slo: None,
         });
     };
-    let spec = &probe.spec;
-    let target_names: Vec<String> = spec.targets.iter().map(|t| t.name.clone()).collect();
-    let figures = match ctx.region_database(region).await {
+    let read = match ctx.region_database(region).await {
         Err(e) => Err(e),
-        Ok(pool) => status::probe_figures(
-            &pool,
-            &render::probe_key(probe),
-            &target_names,
-            spec.interval.as_std(),
-        )
-        .await
-        .map_err(|e| e.to_string()),
+        Ok(pool) => ctx
+            .region_figures
+            .figures(ctx, &pool, probe, ctx.settings.status_every)
+            .await
+            .map_err(|e| e.to_string()),
     };
+    let (figures, slo) = match read {
+        Ok(read) => (Ok(read.figures), read.slo),
+        Err(e) => (Err(e.clone()), probe.spec.slo.as_ref().map(|_| Err(e))),
+    };
+    if let Some(Err(e)) = &slo {
+        tracing::warn!(name = %probe.name_any(), namespace = %probe.namespace().unwrap_or_default(), error = %e, "SLO unavailable");
+    }
     if let Err(e) = &figures {
         tracing::warn!(name = %probe.name_any(), namespace = %probe.namespace().unwrap_or_default(), error = %e, "fleet health unavailable");
     }
@@ -51,25 +52,42 @@ pub async fn gather(
         placement,
         pod_nodes,
         figures: Some(figures),
+        slo,
     })
 }
 
-/// Nodes that run (or should run) one of the probe's pods.
+/// Nodes that run (or should run) one of the probe's pods, from the pod cache (a list from
+/// the API server while it has not synced).
 async fn pod_nodes(ctx: &Context, probe: &FiberProbe) -> Result<Vec<String>, Error> {
     let ns = probe.namespace().unwrap_or_default();
-    let pods: Api<Pod> = ctx.api(&ns);
-    let list = pods
-        .list(&ListParams::default().labels(&format!(
-            "app.kubernetes.io/name=fiber-probe,app.kubernetes.io/instance={}",
-            probe.name_any()
+    let instance = probe.name_any();
+    let mine = |p: &Pod| {
+        p.namespace().as_deref() == Some(ns.as_str())
+            && p.labels().get("app.kubernetes.io/instance") == Some(&instance)
+            && p.metadata.deletion_timestamp.is_none()
+    };
+    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    let mut nodes: Vec<String> = if cache::synced(&ctx.caches.pods).await {
+        ctx.caches
+            .pods
+            .state()
+            .iter()
+            .filter(|p| mine(p))
+            .filter_map(|p| node(p))
+            .collect()
+    } else {
+        ctx.metrics.api_reads("Pod");
+        let pods: Api<Pod> = ctx.api(&ns);
+        pods.list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/name=fiber-probe,app.kubernetes.io/instance={instance}"
         )))
-        .await?;
-    let mut nodes: Vec<String> = list
+        .await?
         .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.spec.and_then(|s| s.node_name))
-        .collect();
+        .iter()
+        .filter(|p| mine(p))
+        .filter_map(node)
+        .collect()
+    };
     nodes.sort();
     nodes.dedup();
     Ok(nodes)

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod decide;
+pub mod figures;
 mod gather;
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::{Context, apply, effects};
+use super::{Context, apply, cache, effects};
 use crate::conditions::Reason;
 use crate::crd::{FiberProbe, FiberProbeStatus, FiberRegion};
 use crate::error::Error;
@@ -97,10 +98,7 @@ async fn end_alerts_then_let_go(
         alerts::resolve_all(&previous.alerts, now, "the FiberProbe was deleted");
     let mut status = FiberProbeStatus { alerts, ..previous };
     effects::write_status_then_announce(ctx, &api, probe, &status, &transitions).await?;
-    let region = ctx
-        .api::<FiberRegion>(ns)
-        .get_opt(&probe.spec.region)
-        .await?;
+    let region = region_of(probe, ctx, ns).await?;
     let delivered = notify::deliver(ctx, probe, region.as_ref(), &mut status, now).await;
     if delivered.changed {
         effects::write_status_then_announce(ctx, &api, probe, &status, &[]).await?;
@@ -185,8 +183,7 @@ async fn place(
     let name = probe.name_any();
 
     // Dereference.
-    let regions: Api<FiberRegion> = ctx.api(ns);
-    let Some(region) = regions.get_opt(&probe.spec.region).await? else {
+    let Some(region) = region_of(probe, ctx, ns).await? else {
         return Ok((
             None,
             Placement::Blocked {
@@ -210,10 +207,21 @@ async fn place(
 
     // Build and apply.
     let images = &ctx.settings.images;
+    let caches = &ctx.caches;
     let configmap = render::build_configmap(probe, &region);
-    apply(&ctx.api::<ConfigMap>(ns), &configmap).await?;
+    apply(
+        ctx,
+        &caches.configmaps,
+        &ctx.api::<ConfigMap>(ns),
+        &configmap,
+    )
+    .await?;
     let daemonsets: Api<DaemonSet> = ctx.api(ns);
     if probe.spec.paused {
+        // Deleted already (the cache knows): nothing to do.
+        if let Ok(None) = cache::lookup(&caches.daemonsets, ns, &names::probe(&name)).await {
+            return Ok((Some(region), Placement::Paused));
+        }
         match daemonsets
             .delete(&names::probe(&name), &DeleteParams::background())
             .await
@@ -226,10 +234,27 @@ async fn place(
     }
     let built = render::build_daemonset(probe, &region, images)
         .ok_or(Error::MissingField("node selector (validated)"))?;
-    let daemonset = apply(&daemonsets, &built).await?;
+    let daemonset = apply(ctx, &caches.daemonsets, &daemonsets, &built).await?;
     let (desired, ready) = daemonset
         .status
         .as_ref()
         .map_or((0, 0), |s| (s.desired_number_scheduled, s.number_ready));
     Ok((Some(region), Placement::Placed { desired, ready }))
+}
+
+/// The probe's region, from the cache (the API server while the cache has not synced). A
+/// region the operator cannot read counts as missing.
+async fn region_of(
+    probe: &FiberProbe,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<FiberRegion>, Error> {
+    let name = &probe.spec.region;
+    match cache::lookup(&ctx.caches.regions, ns, name).await {
+        Ok(cached) => Ok(cached.and_then(|guard| guard.0.as_ref().ok().cloned())),
+        Err(()) => {
+            ctx.metrics.api_reads("FiberRegion");
+            Ok(ctx.api::<FiberRegion>(ns).get_opt(name).await?)
+        }
+    }
 }

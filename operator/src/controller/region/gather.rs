@@ -6,7 +6,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::decide::{Replicas, Workloads};
-use crate::controller::Context;
+use crate::controller::{Context, cache};
 use crate::crd::{FiberProbe, FiberRegion};
 use crate::error::Error;
 use crate::status::{self, StreamFigures};
@@ -28,14 +28,25 @@ pub async fn gather(
 ) -> Result<Workloads, Error> {
     let ns = region.namespace().unwrap_or_default();
     let name = region.name_any();
-    let probes: Api<FiberProbe> = ctx.api(&ns);
-    let probes = probes
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .filter(|p| p.spec.region == name)
-        .count() as i32;
+    let probes = if cache::synced(&ctx.caches.probes).await {
+        ctx.caches
+            .probes
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+            .filter(|p| p.0.as_ref().is_ok_and(|p| p.spec.region == name))
+            .count() as i32
+    } else {
+        ctx.metrics.api_reads("FiberProbe");
+        let probes: Api<FiberProbe> = ctx.api(&ns);
+        probes
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.spec.region == name)
+            .count() as i32
+    };
     Ok(Workloads {
         ingest: replicas(ingest),
         etl: replicas(etl),

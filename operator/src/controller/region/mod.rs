@@ -93,20 +93,20 @@ async fn place(
     }
 
     let images = &ctx.settings.images;
+    let caches = &ctx.caches;
     let deployments: Api<Deployment> = ctx.api(ns);
-    let ingest = apply(
-        &deployments,
-        &render::build_ingest_deployment(region, images),
-    )
-    .await?;
-    apply(
-        &ctx.api::<Service>(ns),
-        &render::build_ingest_service(region),
-    )
-    .await?;
-    let etl = apply(&deployments, &render::build_etl_deployment(region, images)).await?;
+    let ingest = render::build_ingest_deployment(region, images);
+    let ingest = apply(ctx, &caches.deployments, &deployments, &ingest).await?;
+    let service = render::build_ingest_service(region);
+    apply(ctx, &caches.services, &ctx.api::<Service>(ns), &service).await?;
+    let etl = render::build_etl_deployment(region, images);
+    let etl = apply(ctx, &caches.deployments, &deployments, &etl).await?;
     let pdbs: Api<PodDisruptionBudget> = ctx.api(ns);
-    apply(&pdbs, &render::build_pdb(region, "fiber-ingest", "ingest")).await?;
-    apply(&pdbs, &render::build_pdb(region, "fiber-etl", "etl")).await?;
+    for pdb in [
+        render::build_pdb(region, "fiber-ingest", "ingest"),
+        render::build_pdb(region, "fiber-etl", "etl"),
+    ] {
+        apply(ctx, &caches.pdbs, &pdbs, &pdb).await?;
+    }
     Ok((ingest, etl))
 }
