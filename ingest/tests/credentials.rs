@@ -40,6 +40,8 @@ async fn start(dir: &Path, writers: &str, readers: Option<&str>) -> Result<Inges
         .env("FIBER_TOKEN_FILE", dir.join("token"))
         .env("FIBER_READER_TOKEN_FILE", &reader_file)
         .env("FIBER_LOG", "warn")
+        // No database (the test's shell may export one): reads stop right after authentication.
+        .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()?;
