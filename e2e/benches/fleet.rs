@@ -87,11 +87,7 @@ async fn counted(port: u16, prefix: &str, having: &str) -> Result<f64> {
         .await?
         .text()
         .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(prefix) && l.contains(having))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    Ok(fiberstack_e2e::metric_sum(&text, prefix, having))
 }
 
 async fn reconciles(port: u16) -> Result<f64> {

@@ -297,6 +297,15 @@ pub fn batch(node: &str, samples: Vec<fiberstack_model::Sample>) -> fiberstack_m
     }
 }
 
+/// The sum of the values of the series in Prometheus text `text` that start with `prefix`
+/// (a metric name and its opening brace) and whose line contains `having` (a label, or "").
+pub fn metric_sum(text: &str, prefix: &str, having: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(having))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A name no other test run uses: `prefix-<time><pid>`, within Kubernetes' 63 characters.
 pub fn unique_name(prefix: &str) -> String {
     let nanos = SystemTime::now()

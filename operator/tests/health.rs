@@ -193,12 +193,7 @@ async fn health(client: &Client, ns: &str, pool: &PgPool, operator: &Operator) -
     );
     // ... and neither applies its ConfigMap, DaemonSet or the region's workloads again, nor
     // reads anything from the API server: the caches answer.
-    let sum = |text: &str, prefix: &str, having: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(prefix) && l.contains(having))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let sum = fiberstack_e2e::metric_sum;
     let applies = "fiberstack_operator_applies_total{";
     assert_eq!(
         sum(&after, applies, "result=\"applied\""),
