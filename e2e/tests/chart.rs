@@ -279,6 +279,112 @@ fn probe_identity_and_the_ingest_ingress_render_as_configured() -> Result<()> {
     Ok(())
 }
 
+/// The status page (off by default): on, the operator serves it on a named container port the
+/// Service targets, with the mode and refresh it was given; the Service selects exactly the
+/// operator's pods, the Ingress routes its host to the Service's port, and the operator's
+/// NetworkPolicy lets the port in.
+#[test]
+fn the_status_page_renders_when_enabled() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let off = template(&env, "fs", &[])?;
+    ensure!(off.status.success(), "{}", text(&off.stderr));
+    let rendered = text(&off.stdout);
+    ensure!(
+        !rendered.contains("FIBER_STATUS_PAGE_LISTEN")
+            && !rendered.contains("fs-fiberstack-status"),
+        "a status page without asking"
+    );
+
+    let on = template(
+        &env,
+        "fs",
+        &[
+            "statusPage.enabled=true",
+            "statusPage.public=true",
+            "statusPage.refreshSeconds=60",
+            "statusPage.service.port=8000",
+            "statusPage.ingress.enabled=true",
+            "statusPage.ingress.host=status.example.org",
+        ],
+    )?;
+    ensure!(on.status.success(), "{}", text(&on.stderr));
+    let docs = documents(&text(&on.stdout))?;
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .with_context(|| format!("no {kind} {name}"))
+    };
+    let operator = find("Deployment", "fs-fiberstack-operator")?;
+    let pod = &operator["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let env_value = |name: &str| {
+        container["env"]
+            .as_sequence()
+            .and_then(|env| env.iter().find(|e| e["name"] == name))
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    };
+    ensure!(env_value("FIBER_STATUS_PAGE_LISTEN").as_deref() == Some("0.0.0.0:8081"));
+    ensure!(env_value("FIBER_STATUS_PAGE_PUBLIC").as_deref() == Some("true"));
+    ensure!(env_value("FIBER_STATUS_PAGE_REFRESH_SECS").as_deref() == Some("60"));
+    let port = container["ports"]
+        .as_sequence()
+        .and_then(|p| p.iter().find(|p| p["name"] == "status-page"))
+        .context("no status-page container port")?;
+    ensure!(port["containerPort"] == 8081, "{port:?}");
+
+    let service = find("Service", "fs-fiberstack-status")?;
+    let labels = pod["metadata"]["labels"]
+        .as_mapping()
+        .context("pod labels")?;
+    let selector = service["spec"]["selector"]
+        .as_mapping()
+        .context("Service selector")?;
+    ensure!(
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "the Service selects {selector:?}, the operator's pods carry {labels:?}"
+    );
+    let service_port = &service["spec"]["ports"][0];
+    ensure!(
+        service_port["port"] == 8000 && service_port["targetPort"] == "status-page",
+        "{service_port:?}"
+    );
+
+    let ingress = find("Ingress", "fs-fiberstack-status")?;
+    let rule = &ingress["spec"]["rules"][0];
+    ensure!(rule["host"] == "status.example.org", "{rule:?}");
+    let backend = &rule["http"]["paths"][0]["backend"]["service"];
+    ensure!(
+        backend["name"] == "fs-fiberstack-status"
+            && backend["port"]["name"] == service_port["name"],
+        "{backend:?}"
+    );
+
+    let allowed: Vec<_> = docs
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .filter(|d| {
+            d["spec"]["podSelector"]["matchLabels"]
+                .as_mapping()
+                .is_some_and(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        })
+        .flat_map(|d| {
+            d["spec"]["ingress"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .flat_map(|rule| rule["ports"].as_sequence().into_iter().flatten())
+                .map(|p| p["port"].clone())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ensure!(
+        allowed.iter().any(|p| p == "status-page"),
+        "the operator's NetworkPolicy lets in {allowed:?}"
+    );
+    Ok(())
+}
+
 /// The YAML documents of `text`.
 fn documents(text: &str) -> Result<Vec<serde_yaml::Value>> {
     serde_yaml::Deserializer::from_str(text)
@@ -446,6 +552,14 @@ async fn rendered_objects_are_accepted_by_the_api_server_under_restricted_pod_se
                 "ingest.ingress.tls[0].secretName=ingest-tls",
                 "ingest.ingress.tls[0].hosts[0]=ingest-ghana.example.org",
                 "ingest.probeIdentity.enabled=false",
+            ][..],
+            &[
+                "statusPage.enabled=true",
+                "statusPage.public=true",
+                "statusPage.ingress.enabled=true",
+                "statusPage.ingress.host=status.example.org",
+                "statusPage.ingress.tls[0].secretName=status-tls",
+                "statusPage.ingress.tls[0].hosts[0]=status.example.org",
             ][..],
         ] {
             let rendered = template(&env, &ns.name, sets)?;

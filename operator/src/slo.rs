@@ -85,6 +85,12 @@ pub fn latency_bin(ms: f64) -> i16 {
         .clamp(0.0, 697.0) as i16
 }
 
+/// The latency a histogram bin stands for (its geometric middle), milliseconds, as
+/// `fiberstack_latency_quantile` answers it.
+pub fn latency_bin_value(bin: i16) -> f64 {
+    0.01 * 1.02f64.powf(f64::from(bin) + 0.5)
+}
+
 /// The counts of many probes (one region's database): [`window_counts_many`] and
 /// [`burn_counts_many`] together. Every probe asked for has an entry.
 pub async fn slo_counts_many(

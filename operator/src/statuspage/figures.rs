@@ -4,9 +4,9 @@
 //!
 //! Uptime and loss are exact over a window: they are re-weighted by each bucket's sample
 //! count. A percentile cannot be combined from the buckets' percentiles, so the p95 of a
-//! window is the 95th percentile of its buckets' p95s (per node and hour for 24 h and 7 d,
-//! per node and day for 30 d) — an estimate that leans towards the slow buckets, said so on
-//! the page.
+//! window is read from the merged latency histograms (`metrics_latency_hourly` for 24 h and
+//! 7 d, `metrics_latency_daily` for 30 d; migration 0007): within the histogram's 2 % bins of
+//! the p95 of every sample in the window.
 
 use std::collections::HashMap;
 
@@ -23,7 +23,8 @@ pub struct Window {
     pub samples: i64,
     /// Share of successful checks, percent.
     pub uptime_pct: Option<f64>,
-    /// The 95th percentile of the buckets' p95 latency, milliseconds.
+    /// The 95th percentile of the window's latencies (from the merged histograms),
+    /// milliseconds.
     pub latency_p95_ms: Option<f64>,
     /// Mean packet loss, percent, weighted by samples.
     pub packet_loss_pct: Option<f64>,
@@ -57,21 +58,22 @@ pub struct Rollups {
     pub days: HashMap<(String, String), Vec<Day>>,
 }
 
-/// probe, target (null on a probe's row), samples, uptime, p95, loss of the short window,
-/// then of the long one, then the newest bucket.
+/// probe, target (null on a probe's row), samples, uptime, loss of the short window, then of
+/// the long one, then the newest bucket.
 type WindowsRow = (
     String,
     Option<String>,
     i64,
     Option<f64>,
     Option<f64>,
-    Option<f64>,
     i64,
-    Option<f64>,
     Option<f64>,
     Option<f64>,
     Option<DateTime<Utc>>,
 );
+
+/// probe, target (null on a probe's row), p95 of the short window, then of the long one.
+type P95Row = (String, Option<String>, Option<f64>, Option<f64>);
 
 /// The figures of rollup buckets since `$2` (the short window) and since `$3` (the long one),
 /// per target and per probe, of the probes in `$1`. `{table}` is a rollup table.
@@ -82,14 +84,11 @@ macro_rules! windows_query {
                     coalesce(sum(samples) filter (where bucket >= $2), 0)::int8,
                     (100.0 * sum(up_samples) filter (where bucket >= $2)
                        / nullif(sum(samples) filter (where bucket >= $2), 0))::float8,
-                    (percentile_cont(0.95) within group (order by latency_p95_ms)
-                       filter (where bucket >= $2))::float8,
                     (sum(packet_loss_avg * samples) filter (where bucket >= $2)
                        / nullif(sum(samples) filter (where bucket >= $2
                                                      and packet_loss_avg is not null), 0))::float8,
                     coalesce(sum(samples), 0)::int8,
                     (100.0 * sum(up_samples) / nullif(sum(samples), 0))::float8,
-                    (percentile_cont(0.95) within group (order by latency_p95_ms))::float8,
                     (sum(packet_loss_avg * samples)
                        / nullif(sum(samples) filter (where packet_loss_avg is not null), 0))::float8,
                     max(bucket)
@@ -97,6 +96,30 @@ macro_rules! windows_query {
             $table,
             " where probe = any($1) and bucket >= $3
               group by grouping sets ((probe, target), (probe))"
+        )
+    };
+}
+
+/// The p95 latency since `$2` (the short window) and since `$3` (the long one), per target and
+/// per probe of the probes in `$1`, from a latency histogram rollup `{table}`: each window's
+/// bins summed, then the quantile read from the merged histogram.
+macro_rules! p95_query {
+    ($table:literal) => {
+        concat!(
+            "with h as (
+                 select probe, target, bin,
+                        sum(samples) filter (where bucket >= $2) as short_n,
+                        sum(samples) as long_n
+                   from ",
+            $table,
+            "   where probe = any($1) and bucket >= $3
+                  group by grouping sets ((probe, target, bin), (probe, bin)))
+             select probe, target,
+                    fiberstack_latency_quantile(0.95, array_agg(bin) filter (where short_n > 0),
+                                                array_agg(short_n) filter (where short_n > 0)),
+                    fiberstack_latency_quantile(0.95, array_agg(bin), array_agg(long_n))
+               from h
+              group by probe, target"
         )
     };
 }
@@ -131,10 +154,10 @@ pub async fn rollups(
         .bind(hours(24 * 7))
         .fetch_all(pool)
         .await?;
-    for (probe, target, n, up, p95, loss, n7, up7, p957, loss7, newest) in hourly {
+    for (probe, target, n, up, loss, n7, up7, loss7, newest) in hourly {
         let windows = Windows {
-            day: window((n, up, p95, loss)),
-            week: window((n7, up7, p957, loss7)),
+            day: window((n, up, None, loss)),
+            week: window((n7, up7, None, loss7)),
             month: Window::default(),
             newest_bucket: newest,
         };
@@ -151,13 +174,44 @@ pub async fn rollups(
         .bind(hours(24 * 30))
         .fetch_all(pool)
         .await?;
-    for (probe, target, _, _, _, _, n, up, p95, loss, _) in daily {
-        let month = window((n, up, p95, loss));
+    for (probe, target, _, _, _, n, up, loss, _) in daily {
+        let month = window((n, up, None, loss));
         let entry = match target {
             Some(target) => out.targets.entry((probe, target)).or_default(),
             None => out.probes.entry(probe).or_default(),
         };
         entry.month = month;
+    }
+
+    // The p95s from the merged histograms: 24 h and 7 d hourly, 30 d daily.
+    let round = |v: Option<f64>| v.map(|v| (v * 100.0).round() / 100.0);
+    let hourly: Vec<P95Row> = sqlx::query_as(p95_query!("metrics_latency_hourly"))
+        .bind(probes)
+        .bind(hours(24))
+        .bind(hours(24 * 7))
+        .fetch_all(pool)
+        .await?;
+    let daily: Vec<P95Row> = sqlx::query_as(p95_query!("metrics_latency_daily"))
+        .bind(probes)
+        .bind(hours(24 * 30))
+        .bind(hours(24 * 30))
+        .fetch_all(pool)
+        .await?;
+    for (from_daily, (probe, target, short, long)) in hourly
+        .into_iter()
+        .map(|r| (false, r))
+        .chain(daily.into_iter().map(|r| (true, r)))
+    {
+        let entry = match target {
+            Some(target) => out.targets.entry((probe, target)).or_default(),
+            None => out.probes.entry(probe).or_default(),
+        };
+        if from_daily {
+            entry.month.latency_p95_ms = round(long);
+        } else {
+            entry.day.latency_p95_ms = round(short);
+            entry.week.latency_p95_ms = round(long);
+        }
     }
 
     // One bar a day: every node's buckets of that UTC day summed.

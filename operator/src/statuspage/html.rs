@@ -218,7 +218,7 @@ pub fn page(s: &Snapshot) -> String {
         }
         out.push_str("</ul></section>");
     }
-    out.push_str(r#"</main><footer><p class="muted">Bars: one a UTC day, oldest left; green when the day's uptime meets the target's threshold, amber within 5 points of it, red below, grey without samples. The p95 of 24 h, 7 d and 30 d is the 95th percentile of the hourly (daily for 30 d) p95s of every node: an estimate leaning to the slow hours. Served by fiberstack-operator.</p></footer></body></html>"#);
+    out.push_str(r#"</main><footer><p class="muted">Bars: one a UTC day, oldest left; green when the day's uptime meets the target's threshold, amber within 5 points of it, red below, grey without samples. The p95 of 24 h, 7 d and 30 d is read from latency histograms merged over the window (bins 2 % wide). Served by fiberstack-operator.</p></footer></body></html>"#);
     out
 }
 
