@@ -82,6 +82,9 @@ install_packages() {
   command -v promtool >/dev/null || missing+=(prometheus)
   # tracepath: the reference the traceroute check's hop RTTs are compared with.
   command -v tracepath >/dev/null || missing+=(iputils-tracepath)
+  # ping: the reference the ICMP check's round-trip times are compared with
+  # (probe/tests/icmp_netns.rs).
+  command -v ping >/dev/null || missing+=(iputils-ping)
   # chromium: the status page's headless-browser test (operator/tests/statuspage_browser.rs).
   command -v chromium >/dev/null || missing+=(chromium)
   if ((${#missing[@]})); then

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use fiberstack_model::stream::{
     BATCH_FIELD, CONSUMER_GROUP, REASON_FIELD, SOURCE_ID_FIELD, TRACEPARENT_FIELD,
     dead_letter_stream, decode_batch, samples_stream,
@@ -148,6 +148,8 @@ struct DeadLetter {
 struct Part {
     /// The entry's id.
     id: String,
+    /// When ingest appended the entry: its id's milliseconds, which Redis takes from its clock.
+    received_at: Option<DateTime<Utc>>,
     batch: Batch,
     /// Each sample's index in the entry's batch, for naming a refused one.
     indexes: Vec<usize>,
@@ -398,8 +400,9 @@ impl Consumer {
             return Ok(());
         }
         let batches: Vec<Batch> = hand.batches.iter().map(|p| p.batch.clone()).collect();
+        let received: Vec<_> = hand.batches.iter().map(|p| p.received_at).collect();
         let started = Instant::now();
-        match writer::write(&self.pool, &batches, Utc::now()).await {
+        match writer::write_received(&self.pool, &batches, &received, Utc::now()).await {
             Ok(w) => {
                 self.stats
                     .write_seconds
@@ -442,7 +445,14 @@ impl Consumer {
         let mut todo = vec![whole];
         while let Some(range) = todo.pop() {
             let rows = part.only(range.clone());
-            match writer::write(&self.pool, std::slice::from_ref(&rows), Utc::now()).await {
+            let received = [part.received_at];
+            let written = writer::write_received(
+                &self.pool,
+                std::slice::from_ref(&rows),
+                &received,
+                Utc::now(),
+            );
+            match written.await {
                 Ok(w) => self.count(w),
                 Err(e) if is_data_error(&e) && range.len() == 1 => {
                     refused.push((range.start, e.to_string()));
@@ -573,6 +583,12 @@ fn next_id(id: &str) -> String {
     }
 }
 
+/// The time in a stream entry's id (`<milliseconds>-<sequence>`, Redis's clock at XADD).
+fn entry_time(id: &str) -> Option<DateTime<Utc>> {
+    let millis: i64 = id.split_once('-')?.0.parse().ok()?;
+    DateTime::from_timestamp_millis(millis)
+}
+
 /// Decodes and validates entries into what to write and what to dead-letter.
 fn sort(entries: Vec<StreamId>) -> InHand {
     let now = Utc::now();
@@ -619,6 +635,7 @@ fn sort(entries: Vec<StreamId>) -> InHand {
                         .filter(|i| refused.next_if_eq(i).is_none())
                         .collect();
                     hand.batches.push(Part {
+                        received_at: entry_time(&entry.id),
                         id: entry.id,
                         batch: valid,
                         indexes,

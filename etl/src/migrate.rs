@@ -232,10 +232,53 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrateReport, MigrateError> {
         .filter(|m| after.contains(&m.version) && !before.contains(&m.version))
         .map(|m| format!("{}_{}", m.version, m.description))
         .collect();
-    Ok(MigrateReport {
-        applied,
-        mode: storage_mode(pool).await?,
-    })
+    let mode = storage_mode(pool).await?;
+    if mode == StorageMode::TimescaleDb {
+        fill_latency_histograms(pool).await?;
+    }
+    Ok(MigrateReport { applied, mode })
+}
+
+/// The continuous aggregates of migration 0007, filled once from the raw samples still
+/// kept: their refresh policies only ever cover the last 1 (hourly) or 3 (daily) days, and
+/// once a policy has run, a real-time aggregate no longer computes what lies before its
+/// watermark — an installation upgraded to 0007 would show latency percentiles of the last
+/// days only. `CALL refresh_continuous_aggregate` cannot run inside the migration's
+/// transaction, so it runs here, after it, once (recorded in `fiberstack_meta`); on a fresh
+/// database it finds nothing to do.
+async fn fill_latency_histograms(pool: &PgPool) -> Result<(), sqlx::Error> {
+    const KEY: &str = "latency_histograms_filled";
+    let done: Option<String> =
+        sqlx::query_scalar("select value from fiberstack_meta where key = $1")
+            .bind(KEY)
+            .fetch_optional(pool)
+            .await?;
+    if done.is_some() {
+        return Ok(());
+    }
+    for view in [
+        "metrics_latency_hourly",
+        "metrics_latency_daily",
+        "metrics_latency_node_hourly",
+        "metrics_latency_node_daily",
+    ] {
+        let started = std::time::Instant::now();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "call refresh_continuous_aggregate('{view}', null, now())"
+        )))
+        .execute(pool)
+        .await?;
+        tracing::info!(
+            view,
+            seconds = started.elapsed().as_secs_f64(),
+            "filled from the raw samples kept"
+        );
+    }
+    sqlx::query("insert into fiberstack_meta (key, value) values ($1, now()::text) on conflict (key) do nothing")
+        .bind(KEY)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -42,13 +42,14 @@ pub struct Written {
 const INSERT_METRICS: &str = "
 insert into metrics (time, node, probe, region, target, kind, address, up, latency_ms,
                      latency_min_ms, latency_max_ms, jitter_ms, packet_loss, sent, received,
-                     status_code, error, metadata, path_fingerprint)
-select t, n, p, r, tg, k, a, u, l, lmin, lmax, j, pl, s, rc, sc, e, coalesce(m, '{}'::jsonb), f
+                     status_code, error, metadata, path_fingerprint, received_at)
+select t, n, p, r, tg, k, a, u, l, lmin, lmax, j, pl, s, rc, sc, e, coalesce(m, '{}'::jsonb), f,
+       ra
   from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
               $6::text[], $7::text[], $8::bool[], $9::float8[], $10::float8[],
               $11::float8[], $12::float8[], $13::float8[], $14::int4[], $15::int4[],
-              $16::int2[], $17::text[], $18::jsonb[], $19::text[])
-       as x(t, n, p, r, tg, k, a, u, l, lmin, lmax, j, pl, s, rc, sc, e, m, f)
+              $16::int2[], $17::text[], $18::jsonb[], $19::text[], $20::timestamptz[])
+       as x(t, n, p, r, tg, k, a, u, l, lmin, lmax, j, pl, s, rc, sc, e, m, f, ra)
 on conflict (node, probe, target, time) do nothing";
 
 /// Hops already stored (their sample redelivered) are skipped like their sample.
@@ -71,16 +72,28 @@ on conflict (name) do update
        last_seen_at = greatest(nodes.last_seen_at, excluded.last_seen_at)";
 
 /// Stores `batches` in one transaction. Samples already stored (same node, probe, target and
-/// time) are skipped, so writing a batch twice stores it once.
+/// time) are skipped, so writing a batch twice stores it once. Their `received_at` stays NULL:
+/// see [`write_received`].
 pub async fn write(
     pool: &PgPool,
     batches: &[Batch],
     now: DateTime<Utc>,
 ) -> Result<Written, sqlx::Error> {
-    match write_with(pool, batches, now, Path::Copy).await {
+    write_received(pool, batches, &[], now).await
+}
+
+/// [`write`], with the time ingest received each batch (`received[i]` is `batches[i]`'s; None,
+/// or a batch beyond the slice, stores NULL): stored as the samples' `received_at`.
+pub async fn write_received(
+    pool: &PgPool,
+    batches: &[Batch],
+    received: &[Option<DateTime<Utc>>],
+    now: DateTime<Utc>,
+) -> Result<Written, sqlx::Error> {
+    match write_with(pool, batches, received, now, Path::Copy).await {
         Err(e) if is_unique_violation(&e) => {
             tracing::debug!("a sample was stored before: writing conflict-tolerantly");
-            write_with(pool, batches, now, Path::ConflictTolerant).await
+            write_with(pool, batches, received, now, Path::ConflictTolerant).await
         }
         other => other,
     }
@@ -93,7 +106,7 @@ pub async fn write_conflict_tolerant(
     batches: &[Batch],
     now: DateTime<Utc>,
 ) -> Result<Written, sqlx::Error> {
-    write_with(pool, batches, now, Path::ConflictTolerant).await
+    write_with(pool, batches, &[], now, Path::ConflictTolerant).await
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -109,11 +122,13 @@ enum Path {
 const COPY_METRICS: &str =
     "copy metrics (time, node, probe, region, target, kind, address, up, latency_ms,
                      latency_min_ms, latency_max_ms, jitter_ms, packet_loss, sent, received,
-                     status_code, error, metadata, path_fingerprint) from stdin (format binary)";
+                     status_code, error, metadata, path_fingerprint, received_at)
+       from stdin (format binary)";
 
 async fn write_with(
     pool: &PgPool,
     batches: &[Batch],
+    received: &[Option<DateTime<Utc>>],
     now: DateTime<Utc>,
     path: Path,
 ) -> Result<Written, sqlx::Error> {
@@ -123,12 +138,12 @@ async fn write_with(
     let inserted = match (count, path) {
         (0, _) => 0,
         (_, Path::Copy) => {
-            let rows = copy_binary(batches)?;
+            let rows = copy_binary(batches, received)?;
             let mut copy = tx.copy_in_raw(COPY_METRICS).await?;
             copy.send(rows).await?;
             copy.finish().await?
         }
-        (_, Path::ConflictTolerant) => insert_unnest(&mut tx, batches, count).await?,
+        (_, Path::ConflictTolerant) => insert_unnest(&mut tx, batches, received, count).await?,
     };
     insert_hops(&mut tx, batches).await?;
     tx.commit().await?;
@@ -193,11 +208,13 @@ async fn upsert_nodes(
 async fn insert_unnest(
     tx: &mut sqlx::PgTransaction<'_>,
     batches: &[Batch],
+    received: &[Option<DateTime<Utc>>],
     count: usize,
 ) -> Result<u64, sqlx::Error> {
     let mut c = Columns::with_capacity(count);
-    for batch in batches {
+    for (i, batch) in batches.iter().enumerate() {
         for s in &batch.samples {
+            c.received_at.push(received.get(i).copied().flatten());
             c.time.push(s.time);
             c.node.push(batch.node.clone());
             c.probe.push(batch.probe.clone());
@@ -243,6 +260,7 @@ async fn insert_unnest(
         .bind(c.error)
         .bind(c.metadata)
         .bind(c.path_fingerprint)
+        .bind(c.received_at)
         .execute(&mut **tx)
         .await?
         .rows_affected())
@@ -335,7 +353,10 @@ fn out_of_range(column: &str, v: i64, max: i64) -> sqlx::Error {
 
 /// The samples in PostgreSQL's binary `COPY` format, in the column order of [`COPY_METRICS`];
 /// a value that does not fit its column is an error.
-fn copy_binary(batches: &[Batch]) -> Result<Vec<u8>, sqlx::Error> {
+fn copy_binary(
+    batches: &[Batch],
+    received: &[Option<DateTime<Utc>>],
+) -> Result<Vec<u8>, sqlx::Error> {
     /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
     const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
     let mut out = Vec::with_capacity(64 * 1024);
@@ -355,11 +376,12 @@ fn copy_binary(batches: &[Batch]) -> Result<Vec<u8>, sqlx::Error> {
             None => null(out),
         }
     }
-    for batch in batches {
+    let timestamp = |t: DateTime<Utc>| (t.timestamp_micros() - PG_EPOCH_MICROS).to_be_bytes();
+    for (i, batch) in batches.iter().enumerate() {
+        let received_at = received.get(i).copied().flatten().map(timestamp);
         for s in &batch.samples {
-            out.extend_from_slice(&19i16.to_be_bytes());
-            let micros = s.time.timestamp_micros() - PG_EPOCH_MICROS;
-            field(&mut out, &micros.to_be_bytes());
+            out.extend_from_slice(&20i16.to_be_bytes());
+            field(&mut out, &timestamp(s.time));
             field(&mut out, batch.node.as_bytes());
             field(&mut out, batch.probe.as_bytes());
             field(&mut out, batch.region.as_bytes());
@@ -405,6 +427,10 @@ fn copy_binary(batches: &[Batch]) -> Result<Vec<u8>, sqlx::Error> {
                 Some(f) => field(&mut out, f.as_bytes()),
                 None => null(&mut out),
             }
+            match &received_at {
+                Some(t) => field(&mut out, t),
+                None => null(&mut out),
+            }
         }
     }
     out.extend_from_slice(&(-1i16).to_be_bytes()); // trailer
@@ -433,6 +459,7 @@ struct Columns {
     /// `None` for an empty object: the database fills in `{}` without parsing JSON.
     metadata: Vec<Option<serde_json::Value>>,
     path_fingerprint: Vec<Option<String>>,
+    received_at: Vec<Option<DateTime<Utc>>>,
 }
 
 impl Columns {
@@ -457,6 +484,7 @@ impl Columns {
             error: Vec::with_capacity(n),
             metadata: Vec::with_capacity(n),
             path_fingerprint: Vec::with_capacity(n),
+            received_at: Vec::with_capacity(n),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 mod common;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use fiber_etl::consumer::{Consumer, ConsumerConfig, Stats};
 use fiber_etl::migrate::migrate;
@@ -123,8 +123,9 @@ impl Fixture {
 async fn batches_land_field_for_field_exactly_once_and_are_acked() -> Result<()> {
     let mut f = fixture().await?;
     let first = batch("gh-accra-1", vec![icmp(1, 20.0), icmp(2, 30.0)]);
-    f.add(&encode_batch(&first)).await?;
-    f.add(&encode_batch(&batch("gh-accra-2", vec![icmp(1, 40.0)])))
+    let first_id = f.add(&encode_batch(&first)).await?;
+    let second_id = f
+        .add(&encode_batch(&batch("gh-accra-2", vec![icmp(1, 40.0)])))
         .await?;
     f.add(&encode_batch(&first)).await?; // delivered twice: stored once
     let mut consumer = f.consumer("worker-1");
@@ -189,6 +190,25 @@ async fn batches_land_field_for_field_exactly_once_and_are_acked() -> Result<()>
     .fetch_one(&f.pool)
     .await?;
     assert_eq!(node, ("ghana".into(), "GH".into(), "0.1.0".into(), at(2)));
+
+    // Each sample carries when ingest appended it: its entry id's milliseconds (Redis's clock
+    // at XADD); the redelivered batch keeps its first delivery's.
+    let id_time = |id: &str| -> Result<DateTime<Utc>> {
+        let millis: i64 = id.split_once('-').context("an entry id")?.0.parse()?;
+        DateTime::from_timestamp_millis(millis).context("a time")
+    };
+    let received: Vec<(String, Option<DateTime<Utc>>)> =
+        sqlx::query_as("select node, received_at from metrics order by node, time")
+            .fetch_all(&f.pool)
+            .await?;
+    assert_eq!(
+        received,
+        [
+            ("gh-accra-1".to_owned(), Some(id_time(&first_id)?)),
+            ("gh-accra-1".to_owned(), Some(id_time(&first_id)?)),
+            ("gh-accra-2".to_owned(), Some(id_time(&second_id)?)),
+        ]
+    );
     Ok(())
 }
 

@@ -84,6 +84,32 @@ async fn seed(pool: &PgPool, now: DateTime<Utc>) -> Result<()> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(pool)
         .await?;
+    // A traceroute target with its hops: gh-accra-1 moved from router A to router B (whose
+    // second hop does not answer) 90 minutes ago; ng-lagos-1 stayed on A.
+    sqlx::raw_sql(
+        "insert into metrics (time, node, probe, region, target, kind, address, up, latency_ms,
+                              path_fingerprint)
+         select now() - m * interval '1 minute' - interval '20 seconds', n, 'fiberstack/edge', r,
+                'path', 'traceroute', '10.9.0.1', true, 12.5,
+                case when n = 'gh-accra-1' and m < 90 then 'bbbbbbbbbbbbbbbb' else 'aaaaaaaaaaaaaaaa' end
+           from generate_series(0, 179) m,
+                (values ('gh-accra-1', 'ghana'), ('ng-lagos-1', 'nigeria')) v(n, r);
+         insert into hops (time, node, probe, target, ttl, address, sent, received, packet_loss,
+                           latency_ms, latency_min_ms, latency_max_ms)
+         select time, node, probe, target, ttl, address, 3, case when address is null then 0 else 3 end,
+                case when address is null then 100 else 0 end,
+                case when address is null then null else ttl * 4.0 end,
+                case when address is null then null else ttl * 3.5 end,
+                case when address is null then null else ttl * 4.5 end
+           from (select m.time, m.node, m.probe, m.target, t.ttl,
+                        case when m.path_fingerprint = 'aaaaaaaaaaaaaaaa' then ('10.1.0.' || t.ttl)::inet
+                             when t.ttl = 2 then null
+                             else ('10.2.0.' || t.ttl)::inet end as address
+                   from metrics m, generate_series(1, 3) t(ttl)
+                  where m.target = 'path') h;",
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -147,6 +173,20 @@ async fn run_every_query(
             match variable["type"].as_str() {
                 Some("datasource") => continue,
                 Some("query") => {}
+                // A value the user types: its default, which must be a number (the queries
+                // cast it).
+                Some("textbox") => {
+                    let value = variable["query"].as_str().context("textbox default")?;
+                    ensure!(
+                        value.parse::<f64>().is_ok(),
+                        "{file}: variable {name}: default {value:?} is not a number"
+                    );
+                    for chosen in &mut choices {
+                        chosen.insert(name.to_owned(), VariableValue::Single(value.to_owned()));
+                    }
+                    ran.insert(format!("{file}: variable {name}"));
+                    continue;
+                }
                 other => bail!("{file}: variable {name} of type {other:?}"),
             }
             let query = variable["query"].as_str().context("variable query")?;

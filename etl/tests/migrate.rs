@@ -561,3 +561,74 @@ async fn login_users_get_exactly_their_roles_rights() -> Result<()> {
         .await?;
     outcome
 }
+
+/// An installation upgraded to migration 0007 keeps its latency history: the migrator fills
+/// the new continuous aggregates from the raw samples once, so after their refresh policies
+/// run (which cover the last days only and move the real-time watermark) a percentile of five
+/// days ago is still there.
+#[tokio::test]
+async fn an_upgrade_to_the_latency_histograms_fills_them_from_the_kept_samples() -> Result<()> {
+    let schema = TimescaleSchema::create("fs_migrate_upgrade").await?;
+    let pool = schema.pool.clone();
+    let outcome = async {
+        // The database as 0006 left it, with samples of five days ago.
+        let before_histograms = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(
+                MIGRATOR.iter().filter(|m| m.version < 7).cloned().collect(),
+            ),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before_histograms.run(&pool).await?;
+        sqlx::raw_sql(
+            "insert into nodes (name, region, country, agent_version, last_seen_at)
+             values ('gh-accra-1', 'ghana', 'GH', '0.1.0', now());
+             insert into metrics (time, node, probe, region, target, kind, up, latency_ms)
+             select date_trunc('hour', now()) - interval '5 days' + make_interval(secs => g * 10),
+                    'gh-accra-1', 'ns/edge', 'ghana', 'api', 'tcp', true, 40
+               from generate_series(1, 30) g",
+        )
+        .execute(&pool)
+        .await?;
+
+        let report = migrate(&pool).await?;
+        assert!(report.applied.iter().any(|m| m == "7_fleet scale"), "{:?}", report.applied);
+        // What the policies do: refresh the last day (hourly) or three (daily), moving the
+        // real-time watermark past the old samples.
+        for (view, days) in [("metrics_latency_hourly", 1), ("metrics_latency_daily", 3)] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "call refresh_continuous_aggregate('{view}', now() - interval '{days} days', now())"
+            )))
+            .execute(&pool)
+            .await?;
+        }
+        let old: (i64, Option<f64>) = sqlx::query_as(
+            "select sum(samples)::int8,
+                    fiberstack_latency_quantile(0.95, array_agg(bin), array_agg(samples::numeric))
+               from metrics_latency_hourly
+              where probe = 'ns/edge' and bucket < now() - interval '4 days'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(old.0, 30, "the five-day-old samples in the hourly histograms");
+        let p95 = old.1.unwrap_or_default();
+        assert!((p95 - 40.0).abs() < 40.0 * 0.02, "p95 {p95} ms, 40 ms stored");
+        let daily: i64 = sqlx::query_scalar(
+            "select coalesce(sum(samples), 0)::int8 from metrics_latency_daily where probe = 'ns/edge'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(daily, 30, "and in the daily ones");
+        // Once: a second run finds it recorded.
+        let filled: i64 = sqlx::query_scalar(
+            "select count(*) from fiberstack_meta where key = 'latency_histograms_filled'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(filled, 1);
+        assert!(migrate(&pool).await?.applied.is_empty());
+        anyhow::Ok(())
+    }
+    .await;
+    schema.drop().await?;
+    outcome
+}

@@ -52,6 +52,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         // The compressed body is limited here (the handlers answer an overrun with the JSON
         // error); the decompressed one in `decode_body`.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Every request's duration by route (the matched one: the layer runs after routing).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::app::track_duration,
+        ))
         .with_state(state)
 }
 
@@ -253,6 +258,11 @@ async fn authorized_json(
 /// Parses a JSON body; the error names where it went wrong (`samples[3].sent: invalid value:
 /// integer `5000000000`, expected u32 at line 1 column 200`).
 fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, String> {
+    // The plain parse first: tracking the path costs an allocation per field, about as much
+    // again as the parse, and only a refused body needs it (parsed once more, for the message).
+    if let Ok(value) = serde_json::from_slice(json) {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -273,7 +283,13 @@ fn invalid(state: &AppState, message: String) -> Response {
 }
 
 /// Rate-limits by node and appends a batch of valid samples: the entry id, or the refusal.
-async fn admit(state: &AppState, batch: &Batch) -> Result<Option<String>, Refusal> {
+/// `encoded` is the batch's JSON when the caller has it (a body of which nothing was
+/// refused), saving the encoding.
+async fn admit(
+    state: &AppState,
+    batch: &Batch,
+    encoded: Option<Vec<u8>>,
+) -> Result<Option<String>, Refusal> {
     let m = &state.metrics;
     if let Err(wait) = state.limiter.check(&batch.node) {
         m.outcome("rate_limited");
@@ -289,7 +305,15 @@ async fn admit(state: &AppState, batch: &Batch) -> Result<Option<String>, Refusa
     // The entry carries this request's trace context on to the ETL.
     let traceparent = fiberstack_telemetry::traceparent(&tracing::Span::current());
     let started = Instant::now();
-    let appended = state.writer.append(batch, traceparent.as_deref()).await;
+    let appended = match encoded {
+        Some(json) => {
+            state
+                .writer
+                .append_encoded(json, traceparent.as_deref())
+                .await
+        }
+        None => state.writer.append(batch, traceparent.as_deref()).await,
+    };
     m.send_duration.observe(started.elapsed().as_secs_f64());
     match appended {
         Ok(id) => {
@@ -336,7 +360,7 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
     operation_id = "postSamples",
     tag = "ingest",
     summary = "Send a batch of samples",
-    description = "Valid samples of a batch are accepted even when others are not; refused ones are named by index and field, among them any that could not be stored as sent (a NUL character in any string, a count above 2147483647). At most 5000 samples and 1 MiB (compressed and decompressed). The batch's `region` must be the region this service serves. `Content-Type: application/json` (a request without one is read as JSON); `Content-Encoding: gzip` is accepted.",
+    description = "Valid samples of a batch are accepted even when others are not; refused ones are named by index and field, among them any that could not be stored as sent (a NUL character in any string, a count above 2147483647). At most 5000 samples and 1 MiB (compressed and decompressed). The batch's `region` must be the region this service serves, unless it comes with a probe pod's ServiceAccount token of that region (a probe falling back to another region's ingest; stored under the batch's region). `Content-Type: application/json` (a request without one is read as JSON); `Content-Encoding: gzip` is accepted.",
     params(BodyHeaders),
     request_body(content = Batch, example = json!({
         "probe": "fiberstack/accra-edge",
@@ -366,7 +390,7 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
         (status = 202, description = "The valid samples are in the stream.", body = Accepted),
         (status = 400, description = "The body is not a batch, or the batch as a whole breaks a rule (the message names the field).", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
-        (status = 403, description = "The batch's region is not the region this service serves, or (with a probe pod's ServiceAccount token) its node or probe is not the pod's own (the message names both), or the token sent is the reader token; nothing is stored.", body = ErrorBody),
+        (status = 403, description = "With the region's static token: the batch's region is not the region this service serves. With a probe pod's ServiceAccount token: its region, node or probe is not the pod's own (the message names both; a pod's batch of its own region is taken by any region's ingest, the probe's fallback). Or the token sent is the reader token. Nothing is stored.", body = ErrorBody),
         (status = 413, description = "The body is over 1 MiB, compressed or decompressed.", body = ErrorBody),
         (status = 415, description = "A Content-Type other than application/json (or a charset other than UTF-8), or a Content-Encoding other than gzip.", body = ErrorBody),
         (status = 429, description = "The node is over its rate limit.", body = ErrorBody,
@@ -398,19 +422,11 @@ async fn accept_samples(
         Ok(batch) => batch,
         Err(e) => return invalid(&state, format!("body is not a batch: {e}")),
     };
-    // The region's token admits the region's batches only.
-    if batch.region != state.region {
-        m.outcome("forbidden");
-        return error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "region: this ingest service serves region {:?}; a batch of region {:?} goes to that region's ingest",
-                state.region, batch.region
-            ),
-        );
-    }
-    // A probe pod's token admits its own node's and FiberProbe's batches only.
-    if let Err(message) = identity.may_write(&batch.node, &batch.probe) {
+    // The region's token admits the region's batches only; a probe pod's token its own
+    // region's (to any region's ingest: its fallback), node's and FiberProbe's.
+    if let Err(message) =
+        identity.may_write(&state.region, &batch.region, &batch.node, &batch.probe)
+    {
         m.outcome("forbidden");
         return error(StatusCode::FORBIDDEN, message);
     }
@@ -420,7 +436,10 @@ async fn accept_samples(
     };
     m.samples_received
         .inc_by((valid.samples.len() + rejected.len()) as u64);
-    if let Err(refusal) = admit(&state, &valid).await {
+    // Nothing refused: the body is the batch's JSON as the ETL reads it, so it is appended
+    // as it came rather than encoded again.
+    let encoded = rejected.is_empty().then_some(json);
+    if let Err(refusal) = admit(&state, &valid, encoded).await {
         return *refusal;
     }
     m.discarded("invalid", rejected.len() as u64);
@@ -492,7 +511,9 @@ async fn accept_push(
         return invalid(&state, format!("sample refused: {e}"));
     }
     let batch = push.into_batch(&state.region);
-    if let Err(message) = identity.may_write(&batch.node, &batch.probe) {
+    if let Err(message) =
+        identity.may_write(&state.region, &batch.region, &batch.node, &batch.probe)
+    {
         m.outcome("forbidden");
         return error(StatusCode::FORBIDDEN, message);
     }
@@ -503,7 +524,7 @@ async fn accept_push(
         Err(e) => return invalid(&state, format!("sample refused: {e}")),
     }
     m.samples_received.inc();
-    match admit(&state, &batch).await {
+    match admit(&state, &batch, None).await {
         Ok(id) => {
             m.outcome("accepted");
             let body = PushAccepted {

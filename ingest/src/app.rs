@@ -210,3 +210,24 @@ fn unauthorized(state: &AppState, refused: Refused, message: &str) -> Refusal {
         .insert(header::WWW_AUTHENTICATE, challenge);
     Box::new(response)
 }
+
+/// Times every request into `fiber_ingest_request_duration_seconds{route, code}`: from the
+/// request read to its response's head (the body of an answer is small and written after).
+pub async fn track_duration(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.request(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

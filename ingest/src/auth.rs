@@ -4,22 +4,31 @@
 //! seed 001's federation) and, in the cluster, a probe pod's projected ServiceAccount token,
 //! which the API server vouches for through a TokenReview ([`TokenReviewer`]). The second
 //! binds the writer to its pod, hence to its node and its FiberProbe: [`Identity::may_write`]
-//! refuses a batch that claims another.
+//! refuses a batch that claims another. The pod's region is its `fiberstack.io/region` label
+//! (the operator's DaemonSet sets it), read once per pod: a pod proves its region, so any
+//! region's ingest may take its batches (seed 001's fallback), while the static token is
+//! good for its own region only.
+//!
+//! Static tokens given as files are re-read when the files change ([`Token::watch`]): a
+//! rotation needs no restart.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// A static bearer credential: the region's writer token, or the reader token. It may hold
 /// several tokens, all valid at once, so that one can be rotated without downtime: give
-/// `new,old`, move the clients to `new`, then drop `old`.
+/// `new,old`, move the clients to `new`, then drop `old`. Clones share the tokens: a
+/// [`Token::replace`] (or a [`Token::watch`] of its file) is seen by every clone.
 #[derive(Clone)]
-pub struct Token(Vec<Vec<u8>>);
+pub struct Token(Arc<RwLock<Vec<Vec<u8>>>>);
 
 impl Token {
     /// A token must be long enough to resist guessing.
@@ -28,6 +37,90 @@ impl Token {
     /// One token, or several separated by commas or newlines (a Secret's value may end in a
     /// newline; blanks around each are dropped).
     pub fn new(tokens: &str) -> Result<Self, String> {
+        Ok(Self(Arc::new(RwLock::new(Self::parse(tokens)?))))
+    }
+
+    /// Reads `path` (one token or several, as [`Token::new`]).
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::new(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Takes `tokens` in place of the current ones, for every clone: whether they changed.
+    /// Invalid `tokens` leave the current ones.
+    pub fn replace(&self, tokens: &str) -> Result<bool, String> {
+        let list = Self::parse(tokens)?;
+        let mut current = self.0.write().expect("token lock");
+        if *current == list {
+            return Ok(false);
+        }
+        *current = list;
+        Ok(true)
+    }
+
+    /// Re-reads `path` every `every` for as long as the server runs and takes its tokens
+    /// when they change: a rotation (`new,old`, then `new`) needs no restart. A file that
+    /// is missing, unreadable or holds no valid token, or holds a token of `disjoint_from`
+    /// (the other role's credential), leaves the current tokens, with a warning once per
+    /// change of the reason. As the certificate (`tls.rs`), the file is polled: a Secret
+    /// volume is updated by swapping a symlink, which inotify on the file never sees.
+    pub async fn watch(
+        self,
+        path: PathBuf,
+        every: Duration,
+        what: &'static str,
+        disjoint_from: Option<Token>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_read: Option<String> = None;
+        let mut last_error: Option<String> = None;
+        loop {
+            tick.tick().await;
+            let outcome = match std::fs::read_to_string(&path) {
+                // Unchanged since the last look: nothing to parse.
+                Ok(text) if last_read.as_ref() == Some(&text) => Ok(false),
+                Ok(text) => {
+                    let outcome = self.take_unless_shared(&text, disjoint_from.as_ref());
+                    last_read = Some(text);
+                    outcome
+                }
+                Err(e) => {
+                    last_read = None;
+                    Err(format!("cannot read {}: {e}", path.display()))
+                }
+            };
+            match outcome {
+                Ok(true) => {
+                    last_error = None;
+                    tracing::info!(path = %path.display(), "{what} changed; the new token(s) are taken");
+                }
+                Ok(false) => last_error = None,
+                Err(message) => {
+                    if last_error.as_ref() != Some(&message) {
+                        tracing::warn!(path = %path.display(), error = %message, "{what} file is not usable; the previous token(s) stay valid");
+                        last_error = Some(message);
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_unless_shared(&self, text: &str, other: Option<&Token>) -> Result<bool, String> {
+        let list = Self::parse(text)?;
+        if let Some(other) = other
+            && other.overlaps(&Self(Arc::new(RwLock::new(list))))
+        {
+            return Err(
+                "a token in it is also the other role's token (reader and writer tokens must differ)"
+                    .to_owned(),
+            );
+        }
+        self.replace(text)
+    }
+
+    fn parse(tokens: &str) -> Result<Vec<Vec<u8>>, String> {
         let list: Vec<&str> = tokens
             .split([',', '\n'])
             .map(str::trim)
@@ -53,7 +146,7 @@ impl Token {
                 ));
             }
         }
-        Ok(Self(list.iter().map(|t| t.as_bytes().to_vec()).collect()))
+        Ok(list.iter().map(|t| t.as_bytes().to_vec()).collect())
     }
 
     /// Checks an `Authorization` header value: `Bearer <token>`, the scheme in any case
@@ -71,6 +164,8 @@ impl Token {
     /// full, whichever matches.
     pub fn matches(&self, presented: &str) -> bool {
         self.0
+            .read()
+            .expect("token lock")
             .iter()
             .fold(subtle::Choice::from(0), |any, t| {
                 any | presented.as_bytes().ct_eq(t)
@@ -80,7 +175,10 @@ impl Token {
 
     /// Whether a token of `other` is also one of these (a reader token that writes, say).
     pub fn overlaps(&self, other: &Token) -> bool {
-        other.0.iter().any(|t| self.0.contains(t))
+        // Copied out first: `other` may be a clone of `self` (one lock, never taken twice).
+        let theirs = other.0.read().expect("token lock").clone();
+        let ours = self.0.read().expect("token lock");
+        theirs.iter().any(|t| ours.contains(t))
     }
 
     /// Whether an `Authorization` header value carries this token.
@@ -137,6 +235,9 @@ pub const DEFAULT_AUDIENCE: &str = "fiberstack-ingest";
 /// (`fiberstack-probe-<FiberProbe name>`); its pods are named `<DaemonSet>-<5 characters>`.
 pub const PROBE_DAEMONSET_PREFIX: &str = "fiberstack-probe-";
 
+/// The label of a probe pod naming its FiberRegion, as the operator's DaemonSet sets it.
+pub const REGION_LABEL: &str = "fiberstack.io/region";
+
 /// Who sent a write, as its credential proves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -152,19 +253,54 @@ pub struct PodIdentity {
     pub namespace: String,
     pub service_account: String,
     pub pod: String,
+    /// The pod's uid (`authentication.kubernetes.io/pod-uid`): its region is read once per
+    /// uid, and a pod of the same name made later is another pod.
+    pub uid: String,
     /// The node the pod runs on (`authentication.kubernetes.io/node-name`).
     pub node: String,
+    /// The pod's FiberRegion: its [`REGION_LABEL`] label; none when it has none.
+    pub region: Option<String>,
 }
 
 impl Identity {
-    /// Whether this writer may send samples as `node` for the FiberProbe `probe`
-    /// (`namespace/name`): the region token may send anything of its region; a pod only for
-    /// its own node, and only for the FiberProbe whose DaemonSet made it. The refusal names
-    /// the field, what was sent and what the token allows.
-    pub fn may_write(&self, node: &str, probe: &str) -> Result<(), String> {
-        let Identity::Pod(pod) = self else {
-            return Ok(());
+    /// Whether this writer may send samples of `region` as `node` for the FiberProbe
+    /// `probe` (`namespace/name`) to the ingest of region `served`. The region token may
+    /// send anything of its own region (`served`) and nothing of another; a pod only its own
+    /// region's (to any region's ingest: its label proves the region, which lets a probe
+    /// fall back to another region's ingest), only for its own node, and only for the
+    /// FiberProbe whose DaemonSet made it. The refusal names the field, what was sent and
+    /// what the credential allows.
+    pub fn may_write(
+        &self,
+        served: &str,
+        region: &str,
+        node: &str,
+        probe: &str,
+    ) -> Result<(), String> {
+        let pod = match self {
+            Identity::Region if region == served => return Ok(()),
+            Identity::Region => {
+                return Err(format!(
+                    "region: this ingest service serves region {served:?} and its static token writes only that region; a batch of region {region:?} goes to that region's ingest (or comes with a probe pod's ServiceAccount token of region {region:?})"
+                ));
+            }
+            Identity::Pod(pod) => pod,
         };
+        match &pod.region {
+            Some(own) if own == region => {}
+            Some(own) => {
+                return Err(format!(
+                    "region: the batch says region {region:?}, but its token belongs to pod {}/{} of region {own:?}; a probe writes only its own region",
+                    pod.namespace, pod.pod
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "region: the batch says region {region:?}, but its token belongs to pod {}/{}, which has no {REGION_LABEL} label (not a pod of a FiberProbe's DaemonSet); a probe writes only its own region",
+                    pod.namespace, pod.pod
+                ));
+            }
+        }
         if node != pod.node {
             return Err(format!(
                 "node: the batch says node {node:?}, but its token belongs to pod {}/{} on node {:?}; a probe writes only as its own node",
@@ -233,8 +369,9 @@ impl PodIdentity {
         };
         let extra = user.extra.unwrap_or_default();
         let one = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
-        let (Some(pod), Some(node)) = (
+        let (Some(pod), Some(uid), Some(node)) = (
             one("authentication.kubernetes.io/pod-name"),
+            one("authentication.kubernetes.io/pod-uid"),
             one("authentication.kubernetes.io/node-name"),
         ) else {
             return Err(ReviewError::Refused(
@@ -245,7 +382,9 @@ impl PodIdentity {
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
             pod,
+            uid,
             node,
+            region: None,
         })
     }
 }
@@ -270,6 +409,8 @@ pub struct TokenReviewer {
     audience: String,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], (PodIdentity, Instant)>>,
+    /// Each pod's region by uid: a pod's labels are read once in its life.
+    regions: Mutex<HashMap<String, Option<String>>>,
 }
 
 /// Entries at which the cache is swept of expired ones: about a probe pod each.
@@ -284,6 +425,7 @@ impl TokenReviewer {
             audience: audience.to_owned(),
             ttl,
             cache: Mutex::new(HashMap::new()),
+            regions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -323,7 +465,8 @@ impl TokenReviewer {
             .create(&PostParams::default(), &review)
             .await
             .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
-        let pod = PodIdentity::from_review(&answer, &self.audience)?;
+        let mut pod = PodIdentity::from_review(&answer, &self.audience)?;
+        pod.region = self.region_of(&pod).await?;
         if !self.ttl.is_zero() {
             let mut cache = self.cache.lock().expect("cache lock");
             if cache.len() >= CACHE_SWEEP_AT {
@@ -332,6 +475,48 @@ impl TokenReviewer {
             cache.insert(key, (pod.clone(), now + self.ttl));
         }
         Ok(pod)
+    }
+}
+
+impl TokenReviewer {
+    /// The pod's [`REGION_LABEL`], from the cache by uid or from the pod itself (needs `get`
+    /// on `pods` in the probes' namespaces). A pod that is gone, or replaced by another of
+    /// its name, is refused: its token is about to be.
+    async fn region_of(&self, pod: &PodIdentity) -> Result<Option<String>, ReviewError> {
+        if let Some(region) = self
+            .regions
+            .lock()
+            .expect("region cache lock")
+            .get(&pod.uid)
+        {
+            return Ok(region.clone());
+        }
+        let found = Api::<Pod>::namespaced(self.client.clone(), &pod.namespace)
+            .get_opt(&pod.pod)
+            .await
+            .map_err(|e| {
+                ReviewError::Unavailable(format!(
+                    "reading pod {}/{} for its region (ingest needs `get` on pods): {e}",
+                    pod.namespace, pod.pod
+                ))
+            })?;
+        let Some(found) = found.filter(|p| p.metadata.uid.as_deref() == Some(&pod.uid)) else {
+            return Err(ReviewError::Refused(format!(
+                "the token's pod {}/{} (uid {}) no longer exists",
+                pod.namespace, pod.pod, pod.uid
+            )));
+        };
+        let region = found
+            .metadata
+            .labels
+            .and_then(|mut labels| labels.remove(REGION_LABEL));
+        let mut regions = self.regions.lock().expect("region cache lock");
+        // Uids of pods long gone pile up; forgetting them all costs one GET per live pod.
+        if regions.len() >= CACHE_SWEEP_AT {
+            regions.clear();
+        }
+        regions.insert(pod.uid.clone(), region.clone());
+        Ok(region)
     }
 }
 
@@ -398,17 +583,18 @@ mod tests {
             namespace: "fiberstack".into(),
             service_account: "default".into(),
             pod: name.into(),
+            uid: "0000-1111".into(),
             node: node.into(),
+            region: Some("ghana".into()),
         })
     }
 
     #[test]
     fn a_pod_writes_only_as_its_node_and_its_daemonsets_probe() {
         let p = pod("fiberstack-probe-accra-edge-x7k2q", "gh-accra-1");
-        assert_eq!(p.may_write("gh-accra-1", "fiberstack/accra-edge"), Ok(()));
-        let e = p
-            .may_write("ng-lagos-1", "fiberstack/accra-edge")
-            .unwrap_err();
+        let write = |node, probe| p.may_write("ghana", "ghana", node, probe);
+        assert_eq!(write("gh-accra-1", "fiberstack/accra-edge"), Ok(()));
+        let e = write("ng-lagos-1", "fiberstack/accra-edge").unwrap_err();
         assert!(
             e.starts_with("node:") && e.contains("\"ng-lagos-1\""),
             "{e}"
@@ -419,13 +605,57 @@ mod tests {
             "other/accra-edge",            // another namespace
             "accra-edge",                  // no namespace
         ] {
-            let e = p.may_write("gh-accra-1", other).unwrap_err();
+            let e = write("gh-accra-1", other).unwrap_err();
             assert!(e.starts_with("probe:"), "{other}: {e}");
         }
         // The probe `accra` may not claim pods of `accra-edge`, nor the other way round.
         let short = pod("fiberstack-probe-accra-edge12", "gh-accra-1");
-        assert!(short.may_write("gh-accra-1", "fiberstack/accra").is_err());
-        assert_eq!(Identity::Region.may_write("any", "any/thing"), Ok(()));
+        assert!(
+            short
+                .may_write("ghana", "ghana", "gh-accra-1", "fiberstack/accra")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_pod_writes_only_its_own_region_to_any_regions_ingest() {
+        let p = pod("fiberstack-probe-accra-edge-x7k2q", "gh-accra-1");
+        let (node, probe) = ("gh-accra-1", "fiberstack/accra-edge");
+        // Its own region, to its own ingest or (falling back) to another region's.
+        assert_eq!(p.may_write("ghana", "ghana", node, probe), Ok(()));
+        assert_eq!(p.may_write("nigeria", "ghana", node, probe), Ok(()));
+        // Another region's batch, wherever it is sent: refused, naming both regions.
+        for served in ["ghana", "nigeria"] {
+            let e = p.may_write(served, "nigeria", node, probe).unwrap_err();
+            assert!(
+                e.starts_with("region:") && e.contains("\"nigeria\"") && e.contains("\"ghana\""),
+                "{e}"
+            );
+        }
+        // A pod without the region label is of no region.
+        let Identity::Pod(mut unlabelled) = p else {
+            unreachable!()
+        };
+        unlabelled.region = None;
+        let e = Identity::Pod(unlabelled)
+            .may_write("ghana", "ghana", node, probe)
+            .unwrap_err();
+        assert!(e.starts_with("region:") && e.contains(REGION_LABEL), "{e}");
+    }
+
+    #[test]
+    fn the_static_token_writes_only_its_own_region() {
+        assert_eq!(
+            Identity::Region.may_write("ghana", "ghana", "any", "any/thing"),
+            Ok(())
+        );
+        let e = Identity::Region
+            .may_write("ghana", "nigeria", "any", "any/thing")
+            .unwrap_err();
+        assert!(
+            e.starts_with("region:") && e.contains("\"ghana\"") && e.contains("\"nigeria\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -434,8 +664,14 @@ mod tests {
         // `fiberstack-probe-` + 50 + `-` is 68 characters; generateName keeps 58.
         let base = format!("fiberstack-probe-{name}-")[..58].to_owned();
         let p = pod(&format!("{base}b2c4d"), "n");
-        assert_eq!(p.may_write("n", &format!("fiberstack/{name}")), Ok(()));
-        assert!(p.may_write("n", "fiberstack/aaaa").is_err());
+        assert_eq!(
+            p.may_write("ghana", "ghana", "n", &format!("fiberstack/{name}")),
+            Ok(())
+        );
+        assert!(
+            p.may_write("ghana", "ghana", "n", "fiberstack/aaaa")
+                .is_err()
+        );
     }
 
     #[test]
@@ -478,13 +714,19 @@ mod tests {
         let bound = [
             ("authentication.kubernetes.io/pod-name", "p-abcde"),
             ("authentication.kubernetes.io/node-name", "gh-accra-1"),
+            ("authentication.kubernetes.io/pod-uid", "0000-1111"),
         ];
         let ok =
             PodIdentity::from_review(&review(true, &[DEFAULT_AUDIENCE], &bound), DEFAULT_AUDIENCE)
                 .unwrap();
         assert_eq!(
-            (ok.namespace.as_str(), ok.pod.as_str(), ok.node.as_str()),
-            ("fiberstack", "p-abcde", "gh-accra-1")
+            (
+                ok.namespace.as_str(),
+                ok.pod.as_str(),
+                ok.uid.as_str(),
+                ok.node.as_str()
+            ),
+            ("fiberstack", "p-abcde", "0000-1111", "gh-accra-1")
         );
         let refused = |r: TokenReview| {
             PodIdentity::from_review(&r, DEFAULT_AUDIENCE)
@@ -515,6 +757,35 @@ mod tests {
                 .unwrap_err()
                 .starts_with("no token given")
         );
+    }
+
+    #[test]
+    fn a_replacement_is_seen_by_every_clone_and_a_bad_one_changes_nothing() {
+        let t = Token::new("old-token-0123456789").unwrap();
+        let clone = t.clone();
+        assert_eq!(
+            t.replace("new-token-0123456789,old-token-0123456789"),
+            Ok(true)
+        );
+        assert!(clone.matches("new-token-0123456789") && clone.matches("old-token-0123456789"));
+        assert_eq!(
+            t.replace("new-token-0123456789\nold-token-0123456789\n"),
+            Ok(false)
+        );
+        assert!(t.replace("short").is_err());
+        assert!(clone.matches("old-token-0123456789"));
+        assert_eq!(t.replace("new-token-0123456789"), Ok(true));
+        assert!(!clone.matches("old-token-0123456789"));
+        let reader = Token::new("reader-token-0123456789").unwrap();
+        assert!(
+            t.take_unless_shared(
+                "a-new-token-0123456789,reader-token-0123456789",
+                Some(&reader)
+            )
+            .is_err()
+        );
+        assert!(t.matches("new-token-0123456789"));
+        assert!(t.overlaps(&clone));
     }
 
     #[test]

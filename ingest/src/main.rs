@@ -42,9 +42,13 @@ struct Config {
         conflicts_with = "token_file"
     )]
     token: Option<String>,
-    /// File holding the region's probe token(s) (a mounted Secret), as --token.
+    /// File holding the region's probe token(s) (a mounted Secret), as --token. Re-read
+    /// every --token-reload-secs: a rotation (`new,old`, then `new`) needs no restart.
     #[arg(long, env = "FIBER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Seconds between looks at --token-file and --reader-token-file for a change.
+    #[arg(long, env = "FIBER_TOKEN_RELOAD_SECS", default_value_t = 10)]
+    token_reload_secs: u64,
     /// The read API's token(s) (GET /api/v1/*, /api/metrics, /api/nodes), as --token: it
     /// reads and never writes, and a probe token is refused there (403). Without one the read
     /// API answers 401 to everyone. Prefer --reader-token-file.
@@ -55,8 +59,9 @@ struct Config {
         conflicts_with = "reader_token_file"
     )]
     reader_token: Option<String>,
-    /// File holding the reader token(s) (a mounted Secret). A file that does not exist (an
-    /// optional Secret not created) leaves the read API closed.
+    /// File holding the reader token(s) (a mounted Secret), re-read as --token-file. A file
+    /// that does not exist at start (an optional Secret not created) leaves the read API
+    /// closed until a restart.
     #[arg(long, env = "FIBER_READER_TOKEN_FILE")]
     reader_token_file: Option<PathBuf>,
     /// Also take probe pods' projected ServiceAccount tokens of this audience, verified by a
@@ -98,6 +103,12 @@ struct Config {
     /// holding them in memory. 10,000 batches of 500 samples are about 1 GB.
     #[arg(long, env = "FIBER_MAX_BACKLOG", default_value_t = 10_000)]
     max_backlog: u64,
+    /// Seconds the oldest batch not yet read by the ETL may wait in the stream before new
+    /// batches are refused with 503 and Retry-After (fractions allowed): at saturation this
+    /// bounds how stale stored samples get, where the length cap alone lets the backlog grow
+    /// to half a minute of samples. 0 turns it off (only --max-backlog applies).
+    #[arg(long, env = "FIBER_MAX_BACKLOG_AGE", default_value_t = fiber_ingest::stream::DEFAULT_MAX_AGE.as_secs_f64())]
+    max_backlog_age: f64,
     /// Origins whose browsers may read GET /api/metrics and /api/nodes, comma-separated, e.g.
     /// https://dashboard.example.org,http://localhost:3000. None by default: no CORS header
     /// is sent and every preflight is refused.
@@ -150,7 +161,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let redis = fiber_ingest::stream::connect(&config.redis_url)
         .await
         .context("REDIS_URL")?;
-    let writer = StreamWriter::new(redis, &config.region, config.max_backlog);
+    if !(config.max_backlog_age >= 0.0 && config.max_backlog_age.is_finite()) {
+        bail!(
+            "--max-backlog-age {} must be 0 or more seconds",
+            config.max_backlog_age
+        );
+    }
+    let writer = StreamWriter::new(redis, &config.region, config.max_backlog)
+        .with_max_age(std::time::Duration::from_secs_f64(config.max_backlog_age));
     let cors = CorsOrigins::parse(&config.cors_origins)
         .map_err(|e| anyhow::anyhow!("--cors-origins: {e}"))?;
     if config.read_rate_per_minute == 0 {
@@ -165,6 +183,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
             bail!("the reader token is also a probe token: give the read API a token of its own");
         }
         state = state.with_reader_token(reader);
+    }
+    // Rotation without a restart: the files are polled, as the certificate is.
+    let every = std::time::Duration::from_secs(config.token_reload_secs.max(1));
+    if let (None, Some(path)) = (&config.token, &config.token_file) {
+        let writers = state.token.clone();
+        let readers = state.reader.clone();
+        tokio::spawn(writers.watch(path.clone(), every, "probe token", readers));
+    }
+    if let (None, Some(path), Some(reader)) = (
+        &config.reader_token,
+        &config.reader_token_file,
+        state.reader.clone(),
+    ) {
+        let writers = Some(state.token.clone());
+        tokio::spawn(reader.watch(path.clone(), every, "reader token", writers));
     }
     if let Some(audience) = config.token_audience.as_deref().filter(|a| !a.is_empty()) {
         let client = kube::Client::try_default().await.context(

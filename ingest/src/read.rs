@@ -71,6 +71,8 @@ pub struct RollupRow {
     pub uptime_pct: f64,
     #[schema(required = true)]
     pub latency_avg_ms: Option<f64>,
+    /// The percentiles of the bucket's latencies, from its histogram (log-linear bins of 2 %:
+    /// within 1 % of the sample at rank ⌊q·(n−1)⌋; a day's are the day's, not a mean of hours').
     #[schema(required = true)]
     pub latency_p50_ms: Option<f64>,
     #[schema(required = true)]
@@ -104,8 +106,8 @@ pub struct MetricsQuery {
     /// RFC 3339, exclusive; default: now.
     #[param(format = DateTime)]
     pub end: Option<String>,
-    /// `raw` samples, or the `hourly`/`daily` rollups (percentiles computed from each
-    /// bucket's samples).
+    /// `raw` samples, or the `hourly`/`daily` rollups (percentiles read from each bucket's
+    /// latency histogram: within 1 % of the bucket's sample at that rank).
     #[param(value_type = Option<Aggregation>, inline, example = "hourly")]
     pub aggregation: Option<String>,
     /// At most this many rows, oldest first.
@@ -388,26 +390,50 @@ const RAW: &str = "select time, node, probe, target, kind, up, latency_ms, jitte
                       and ($5::text is null or target = $5)
                     order by time, node, probe, target limit $6";
 
-/// The query of a rollup table; both have the same columns in both storage modes.
+/// The query of a rollup: the summary table's row, with its percentiles read from the latency
+/// histogram of the same bucket (`fiberstack_latency_quantile`, within 1 % of the sample at
+/// rank ⌊q·(n−1)⌋), so an hourly and a daily answer come from one kind of rollup — histograms
+/// that merge — and a day's p95 is the p95 of the day's samples, never a mean of hourly ones.
+/// Both kinds of relation have the same columns in both storage modes (tables refreshed by
+/// `fiberstack_refresh_rollups` in plain PostgreSQL, continuous aggregates in TimescaleDB).
 macro_rules! rollup_query {
-    ($table:literal) => {
+    ($summary:literal, $histogram:literal) => {
         concat!(
-            "select bucket, node, probe, target, samples, uptime_pct::float8 as uptime_pct,
-                    latency_avg_ms, latency_p50_ms, latency_p95_ms, latency_p99_ms,
-                    jitter_avg_ms, packet_loss_avg
-               from ",
-            $table,
+            "with r as (
+                select bucket, node, probe, target, samples, uptime_pct::float8 as uptime_pct,
+                       latency_avg_ms, jitter_avg_ms, packet_loss_avg
+                  from ",
+            $summary,
             "
-              where bucket >= $1 and bucket < $2
-                and ($3::text is null or node = $3) and ($4::text is null or probe = $4)
-                and ($5::text is null or target = $5)
-              order by bucket, node, probe, target limit $6"
+                 where bucket >= $1 and bucket < $2
+                   and ($3::text is null or node = $3) and ($4::text is null or probe = $4)
+                   and ($5::text is null or target = $5)
+                 order by bucket, node, probe, target limit $6
+            ), h as (
+                select l.bucket, l.node, l.probe, l.target,
+                       array_agg(l.bin) as bins, array_agg(l.samples::numeric) as counts
+                  from ",
+            $histogram,
+            " l
+                  join r on (r.bucket, r.node, r.probe, r.target) = (l.bucket, l.node, l.probe, l.target)
+                 where l.bucket >= $1 and l.bucket < $2
+                   and ($3::text is null or l.node = $3) and ($4::text is null or l.probe = $4)
+                   and ($5::text is null or l.target = $5)
+                 group by 1, 2, 3, 4
+            )
+            select r.bucket, r.node, r.probe, r.target, r.samples, r.uptime_pct, r.latency_avg_ms,
+                   fiberstack_latency_quantile(0.50, h.bins, h.counts) as latency_p50_ms,
+                   fiberstack_latency_quantile(0.95, h.bins, h.counts) as latency_p95_ms,
+                   fiberstack_latency_quantile(0.99, h.bins, h.counts) as latency_p99_ms,
+                   r.jitter_avg_ms, r.packet_loss_avg
+              from r left join h using (bucket, node, probe, target)
+             order by r.bucket, r.node, r.probe, r.target"
         )
     };
 }
 
-const ROLLUP_HOURLY: &str = rollup_query!("metrics_hourly");
-const ROLLUP_DAILY: &str = rollup_query!("metrics_daily");
+const ROLLUP_HOURLY: &str = rollup_query!("metrics_hourly", "metrics_latency_hourly");
+const ROLLUP_DAILY: &str = rollup_query!("metrics_daily", "metrics_latency_daily");
 
 /// The `service` of every status answer.
 const SERVICE: &str = "fiber-ingest";

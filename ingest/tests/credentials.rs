@@ -1,13 +1,14 @@
 //! Read and write credentials of the `fiber-ingest` binary as it is deployed (tokens from
 //! mounted files, real Redis): the probe (writer) tokens write and never read, the reader
-//! tokens read and never write, and two tokens of each are valid at once while one rotates.
+//! tokens read and never write, and two tokens of each are valid at once while one rotates;
+//! a token file is re-read when it changes, so a rotation needs no restart.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use fiberstack_e2e::{LocalEnv, ReservedPort, terminate, unique_name};
+use fiberstack_e2e::{LocalEnv, ReservedPort, terminate, unique_name, wait_for};
 use fiberstack_model::{Batch, CheckKind, Sample};
 use serde_json::Value;
 
@@ -39,6 +40,7 @@ async fn start(dir: &Path, writers: &str, readers: Option<&str>) -> Result<Inges
         .env("REDIS_URL", &env.redis_url)
         .env("FIBER_TOKEN_FILE", dir.join("token"))
         .env("FIBER_READER_TOKEN_FILE", &reader_file)
+        .env("FIBER_TOKEN_RELOAD_SECS", "1")
         .env("FIBER_LOG", "warn")
         // No database (the test's shell may export one): reads stop right after authentication.
         .env_remove("DATABASE_URL")
@@ -233,6 +235,88 @@ async fn a_reader_token_that_also_writes_is_refused_at_start() -> Result<()> {
         format!("{e:#}").contains("token 2 of 2 is 5 characters long"),
         "{e:#}"
     );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Replaces `path` as the kubelet updates a Secret volume: the new content appears at once,
+/// whole (written beside, then renamed over).
+fn replace(path: &Path, content: &str) -> Result<()> {
+    let beside = path.with_extension("new");
+    std::fs::write(&beside, content)?;
+    std::fs::rename(&beside, path)?;
+    Ok(())
+}
+
+/// Waits until a request with `token` is answered `status`.
+async fn until_answered<F, Fut>(what: &str, status: u16, ask: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(u16, String, String)>>,
+{
+    wait_for(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            let (got, _, error) = ask().await?;
+            Ok(if got == status {
+                Ok(())
+            } else {
+                Err(format!("{got} {error}"))
+            })
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn token_files_are_reread_so_a_rotation_needs_no_restart() -> Result<()> {
+    let dir = temp_dir()?;
+    let ingest = start(&dir, OLD_WRITER, Some(OLD_READER)).await?;
+    assert_eq!(ingest.write(NEW_WRITER).await?.0, 401);
+    assert_eq!(ingest.read(NEW_READER).await?.0, 401);
+
+    // Mid-rotation: the new token is added; it is taken, and the old one keeps working.
+    replace(&dir.join("token"), &format!("{NEW_WRITER}\n{OLD_WRITER}\n"))?;
+    replace(&dir.join("reader"), &format!("{NEW_READER},{OLD_READER}"))?;
+    until_answered("the new writer token to be taken", 202, || {
+        ingest.write(NEW_WRITER)
+    })
+    .await?;
+    // No database: 503 is what a reader past authentication hears.
+    until_answered("the new reader token to be taken", 503, || {
+        ingest.read(NEW_READER)
+    })
+    .await?;
+    assert_eq!(ingest.write(OLD_WRITER).await?.0, 202);
+    assert_eq!(ingest.read(OLD_READER).await?.0, 503);
+
+    // A file that breaks a rule (a short token; a writer token as a reader's) changes
+    // nothing: both tokens of each stay valid.
+    replace(&dir.join("token"), "short")?;
+    replace(&dir.join("reader"), &format!("{NEW_READER},{NEW_WRITER}"))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ingest.write(NEW_WRITER).await?.0, 202);
+    assert_eq!(ingest.write(OLD_WRITER).await?.0, 202);
+    let (status, _, error) = ingest.read(NEW_WRITER).await?;
+    assert_eq!(status, 403, "a writer token became a reader's: {error}");
+    assert_eq!(ingest.read(OLD_READER).await?.0, 503);
+
+    // The rotation done: the old token is dropped from the files, and refused.
+    replace(&dir.join("token"), NEW_WRITER)?;
+    replace(&dir.join("reader"), NEW_READER)?;
+    until_answered("the old writer token to be refused", 401, || {
+        ingest.write(OLD_WRITER)
+    })
+    .await?;
+    until_answered("the old reader token to be refused", 401, || {
+        ingest.read(OLD_READER)
+    })
+    .await?;
+    assert_eq!(ingest.write(NEW_WRITER).await?.0, 202);
+    assert_eq!(ingest.read(NEW_READER).await?.0, 503);
+    ingest.stop().await?;
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -3,7 +3,10 @@
 //! on a real node, is verified by fiber-ingest with a TokenReview against that API server.
 //! Accepted for its own node and FiberProbe (202, in the stream); refused for another node or
 //! probe (403, nothing stored); refused when expired, meant for another audience, or revoked
-//! with its pod (401 with the RFC 6750 challenge).
+//! with its pod (401 with the RFC 6750 challenge). The pod's region is its
+//! `fiberstack.io/region` label: its batches of that region are taken by any region's ingest
+//! (the probe's fallback) and stored under it, those of another region by none; the static
+//! token writes its own region only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,11 +16,11 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fiber_ingest::api::{AppState, router};
-use fiber_ingest::auth::{DEFAULT_AUDIENCE, Token, TokenReviewer};
+use fiber_ingest::auth::{DEFAULT_AUDIENCE, REGION_LABEL, Token, TokenReviewer};
 use fiber_ingest::ratelimit::RateLimiter;
 use fiber_ingest::stream::StreamWriter;
 use fiberstack_e2e::{LocalEnv, TestNamespace, env_value, unique_name, wait_for};
-use fiberstack_model::stream::samples_stream;
+use fiberstack_model::stream::{BATCH_FIELD, decode_batch, samples_stream};
 use fiberstack_model::{Batch, CheckKind, Sample};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, ServiceAccount};
@@ -39,12 +42,17 @@ struct Ingest {
 
 /// A fiber-ingest as `main.rs` wires it with `--token-audience`, on a fresh stream.
 async fn ingest(client: &Client, cache: Duration) -> Result<Ingest> {
+    ingest_of(client, cache, &unique_name("identity-test"), REGION_TOKEN).await
+}
+
+/// [`ingest`] for `region`, whose static token is `token`.
+async fn ingest_of(client: &Client, cache: Duration, region: &str, token: &str) -> Result<Ingest> {
     let env = LocalEnv::load()?;
-    let region = unique_name("identity-test");
+    let region = region.to_owned();
     let redis = fiber_ingest::stream::connect(&env.redis_url).await?;
     let state = AppState::new(
         &region,
-        Token::new(REGION_TOKEN).unwrap(),
+        Token::new(token).unwrap(),
         RateLimiter::new(1000.0, 1000),
         StreamWriter::new(redis, &region, 1_000),
     )
@@ -95,11 +103,27 @@ impl Ingest {
         let mut redis = LocalEnv::load()?.redis().await?;
         Ok(redis.xlen(samples_stream(&self.region)).await?)
     }
+
+    /// The batches in this region's stream, oldest first.
+    async fn batches(&self) -> Result<Vec<Batch>> {
+        let mut redis = LocalEnv::load()?.redis().await?;
+        let reply: redis::streams::StreamRangeReply =
+            redis.xrange_all(samples_stream(&self.region)).await?;
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let bytes: Vec<u8> = entry.get(BATCH_FIELD).context("entry without a batch")?;
+                Ok(decode_batch(&bytes)?)
+            })
+            .collect()
+    }
 }
 
 /// A ServiceAccount and a pod of the probe's DaemonSet (by name), placed on `NODE`: the
-/// kubelet there runs it (the pause image), and its uid is what tokens are bound to.
-async fn probe_pod(client: &Client, ns: &str) -> Result<Pod> {
+/// kubelet there runs it (the pause image), and its uid is what tokens are bound to. Its
+/// region label is `region`, as the operator's DaemonSet sets it (none: no label).
+async fn probe_pod(client: &Client, ns: &str, region: Option<&str>) -> Result<Pod> {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let account = ServiceAccount {
         metadata: ObjectMeta {
@@ -113,6 +137,7 @@ async fn probe_pod(client: &Client, ns: &str) -> Result<Pod> {
     let pod = Pod {
         metadata: ObjectMeta {
             name: Some(format!("fiberstack-probe-{PROBE}-x7k2q")),
+            labels: region.map(|r| [(REGION_LABEL.to_owned(), r.to_owned())].into()),
             ..Default::default()
         },
         spec: Some(PodSpec {
@@ -218,9 +243,9 @@ async fn a_probe_pods_token_writes_only_as_its_own_node_and_probe() -> Result<()
     let env = LocalEnv::load()?;
     let client = env.kube().await?;
     let ns = TestNamespace::create(&client, "identity").await?;
-    let pod = probe_pod(&client, &ns.name).await?;
-    let token = token_request(&client, &pod, DEFAULT_AUDIENCE).await?;
     let s = ingest(&client, Duration::from_secs(60)).await?;
+    let pod = probe_pod(&client, &ns.name, Some(&s.region)).await?;
+    let token = token_request(&client, &pod, DEFAULT_AUDIENCE).await?;
 
     let (status, _, body) = s.post(&token, &s.batch(&ns.name, PROBE, NODE)).await?;
     assert_eq!((status, &body["accepted"]), (202, &json!(1)), "{body}");
@@ -268,9 +293,9 @@ async fn expired_foreign_and_revoked_tokens_are_refused() -> Result<()> {
     let env = LocalEnv::load()?;
     let client = env.kube().await?;
     let ns = TestNamespace::create(&client, "identity").await?;
-    let pod = probe_pod(&client, &ns.name).await?;
     // Nothing cached: each POST asks the API server, so a revocation shows at once.
     let s = ingest(&client, Duration::ZERO).await?;
+    let pod = probe_pod(&client, &ns.name, Some(&s.region)).await?;
     let batch = s.batch(&ns.name, PROBE, NODE);
     let refused = |(status, challenge, body): (u16, Option<String>, Value)| {
         assert_eq!(status, 401, "{body}");
@@ -328,7 +353,9 @@ async fn expired_foreign_and_revoked_tokens_are_refused() -> Result<()> {
     .await?;
     // The API server itself remembers a token it vouched for for 10 s
     // (`--authentication-token-cache-ttl` does not apply to ServiceAccount tokens): wait for
-    // it to learn of the pod's end, asking it directly, then ask through ingest.
+    // it to learn of the pod's end, asking it directly, then ask through ingest. (A fresh
+    // reviewer, which reads the pod anew, refuses at once, the pod being gone: the API
+    // server's own refusal is the one that says "invalidated".)
     let reviewer = TokenReviewer::new(client.clone(), DEFAULT_AUDIENCE, Duration::ZERO);
     wait_for(
         "the API server to refuse the deleted pod's token",
@@ -336,7 +363,9 @@ async fn expired_foreign_and_revoked_tokens_are_refused() -> Result<()> {
         Duration::from_secs(1),
         || async {
             Ok(match reviewer.review(&token).await {
-                Err(fiber_ingest::auth::ReviewError::Refused(_)) => Ok(()),
+                Err(fiber_ingest::auth::ReviewError::Refused(e)) if e.contains("invalidated") => {
+                    Ok(())
+                }
                 other => Err(format!("{other:?}")),
             })
         },
@@ -349,5 +378,97 @@ async fn expired_foreign_and_revoked_tokens_are_refused() -> Result<()> {
         2,
         "only the two accepted batches are stored"
     );
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn a_pod_writes_its_own_region_through_any_regions_ingest_and_no_other_region() -> Result<()>
+{
+    let env = LocalEnv::load()?;
+    let client = env.kube().await?;
+    let ns = TestNamespace::create(&client, "identity").await?;
+    // Two regions, each with its own ingest and static token; the pod is of region A.
+    let token_a = "identity-test-token-region-a-0123";
+    let token_b = "identity-test-token-region-b-0123";
+    let a = ingest_of(
+        &client,
+        Duration::from_secs(60),
+        &unique_name("identity-a"),
+        token_a,
+    )
+    .await?;
+    let b = ingest_of(
+        &client,
+        Duration::from_secs(60),
+        &unique_name("identity-b"),
+        token_b,
+    )
+    .await?;
+    let pod = probe_pod(&client, &ns.name, Some(&a.region)).await?;
+    let token = token_request(&client, &pod, DEFAULT_AUDIENCE).await?;
+
+    // A's batch, sent to B's ingest (A's is down, say) with the pod's token: taken, and
+    // stored under region A in B's stream, from which B's ETL writes it.
+    let batch_a = a.batch(&ns.name, PROBE, NODE);
+    let (status, _, body) = b.post(&token, &batch_a).await?;
+    assert_eq!((status, &body["accepted"]), (202, &json!(1)), "{body}");
+    let stored = b.batches().await?;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        (stored[0].region.as_str(), stored[0].node.as_str()),
+        (a.region.as_str(), NODE)
+    );
+    assert_eq!(stored[0].samples, batch_a.samples);
+    // And to its own region's ingest, of course.
+    assert_eq!(a.post(&token, &batch_a).await?.0, 202);
+
+    // B's batch with the pod of A: refused by either ingest, naming both regions.
+    let batch_b = b.batch(&ns.name, PROBE, NODE);
+    for ingest in [&a, &b] {
+        let (status, _, body) = ingest.post(&token, &batch_b).await?;
+        assert_eq!(status, 403, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("region:") && error.contains(&a.region) && error.contains(&b.region),
+            "{error}"
+        );
+    }
+
+    // The static token stays in its own region: B's token with A's batch is refused by B,
+    // naming both; A's token is not B's at all.
+    let (status, _, body) = b.post(token_b, &batch_a).await?;
+    assert_eq!(status, 403, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("region:") && error.contains(&a.region) && error.contains(&b.region),
+        "{error}"
+    );
+    assert_eq!(b.post(token_a, &batch_a).await?.0, 401);
+    assert_eq!(a.post(token_a, &batch_a).await?.0, 202);
+    assert_eq!(
+        b.stored().await?,
+        1,
+        "a refused batch left something in B's stream"
+    );
+    assert_eq!(a.stored().await?, 2);
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn a_pod_without_a_region_label_writes_no_region() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let client = env.kube().await?;
+    let ns = TestNamespace::create(&client, "identity").await?;
+    let s = ingest(&client, Duration::from_secs(60)).await?;
+    let pod = probe_pod(&client, &ns.name, None).await?;
+    let token = token_request(&client, &pod, DEFAULT_AUDIENCE).await?;
+    let (status, _, body) = s.post(&token, &s.batch(&ns.name, PROBE, NODE)).await?;
+    assert_eq!(status, 403, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("region:") && error.contains(REGION_LABEL) && error.contains(&s.region),
+        "{error}"
+    );
+    assert_eq!(s.stored().await?, 0);
     ns.delete().await
 }

@@ -621,6 +621,37 @@ pub struct TracerouteCheck {
     /// probe's interval. Default 1s.
     #[serde(default = "default_hop_timeout")]
     pub hop_timeout: Duration,
+    /// Rounds in a row, from one node, that a new path must hold before the operator takes
+    /// it as that node's path and announces a change (Event PathChanged, alert
+    /// FiberPathChanged), 2 to 100: a path seen in fewer rounds is a flap and never counts.
+    /// Judged by the operator; the probe ignores it. Default 3.
+    #[serde(default = "default_change_after_rounds")]
+    #[cfg_attr(
+        feature = "schemars",
+        schemars(range(min = MIN_CHANGE_ROUNDS, max = MAX_CHANGE_ROUNDS))
+    )]
+    pub change_after_rounds: u32,
+    /// How long the FiberPathChanged alert of a node fires after its path changed (a change
+    /// is an event, not a state: the alert then resolves by itself; another change meanwhile
+    /// starts the time again), Go duration syntax, at most 7 days; 0s: no alert, only the
+    /// Event. Default 1h.
+    #[serde(default = "default_change_alert_for")]
+    pub change_alert_for: Duration,
+}
+
+/// Fewest rounds a new path must hold to count as a change: one round is a flap.
+pub const MIN_CHANGE_ROUNDS: u32 = 2;
+/// Most rounds a new path may be asked to hold.
+pub const MAX_CHANGE_ROUNDS: u32 = 100;
+/// Longest a path change's alert may fire.
+pub const MAX_CHANGE_ALERT_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+fn default_change_after_rounds() -> u32 {
+    3
+}
+
+fn default_change_alert_for() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_traceroute_port() -> u16 {
@@ -673,6 +704,25 @@ impl TracerouteCheck {
                 format!(
                     "{} is out of range, expected 1 to {MAX_PROBES_PER_HOP}",
                     self.probes_per_hop
+                ),
+            );
+        }
+        if !(MIN_CHANGE_ROUNDS..=MAX_CHANGE_ROUNDS).contains(&self.change_after_rounds) {
+            p.add(
+                "changeAfterRounds",
+                format!(
+                    "{} is out of range, expected {MIN_CHANGE_ROUNDS} to {MAX_CHANGE_ROUNDS} (one round is a flap)",
+                    self.change_after_rounds
+                ),
+            );
+        }
+        if self.change_alert_for.0 > MAX_CHANGE_ALERT_FOR {
+            p.add(
+                "changeAlertFor",
+                format!(
+                    "{} is out of range, expected 0s to {}",
+                    self.change_alert_for,
+                    Duration(MAX_CHANGE_ALERT_FOR)
                 ),
             );
         }
@@ -1065,6 +1115,10 @@ targets:
             (33434, 1, 30, 3)
         );
         assert_eq!(t.hop_timeout, Duration::from_secs(1));
+        assert_eq!(
+            (t.change_after_rounds, t.change_alert_for),
+            (3, Duration::from_secs(3600))
+        );
         // The source port is the same every round and outside Linux's ephemeral range.
         let port = t.source_port_for("path");
         assert_eq!(port, t.source_port_for("path"));
@@ -1090,6 +1144,11 @@ targets:
         );
         let e = refused("{ host: 8.8.8.8, probesPerHop: 11 }");
         assert_eq!(e.field, "targets[0].traceroute.probesPerHop");
+        let e = refused("{ host: 8.8.8.8, changeAfterRounds: 1 }");
+        assert_eq!(e.field, "targets[0].traceroute.changeAfterRounds");
+        assert!(e.message.contains("one round is a flap"), "{e}");
+        let e = refused("{ host: 8.8.8.8, changeAlertFor: 200h }");
+        assert_eq!(e.field, "targets[0].traceroute.changeAlertFor");
         let e = refused("{ host: 8.8.8.8, port: 0 }");
         assert_eq!(e.field, "targets[0].traceroute.port");
         let e = refused("{ host: 'not a host' }");

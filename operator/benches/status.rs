@@ -2,8 +2,10 @@
 //! generates (`fiberstack_e2e::bench::fleet_dataset`: 20 probes × 50 targets on 10 nodes in 3
 //! regions, one round every 10 s): one probe's figures alone, every probe of a region in one
 //! batch (what the operator runs once per region and status period), the newest-sample lookup
-//! of a target never sampled, and spec.slo's counts over a 30-day window (rollups for the
-//! days before, generated directly). Prints figures and one JSON line; never fails on time.
+//! of a target never sampled, spec.slo's counts over a 30-day window (rollups for the
+//! days before, generated directly), and the status page's long-window figures of every
+//! probe (24 h, 7 d from hourly rollups generated for the 7 days before, 30 d and the 90 bars
+//! from the daily ones). Prints figures and one JSON line; never fails on time.
 //!
 //! `cargo bench -p fiberstack-operator --bench status` (FIBER_BENCH_TARGETS overrides 1000,
 //! FIBER_BENCH_HOURS the raw hours, 2; FIBER_BENCH_DAYS the SLO window, 30).
@@ -71,6 +73,21 @@ async fn run(pool: &PgPool, targets: u64, hours: u64, days: u64, runs: usize) ->
            from generate_series(0, 19) p, generate_series(0, $1 - 1) t, generate_series(0, 19) k,
                 generate_series(date_trunc('day', now()) - make_interval(days => $2),
                                 date_trunc('day', now()) - interval '1 day', interval '1 day') d",
+        // The status page's 24 h and 7 d windows read the hourly rollups of the 7 days before
+        // the raw hours.
+        "insert into metrics_hourly (bucket, node, probe, target, samples, up_samples, uptime_pct)
+         select h, 'bench-node-' || (p % 10), 'bench/probe-' || p, 'target-' || t, 360, 358, 99.4
+           from generate_series(0, 19) p, generate_series(0, $1 - 1) t,
+                generate_series(date_trunc('hour', now()) - interval '7 days',
+                                date_trunc('hour', now()) - interval '3 hours', interval '1 hour') h
+          where $2 > 0",
+        "insert into metrics_latency_hourly (bucket, region, node, probe, target, kind, bin, samples)
+         select h, 'region-' || (p % 10 % 3), 'bench-node-' || (p % 10), 'bench/probe-' || p,
+                'target-' || t, 'icmp', 250 + 8 * k, 18
+           from generate_series(0, 19) p, generate_series(0, $1 - 1) t, generate_series(0, 19) k,
+                generate_series(date_trunc('hour', now()) - interval '7 days',
+                                date_trunc('hour', now()) - interval '3 hours', interval '1 hour') h
+          where $2 > 0",
     ] {
         sqlx::query(sql)
             .bind((targets / PROBES) as i32)
@@ -143,6 +160,23 @@ async fn run(pool: &PgPool, targets: u64, hours: u64, days: u64, runs: usize) ->
         })
         .await?,
     );
+    // The status page's refresh: every probe's 24 h / 7 d / 30 d figures and 90 daily bars.
+    let all: Vec<String> = (0..PROBES).map(|p| format!("bench/probe-{p}")).collect();
+    let page = median(
+        &timed(runs, || async {
+            Ok(fiberstack_operator::statuspage::figures::rollups(pool, &all, Utc::now()).await?)
+        })
+        .await?,
+    );
+    let p95s = median(
+        &timed(runs, || async {
+            Ok(
+                fiberstack_operator::statuspage::figures::read_percentiles(pool, &all, Utc::now())
+                    .await?,
+            )
+        })
+        .await?,
+    );
     let alone = median(&each);
     let probes = PROBES as f64;
     println!(
@@ -155,12 +189,16 @@ async fn run(pool: &PgPool, targets: u64, hours: u64, days: u64, runs: usize) ->
         slo_burn / probes
     );
     println!(
+        "status page: 24 h / 7 d / 30 d uptime and loss and 90 bars of all {targets} targets in {page:.0} ms per background refresh; their p95s from the merged histograms {p95s:.0} ms (read every 5 minutes)"
+    );
+    println!(
         "{}",
         serde_json::json!({
             "bench": "status", "targets": targets, "hours": hours, "slo_days": days,
             "status_per_probe_ms": alone, "status_batched_per_probe_ms": batched / probes,
             "new_target_lookup_ms": lookup,
             "slo_window_ms_all": slo_window, "slo_burn_ms_all": slo_burn,
+            "status_page_rollups_ms": page, "status_page_p95s_ms": p95s,
         })
     );
     Ok(())

@@ -86,6 +86,7 @@ fn snapshot(targets: usize) -> Snapshot {
                                         latency_p95_ms: Some(42.5),
                                         packet_loss_pct: Some(0.0),
                                         uptime_pct: Some(100.0),
+                                        late_samples: None,
                                     },
                                     windows: Windows {
                                         day: window(99.95),

@@ -668,6 +668,10 @@ pub struct FiberProbeStatus {
     /// The objectives of spec.slo as measured (absent without spec.slo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<SloStatus>,
+    /// Traceroute targets: the path each node currently takes and the last change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["target"]))]
+    pub paths: Vec<crate::paths::TargetPath>,
 }
 
 /// How the probe meets its objectives over the window.
@@ -759,6 +763,10 @@ pub struct Alert {
     /// "slo"); absent for a target's alert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burn: Option<Burn>,
+    /// Set for the alert of a traceroute target's path change (FiberPathChanged): the node
+    /// whose path changed; absent for a target's breach alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A notifier's acknowledgement of an alert.
@@ -802,6 +810,11 @@ pub struct Summary {
     /// Share of checks that succeeded, percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_pct: Option<f64>,
+    /// Samples of the window that reached ingest more than 3 intervals after they were
+    /// measured: delivered late, from a probe's buffer, after an outage of its link or of
+    /// ingest (counted in the figures above too). Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_samples: Option<i64>,
 }
 
 /// One target over the last 15 minutes.

@@ -90,7 +90,7 @@ pub fn target_rows(
                 None => TargetStatus {
                     name: name.clone(),
                     state: TargetState::NoData,
-                    message: Some(format!("no samples in the last {WINDOW}")),
+                    message: Some(no_data(figures, name)),
                     ..Default::default()
                 },
                 Some((_, s)) => {
@@ -116,6 +116,29 @@ pub fn target_rows(
             }
         })
         .collect()
+}
+
+/// Why a target has no figures: the probe itself is silent (no target has samples in the
+/// window; since its newest sample), or only this target is not measured, or it never was.
+/// "No data" is never "down": a down target has samples, failed ones.
+fn no_data(figures: &Figures, target: &str) -> String {
+    let newest = figures
+        .target_newest
+        .iter()
+        .find(|(n, _)| n == target)
+        .map(|(_, t)| rfc3339(*t));
+    match (figures.targets.is_empty(), newest, figures.last_sample) {
+        (true, _, Some(last)) => format!(
+            "no data: the probe is silent since {} (no sample of any target in the last {WINDOW}); the target is not known to be down",
+            rfc3339(last)
+        ),
+        (_, Some(newest), _) => {
+            format!(
+                "no data: no sample of this target in the last {WINDOW}; the newest is from {newest}"
+            )
+        }
+        (_, None, _) => "no data: no sample of this target received yet".to_owned(),
+    }
 }
 
 /// Healthy as observed in one evaluation, before hysteresis.
@@ -278,6 +301,7 @@ mod tests {
             latency_p95_ms: Some(p95),
             packet_loss_pct: Some(loss),
             uptime_pct: Some(up),
+            late_samples: None,
         }
     }
 
@@ -303,6 +327,43 @@ mod tests {
 
     fn days(n: f64) -> DateTime<Utc> {
         at((n * 86_400.0) as i64)
+    }
+
+    #[test]
+    fn no_data_says_whether_the_probe_is_silent_or_the_target_unmeasured() {
+        let spec = spec(&["a", "b", "c"]);
+        // Only "a" has samples in the window; "b" had some before, "c" never.
+        let figures = Figures {
+            targets: vec![("a".into(), s(20.0, 0.0, 100.0))],
+            target_newest: vec![("a".into(), at(-5)), ("b".into(), at(-3600))],
+            last_sample: Some(at(-5)),
+            ..Default::default()
+        };
+        let rows = target_rows(&spec, &figures, at(0));
+        assert_eq!(
+            rows[1].message.as_deref(),
+            Some(
+                "no data: no sample of this target in the last 15 minutes; the newest is from 2027-01-15T07:00:00Z"
+            )
+        );
+        assert_eq!(
+            rows[2].message.as_deref(),
+            Some("no data: no sample of this target received yet")
+        );
+        // Nothing in the window from any target: the probe is silent, the targets not down.
+        let silent = Figures {
+            targets: vec![],
+            last_sample: Some(at(-1800)),
+            ..figures
+        };
+        let rows = target_rows(&spec, &silent, at(0));
+        assert!(rows.iter().all(|r| r.state == TargetState::NoData));
+        assert_eq!(
+            rows[0].message.as_deref(),
+            Some(
+                "no data: the probe is silent since 2027-01-15T07:30:00Z (no sample of any target in the last 15 minutes); the target is not known to be down"
+            )
+        );
     }
 
     #[test]

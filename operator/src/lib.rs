@@ -22,6 +22,7 @@ pub mod localize;
 pub mod measurements;
 pub mod metrics;
 pub mod notify;
+pub mod paths;
 pub mod render;
 pub mod server;
 pub mod slo;

@@ -137,6 +137,7 @@ mod tests {
                 latency_p95_ms: Some(p95),
                 packet_loss_pct: Some(0.0),
                 uptime_pct: Some(uptime),
+                late_samples: None,
             },
             newest: now() - chrono::Duration::seconds(age_s),
         }

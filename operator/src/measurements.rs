@@ -253,6 +253,7 @@ mod tests {
                         latency_p95_ms: Some(250.0),
                         packet_loss_pct: Some(5.0),
                         uptime_pct: Some(98.0),
+                        late_samples: None,
                     },
                     state: TargetState::Breaching,
                     ..Default::default()

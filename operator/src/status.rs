@@ -83,6 +83,12 @@ pub struct Figures {
     /// Each target from each vantage point (node) that measured it in the window, by target
     /// name: what [`crate::localize`] judges.
     pub vantages: Vec<(String, crate::localize::Vantage)>,
+    /// Each spec target's newest sample (any time, not only the window), by name; targets
+    /// never sampled are absent.
+    pub target_newest: Vec<(String, DateTime<Utc>)>,
+    /// Traceroute targets' rounds in their windows ([`crate::paths::rounds_many`]); None when
+    /// the probe has none or they could not be read.
+    pub paths: Option<Vec<crate::paths::Round>>,
 }
 
 type Row = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
@@ -97,7 +103,8 @@ type ProbeCertificateRow = (
     Option<String>,
 );
 /// A row of the window's figures: probe, target, node, region (each NULL above its level),
-/// the level (`grouping(target, node, region)`), the newest sample, then [`Row`].
+/// the level (`grouping(target, node, region)`), the newest sample, then [`Row`], then the
+/// late samples.
 type WindowRow = (
     String,
     Option<String>,
@@ -110,6 +117,7 @@ type WindowRow = (
     Option<f64>,
     Option<f64>,
     Option<f64>,
+    i64,
 );
 
 fn summary((samples, p50, p95, loss, uptime): Row) -> Summary {
@@ -120,6 +128,7 @@ fn summary((samples, p50, p95, loss, uptime): Row) -> Summary {
         latency_p95_ms: round(p95),
         packet_loss_pct: round(loss),
         uptime_pct: round(uptime),
+        late_samples: None,
     }
 }
 
@@ -225,41 +234,49 @@ pub async fn probe_figures_many(
         }
     }
 
-    let newest: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "select t.probe, max(m.time)
+    let newest: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "select t.probe, t.target, m.time
            from unnest($1::text[], $2::text[]) t(probe, target)
            cross join lateral (select time from metrics
                                 where probe = t.probe and target = t.target
-                                order by time desc limit 1) m
-          group by t.probe",
+                                order by time desc limit 1) m",
     )
     .bind(&target_probes)
     .bind(&target_names)
     .fetch_all(pool)
     .await?;
-    for (probe, time) in newest {
+    for (probe, target, time) in newest {
         if let Some(f) = figures.get_mut(&probe) {
-            f.last_sample = time;
+            f.last_sample = f.last_sample.max(Some(time));
+            f.target_newest.push((target, time));
         }
     }
 
     // grouping(target, node, region): 7 for a probe's row, 3 for a target's, 0 for a target
-    // from one node.
+    // from one node. A sample is late when ingest received it more than the probe's
+    // reporting span (3 intervals) after its time.
     let window: Vec<WindowRow> = sqlx::query_as(concat!(
-        "select probe, target, node, region, grouping(target, node, region)::int4, max(time), ",
+        "select m.probe, target, node, region, grouping(target, node, region)::int4, max(time), ",
         figures!(),
-        " from metrics where probe = any($1) and time > now() - interval '15 minutes'
-          group by grouping sets ((probe), (probe, target), (probe, target, node, region))
-          order by probe, target nulls first, region nulls first, node nulls first"
+        ", count(*) filter (where received_at > time + make_interval(secs => p.secs))::int8
+           from unnest($1::text[], $2::float8[]) p(probe, secs)
+           join metrics m on m.probe = p.probe
+          where m.time > now() - interval '15 minutes'
+          group by grouping sets ((m.probe), (m.probe, target), (m.probe, target, node, region))
+          order by m.probe, target nulls first, region nulls first, node nulls first"
     ))
     .bind(&names)
+    .bind(&recent)
     .fetch_all(pool)
     .await?;
-    for (probe, target, node, region, level, newest, n, p50, p95, loss, up) in window {
+    for (probe, target, node, region, level, newest, n, p50, p95, loss, up, late) in window {
         let Some(f) = figures.get_mut(&probe) else {
             continue;
         };
-        let figures = summary((n, p50, p95, loss, up));
+        let figures = Summary {
+            late_samples: (late > 0).then_some(late),
+            ..summary((n, p50, p95, loss, up))
+        };
         match (level, target, node, region, newest) {
             (7, ..) => f.summary = figures,
             (3, Some(target), ..) => f.targets.push((target, figures)),

@@ -89,65 +89,6 @@ async fn receive(
     StatusCode::OK
 }
 
-/// A real Alertmanager routing every alert to `receiver`/am, flushing groups within a second.
-struct Alertmanager {
-    _child: tokio::process::Child,
-    url: String,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Alertmanager {
-    async fn start(receiver: SocketAddr) -> Result<Self> {
-        let bin = std::path::PathBuf::from(fiberstack_e2e::env_value("FIBERSTACK_BIN")?)
-            .join("alertmanager");
-        let dir = std::env::temp_dir().join(fiberstack_e2e::unique_name("alertmanager"));
-        std::fs::create_dir_all(&dir)?;
-        let config = format!(
-            "route:\n  receiver: test\n  group_by: [alertname, namespace, probe, target]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: test\n    webhook_configs:\n      - url: http://{receiver}/am\n        send_resolved: true\n"
-        );
-        std::fs::write(dir.join("alertmanager.yml"), config)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = tokio::process::Command::new(&bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("alertmanager.yml").display()
-            ))
-            .arg(format!("--storage.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .arg("--log.level=warn")
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let url = format!("http://127.0.0.1:{port}");
-        let ready = format!("{url}/-/ready");
-        wait_for("Alertmanager ready", WAIT, EVERY, || async {
-            Ok(match reqwest::get(&ready).await {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("{}", r.status())),
-                Err(e) => Err(e.to_string()),
-            })
-        })
-        .await?;
-        Ok(Self {
-            _child: child,
-            url,
-            _dir: tempdir::Dir(dir),
-        })
-    }
-}
-
 /// Samples of `target` from gh-accra-1 at `latency_ms` (replacing its earlier ones).
 async fn seed(pool: &PgPool, probe: &str, target: &str, latency_ms: f64) -> Result<()> {
     common::replace_samples(pool, probe, target, "gh-accra-1", "ghana", latency_ms).await
@@ -311,7 +252,7 @@ fn am_alerts(r: &Received) -> Vec<(String, String)> {
 async fn a_breach_fires_once_everywhere_and_recovery_resolves_it_once() -> Result<()> {
     let world = World::new("op-notify").await?;
     let (receiver, addr) = Receiver::start().await?;
-    let am = Alertmanager::start(addr).await?;
+    let am = common::Alertmanager::start(addr, "alertname, namespace, probe, target").await?;
     let operator = operator(&world).await?;
     let result = fire_and_resolve(&world, &receiver, &am, addr).await;
     operator.stop().await;
@@ -323,7 +264,7 @@ async fn a_breach_fires_once_everywhere_and_recovery_resolves_it_once() -> Resul
 async fn fire_and_resolve(
     world: &World,
     receiver: &Receiver,
-    am: &Alertmanager,
+    am: &common::Alertmanager,
     addr: SocketAddr,
 ) -> Result<()> {
     world.notifier("am", "alertmanager", &am.url).await?;

@@ -33,6 +33,13 @@ pub enum Transition {
     SloBurning { message: String, fast: bool },
     /// No objective's budget burns fast or slow any more.
     SloBurnEnded { message: String },
+    /// A node's path to a traceroute target changed and the new one held for the target's
+    /// changeAfterRounds; the message names the node and the hops that changed.
+    PathChanged {
+        target: String,
+        node: String,
+        message: String,
+    },
 }
 
 impl Transition {
@@ -65,6 +72,9 @@ impl Transition {
                 message,
             ),
             Transition::SloBurnEnded { message } => (EventType::Normal, "SloBurnEnded", message),
+            // Normal: a new path is not by itself a fault (what it does to latency and loss
+            // is judged by Healthy and the target's alert); it explains what they show.
+            Transition::PathChanged { message, .. } => (EventType::Normal, "PathChanged", message),
         };
         Event {
             type_,

@@ -24,6 +24,9 @@ pub struct Subject<'a> {
 pub const ALERTNAME: &str = "FiberTargetBreaching";
 /// The alertname of a FiberProbe's SLO burn alert (its target label is "slo").
 pub const SLO_ALERTNAME: &str = "FiberSloBurning";
+/// The alertname of a node's path change to a traceroute target (label node besides
+/// target); it fires for the target's changeAlertFor after the change, then resolves.
+pub const PATH_ALERTNAME: &str = "FiberPathChanged";
 
 /// `POST /api/v2/alerts` body. While firing, `endsAt` lies `hold` ahead: Alertmanager
 /// resolves the alert by itself if the operator stops re-sending (as Prometheus does, at 4×
@@ -33,10 +36,17 @@ pub fn alertmanager(s: &Subject, now: DateTime<Utc>, hold: std::time::Duration) 
         AlertState::Resolved => s.alert.ends_at.clone().unwrap_or_else(|| stamp(now)),
         _ => stamp(now + chrono::Duration::from_std(hold).unwrap_or_default()),
     };
+    let alertname = match (&s.alert.burn, &s.alert.node) {
+        (Some(_), _) => SLO_ALERTNAME,
+        (None, Some(_)) => PATH_ALERTNAME,
+        (None, None) => ALERTNAME,
+    };
     let mut alert = json!({
         "labels": {
-            "alertname": if s.alert.burn.is_some() { SLO_ALERTNAME } else { ALERTNAME },
-            "severity": "warning",
+            "alertname": alertname,
+            // A path change is news, not an outage: what it does to latency and loss has
+            // its own alert.
+            "severity": if s.alert.node.is_some() { "info" } else { "warning" },
             "namespace": s.namespace,
             "probe": s.probe,
             "region": s.region,
@@ -53,6 +63,9 @@ pub fn alertmanager(s: &Subject, now: DateTime<Utc>, hold: std::time::Duration) 
         "startsAt": s.alert.starts_at,
         "endsAt": ends_at,
     });
+    if let Some(node) = &s.alert.node {
+        alert["labels"]["node"] = json!(node);
+    }
     if let Some(link) = &s.link {
         alert["generatorURL"] = json!(link);
     }
@@ -61,7 +74,7 @@ pub fn alertmanager(s: &Subject, now: DateTime<Utc>, hold: std::time::Duration) 
 
 /// The generic webhook's body: one flat object per start and end.
 pub fn webhook(s: &Subject) -> Value {
-    json!({
+    let mut body = json!({
         "version": "1",
         "id": s.alert.id,
         "status": s.status_word(),
@@ -76,7 +89,11 @@ pub fn webhook(s: &Subject) -> Value {
         "startsAt": s.alert.starts_at,
         "endsAt": s.alert.ends_at,
         "link": s.link,
-    })
+    });
+    if let Some(node) = &s.alert.node {
+        body["node"] = json!(node);
+    }
+    body
 }
 
 /// A Slack incoming webhook's body: one line of text, with the link when there is one.
@@ -123,6 +140,19 @@ impl Subject<'_> {
     }
 
     fn summary(&self) -> String {
+        if let Some(node) = &self.alert.node {
+            return format!(
+                "the path from node {node} to target {} of FiberProbe {}/{} (region {}) {}",
+                self.alert.target,
+                self.namespace,
+                self.probe,
+                self.region,
+                match self.state {
+                    AlertState::Resolved => "changed a while ago (alert expired)",
+                    _ => "changed",
+                }
+            );
+        }
         if let Some(burn) = &self.alert.burn {
             return format!(
                 "the SLO of FiberProbe {}/{} (region {}) {}",
@@ -218,6 +248,32 @@ mod tests {
         let r = alert(AlertState::Resolved);
         let body = alertmanager(&subject(&r), now, std::time::Duration::from_secs(240));
         assert_eq!(body[0]["endsAt"], "2027-01-15T09:00:00Z");
+    }
+
+    #[test]
+    fn a_path_change_alert_has_its_name_and_node() {
+        let a = Alert {
+            node: Some("gh-accra-1".into()),
+            ..alert(AlertState::Firing)
+        };
+        let now = Utc.with_ymd_and_hms(2027, 1, 15, 8, 30, 0).unwrap();
+        let body = alertmanager(&subject(&a), now, std::time::Duration::from_secs(240));
+        let labels = &body[0]["labels"];
+        assert_eq!(labels["alertname"], PATH_ALERTNAME);
+        assert_eq!(labels["node"], "gh-accra-1");
+        assert_eq!(labels["target"], "dns");
+        assert_eq!(labels["severity"], "info");
+        let target = alertmanager(
+            &subject(&alert(AlertState::Firing)),
+            now,
+            std::time::Duration::from_secs(240),
+        );
+        assert!(target[0]["labels"].get("node").is_none());
+        let text = slack(&subject(&a))["text"].as_str().unwrap().to_owned();
+        assert!(
+            text.contains("the path from node gh-accra-1 to target dns of FiberProbe ns/edge"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -40,9 +40,46 @@ pub fn probe_key(probe: &FiberProbe) -> String {
     )
 }
 
-/// The configuration `fiber-probe` reads, with the node left to `NODE_NAME`.
+/// The ingest services a probe of `region` sends to, in the order it tries them (seed 001's
+/// fallback): its own region's first; then, only when probe pods present their own
+/// ServiceAccount token (`images.ingest_service_account`), which proves their region to any
+/// region's ingest, the other regions of `regions` (the names of the FiberRegions in the
+/// probe's namespace). They follow in name order starting after the probe's own region, so
+/// that probes of different regions do not all fall back onto the same one. A static region
+/// token is good at its own region's ingest only: without pod identity the list is that one.
+pub fn ingest_urls(region: &FiberRegion, regions: &[String], images: &Images) -> Vec<String> {
+    let own = region.name_any();
+    let namespace = region.namespace().unwrap_or_default();
+    let mut urls = vec![names::ingest_url(&own, &namespace)];
+    if images.ingest_service_account.is_none() {
+        return urls;
+    }
+    let mut others: Vec<&String> = regions.iter().filter(|r| **r != own).collect();
+    others.sort();
+    others.dedup();
+    let after = others.partition_point(|r| r.as_str() < own.as_str());
+    others.rotate_left(after);
+    urls.extend(others.iter().map(|r| names::ingest_url(r, &namespace)));
+    urls
+}
+
+/// The configuration `fiber-probe` reads, with the node left to `NODE_NAME`, sending to its
+/// own region's ingest only (what validation looks at; [`build_configmap`] adds fallbacks).
 pub fn probe_config(probe: &FiberProbe, region: &FiberRegion) -> ProbeConfig {
     let namespace = probe.namespace().unwrap_or_default();
+    probe_config_sending_to(
+        probe,
+        region,
+        vec![names::ingest_url(&region.name_any(), &namespace)],
+    )
+}
+
+/// [`probe_config`], sending to `urls` in order.
+pub fn probe_config_sending_to(
+    probe: &FiberProbe,
+    region: &FiberRegion,
+    urls: Vec<String>,
+) -> ProbeConfig {
     ProbeConfig {
         node: NODE_PLACEHOLDER.to_owned(),
         probe: probe_key(probe),
@@ -51,7 +88,7 @@ pub fn probe_config(probe: &FiberProbe, region: &FiberRegion) -> ProbeConfig {
         interval: probe.spec.interval,
         timeout: probe.spec.timeout,
         ingest: IngestConfig {
-            urls: vec![names::ingest_url(&region.name_any(), &namespace)],
+            urls,
             token_file: Some(format!("{TOKEN_DIR}/{TOKEN_KEY}").into()),
             batch_max_samples: 500,
             batch_max_delay: Duration::from_secs(5),
@@ -95,10 +132,18 @@ fn metadata(probe: &FiberProbe) -> ObjectMeta {
     owned_metadata(probe, name, "fiber-probe", "probe", &probe.spec.region)
 }
 
-pub fn build_configmap(probe: &FiberProbe, region: &FiberRegion) -> ConfigMap {
+/// The probe's ConfigMap; `regions` are the names of the FiberRegions of its namespace, the
+/// fallbacks of [`ingest_urls`].
+pub fn build_configmap(
+    probe: &FiberProbe,
+    region: &FiberRegion,
+    regions: &[String],
+    images: &Images,
+) -> ConfigMap {
+    let config = probe_config_sending_to(probe, region, ingest_urls(region, regions, images));
     ConfigMap {
         metadata: metadata(probe),
-        data: Some([(CONFIG_KEY.to_owned(), probe_config(probe, region).to_yaml())].into()),
+        data: Some([(CONFIG_KEY.to_owned(), config.to_yaml())].into()),
         ..Default::default()
     }
 }
@@ -259,7 +304,10 @@ mod tests {
     #[test]
     fn renders_the_design_example() {
         let (p, r) = (probe(), region());
-        assert_golden("probe-configmap.yaml", &[build_configmap(&p, &r)]);
+        assert_golden(
+            "probe-configmap.yaml",
+            &[build_configmap(&p, &r, &all_regions(), &images())],
+        );
         assert_golden(
             "probe-daemonset.yaml",
             &[build_daemonset(&p, &r, &images()).unwrap()],
@@ -268,12 +316,19 @@ mod tests {
 
     #[test]
     fn rendered_config_is_a_valid_probe_config_once_the_node_is_set() {
-        let yaml = build_configmap(&probe(), &region()).data.unwrap()[CONFIG_KEY].clone();
+        let yaml = build_configmap(&probe(), &region(), &all_regions(), &images())
+            .data
+            .unwrap()[CONFIG_KEY]
+            .clone();
         let config = ProbeConfig::from_yaml(&yaml).unwrap();
         assert_eq!(config.probe, "fiberstack/accra-edge");
         assert_eq!(
             config.ingest.urls,
-            ["http://fiberstack-ingest-ghana.fiberstack.svc:8080"]
+            [
+                "http://fiberstack-ingest-ghana.fiberstack.svc:8080",
+                "http://fiberstack-ingest-kenya.fiberstack.svc:8080",
+                "http://fiberstack-ingest-nigeria.fiberstack.svc:8080",
+            ]
         );
         assert_eq!(config.targets.len(), 4);
     }
@@ -331,7 +386,8 @@ mod tests {
         let before = build_daemonset(&p, &r, &images()).unwrap();
         let after = build_daemonset(&changed, &r, &images()).unwrap();
         assert_eq!(before, after);
-        assert_ne!(build_configmap(&p, &r), build_configmap(&changed, &r));
+        let configmap = |p: &FiberProbe| build_configmap(p, &r, &all_regions(), &images());
+        assert_ne!(configmap(&p), configmap(&changed));
         let mut moved = p.clone();
         moved.spec.node_selector.insert("disk".into(), "ssd".into());
         assert_ne!(before, build_daemonset(&moved, &r, &images()).unwrap());
@@ -345,7 +401,67 @@ mod tests {
             latency_p95_ms: Some(20.0),
             ..Default::default()
         });
-        assert_eq!(build_configmap(&p, &r), build_configmap(&stricter, &r));
+        let configmap = |p: &FiberProbe| build_configmap(p, &r, &all_regions(), &images());
+        assert_eq!(configmap(&p), configmap(&stricter));
         assert_eq!(probe_config(&stricter, &r).targets[0].thresholds, None);
+    }
+
+    /// The regions of the design's namespace: the probe's own among them.
+    fn all_regions() -> Vec<String> {
+        ["nigeria", "ghana", "kenya"].map(String::from).to_vec()
+    }
+
+    fn region_named(name: &str) -> FiberRegion {
+        let mut r = region();
+        r.metadata.name = Some(name.to_owned());
+        r
+    }
+
+    #[test]
+    fn the_ingest_list_is_the_own_region_then_the_others_after_it_in_name_order() {
+        let url = |r: &str| format!("http://fiberstack-ingest-{r}.fiberstack.svc:8080");
+        let urls =
+            |own: &str, images: &Images| ingest_urls(&region_named(own), &all_regions(), images);
+        // Each region starts with itself and goes on after itself, wrapping around: the
+        // probes of different regions do not all fall back onto one.
+        assert_eq!(
+            urls("ghana", &images()),
+            [url("ghana"), url("kenya"), url("nigeria")]
+        );
+        assert_eq!(
+            urls("kenya", &images()),
+            [url("kenya"), url("nigeria"), url("ghana")]
+        );
+        assert_eq!(
+            urls("nigeria", &images()),
+            [url("nigeria"), url("ghana"), url("kenya")]
+        );
+        // A region alone, or listed twice, falls back nowhere and repeats nothing.
+        assert_eq!(
+            ingest_urls(&region(), &["ghana".to_owned()], &images()),
+            [url("ghana")]
+        );
+        assert_eq!(
+            ingest_urls(
+                &region(),
+                &["kenya", "ghana", "kenya"].map(String::from),
+                &images()
+            ),
+            [url("ghana"), url("kenya")]
+        );
+        // Probes with the static region token: another region's ingest would refuse it.
+        let static_token = Images {
+            ingest_service_account: None,
+            ..images()
+        };
+        assert_eq!(urls("kenya", &static_token), [url("kenya")]);
+        let yaml = build_configmap(&probe(), &region(), &all_regions(), &static_token)
+            .data
+            .unwrap()[CONFIG_KEY]
+            .clone();
+        assert_eq!(
+            ProbeConfig::from_yaml(&yaml).unwrap().ingest.urls,
+            [url("ghana")]
+        );
     }
 }

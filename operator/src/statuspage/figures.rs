@@ -4,9 +4,10 @@
 //!
 //! Uptime and loss are exact over a window: they are re-weighted by each bucket's sample
 //! count. A percentile cannot be combined from the buckets' percentiles, so the p95 of a
-//! window is read from the merged latency histograms (`metrics_latency_hourly` for 24 h and
-//! 7 d, `metrics_latency_daily` for 30 d; migration 0007): within the histogram's 2 % bins of
-//! the p95 of every sample in the window.
+//! window is read from the merged latency histograms (migration 0007): within the histogram's
+//! 2 % bins of the p95 of every sample in the window. 24 h merges hourly histograms; 7 d and
+//! 30 d merge daily ones (7 d: the UTC days since the one 7 days ago, so 7 to 8 days); being
+//! the costliest read, they are reused for [`PERCENTILES_EVERY`].
 
 use std::collections::HashMap;
 
@@ -183,35 +184,20 @@ pub async fn rollups(
         entry.month = month;
     }
 
-    // The p95s from the merged histograms: 24 h and 7 d hourly, 30 d daily.
-    let round = |v: Option<f64>| v.map(|v| (v * 100.0).round() / 100.0);
-    let hourly: Vec<P95Row> = sqlx::query_as(p95_query!("metrics_latency_hourly"))
-        .bind(probes)
-        .bind(hours(24))
-        .bind(hours(24 * 7))
-        .fetch_all(pool)
-        .await?;
-    let daily: Vec<P95Row> = sqlx::query_as(p95_query!("metrics_latency_daily"))
-        .bind(probes)
-        .bind(hours(24 * 30))
-        .bind(hours(24 * 30))
-        .fetch_all(pool)
-        .await?;
-    for (from_daily, (probe, target, short, long)) in hourly
-        .into_iter()
-        .map(|r| (false, r))
-        .chain(daily.into_iter().map(|r| (true, r)))
-    {
+    // The p95s from the merged histograms: the most expensive read here, so reused for
+    // [`PERCENTILES_EVERY`].
+    let p95s = percentiles(pool, probes, now).await?;
+    for ((probe, target), (day, week, month)) in p95s.iter() {
         let entry = match target {
-            Some(target) => out.targets.entry((probe, target)).or_default(),
-            None => out.probes.entry(probe).or_default(),
+            Some(target) => out
+                .targets
+                .entry((probe.clone(), target.clone()))
+                .or_default(),
+            None => out.probes.entry(probe.clone()).or_default(),
         };
-        if from_daily {
-            entry.month.latency_p95_ms = round(long);
-        } else {
-            entry.day.latency_p95_ms = round(short);
-            entry.week.latency_p95_ms = round(long);
-        }
+        entry.day.latency_p95_ms = *day;
+        entry.week.latency_p95_ms = *week;
+        entry.month.latency_p95_ms = *month;
     }
 
     // One bar a day: every node's buckets of that UTC day summed.
@@ -245,6 +231,87 @@ pub async fn rollups(
                 uptime_pct: uptime,
             }),
         }
+    }
+    Ok(out)
+}
+
+/// How long the p95s of a set of probes are reused: they move slowly over a day or more, and
+/// merging a day of hourly histograms of 1,000 targets takes the database about a second.
+pub const PERCENTILES_EVERY: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// (probe, target — None for the probe) → p95 of 24 h, 7 d, 30 d.
+pub type Percentiles = HashMap<(String, Option<String>), (Option<f64>, Option<f64>, Option<f64>)>;
+
+/// When they were read, and what: one region's percentiles.
+type Read = (DateTime<Utc>, std::sync::Arc<Percentiles>);
+
+/// The last percentiles read, by the database and the probes they were read for (one entry
+/// per region).
+static PERCENTILES: std::sync::LazyLock<std::sync::Mutex<HashMap<Vec<String>, Read>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The p95s of `probes` over 24 h (hourly histograms), 7 d (the daily histograms of the UTC
+/// days since the one 7 days ago: 7 to 8 days) and 30 d (daily), read anew when the last read
+/// for the same probes is older than [`PERCENTILES_EVERY`].
+async fn percentiles(
+    pool: &PgPool,
+    probes: &[String],
+    now: DateTime<Utc>,
+) -> Result<std::sync::Arc<Percentiles>, sqlx::Error> {
+    // Keyed by the database too: the same probe names in another database are other figures.
+    let options = pool.connect_options();
+    let mut key = vec![format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    )];
+    let mut names = probes.to_vec();
+    names.sort();
+    key.extend(names);
+    if let Some((at, cached)) = PERCENTILES.lock().expect("not poisoned").get(&key)
+        && now - *at < PERCENTILES_EVERY
+        && now >= *at
+    {
+        return Ok(cached.clone());
+    }
+    let out = std::sync::Arc::new(read_percentiles(pool, probes, now).await?);
+    let mut cache = PERCENTILES.lock().expect("not poisoned");
+    // Regions whose probes changed leave entries behind: drop the stale ones.
+    cache.retain(|_, (at, _)| now - *at < PERCENTILES_EVERY * 2);
+    cache.insert(key, (now, out.clone()));
+    Ok(out)
+}
+
+/// [`percentiles`] read from the database, every time.
+pub async fn read_percentiles(
+    pool: &PgPool,
+    probes: &[String],
+    now: DateTime<Utc>,
+) -> Result<Percentiles, sqlx::Error> {
+    let round = |v: Option<f64>| v.map(|v| (v * 100.0).round() / 100.0);
+    let hours = |h: i64| now - chrono::TimeDelta::hours(h);
+    let day_start = |d: NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    let hourly: Vec<P95Row> = sqlx::query_as(p95_query!("metrics_latency_hourly"))
+        .bind(probes)
+        .bind(hours(24))
+        .bind(hours(24))
+        .fetch_all(pool)
+        .await?;
+    let daily: Vec<P95Row> = sqlx::query_as(p95_query!("metrics_latency_daily"))
+        .bind(probes)
+        .bind(day_start(hours(24 * 7).date_naive()))
+        .bind(hours(24 * 30))
+        .fetch_all(pool)
+        .await?;
+    let mut out = Percentiles::new();
+    for (probe, target, day, _) in hourly {
+        out.entry((probe, target)).or_default().0 = round(day);
+    }
+    for (probe, target, week, month) in daily {
+        let entry = out.entry((probe, target)).or_default();
+        entry.1 = round(week);
+        entry.2 = round(month);
     }
     Ok(out)
 }

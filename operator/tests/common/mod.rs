@@ -244,3 +244,64 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A real Alertmanager (the environment's binary) routing every alert to `receiver`/am and
+/// flushing groups within a second; grouped by `group_by` (e.g. `alertname, namespace, probe,
+/// target`). Stopped and its files removed on drop.
+#[allow(dead_code)] // not every test binary that includes common starts one
+pub struct Alertmanager {
+    _child: tokio::process::Child,
+    pub url: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[allow(dead_code)]
+impl Alertmanager {
+    pub async fn start(receiver: std::net::SocketAddr, group_by: &str) -> Result<Self> {
+        use anyhow::Context as _;
+        let bin = std::path::PathBuf::from(fiberstack_e2e::env_value("FIBERSTACK_BIN")?)
+            .join("alertmanager");
+        let dir = std::env::temp_dir().join(fiberstack_e2e::unique_name("alertmanager"));
+        std::fs::create_dir_all(&dir)?;
+        let config = format!(
+            "route:\n  receiver: test\n  group_by: [{group_by}]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: test\n    webhook_configs:\n      - url: http://{receiver}/am\n        send_resolved: true\n"
+        );
+        std::fs::write(dir.join("alertmanager.yml"), config)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = tokio::process::Command::new(&bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("alertmanager.yml").display()
+            ))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .arg("--log.level=warn")
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/-/ready");
+        fiberstack_e2e::wait_for("Alertmanager ready", WAIT, EVERY, || async {
+            Ok(match reqwest::get(&ready).await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("{}", r.status())),
+                Err(e) => Err(e.to_string()),
+            })
+        })
+        .await?;
+        Ok(Self {
+            _child: child,
+            url,
+            dir,
+        })
+    }
+}

@@ -1,50 +1,33 @@
 //! ICMP echo over unprivileged datagram sockets ("ping sockets", allowed for the groups in
 //! `net.ipv4.ping_group_range`), IPv4 and IPv6: `count` echoes per round, `spacing` apart.
 //!
-//! The kernel rewrites the echo identifier to the socket's own and only hands this socket
-//! the replies carrying it; each round opens its own socket, so replies of an earlier round
-//! cannot reach a later one. Within a round a reply is matched by its sequence number and a
-//! per-round random token at the head of the payload; replies that do not match (another
-//! source, another token, an unknown sequence), duplicates and replies after their echo's
-//! timeout are counted apart and never as received.
+//! Every round of a family shares one socket ([`icmp_socket`](super::icmp_socket)): its
+//! demultiplexer hands a round the replies to the sequence numbers the round sent, from the
+//! address it sent them to. Within a round a reply is checked against a per-round random
+//! token at the head of the payload; replies that do not match (another source, another
+//! token), duplicates and replies after their echo's timeout are counted apart and never as
+//! received. An ICMP error answering an echo (destination unreachable, …) ends the wait for
+//! that echo at once and its text is the round's error if nothing answered.
+//!
+//! RTTs are the kernel's receive time of the reply less the time read right before `sendto`.
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
+use std::time::Duration;
 
 use fiberstack_model::{CheckKind, IcmpCheck, Sample};
 use serde_json::json;
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
 
-use super::{down, millis, resolve};
+use super::icmp_socket::{self, Event, IcmpSocket};
+use super::{CheckContext, down, millis, resolve};
 
-const ECHO_REQUEST_V4: u8 = 8;
-const ECHO_REPLY_V4: u8 = 0;
-const ECHO_REQUEST_V6: u8 = 128;
-const ECHO_REPLY_V6: u8 = 129;
-const HEADER: usize = 8;
 const TOKEN: usize = 8;
 
 /// How to let unprivileged processes send ICMP echoes; logged when it is not allowed.
 pub const PERMIT_HINT: &str = "unprivileged ICMP is not permitted on this node: allow the probe's group with `sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"` (on Kubernetes: the pod securityContext sysctl net.ipv4.ping_group_range, which is namespaced and safe)";
 
-/// Opens an ICMP datagram socket for `ip`'s family.
-///
-/// The socket is handed to tokio as a `UdpSocket`: `send_to`/`recv_from` are the very
-/// system calls a ping socket takes, and this keeps the code free of `unsafe`.
-pub fn open_socket(ip: IpAddr) -> std::io::Result<UdpSocket> {
-    let socket = if ip.is_ipv4() {
-        Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4))?
-    } else {
-        Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::ICMPV6))?
-    };
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into())
-}
-
 /// `Err` with [`PERMIT_HINT`] when this process may not open ICMP sockets.
 pub fn check_permitted() -> Result<(), String> {
-    match Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)) {
+    match icmp_socket::open_raw(true) {
         Ok(_) => Ok(()),
         Err(e) if is_not_permitted(&e) => Err(format!("{PERMIT_HINT} ({e})")),
         Err(e) => Err(format!("cannot open an ICMP socket: {e}")),
@@ -64,23 +47,25 @@ pub enum Reply {
     Duplicate,
     /// A reply to one of this round's echoes after its timeout: the echo counts as lost.
     Late,
-    /// Not a reply to this round (other source, token, sequence or ICMP type).
+    /// Not a reply to this round (other source, token, or an echo not sent).
     Foreign,
 }
 
 /// The bookkeeping of one round, apart from the sockets so that it can be tested alone.
+/// Times are readings of one clock (the wall clock, as the kernel's timestamps are).
 #[derive(Debug)]
 pub struct Round {
     token: [u8; TOKEN],
     token_len: usize,
-    first_seq: u16,
     timeout: Duration,
-    sent_at: Vec<Option<Instant>>,
+    sent_at: Vec<Option<Duration>>,
     rtt: Vec<Option<Duration>>,
     late_seen: Vec<bool>,
+    failed: Vec<bool>,
     pub duplicates: u32,
     pub late: u32,
     pub foreign: u32,
+    pub errors: u32,
 }
 
 impl Round {
@@ -89,19 +74,16 @@ impl Round {
         Self {
             token: fastrand::u64(..).to_be_bytes(),
             token_len: payload_bytes.min(TOKEN),
-            first_seq: fastrand::u16(..),
             timeout,
             sent_at: vec![None; n],
             rtt: vec![None; n],
             late_seen: vec![false; n],
+            failed: vec![false; n],
             duplicates: 0,
             late: 0,
             foreign: 0,
+            errors: 0,
         }
-    }
-
-    pub fn seq(&self, i: usize) -> u16 {
-        self.first_seq.wrapping_add(i as u16)
     }
 
     /// The payload of every echo of the round: the token, then filler.
@@ -111,13 +93,12 @@ impl Round {
         p
     }
 
-    pub fn sent(&mut self, i: usize, at: Instant) {
+    pub fn sent(&mut self, i: usize, at: Duration) {
         self.sent_at[i] = Some(at);
     }
 
-    /// Classifies a reply carrying `seq` and `payload`, received at `at`.
-    pub fn on_reply(&mut self, seq: u16, payload: &[u8], at: Instant) -> Reply {
-        let i = seq.wrapping_sub(self.first_seq) as usize;
+    /// Classifies a reply to echo `i` whose payload begins with `head`, received at `at`.
+    pub fn on_reply(&mut self, i: usize, head: &[u8], at: Duration) -> Reply {
         let sent_at = match self.sent_at.get(i) {
             Some(Some(t)) => *t,
             _ => {
@@ -125,9 +106,7 @@ impl Round {
                 return Reply::Foreign;
             }
         };
-        if payload.len() < self.token_len
-            || payload[..self.token_len] != self.token[..self.token_len]
-        {
+        if head.len() < self.token_len || head[..self.token_len] != self.token[..self.token_len] {
             self.foreign += 1;
             return Reply::Foreign;
         }
@@ -135,7 +114,7 @@ impl Round {
             self.duplicates += 1;
             return Reply::Duplicate;
         }
-        let rtt = at.saturating_duration_since(sent_at);
+        let rtt = at.saturating_sub(sent_at);
         if rtt > self.timeout {
             if self.late_seen[i] {
                 self.duplicates += 1;
@@ -149,9 +128,22 @@ impl Round {
         Reply::Counted
     }
 
-    /// Whether every echo sent so far has been answered.
+    /// Echo `i` was answered by an ICMP error: it is lost, and nothing more is awaited for it.
+    pub fn on_error(&mut self, i: usize) {
+        if let Some(f) = self.failed.get_mut(i)
+            && !*f
+        {
+            *f = true;
+            self.errors += 1;
+        }
+    }
+
+    /// Whether every echo sent so far has been answered (by a reply or an error).
     pub fn all_answered(&self, sent: usize) -> bool {
-        self.rtt[..sent].iter().all(Option::is_some)
+        self.rtt[..sent]
+            .iter()
+            .zip(&self.failed)
+            .all(|(r, f)| r.is_some() || *f)
     }
 
     /// The figures of the round, `sent` echoes having left.
@@ -182,6 +174,7 @@ impl Round {
             ("duplicates", self.duplicates),
             ("late", self.late),
             ("foreign", self.foreign),
+            ("errors", self.errors),
         ] {
             if n > 0 {
                 s.metadata.insert(key.into(), json!(n));
@@ -191,24 +184,15 @@ impl Round {
     }
 }
 
-fn echo_request(v4: bool, seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut packet = Vec::with_capacity(HEADER + payload.len());
-    packet.push(if v4 { ECHO_REQUEST_V4 } else { ECHO_REQUEST_V6 });
-    // Code, checksum and identifier: the kernel fills the checksum and the identifier.
-    packet.extend_from_slice(&[0, 0, 0, 0, 0]);
-    packet.extend_from_slice(&seq.to_be_bytes());
-    packet.extend_from_slice(payload);
-    packet
-}
-
-/// One round against `check.host`.
-pub async fn run(check: &IcmpCheck, timeout: Duration) -> Sample {
+/// One round against `check.host`, on the context's shared socket of the family.
+pub async fn run(check: &IcmpCheck, ctx: &CheckContext) -> Sample {
+    let timeout = ctx.timeout;
     let (addr, _) = match resolve(&check.host, 0, timeout).await {
         Ok(a) => a,
         Err(e) => return down(CheckKind::Icmp, check.host.clone(), e),
     };
     let ip = addr.ip();
-    let socket = match open_socket(ip) {
+    let socket = match ctx.icmp.get(ip) {
         Ok(s) => s,
         Err(e) if is_not_permitted(&e) => {
             return down(
@@ -229,20 +213,25 @@ pub async fn run(check: &IcmpCheck, timeout: Duration) -> Sample {
 }
 
 /// Sends the round's echoes on `socket` and collects the replies.
-pub async fn round(socket: &UdpSocket, ip: IpAddr, check: &IcmpCheck, timeout: Duration) -> Sample {
-    let v4 = ip.is_ipv4();
+pub async fn round(
+    socket: &std::sync::Arc<IcmpSocket>,
+    ip: IpAddr,
+    check: &IcmpCheck,
+    timeout: Duration,
+) -> Sample {
     let count = check.count as usize;
     let payload_bytes = check.payload_bytes as usize;
     let spacing = check.spacing.as_std();
     let mut round = Round::new(check.count, payload_bytes, timeout);
     let payload = round.payload(payload_bytes);
-    let target = SocketAddr::new(ip, 0);
-    let mut buf = vec![0u8; HEADER + payload_bytes.max(TOKEN) + 64];
+    // Dropped when the round ends, also when it is aborted: its sequence numbers are freed.
+    let mut echoes = socket.round(ip);
     let start = tokio::time::Instant::now();
     let mut next_send = start;
     let mut sent = 0usize;
     let mut last_send = start;
     let mut send_error = None;
+    let mut icmp_error = None;
     loop {
         let all_sent = sent == count;
         if all_sent && round.all_answered(sent) {
@@ -251,42 +240,37 @@ pub async fn round(socket: &UdpSocket, ip: IpAddr, check: &IcmpCheck, timeout: D
         let round_end = last_send + timeout;
         tokio::select! {
             _ = tokio::time::sleep_until(next_send), if !all_sent => {
-                let packet = echo_request(v4, round.seq(sent), &payload);
-                let now = Instant::now();
-                if let Err(e) = socket.send_to(&packet, target).await {
-                    send_error.get_or_insert_with(|| format!("send: {e}"));
+                match echoes.send(sent, &payload).await {
+                    Ok(at) => round.sent(sent, at),
+                    Err(e) => {
+                        round.sent(sent, icmp_socket::now());
+                        send_error.get_or_insert_with(|| format!("send: {e}"));
+                    }
                 }
-                round.sent(sent, now);
                 last_send = tokio::time::Instant::now();
                 sent += 1;
                 next_send += spacing;
             }
-            received = socket.recv_from(&mut buf) => {
-                let at = Instant::now();
-                match received {
-                    Ok((n, from)) => {
-                        let packet = &buf[..n];
-                        let reply_type = if v4 { ECHO_REPLY_V4 } else { ECHO_REPLY_V6 };
-                        if n < HEADER || packet[0] != reply_type || from.ip() != ip {
-                            round.foreign += 1;
-                            continue;
-                        }
-                        let seq = u16::from_be_bytes([packet[6], packet[7]]);
-                        round.on_reply(seq, &packet[HEADER..], at);
-                    }
-                    Err(e) => {
-                        // An ICMP error queued for the socket (e.g. unreachable): the echo
-                        // is lost, the round goes on.
-                        send_error.get_or_insert_with(|| format!("receive: {e}"));
+            event = echoes.next() => match event {
+                Event::Reply { echo, from, head, len, at } => {
+                    if from == ip {
+                        round.on_reply(echo, &head[..len], at);
+                    } else {
+                        round.foreign += 1;
                     }
                 }
-            }
+                Event::Error { echo, text } => {
+                    round.on_error(echo);
+                    icmp_error.get_or_insert(text);
+                }
+            },
             _ = tokio::time::sleep_until(round_end), if all_sent => break,
         }
     }
+    drop(echoes);
     let mut sample = round.sample(sent as u32, ip.to_string());
     if !sample.up
-        && let Some(e) = send_error
+        && let Some(e) = icmp_error.or(send_error)
     {
         sample.error = Some(super::truncate(format!(
             "no reply to {sent} echo requests; {e}"
@@ -299,9 +283,9 @@ pub async fn round(socket: &UdpSocket, ip: IpAddr, check: &IcmpCheck, timeout: D
 mod tests {
     use super::*;
 
-    fn round(count: u32) -> (Round, Instant) {
+    fn round(count: u32) -> (Round, Duration) {
         let mut r = Round::new(count, 56, Duration::from_secs(1));
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1_700_000_000);
         for i in 0..count as usize {
             r.sent(i, t0 + Duration::from_millis(10 * i as u64));
         }
@@ -309,37 +293,37 @@ mod tests {
     }
 
     #[test]
-    fn replies_are_matched_by_sequence_and_token() {
+    fn replies_are_matched_by_echo_and_token() {
         let (mut r, t0) = round(3);
         let payload = r.payload(56);
         assert_eq!(
-            r.on_reply(r.seq(0), &payload, t0 + Duration::from_millis(5)),
+            r.on_reply(0, &payload, t0 + Duration::from_millis(5)),
             Reply::Counted
         );
         assert_eq!(
-            r.on_reply(r.seq(0), &payload, t0 + Duration::from_millis(6)),
+            r.on_reply(0, &payload, t0 + Duration::from_millis(6)),
             Reply::Duplicate
         );
         let mut other = payload.clone();
         other[0] ^= 0xFF;
         assert_eq!(
-            r.on_reply(r.seq(1), &other, t0 + Duration::from_millis(15)),
+            r.on_reply(1, &other, t0 + Duration::from_millis(15)),
             Reply::Foreign
         );
         assert_eq!(
-            r.on_reply(r.seq(7), &payload, t0 + Duration::from_millis(15)),
+            r.on_reply(7, &payload, t0 + Duration::from_millis(15)),
             Reply::Foreign
         );
         assert_eq!(
-            r.on_reply(r.seq(1), &payload, t0 + Duration::from_millis(2000)),
+            r.on_reply(1, &payload, t0 + Duration::from_millis(2000)),
             Reply::Late
         );
         assert_eq!(
-            r.on_reply(r.seq(1), &payload, t0 + Duration::from_millis(2001)),
+            r.on_reply(1, &payload, t0 + Duration::from_millis(2001)),
             Reply::Duplicate
         );
         assert_eq!(
-            r.on_reply(r.seq(2), &payload, t0 + Duration::from_millis(29)),
+            r.on_reply(2, &payload, t0 + Duration::from_millis(29)),
             Reply::Counted
         );
         let s = r.sample(3, "192.0.2.1".into());
@@ -353,13 +337,21 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_shorter_than_the_token_is_foreign() {
+        let (mut r, t0) = round(1);
+        let payload = r.payload(56);
+        assert_eq!(r.on_reply(0, &payload[..4], t0), Reply::Foreign);
+        assert_eq!(r.on_reply(0, &payload[..8], t0), Reply::Counted);
+    }
+
+    #[test]
     fn latency_and_jitter_figures() {
         let (mut r, t0) = round(4);
         let payload = r.payload(56);
         // RTTs 10, 14, 11, 11 ms → jitter (4 + 3 + 0) / 3.
         for (i, rtt) in [10u64, 14, 11, 11].into_iter().enumerate() {
             let at = t0 + Duration::from_millis(10 * i as u64 + rtt);
-            assert_eq!(r.on_reply(r.seq(i), &payload, at), Reply::Counted);
+            assert_eq!(r.on_reply(i, &payload, at), Reply::Counted);
         }
         let s = r.sample(4, "192.0.2.1".into());
         assert!((s.latency_ms.unwrap() - 11.5).abs() < 1e-6);
@@ -368,6 +360,25 @@ mod tests {
         assert!((s.jitter_ms.unwrap() - 7.0 / 3.0).abs() < 1e-6);
         assert_eq!(s.packet_loss, Some(0.0));
         assert!(s.metadata.is_empty());
+    }
+
+    #[test]
+    fn an_icmp_error_ends_the_wait_for_its_echo_and_is_lost() {
+        let (mut r, t0) = round(3);
+        let payload = r.payload(56);
+        assert_eq!(
+            r.on_reply(0, &payload, t0 + Duration::from_millis(1)),
+            Reply::Counted
+        );
+        assert!(!r.all_answered(3));
+        r.on_error(1);
+        r.on_error(1);
+        assert!(!r.all_answered(3));
+        r.on_error(2);
+        assert!(r.all_answered(3));
+        let s = r.sample(3, "192.0.2.1".into());
+        assert_eq!((s.sent, s.received), (Some(3), Some(1)));
+        assert_eq!(s.metadata["errors"], json!(2));
     }
 
     #[test]
@@ -382,14 +393,11 @@ mod tests {
 
     #[test]
     fn tiny_payloads_carry_a_shorter_token() {
-        let (mut r, t0) = {
-            let mut r = Round::new(1, 2, Duration::from_secs(1));
-            let t0 = Instant::now();
-            r.sent(0, t0);
-            (r, t0)
-        };
+        let mut r = Round::new(1, 2, Duration::from_secs(1));
+        let t0 = Duration::from_secs(1_700_000_000);
+        r.sent(0, t0);
         let payload = r.payload(2);
         assert_eq!(payload.len(), 2);
-        assert_eq!(r.on_reply(r.seq(0), &payload, t0), Reply::Counted);
+        assert_eq!(r.on_reply(0, &payload, t0), Reply::Counted);
     }
 }

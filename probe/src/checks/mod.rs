@@ -4,6 +4,7 @@
 pub mod dns;
 pub mod http;
 pub mod icmp;
+pub mod icmp_socket;
 pub mod tcp;
 pub mod traceroute;
 
@@ -22,6 +23,8 @@ pub struct CheckContext {
     pub timeout: Duration,
     /// TLS client settings for HTTPS checks (trust roots loaded once).
     pub tls: Arc<rustls::ClientConfig>,
+    /// The ICMP sockets every ICMP round of this context shares, one per address family.
+    pub icmp: Arc<icmp_socket::IcmpSockets>,
 }
 
 impl CheckContext {
@@ -29,6 +32,7 @@ impl CheckContext {
         Self {
             timeout,
             tls: crate::connect::tls_config(),
+            icmp: Arc::default(),
         }
     }
 }
@@ -48,7 +52,7 @@ pub async fn run(target: &Target, ctx: &CheckContext) -> Sample {
     // Boxed: a round's state lives on the heap only while the round runs, so a thousand
     // idle targets cost a thousand small tasks, not a thousand HTTP-sized futures.
     let mut sample = match check {
-        Check::Icmp(c) => Box::pin(icmp::run(c, ctx.timeout)).await,
+        Check::Icmp(c) => Box::pin(icmp::run(c, ctx)).await,
         Check::Tcp(c) => Box::pin(tcp::run(c, ctx.timeout)).await,
         Check::Http(c) => Box::pin(http::run(c, ctx)).await,
         Check::Dns(c) => Box::pin(dns::run(c, ctx.timeout)).await,

@@ -36,7 +36,10 @@ pub fn evolve(
     let mut transitions = vec![];
     for (i, row) in rows.iter_mut().enumerate() {
         let firing = alerts.iter().position(|a| {
-            a.target == row.name && a.state == AlertState::Firing && a.burn.is_none()
+            a.target == row.name
+                && a.state == AlertState::Firing
+                && a.burn.is_none()
+                && a.node.is_none()
         });
         let seen = match row.state {
             TargetState::Breaching if agreed.get(i).copied().unwrap_or(true) => Status::False,

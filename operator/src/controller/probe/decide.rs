@@ -200,10 +200,14 @@ pub fn decide(
         now,
     );
     status.slo = slo;
+    let rounds = observed.figures.as_ref().and_then(|f| f.as_ref().ok());
+    let rounds = rounds.and_then(|f| f.paths.as_deref());
+    let path_transitions = crate::paths::evolve(probe, &previous.paths, rounds, &mut status, now);
     let transitions = health_transition(&previous.conditions, &status.conditions)
         .into_iter()
         .chain(alert_transitions)
         .chain(slo_transition)
+        .chain(path_transitions)
         .collect();
     Decision {
         status,
@@ -357,13 +361,32 @@ fn reporting(
             },
         )
     } else if !missing.is_empty() {
+        // Each silent node's newest sample of the window, when it has one: "silent since".
+        let silent: Vec<String> = missing
+            .iter()
+            .map(|node| {
+                let newest = figures
+                    .vantages
+                    .iter()
+                    .filter(|(_, v)| v.node == *node)
+                    .map(|(_, v)| v.newest)
+                    .max();
+                match newest {
+                    Some(t) => format!(
+                        "{node} (silent since {})",
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                    None => format!("{node} (nothing in the last {})", crate::status::WINDOW),
+                }
+            })
+            .collect();
         condition(
             Type::Reporting,
             Status::False,
             Reason::NodesNotReporting,
             format!(
-                "no samples within 3 intervals ({recent}) from {}",
-                missing.join(", ")
+                "no samples within 3 intervals ({recent}) from {}: the probe or its link, not the targets",
+                silent.join(", ")
             ),
         )
     } else {
@@ -411,6 +434,7 @@ fn blocked(
             ready: "0/0".to_owned(),
             // Not evaluated: open alerts and what is owed on them stay as they were.
             alerts: previous.alerts.clone(),
+            paths: previous.paths.clone(),
             ..Default::default()
         },
         transitions: vec![],
@@ -458,6 +482,7 @@ mod tests {
             latency_p95_ms: Some(20.0),
             packet_loss_pct: Some(0.0),
             uptime_pct: Some(100.0),
+            late_samples: None,
         }
     }
 
@@ -740,7 +765,31 @@ mod tests {
         let reporting = find(&d.status.conditions, &Type::Reporting).unwrap();
         assert_eq!(reporting.reason, Reason::NodesNotReporting);
         assert!(
-            reporting.message.ends_with("from gh-accra-3"),
+            reporting
+                .message
+                .ends_with("from gh-accra-3 (nothing in the last 15 minutes): the probe or its link, not the targets"),
+            "{}",
+            reporting.message
+        );
+        // A node that sent samples earlier in the window is silent since its newest one.
+        if let Some(Ok(f)) = &mut o.figures {
+            f.vantages.push((
+                "google-dns".into(),
+                localize::Vantage {
+                    node: "gh-accra-3".into(),
+                    region: "ghana".into(),
+                    summary: good(),
+                    newest: at(-300),
+                },
+            ));
+        }
+        let d = decide(&two_targets(), &o, H, at(0));
+        let reporting = find(&d.status.conditions, &Type::Reporting).unwrap();
+        assert!(
+            reporting.message.contains(&format!(
+                "from gh-accra-3 (silent since {})",
+                at(-300).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )),
             "{}",
             reporting.message
         );

@@ -32,6 +32,8 @@ pub struct Read {
 struct Asked {
     figures: ProbeQuery,
     slo: Option<SloQuery>,
+    /// The traceroute targets' rounds ([`crate::paths`]).
+    paths: Vec<crate::paths::PathQuery>,
 }
 
 /// One region's latest batch.
@@ -60,6 +62,7 @@ fn asked(probe: &FiberProbe) -> Asked {
             window_days: s.window_days,
             threshold_ms: s.latency.as_ref().map(|l| l.threshold_ms),
         }),
+        paths: crate::paths::queries(probe),
     }
 }
 
@@ -79,6 +82,22 @@ async fn read(
 ) -> Result<HashMap<String, Read>, sqlx::Error> {
     let queries: Vec<ProbeQuery> = asked.iter().map(|a| a.figures.clone()).collect();
     let mut figures = status::probe_figures_many(pool, &queries).await?;
+    let paths: Vec<crate::paths::PathQuery> =
+        asked.iter().flat_map(|a| a.paths.iter().cloned()).collect();
+    if !paths.is_empty() {
+        // The paths are read apart: their failure leaves them as status has them and must
+        // not make the rest of the figures unavailable.
+        match crate::paths::rounds_many(pool, &paths).await {
+            Ok(mut rounds) => {
+                for a in asked.iter().filter(|a| !a.paths.is_empty()) {
+                    if let Some(f) = figures.get_mut(&a.figures.probe) {
+                        f.paths = Some(rounds.remove(&a.figures.probe).unwrap_or_default());
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the traceroute targets' paths"),
+        }
+    }
     let slos: Vec<SloQuery> = asked.iter().filter_map(|a| a.slo.clone()).collect();
     let stale: Vec<SloQuery> = {
         let windows = windows.lock().expect("poisoned");

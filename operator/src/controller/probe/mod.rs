@@ -208,7 +208,8 @@ async fn place(
     // Build and apply.
     let images = &ctx.settings.images;
     let caches = &ctx.caches;
-    let configmap = render::build_configmap(probe, &region);
+    let fallbacks = fallback_regions(ctx, ns).await?;
+    let configmap = render::build_configmap(probe, &region, &fallbacks, images);
     apply(
         ctx,
         &caches.configmaps,
@@ -240,6 +241,39 @@ async fn place(
         .as_ref()
         .map_or((0, 0), |s| (s.desired_number_scheduled, s.number_ready));
     Ok((Some(region), Placement::Placed { desired, ready }))
+}
+
+/// The names of the FiberRegions of `ns` whose ingest a probe may fall back to (only asked
+/// for when probe pods carry their own identity, which other regions' ingest verifies), from
+/// the cache (the API server while the cache has not synced). A region being deleted is left
+/// out. A region added later reaches the probes of other regions at their next periodic
+/// reconcile (a region's changes reconcile that region's probes only).
+async fn fallback_regions(ctx: &Context, ns: &str) -> Result<Vec<String>, Error> {
+    if ctx.settings.images.ingest_service_account.is_none() {
+        return Ok(Vec::new());
+    }
+    let live = |r: &FiberRegion| r.metadata.deletion_timestamp.is_none();
+    if cache::synced(&ctx.caches.regions).await {
+        return Ok(ctx
+            .caches
+            .regions
+            .state()
+            .iter()
+            .filter(|g| g.namespace().as_deref() == Some(ns))
+            .filter_map(|g| g.0.as_ref().ok().filter(|r| live(r)).map(|r| r.name_any()))
+            .collect());
+    }
+    ctx.metrics.api_reads("FiberRegion");
+    let listed = ctx
+        .api::<FiberRegion>(ns)
+        .list(&kube::api::ListParams::default())
+        .await?;
+    Ok(listed
+        .items
+        .iter()
+        .filter(|r| live(r))
+        .map(|r| r.name_any())
+        .collect())
 }
 
 /// The probe's region, from the cache (the API server while the cache has not synced). A
