@@ -222,6 +222,34 @@ fn probe_identity_and_the_ingest_ingress_render_as_configured() -> Result<()> {
         .map(|s| s["namespace"].as_str().unwrap_or_default().to_owned())
         .collect();
     ensure!(subjects == ["fs", "regions-a"], "{subjects:?}");
+    // In each namespace, that namespace's ingest may read its probe pods (their region label)
+    // and nothing else.
+    let pod_rules: serde_yaml::Value =
+        serde_yaml::from_str("[{apiGroups: [''], resources: [pods], verbs: [get]}]")?;
+    for ns in ["fs", "regions-a"] {
+        let in_ns = |kind: &str| {
+            of_kind(kind)
+                .into_iter()
+                .find(|d| d["metadata"]["namespace"] == ns)
+                .with_context(|| format!("no {kind} in {ns}"))
+        };
+        let role = in_ns("Role")?;
+        ensure!(role["rules"] == pod_rules, "{ns}: {:?}", role["rules"]);
+        let binding = in_ns("RoleBinding")?;
+        let subjects: serde_yaml::Value = serde_yaml::from_str(&format!(
+            "[{{kind: ServiceAccount, name: fs-fiberstack-ingest, namespace: {ns}}}]"
+        ))?;
+        ensure!(
+            binding["subjects"] == subjects,
+            "{ns}: {:?}",
+            binding["subjects"]
+        );
+        ensure!(
+            binding["roleRef"]["kind"] == "Role",
+            "{ns}: {:?}",
+            binding["roleRef"]
+        );
+    }
     let operator = text(&on.stdout);
     ensure!(
         operator.contains(

@@ -75,12 +75,14 @@ async fn from_custom_resources_to_status() -> Result<()> {
     let env = LocalEnv::load()?;
     let client = env.kube().await?;
     let ns = TestNamespace::create(&client, "flow").await?;
-    let result = flow(&env, &client, &ns.name).await;
+    let db_url = env.fresh_postgres_database("flow").await?;
+    let result = flow(&env, &client, &ns.name, &db_url).await;
     if result.is_ok() {
         ns.delete().await?;
+        env.drop_postgres_database(&db_url, &[]).await?;
     } else {
         eprintln!(
-            "namespace {} kept for a look (kubectl -n {} get pods; kubectl logs …)",
+            "namespace {} and database {db_url} kept for a look (kubectl -n {} get pods; kubectl logs …)",
             ns.name, ns.name
         );
     }
@@ -94,7 +96,7 @@ fn outside_services(host: &str) -> Result<String> {
     Ok(yaml.replace("HOST_ADDR", host))
 }
 
-async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
+async fn flow(env: &LocalEnv, client: &Client, ns: &str, db_url: &str) -> Result<()> {
     let registry = env_value("FIBERSTACK_REGISTRY")?;
     let host_address = env_value("FIBERSTACK_HOST_ADDR")?;
     let host_name = format!("host.{ns}.svc.cluster.local");
@@ -140,7 +142,6 @@ async fn flow(env: &LocalEnv, client: &Client, ns: &str) -> Result<()> {
     run(apply, Some(&outside_services(&host_address)?))?;
 
     // The Secrets the chart and the regions read: the database and Redis as pods see them.
-    let db_url = env.fresh_postgres_database("flow").await?;
     let db_name = db_url
         .split('?')
         .next()
@@ -307,7 +308,7 @@ spec:
     }
 
     // Every matching node's samples are in the database, and no other node's.
-    let db = connect_postgres(&db_url).await?;
+    let db = connect_postgres(db_url).await?;
     for (name, nodes) in &expected {
         let rows = db
             .query(

@@ -412,11 +412,12 @@ async fn region_status_reports_availability_and_its_stream() -> Result<()> {
     let dlq = format!("fiber:dlq:{name}");
     let mut redis = env.redis().await?;
     let operator = Operator::start(&client, &ns.name, None);
+    let database = env.fresh_postgres_database("op_region").await?;
     let result = async {
         // Redis and PostgreSQL as the region's pods reach them: at the machine's address.
         let host = fiberstack_e2e::env_value("FIBERSTACK_HOST_ADDR")?;
         let redis_url = env.redis_url.replace("127.0.0.1", &host);
-        let db_url = env.fresh_postgres_database("op_region").await?;
+        let db_url = database.clone();
         // Migrated, as the chart's Job does: the ETL records the stream's figures there.
         fiberstack_e2e::etl::migrate(&db_url, None).await?;
         // As the operator, in this process, reaches it.
@@ -544,5 +545,7 @@ async fn region_status_reports_availability_and_its_stream() -> Result<()> {
         .query_async::<i64>(&mut redis)
         .await;
     ns.delete().await?;
+    // The region's ETL pods may still be connected: the drop ends their sessions.
+    env.drop_postgres_database(&database, &[]).await?;
     result
 }
