@@ -443,18 +443,22 @@ async fn certificates(client: &Client, ns: &str, pool: &PgPool, operator: &Opera
 
     // The same figure as a series, Unix time; and the nodes that report.
     let labels = format!(r#"namespace="{ns}",probe="accra-edge",region="ghana""#);
-    let wanted = [
-        format!(
-            r#"fiberstack_target_certificate_expiry_timestamp_seconds{{{labels},target="api",kind="http"}} {}.0"#,
-            expected.timestamp()
-        ),
-        format!("fiberstack_probe_reporting_nodes{{{labels}}} 2.0"),
-        format!(
-            "fiberstack_probe_desired_nodes{{{labels}}} {}.0",
-            s.desired_probes
-        ),
-    ];
     wait_for("the certificate series", WAIT, EVERY, || async {
+        // desiredProbes follows the DaemonSet's status, which may move after the status read
+        // above: the series must show what the status shows now.
+        let desired = probes
+            .get("accra-edge")
+            .await?
+            .status
+            .map_or(0, |s| s.desired_probes);
+        let wanted = [
+            format!(
+                r#"fiberstack_target_certificate_expiry_timestamp_seconds{{{labels},target="api",kind="http"}} {}.0"#,
+                expected.timestamp()
+            ),
+            format!("fiberstack_probe_reporting_nodes{{{labels}}} 2.0"),
+            format!("fiberstack_probe_desired_nodes{{{labels}}} {desired}.0"),
+        ];
         let metrics = operator.metrics_text();
         Ok(
             match wanted.iter().find(|s| !metrics.contains(s.as_str())) {
