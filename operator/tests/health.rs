@@ -405,6 +405,9 @@ async fn certificates(client: &Client, ns: &str, pool: &PgPool, operator: &Opera
             serde_json::json!({}),
         ),
     ];
+    // One transaction: the operator, already running, must not read the status between two
+    // of these rows (CI saw google-dns NoData when a period fell before its row).
+    let mut tx = pool.begin().await?;
     for (time, node, target, kind, up, metadata) in samples {
         sqlx::query(
             "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, metadata)
@@ -417,9 +420,10 @@ async fn certificates(client: &Client, ns: &str, pool: &PgPool, operator: &Opera
         .bind(kind)
         .bind(up)
         .bind(metadata.to_string())
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
     }
+    tx.commit().await?;
     let expected = at(40) + Duration::days(20);
 
     let s = wait_status(&probes, "the certificate figure", |s| {
