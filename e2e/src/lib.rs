@@ -349,11 +349,30 @@ impl TestNamespace {
         })
     }
 
+    /// Deletes the namespace, and clears the operator's finalizers from its FiberProbes: a
+    /// test's in-process operator has usually stopped by then, and nothing else would ever
+    /// remove them (the namespace would stay Terminating for good).
     pub async fn delete(self) -> Result<()> {
-        Api::<Namespace>::all(self.client)
+        use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+        Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::background())
             .await
             .with_context(|| format!("deleting namespace {}", self.name))?;
+        let kind = GroupVersionKind::gvk("fiberstack.io", "v1alpha1", "FiberProbe");
+        let probes: Api<DynamicObject> =
+            Api::namespaced_with(self.client, &self.name, &ApiResource::from_gvk(&kind));
+        // No CRDs installed (a test of the API server alone): nothing to clear.
+        let Ok(list) = probes.list(&ListParams::default()).await else {
+            return Ok(());
+        };
+        let clear = Patch::Merge(serde_json::json!({ "metadata": { "finalizers": null } }));
+        for probe in list.items {
+            let has = probe.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty());
+            if let (true, Some(name)) = (has, probe.metadata.name.as_deref()) {
+                // Gone in between: fine.
+                let _ = probes.patch(name, &PatchParams::default(), &clear).await;
+            }
+        }
         Ok(())
     }
 }

@@ -193,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         },
         concurrency: config.concurrency,
         alert_link: config.alert_link.clone(),
+        prune_every: Duration::from_secs(300),
     };
 
     let lease = (!config.no_leader_election).then(|| {

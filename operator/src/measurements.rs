@@ -104,6 +104,14 @@ impl Measurements {
         self.probes.lock().expect("lock").insert(key, series);
     }
 
+    /// Keeps only the series of the probes `keep` says still exist.
+    pub fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
+        self.probes
+            .lock()
+            .expect("lock")
+            .retain(|(ns, name), _| keep(ns, name));
+    }
+
     /// Drops a deleted probe's series.
     pub fn forget(&self, namespace: &str, name: &str) {
         self.probes

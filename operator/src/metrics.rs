@@ -60,6 +60,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<ControllerLabel, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
+    /// Objects whose last fresh version or applied render the operator remembers.
+    pub remembered: Gauge,
     /// Status writes by kind and whether they were made or skipped (unchanged status).
     pub status_writes: Family<StatusWriteLabels, Counter>,
     /// Applies of owned objects, made or skipped (unchanged render, untouched object).
@@ -82,6 +84,7 @@ impl Default for Metrics {
                 duration_histogram,
             );
         let leader = Gauge::default();
+        let remembered = Gauge::default();
         let notifications = Family::<NotificationLabels, Counter>::default();
         let status_writes = Family::<StatusWriteLabels, Counter>::default();
         let applies = Family::<ApplyLabels, Counter>::default();
@@ -123,6 +126,11 @@ impl Default for Metrics {
             duration.clone(),
         );
         registry.register(
+            "fiberstack_operator_remembered_objects",
+            "Objects whose last seen version or last applied render the operator keeps in memory (dropped for deleted objects at each prune)",
+            remembered.clone(),
+        );
+        registry.register(
             "fiberstack_operator_leader",
             "1 while this replica holds the leader lease",
             leader.clone(),
@@ -134,6 +142,7 @@ impl Default for Metrics {
             errors,
             duration,
             leader,
+            remembered,
             status_writes,
             applies,
             api_reads,

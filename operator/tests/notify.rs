@@ -131,12 +131,7 @@ impl World {
     }
 
     async fn secret(&self, name: &str, url: &str) -> Result<()> {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": { "name": name },
-            "stringData": { "url": url }
-        }))?;
-        apply_json(&self.api::<Secret>(), &serde_json::to_value(secret)?).await?;
-        Ok(())
+        common::url_secret(&self.api::<Secret>(), name, url).await
     }
 
     /// A FiberNotifier `name` of `kind` whose URL Secret holds `url`.

@@ -176,12 +176,7 @@ impl World {
     }
 
     async fn secret(&self, name: &str, url: &str) -> Result<()> {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": { "name": name },
-            "stringData": { "url": url }
-        }))?;
-        apply_json(&self.api::<Secret>(), &serde_json::to_value(secret)?).await?;
-        Ok(())
+        common::url_secret(&self.api::<Secret>(), name, url).await
     }
 
     /// Rounds of the traceroute target, one per route, from each node given, after the

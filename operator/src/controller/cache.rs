@@ -182,6 +182,60 @@ impl Caches {
             .map(|(v, _)| v.clone())
     }
 
+    /// Drops what is remembered of objects that no longer exist (a deleted probe's or
+    /// region's own entry and its ConfigMap's, DaemonSet's, … applied render), judged by the
+    /// synced caches: without it every object ever applied stays in memory. An entry dropped
+    /// for an object the cache has not seen yet costs one apply or read later, nothing more.
+    /// Returns how many entries were dropped.
+    pub fn prune(&self) -> usize {
+        fn exists<K>(store: &Store<K>, ns: &str, name: &str) -> bool
+        where
+            K: Resource<DynamicType = ()> + Clone + 'static,
+        {
+            store.get(&ObjectRef::new(name).within(ns)).is_some()
+        }
+        // Kinds whose store has not synced yet keep their entries.
+        let live = |k: &str| -> bool {
+            let mut parts = k.splitn(3, '/');
+            let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return false;
+            };
+            let (found, ready) = match kind {
+                "FiberProbe" => (exists(&self.probes, ns, name), ready(&self.probes)),
+                "FiberRegion" => (exists(&self.regions, ns, name), ready(&self.regions)),
+                "DaemonSet" => (exists(&self.daemonsets, ns, name), ready(&self.daemonsets)),
+                "ConfigMap" => (exists(&self.configmaps, ns, name), ready(&self.configmaps)),
+                "Deployment" => (
+                    exists(&self.deployments, ns, name),
+                    ready(&self.deployments),
+                ),
+                "Service" => (exists(&self.services, ns, name), ready(&self.services)),
+                "PodDisruptionBudget" => (exists(&self.pdbs, ns, name), ready(&self.pdbs)),
+                // A kind without a cache here: keep it.
+                _ => (true, true),
+            };
+            found || !ready
+        };
+        let mut dropped = 0;
+        for map in [&self.memory.fresh] {
+            let mut map = map.lock().expect("poisoned");
+            let before = map.len();
+            map.retain(|k, _| live(k));
+            dropped += before - map.len();
+        }
+        let mut applied = self.memory.applied.lock().expect("poisoned");
+        let before = applied.len();
+        applied.retain(|k, _| live(k));
+        dropped + before - applied.len()
+    }
+
+    /// Entries remembered (fresh versions and applied renders), for tests and metrics.
+    pub fn remembered(&self) -> usize {
+        self.memory.fresh.lock().expect("poisoned").len()
+            + self.memory.applied.lock().expect("poisoned").len()
+    }
+
     pub fn remember_secret(&self, k: String, value: String) {
         let mut secrets = self.memory.secrets.lock().expect("poisoned");
         // Secrets read once and never again (a renamed reference) are dropped on the way.
@@ -200,6 +254,16 @@ where
         tokio::time::timeout(SYNC_WAIT, store.wait_until_ready()).await,
         Ok(Ok(()))
     )
+}
+
+/// Whether `store` has synced already (no waiting).
+fn ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    use futures::FutureExt;
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
 }
 
 /// The cached object named `name` in `ns`, once `store` has synced; None when it does not

@@ -56,6 +56,9 @@ pub struct Settings {
     /// `--alert-link`: the link notifications carry, a URL template with {namespace},
     /// {probe}, {region} and {target}.
     pub alert_link: Option<String>,
+    /// How often what is remembered of deleted objects is dropped (cache memories, health
+    /// series).
+    pub prune_every: Duration,
 }
 
 /// What a reconcile needs besides the object.
@@ -469,6 +472,34 @@ pub async fn run(
     .graceful_shutdown_on(stop(&shutdown_tx))
     .run(region::reconcile, error_policy("region"), ctx.clone())
     .for_each(|_| async {});
+
+    // What is remembered of deleted objects goes: the controllers see a deletion only as
+    // an object missing from their cache, and nothing else would drop it.
+    let (pruned, mut pruner_stop) = (ctx.clone(), shutdown_tx.subscribe());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(pruned.settings.prune_every);
+        every.tick().await;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = pruner_stop.recv() => return,
+            }
+            let dropped = pruned.caches.prune();
+            let probes = &pruned.caches.probes;
+            if cache::synced(probes).await {
+                pruned.metrics.measurements.retain(|ns, name| {
+                    probes
+                        .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+                        .is_some()
+                });
+            }
+            pruned
+                .metrics
+                .remembered
+                .set(i64::try_from(pruned.caches.remembered()).unwrap_or(i64::MAX));
+            tracing::debug!(dropped, "pruned the memory of deleted objects");
+        }
+    });
 
     let tx = shutdown_tx.clone();
     tokio::spawn(async move {

@@ -136,6 +136,7 @@ impl Operator {
             alert_link: Some(
                 "https://grafana.test/d/fiberstack-target?var-probe={namespace}/{probe}&var-target={target}".to_owned(),
             ),
+            prune_every: std::time::Duration::from_secs(2),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let metrics = std::sync::Arc::new(fiberstack_operator::metrics::Metrics::default());
@@ -191,6 +192,18 @@ where
             &Patch::Apply(value),
         )
         .await?)
+}
+
+/// A Secret `name` whose key `url` holds `url` (a database or notifier URL), applied in `api`'s
+/// namespace.
+pub async fn url_secret(
+    api: &Api<k8s_openapi::api::core::v1::Secret>,
+    name: &str,
+    url: &str,
+) -> Result<()> {
+    let secret = json!({ "metadata": { "name": name }, "stringData": { "url": url } });
+    apply_json(api, &secret).await?;
+    Ok(())
 }
 
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(60);

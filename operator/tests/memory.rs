@@ -1,0 +1,83 @@
+//! The operator forgets deleted objects: what it remembers of each probe (its fresh version,
+//! its ConfigMap's and DaemonSet's applied renders) and its health series go at the next
+//! prune once the probe is deleted, while the region's stay.
+
+mod common;
+
+use anyhow::Result;
+use common::{EVERY, Operator, WAIT, apply_json, metric_value};
+use fiberstack_e2e::{TestNamespace, wait_for};
+use fiberstack_operator::crd::{FiberProbe, FiberRegion};
+use kube::Api;
+use kube::api::DeleteParams;
+
+const REMEMBERED: &str = "fiberstack_operator_remembered_objects";
+
+#[tokio::test]
+async fn a_deleted_probe_is_forgotten_and_its_region_is_not() -> Result<()> {
+    let client = common::client().await?;
+    common::install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "op-memory").await?;
+    let operator = Operator::start(&client, &ns.name, None);
+    let result = async {
+        let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
+        let probes: Api<FiberProbe> = Api::namespaced(client.clone(), &ns.name);
+        apply_json(&regions, &common::region_json("ghana")).await?;
+        for name in ["accra-edge", "tema-edge"] {
+            apply_json(&probes, &common::probe_json(name, "ghana")).await?;
+        }
+        let probe_series = |name: &str| {
+            format!(
+                r#"fiberstack_probe_desired_nodes{{namespace="{}",probe="{name}""#,
+                ns.name
+            )
+        };
+        // Both probes statused and applied, and a prune has counted them.
+        let both = wait_for("both probes remembered", WAIT, EVERY, || async {
+            let text = operator.metrics_text();
+            let remembered = metric_value(&text, REMEMBERED).unwrap_or(0.0);
+            let statused = ["accra-edge", "tema-edge"]
+                .iter()
+                .all(|p| text.contains(&probe_series(p)));
+            // Each probe: itself, its ConfigMap and DaemonSet; the region: itself and what
+            // it renders.
+            Ok(if statused && remembered >= 7.0 {
+                Ok(remembered)
+            } else {
+                Err(format!(
+                    "{REMEMBERED} {remembered}, both statused: {statused}"
+                ))
+            })
+        })
+        .await?;
+
+        probes.delete("tema-edge", &DeleteParams::default()).await?;
+        let after = wait_for("the deleted probe forgotten", WAIT, EVERY, || async {
+            let text = operator.metrics_text();
+            let remembered = metric_value(&text, REMEMBERED).unwrap_or(f64::MAX);
+            let gone = !text.contains(&probe_series("tema-edge"));
+            // At least the probe, its ConfigMap and its DaemonSet.
+            Ok(if gone && remembered <= both - 3.0 {
+                Ok(remembered)
+            } else {
+                Err(format!(
+                    "{REMEMBERED} {remembered} (was {both}); series gone: {gone}"
+                ))
+            })
+        })
+        .await?;
+        // The other probe and the region are still remembered: the next reconcile of an
+        // unchanged probe still skips its applies.
+        let text = operator.metrics_text();
+        assert!(text.contains(&probe_series("accra-edge")), "{text}");
+        assert!(
+            after >= 4.0,
+            "the living probe and region forgotten too: {after}"
+        );
+        Ok(())
+    }
+    .await;
+    operator.stop().await;
+    ns.delete().await?;
+    result
+}
