@@ -39,6 +39,8 @@ results="$(mktemp)"
 # --no-fail-fast: every test binary runs and is counted, even after one fails.
 timed "cargo test" bash -o pipefail -c 'cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$1"' _ "$results" ||
   status=$?
+# Coverage-guided fuzzing of the wire contracts, 30 s per target (model/fuzz/run.sh).
+timed "fuzz" bash model/fuzz/run.sh || status=$?
 # One closing line for the whole run: cargo prints a result line per test binary, and the
 # last of them (doc tests) often counts none.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \

@@ -309,7 +309,7 @@ impl Hop {
 const ORDER_EPSILON_MS: f64 = 1e-6;
 
 /// Earliest time a sample may carry: anything before is a broken clock, not a measurement.
-fn earliest_time() -> DateTime<Utc> {
+pub(crate) fn earliest_time() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
         .single()
         .expect("valid date")
