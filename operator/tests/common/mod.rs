@@ -123,7 +123,17 @@ pub fn images() -> fiberstack_operator::render::Images {
 
 impl Operator {
     pub fn start(client: &Client, namespace: &str, db: Option<sqlx::PgPool>) -> Self {
-        let settings = fiberstack_operator::controller::Settings {
+        Self::start_with(client, namespace, db, |_| {})
+    }
+
+    /// [`Operator::start`] with the test's settings changed by `adjust` first.
+    pub fn start_with(
+        client: &Client,
+        namespace: &str,
+        db: Option<sqlx::PgPool>,
+        adjust: impl FnOnce(&mut fiberstack_operator::controller::Settings),
+    ) -> Self {
+        let mut settings = fiberstack_operator::controller::Settings {
             images: images(),
             namespace: Some(namespace.to_owned()),
             db_schema: None,
@@ -138,6 +148,7 @@ impl Operator {
             ),
             prune_every: std::time::Duration::from_secs(2),
         };
+        adjust(&mut settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let metrics = std::sync::Arc::new(fiberstack_operator::metrics::Metrics::default());
         let task = tokio::spawn(fiberstack_operator::controller::run(
