@@ -217,17 +217,12 @@ impl Caches {
             };
             found || !ready
         };
-        let mut dropped = 0;
-        for map in [&self.memory.fresh] {
-            let mut map = map.lock().expect("poisoned");
-            let before = map.len();
-            map.retain(|k, _| live(k));
-            dropped += before - map.len();
-        }
+        let mut fresh = self.memory.fresh.lock().expect("poisoned");
         let mut applied = self.memory.applied.lock().expect("poisoned");
-        let before = applied.len();
+        let before = fresh.len() + applied.len();
+        fresh.retain(|k, _| live(k));
         applied.retain(|k, _| live(k));
-        dropped + before - applied.len()
+        before - fresh.len() - applied.len()
     }
 
     /// Entries remembered (fresh versions and applied renders), for tests and metrics.
