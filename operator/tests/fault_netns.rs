@@ -19,11 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
+use common::netns::{self, run};
 use common::{EVERY, Operator, apply_json};
-use fiberstack_e2e::{
-    LocalEnv, ReservedPort, TestNamespace, unique_name, wait_for, workspace_binary,
-};
+use fiberstack_e2e::{LocalEnv, TestNamespace, unique_name, wait_for, workspace_binary};
 use fiberstack_operator::crd::{FiberProbe, FiberProbeStatus, FiberRegion, Scope, TargetStatus};
 use kube::Api;
 use serde_json::json;
@@ -32,19 +31,6 @@ use serde_json::json;
 /// room for a busy machine.
 const WAIT: Duration = Duration::from_secs(90);
 const TOKEN: &str = "netns-region-token-0123456789abcdef";
-
-fn run(cmd: &[&str]) -> Result<Output> {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
-}
 
 /// A node: a network namespace joined to this machine by a veth pair (10.203.k.1 on this
 /// side, 10.203.k.2 inside), with an nftables output chain to break its paths. Removed on
@@ -197,18 +183,6 @@ impl Drop for ProbeNode {
     }
 }
 
-/// Child processes killed when the test ends, however it ends.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn probe_config(
     scratch: &Path,
     node: &str,
@@ -299,28 +273,7 @@ async fn a_broken_path_a_silent_probe_and_a_dead_target_are_told_apart() -> Resu
         });
 
         // Ingest and the ETL of the test's own region (its own stream).
-        let ingest_port = ReservedPort::new()?;
-        let etl_metrics = ReservedPort::new()?;
-        let mut processes = Processes(Vec::new());
-        processes.0.push(
-            Command::new(workspace_binary("fiber-ingest")?)
-                .args(["--region", &region])
-                .args(["--listen", &format!("0.0.0.0:{}", ingest_port.port())])
-                .env("REDIS_URL", &env.redis_url)
-                .env("FIBER_TOKEN", TOKEN)
-                .env("FIBER_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()?,
-        );
-        processes.0.push(
-            Command::new(workspace_binary("fiber-etl")?)
-                .args(["run", "--region", &region, "--database-url", &url])
-                .args(["--metrics-listen", &etl_metrics.addr().to_string()])
-                .env("REDIS_URL", &env.redis_url)
-                .env("FIBER_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()?,
-        );
+        let (ingest_port, processes) = netns::data_path(&env, &region, &url, TOKEN)?;
 
         // The region and the probe: pods on both edge nodes (gh-accra-1, ng-lagos-1), which
         // the operator takes as the vantage points that should report.

@@ -1,6 +1,8 @@
 //! Fixtures shared by the operator's tests against the local control plane.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use anyhow::Result;
 use fiberstack_operator::crd::{FiberProbe, FiberRegion};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
