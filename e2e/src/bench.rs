@@ -127,7 +127,10 @@ pub async fn fleet_dataset(
                                           (2 + (p * 50 + t) % 199)
                                             * (0.8 + 0.4 * random())
                                             * case when random() < 0.02 then 3 + 2 * random() else 1 end
-                                            as latency) s",
+                                            as latency
+                                    -- Naming `time` makes the draw per sample: otherwise the
+                                    -- planner runs this once per (probe, target) and hour.
+                                    where time is not null) s",
         )
         .bind(to)
         .bind(per_probe)

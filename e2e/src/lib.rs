@@ -7,6 +7,7 @@ pub mod etl;
 pub mod images;
 mod ports;
 pub mod promtool;
+pub mod tls;
 
 pub use ports::ReservedPort;
 
@@ -353,7 +354,9 @@ impl TestNamespace {
     /// test's in-process operator has usually stopped by then, and nothing else would ever
     /// remove them (the namespace would stay Terminating for good).
     pub async fn delete(self) -> Result<()> {
-        use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+        use kube::api::{
+            ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+        };
         Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::background())
             .await
@@ -367,7 +370,11 @@ impl TestNamespace {
         };
         let clear = Patch::Merge(serde_json::json!({ "metadata": { "finalizers": null } }));
         for probe in list.items {
-            let has = probe.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty());
+            let has = probe
+                .metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| !f.is_empty());
             if let (true, Some(name)) = (has, probe.metadata.name.as_deref()) {
                 // Gone in between: fine.
                 let _ = probes.patch(name, &PatchParams::default(), &clear).await;

@@ -168,6 +168,13 @@ class FreshSessionServer extends PGLiteSocketServer {
     } finally {
       if (this.activeHandler === BUSY) this.activeHandler = null;
     }
+    // A client that goes away mid-session (a test timing out, a killed process) resets its
+    // connection: without a listener, Node turns that socket error into an unhandled one and
+    // the whole server exits (seen: `read ECONNRESET` while a bench held the session).
+    socket.on("error", (e) => {
+      console.error(`timescaledb: connection from ${info?.clientAddress ?? "?"}: ${e.message}`);
+      socket.destroy();
+    });
     frameMessages(socket);
     return super.attachSocketToNewHandler(socket, info);
   }

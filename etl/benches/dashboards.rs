@@ -13,6 +13,12 @@
 //! Settings (environment): FIBER_DASH_TARGETS (1000; a multiple of the 20 probes),
 //! FIBER_DASH_HOURS (24), FIBER_DASH_RUNS (timed runs per query after one warm-up, 5),
 //! FIBER_DASH_MODE (`postgres`, or `timescaledb` for the PGlite TimescaleDB of TIMESCALE_URL).
+//! For working on a slow panel without generating the dataset each time: FIBER_DASH_KEEP=1
+//! keeps the database (or TimescaleDB schema) and prints its name; FIBER_DASH_REUSE=<name>
+//! measures a kept one (ending at its newest sample) and, with FIBER_DASH_KEEP unset, drops it
+//! afterwards; FIBER_DASH_ONLY=<text> times only the queries whose name contains the text.
+//! Drop a kept database with `drop database <name>` on DATABASE_URL, a kept schema with
+//! FIBER_DASH_REUSE=<name> and no FIBER_DASH_KEEP (TimescaleDB wants its views dropped first).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -103,10 +109,11 @@ struct Measured {
 async fn measure_dashboards(
     pool: &PgPool,
     timescaledb: bool,
+    now: DateTime<Utc>,
     hours: u64,
     runs: usize,
+    only: &str,
 ) -> Result<Vec<Measured>> {
-    let now = Utc::now();
     let range = Duration::hours(hours as i64);
     let context = |variables: &BTreeMap<String, VariableValue>| QueryContext {
         from: now - range,
@@ -116,6 +123,7 @@ async fn measure_dashboards(
         variables: variables.clone(),
     };
     let mut measured = Vec::new();
+    let wanted = |name: &str| name.contains(only);
     let mut record = |name: String, ms: Vec<f64>| {
         let m = Measured {
             median: quantile(&ms, 0.5),
@@ -133,12 +141,23 @@ async fn measure_dashboards(
             .as_array()
             .context("templating.list")?
         {
+            let name = variable["name"].as_str().context("variable name")?;
+            // A value the user types: its default.
+            if variable["type"] == "textbox" {
+                let value = variable["query"].as_str().context("textbox default")?;
+                chosen.insert(name.to_owned(), VariableValue::Single(value.to_owned()));
+                continue;
+            }
             if variable["type"] != "query" {
                 continue;
             }
-            let name = variable["name"].as_str().context("variable name")?;
             let sql = context(&chosen).expand(variable["query"].as_str().context("query")?)?;
-            let ms = timed(runs, || rows(pool, &sql)).await?;
+            let measured_name = format!("{file}: variable {name}");
+            let ms = if wanted(&measured_name) {
+                timed(runs, || rows(pool, &sql)).await?
+            } else {
+                Vec::new()
+            };
             let values: Vec<String> = rows(pool, &sql)
                 .await?
                 .into_iter()
@@ -157,10 +176,15 @@ async fn measure_dashboards(
                     VariableValue::Single(first)
                 },
             );
-            record(format!("{file}: variable {name}"), ms);
+            if !ms.is_empty() {
+                record(measured_name, ms);
+            }
         }
         for panel in dashboard.json["panels"].as_array().context("panels")? {
             let title = panel["title"].as_str().context("panel title")?;
+            if !wanted(&format!("{file}: {title}")) {
+                continue;
+            }
             for target in panel["targets"].as_array().context("targets")? {
                 let sql = context(&chosen).expand(target["rawSql"].as_str().context("rawSql")?)?;
                 let ms = timed(runs, || async {
@@ -184,12 +208,75 @@ enum Database {
 }
 
 impl Database {
+    /// A database (or schema) kept by an earlier run with FIBER_DASH_KEEP=1.
+    async fn reuse(mode: &str, name: &str) -> Result<Self> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("FIBER_DASH_REUSE={name:?}: a database or schema name");
+        }
+        let env = LocalEnv::load()?;
+        Ok(match mode {
+            "postgres" => {
+                let (base, query) = env
+                    .database_url
+                    .split_once('?')
+                    .unwrap_or((&env.database_url, ""));
+                let (server, _) = base.rsplit_once('/').context("DATABASE_URL")?;
+                let url = if query.is_empty() {
+                    format!("{server}/{name}")
+                } else {
+                    format!("{server}/{name}?{query}")
+                };
+                Self::Postgres(env, url)
+            }
+            _ => {
+                let pool = DbConfig {
+                    schema: Some(name.to_owned()),
+                    max_connections: 1,
+                    ..DbConfig::new(&env.timescale_url)
+                }
+                .connect()
+                .await?;
+                Self::Timescale(common::TimescaleSchema {
+                    pool,
+                    name: name.to_owned(),
+                })
+            }
+        })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Postgres(_, url) => {
+                let base = url.split_once('?').map_or(url.as_str(), |(base, _)| base);
+                base.rsplit_once('/').map_or(base, |(_, n)| n).to_owned()
+            }
+            Self::Timescale(schema) => schema.name.clone(),
+        }
+    }
+
     async fn drop(self) -> Result<()> {
         match self {
             Self::Postgres(env, url) => env.drop_postgres_database(&url, &[]).await,
             Self::Timescale(schema) => schema.drop().await,
         }
     }
+}
+
+/// How many rows the samples and each rollup hold.
+async fn row_counts(pool: &PgPool) -> Result<()> {
+    let mut counts = Vec::new();
+    for table in ["metrics", "metrics_hourly", "metrics_daily"]
+        .into_iter()
+        .chain(ROLLUPS.into_iter().skip(2))
+    {
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
+                .fetch_one(pool)
+                .await?;
+        counts.push(format!("{table} {n}"));
+    }
+    println!("rows: {}", counts.join(", "));
+    Ok(())
 }
 
 #[tokio::main]
@@ -204,7 +291,11 @@ async fn main() -> Result<()> {
     if hours == 0 {
         bail!("FIBER_DASH_HOURS=0: must be at least 1");
     }
+    let keep = setting("FIBER_DASH_KEEP", 0) != 0;
+    let reuse = std::env::var("FIBER_DASH_REUSE").unwrap_or_default();
+    let only = std::env::var("FIBER_DASH_ONLY").unwrap_or_default();
     let database = match mode.as_str() {
+        "postgres" | "timescaledb" if !reuse.is_empty() => Database::reuse(&mode, &reuse).await?,
         "postgres" => {
             let env = LocalEnv::load()?;
             let url = env.fresh_postgres_database("bench_dashboards").await?;
@@ -221,39 +312,67 @@ async fn main() -> Result<()> {
     };
     let outcome = async {
         let storage = migrate(&pool).await?.mode;
-        let now = Utc::now();
         println!(
             "dashboards: {targets} targets x {hours} h at 10 s ({} samples), {storage}",
             targets * hours * 360
         );
-        let start = Instant::now();
-        fleet_dataset(&pool, targets, hours, now).await?;
-        println!("generated in {:.0} s", start.elapsed().as_secs_f64());
-        let start = Instant::now();
-        refresh_rollups(&pool, storage, now - Duration::hours(hours as i64 + 1)).await?;
-        println!(
-            "rollups refreshed in {:.0} s",
-            start.elapsed().as_secs_f64()
-        );
-        let sketch_error = sketch_error(&pool).await?;
-        println!(
-            "fleet p95 from the node histograms: {:.3} ms, exact {:.3} ms ({:.3} % off)",
-            sketch_error.0, sketch_error.1, sketch_error.2
-        );
-        let measured =
-            measure_dashboards(&pool, storage == StorageMode::TimescaleDb, hours, runs).await?;
-        Ok::<_, anyhow::Error>((storage, measured, sketch_error.2))
+        let (now, sketch_error) = if reuse.is_empty() {
+            let now = Utc::now();
+            let start = Instant::now();
+            fleet_dataset(&pool, targets, hours, now).await?;
+            println!("generated in {:.0} s", start.elapsed().as_secs_f64());
+            let start = Instant::now();
+            refresh_rollups(&pool, storage, now - Duration::hours(hours as i64 + 1)).await?;
+            println!(
+                "rollups refreshed in {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
+            row_counts(&pool).await?;
+            let sketch_error = sketch_error(&pool).await?;
+            println!(
+                "fleet p95 from the node histograms: {:.3} ms, exact {:.3} ms ({:.3} % off)",
+                sketch_error.0, sketch_error.1, sketch_error.2
+            );
+            // The range ends when the dashboards are read, as in Grafana.
+            (Utc::now(), sketch_error.2)
+        } else {
+            // The range ends at the kept dataset's newest sample.
+            let newest: Option<DateTime<Utc>> = sqlx::query_scalar("select max(time) from metrics")
+                .fetch_one(&pool)
+                .await?;
+            (
+                newest.context("the kept dataset holds no samples")?,
+                f64::NAN,
+            )
+        };
+        let measured = measure_dashboards(
+            &pool,
+            storage == StorageMode::TimescaleDb,
+            now,
+            hours,
+            runs,
+            &only,
+        )
+        .await?;
+        Ok::<_, anyhow::Error>((storage, measured, sketch_error))
     }
     .await;
-    // The TimescaleDB schema is dropped through the same pool.
-    if matches!(database, Database::Postgres(..)) {
-        pool.close().await;
-    }
-    let dropped = database.drop().await;
     if let Err(e) = &outcome {
         eprintln!("failed: {e:#}");
     }
-    dropped?;
+    if keep {
+        println!(
+            "kept {mode} dataset {}: FIBER_DASH_REUSE={} to measure it again",
+            database.name(),
+            database.name()
+        );
+    } else {
+        // The TimescaleDB schema is dropped through the same pool.
+        if matches!(database, Database::Postgres(..)) {
+            pool.close().await;
+        }
+        database.drop().await?;
+    }
     let (storage, measured, sketch_error_pct) = outcome?;
 
     let mut p95s: Vec<f64> = measured.iter().map(|m| m.p95).collect();

@@ -18,7 +18,8 @@ pub struct AppState {
     pub region: String,
     /// The region's static writer token(s): probes outside the cluster.
     pub token: Token,
-    /// The read API's token(s); none: the read API refuses everyone.
+    /// The read API's token(s); none, or none yet (its file is absent): the read API
+    /// refuses everyone.
     pub reader: Option<Token>,
     /// Verifies probe pods' ServiceAccount tokens; without it only `token` writes.
     pub reviewer: Option<TokenReviewer>,
@@ -129,7 +130,7 @@ pub fn authorized_reader(state: &AppState, headers: &HeaderMap) -> Result<(), Re
             "this is a writer's token (the region's probe token); reading needs the reader token",
         ));
     }
-    if state.reader.is_none() {
+    if state.reader.as_ref().is_none_or(Token::is_empty) {
         return Err(unauthorized(
             state,
             Refused::Invalid,

@@ -40,6 +40,25 @@ impl Token {
         Ok(Self(Arc::new(RwLock::new(Self::parse(tokens)?))))
     }
 
+    /// No token yet: matches nothing until a [`Token::replace`] (a reader token whose
+    /// optional Secret is not made yet).
+    pub fn none() -> Self {
+        Self(Arc::new(RwLock::new(Vec::new())))
+    }
+
+    /// Whether it holds no token (matches nothing).
+    pub fn is_empty(&self) -> bool {
+        self.0.read().expect("token lock").is_empty()
+    }
+
+    /// Drops every token, for every clone: whether there were any.
+    pub fn clear(&self) -> bool {
+        let mut current = self.0.write().expect("token lock");
+        let had = !current.is_empty();
+        current.clear();
+        had
+    }
+
     /// Reads `path` (one token or several, as [`Token::new`]).
     pub fn from_file(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
@@ -61,16 +80,18 @@ impl Token {
 
     /// Re-reads `path` every `every` for as long as the server runs and takes its tokens
     /// when they change: a rotation (`new,old`, then `new`) needs no restart. A file that
-    /// is missing, unreadable or holds no valid token, or holds a token of `disjoint_from`
-    /// (the other role's credential), leaves the current tokens, with a warning once per
-    /// change of the reason. As the certificate (`tls.rs`), the file is polled: a Secret
-    /// volume is updated by swapping a symlink, which inotify on the file never sees.
+    /// is unreadable or holds no valid token, or holds a token of `disjoint_from` (the other
+    /// role's credential), leaves the current tokens, with a warning once per change of the
+    /// reason; so does a missing file, unless `missing` says [`WhenMissing::Close`]. As the
+    /// certificate (`tls.rs`), the file is polled: a Secret volume is updated by swapping a
+    /// symlink, which inotify on the file never sees.
     pub async fn watch(
         self,
         path: PathBuf,
         every: Duration,
         what: &'static str,
         disjoint_from: Option<Token>,
+        missing: WhenMissing,
     ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -85,6 +106,17 @@ impl Token {
                     let outcome = self.take_unless_shared(&text, disjoint_from.as_ref());
                     last_read = Some(text);
                     outcome
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && missing == WhenMissing::Close =>
+                {
+                    last_read = None;
+                    if self.clear() {
+                        last_error = None;
+                        tracing::info!(path = %path.display(), "{what} file removed; its token(s) are no longer valid");
+                    }
+                    Ok(false)
                 }
                 Err(e) => {
                     last_read = None;
@@ -185,6 +217,17 @@ impl Token {
     pub fn admits(&self, authorization: Option<&str>) -> bool {
         self.check(authorization).is_ok()
     }
+}
+
+/// What a [`Token::watch`] does when the file is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenMissing {
+    /// Keep the tokens last read: the region's writer tokens, whose Secret the operator
+    /// keeps, so a missing file is a mishap, and dropping the tokens would stop every probe.
+    Keep,
+    /// Drop them: an optional Secret (the reader token's) that was deleted, which is how a
+    /// user closes what it opened.
+    Close,
 }
 
 /// The bearer token of an `Authorization` header value: `Bearer <token>`, the scheme in any

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Parser;
 use fiber_ingest::api::{AppState, router};
-use fiber_ingest::auth::{Token, TokenReviewer};
+use fiber_ingest::auth::{Token, TokenReviewer, WhenMissing};
 use fiber_ingest::dashboard::CorsOrigins;
 use fiber_ingest::ratelimit::RateLimiter;
 use fiber_ingest::stream::StreamWriter;
@@ -59,9 +59,10 @@ struct Config {
         conflicts_with = "reader_token_file"
     )]
     reader_token: Option<String>,
-    /// File holding the reader token(s) (a mounted Secret), re-read as --token-file. A file
-    /// that does not exist at start (an optional Secret not created) leaves the read API
-    /// closed until a restart.
+    /// File holding the reader token(s) (a mounted Secret), re-read as --token-file. While
+    /// the file does not exist (an optional Secret not made yet, or deleted) the read API is
+    /// closed; tokens written to it later are taken at the next look, and deleting it closes
+    /// the read API again at the next look.
     #[arg(long, env = "FIBER_READER_TOKEN_FILE")]
     reader_token_file: Option<PathBuf>,
     /// Also take probe pods' projected ServiceAccount tokens of this audience, verified by a
@@ -130,15 +131,16 @@ fn token(config: &Config) -> anyhow::Result<Token> {
     Token::new(&text).map_err(|e| anyhow::anyhow!("probe token: {e}"))
 }
 
-/// The reader token, if one is configured; a configured file that is absent is none.
+/// The reader token, if one is configured; a configured file that is absent is an empty
+/// token (the read API closed) that the file's watch fills when the file appears.
 fn reader_token(config: &Config) -> anyhow::Result<Option<Token>> {
     let text = match (&config.reader_token, &config.reader_token_file) {
         (Some(token), _) => token.clone(),
         (None, Some(path)) => match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::info!(path = %path.display(), "no reader token file: the read API is closed");
-                return Ok(None);
+                tracing::info!(path = %path.display(), "no reader token file: the read API is closed until it appears");
+                return Ok(Some(Token::none()));
             }
             Err(e) => {
                 return Err(e).with_context(|| {
@@ -189,7 +191,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let (None, Some(path)) = (&config.token, &config.token_file) {
         let writers = state.token.clone();
         let readers = state.reader.clone();
-        tokio::spawn(writers.watch(path.clone(), every, "probe token", readers));
+        tokio::spawn(writers.watch(
+            path.clone(),
+            every,
+            "probe token",
+            readers,
+            WhenMissing::Keep,
+        ));
     }
     if let (None, Some(path), Some(reader)) = (
         &config.reader_token,
@@ -197,7 +205,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         state.reader.clone(),
     ) {
         let writers = Some(state.token.clone());
-        tokio::spawn(reader.watch(path.clone(), every, "reader token", writers));
+        tokio::spawn(reader.watch(
+            path.clone(),
+            every,
+            "reader token",
+            writers,
+            WhenMissing::Close,
+        ));
     }
     if let Some(audience) = config.token_audience.as_deref().filter(|a| !a.is_empty()) {
         let client = kube::Client::try_default().await.context(

@@ -320,3 +320,47 @@ async fn token_files_are_reread_so_a_rotation_needs_no_restart() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// The reader's Secret is optional: made after ingest started, its token is taken at the next
+/// look (no restart), and the writers' watch keeps the two roles apart from then on; deleted,
+/// the read API closes again. (A writer token file that goes missing keeps its tokens: the
+/// operator keeps that Secret, and dropping them would stop every probe.)
+#[tokio::test]
+async fn a_reader_token_made_after_start_is_taken_and_its_removal_closes_the_read_api() -> Result<()>
+{
+    let dir = temp_dir()?;
+    let ingest = start(&dir, NEW_WRITER, None).await?;
+    let (status, _, error) = ingest.read(NEW_READER).await?;
+    assert_eq!(status, 401, "{error}");
+    assert!(error.contains("no reader token"), "{error}");
+
+    replace(&dir.join("reader"), NEW_READER)?;
+    // No database: 503 is what a reader past authentication hears.
+    until_answered("the late reader token to be taken", 503, || {
+        ingest.read(NEW_READER)
+    })
+    .await?;
+    let (status, _, error) = ingest.write(NEW_READER).await?;
+    assert_eq!(status, 403, "the reader token wrote: {error}");
+    assert_eq!(ingest.read(NEW_WRITER).await?.0, 403);
+
+    // The writers' file may not take the late reader's token either.
+    replace(&dir.join("token"), &format!("{NEW_WRITER},{NEW_READER}"))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, _, error) = ingest.write(NEW_READER).await?;
+    assert_eq!(status, 403, "the reader token became a writer's: {error}");
+    assert_eq!(ingest.write(NEW_WRITER).await?.0, 202);
+
+    std::fs::remove_file(dir.join("reader"))?;
+    until_answered("the deleted reader token to be refused", 401, || {
+        ingest.read(NEW_READER)
+    })
+    .await?;
+    let (_, _, error) = ingest.read(NEW_READER).await?;
+    assert!(error.contains("no reader token"), "{error}");
+    // Writing is untouched by the reader's comings and goings.
+    assert_eq!(ingest.write(NEW_WRITER).await?.0, 202);
+    ingest.stop().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

@@ -11,40 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use fiberstack_e2e::tls::Authority;
 use fiberstack_e2e::{LocalEnv, ReservedPort, terminate, unique_name, wait_for};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "tls-test-token-0123456789";
-
-/// The test's certificate authority.
-struct Authority {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn authority(name: &str) -> Result<Authority> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.distinguished_name.push(DnType::CommonName, name);
-    let pem = params.self_signed(&key)?.pem();
-    Ok(Authority {
-        issuer: Issuer::new(params, key),
-        pem,
-    })
-}
-
-/// A serving certificate for 127.0.0.1 and localhost, named `name`: its PEM and key's PEM.
-fn leaf(ca: &Authority, name: &str) -> Result<(String, String)> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-    params.distinguished_name.push(DnType::CommonName, name);
-    let cert = params.signed_by(&key, &ca.issuer)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
 
 /// Writes a certificate as the kubelet updates a Secret volume: the files in a new
 /// directory, then the `..data` symlink swapped to it in one rename.
@@ -194,8 +166,8 @@ fn batch(region: &str) -> Result<Vec<u8>> {
 async fn https_serves_the_mounted_certificate_and_a_renewed_one_without_restart() -> Result<()> {
     let dir = std::env::temp_dir().join(unique_name("fiber-ingest-tls"));
     std::fs::create_dir_all(&dir)?;
-    let ca = authority("fiberstack test CA")?;
-    let (cert, key) = leaf(&ca, "ingest-first")?;
+    let ca = Authority::new("fiberstack test CA")?;
+    let (cert, key) = ca.leaf("ingest-first", &["localhost", "127.0.0.1"])?;
     publish(&dir, "v1", &cert, &key)?;
     let mut ingest = start(&dir).await?;
     let port = ingest.port.addr().port();
@@ -255,7 +227,7 @@ async fn https_serves_the_mounted_certificate_and_a_renewed_one_without_restart(
             })
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (cert, key) = leaf(&ca, "ingest-second")?;
+        let (cert, key) = ca.leaf("ingest-second", &["localhost", "127.0.0.1"])?;
         publish(&dir, "v2", &cert, &key)?;
         let answers = sender.await?;
         let failed: Vec<_> = answers.iter().filter(|a| !matches!(a, Ok((_, 202, _)))).collect();
@@ -281,7 +253,7 @@ async fn https_serves_the_mounted_certificate_and_a_renewed_one_without_restart(
 
         // A renewal that is not usable (a key of another certificate) is not taken: the
         // running certificate stays, and requests keep being answered.
-        let (_, stranger) = leaf(&ca, "stranger")?;
+        let (_, stranger) = ca.leaf("stranger", &["localhost", "127.0.0.1"])?;
         publish(&dir, "v3", &cert, &stranger)?;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let (served, status, _) = request(&tls, port, "GET /healthz HTTP/1.1", b"").await?;
@@ -305,9 +277,9 @@ async fn https_serves_the_mounted_certificate_and_a_renewed_one_without_restart(
 async fn a_certificate_without_its_key_or_a_bad_file_is_refused_at_start() -> Result<()> {
     let dir = std::env::temp_dir().join(unique_name("fiber-ingest-tls-bad"));
     std::fs::create_dir_all(&dir)?;
-    let ca = authority("fiberstack test CA")?;
-    let (cert, _) = leaf(&ca, "a")?;
-    let (_, other_key) = leaf(&ca, "b")?;
+    let ca = Authority::new("fiberstack test CA")?;
+    let (cert, _) = ca.leaf("a", &["localhost", "127.0.0.1"])?;
+    let (_, other_key) = ca.leaf("b", &["localhost", "127.0.0.1"])?;
     for (what, cert, key, expected) in [
         (
             "a key of another certificate",

@@ -66,6 +66,11 @@ pub struct IngestConfig {
     /// File holding the bearer token; `FIBER_TOKEN` / `FIBER_TOKEN_FILE` override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// PEM file of certificate authorities trusted for `https://` ingest URLs besides the
+    /// system's roots (a private CA, e.g. `ca.crt` of the ingest's certificate Secret);
+    /// re-read when it changes. The server's certificate must name the URL's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Send a batch once it holds this many samples.
     #[serde(default = "default_batch_max_samples")]
     pub batch_max_samples: usize,
@@ -141,6 +146,105 @@ pub struct Target {
     /// a field left out keeps the probe's. Judged by the operator; the probe ignores them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thresholds: Option<TargetThresholds>,
+    /// Objectives of this target's rounds alone, besides the FiberProbe's spec.slo over all
+    /// its targets: status.targets[].slo reports them, and a burning error budget alerts
+    /// with the target's name. Judged by the operator; the probe ignores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<Slo>,
+}
+
+/// Objectives for a probe's rounds over a rolling window of whole days. Rounds that were
+/// expected but never arrived count as unknown (status.slo.unknownPct), neither good nor bad.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "schemars", schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.availabilityPct < 100.0",
+        "message": "availabilityPct must be below 100: an objective of 100 % leaves no error budget",
+        "fieldPath": ".availabilityPct"
+    }
+])))]
+pub struct Slo {
+    /// Share of rounds that must succeed, percent, e.g. 99.9.
+    #[cfg_attr(feature = "schemars", schemars(range(min = 0.0, max = 100.0)))]
+    pub availability_pct: f64,
+    /// Optionally, how fast the successful rounds must be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyObjective>,
+    /// The rolling window, in days (1-90; the hourly rollups are kept 90 days). Default 30.
+    #[serde(default = "default_slo_days")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 1, max = MAX_SLO_DAYS)))]
+    pub window_days: u32,
+}
+
+/// "percent of successful rounds faster than thresholdMs", e.g. 99 % under 150 ms.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "schemars", schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.percent < 100.0",
+        "message": "percent must be below 100: an objective of 100 % leaves no error budget",
+        "fieldPath": ".percent"
+    }
+])))]
+pub struct LatencyObjective {
+    /// Latency a round must stay under, milliseconds (above 0, at most 10000).
+    #[cfg_attr(feature = "schemars", schemars(range(min = 0.001, max = 10000.0)))]
+    pub threshold_ms: f64,
+    /// Share of successful rounds that must be under it, percent, e.g. 99.
+    #[cfg_attr(feature = "schemars", schemars(range(min = 0.0, max = 100.0)))]
+    pub percent: f64,
+}
+
+/// Longest SLO window, days: the hourly rollups are kept 90 days.
+pub const MAX_SLO_DAYS: u32 = 90;
+
+fn default_slo_days() -> u32 {
+    30
+}
+
+impl Slo {
+    /// The rules the CRD's schema states, for a target's objectives read from elsewhere.
+    fn problems(&self) -> Problems {
+        let mut p = Problems::default();
+        let below_100 = |field: &str, v: f64| {
+            (!(v.is_finite() && (0.0..100.0).contains(&v))).then(|| {
+                (
+                    field.to_owned(),
+                    format!("{v} is out of range, expected 0 to below 100 %"),
+                )
+            })
+        };
+        if let Some((field, message)) = below_100("availabilityPct", self.availability_pct) {
+            p.add(field, message);
+        }
+        if let Some(l) = &self.latency {
+            if !(l.threshold_ms.is_finite() && l.threshold_ms > 0.0 && l.threshold_ms <= 10_000.0) {
+                p.add(
+                    "latency.thresholdMs",
+                    format!(
+                        "{} is out of range, expected above 0 to 10000 ms",
+                        l.threshold_ms
+                    ),
+                );
+            }
+            if let Some((field, message)) = below_100("latency.percent", l.percent) {
+                p.add(field, message);
+            }
+        }
+        if !(1..=MAX_SLO_DAYS).contains(&self.window_days) {
+            p.add(
+                "windowDays",
+                format!(
+                    "{} is out of range, expected 1 to {MAX_SLO_DAYS} days",
+                    self.window_days
+                ),
+            );
+        }
+        p
+    }
 }
 
 /// Most days ahead a certificate expiry threshold may look (ten years).
@@ -306,6 +410,9 @@ impl Target {
         }
         if let Some(t) = &self.thresholds {
             p.within("thresholds", t.problems());
+        }
+        if let Some(s) = &self.slo {
+            p.within("slo", s.problems());
         }
         p
     }
@@ -570,12 +677,13 @@ pub const MAX_TTL: u32 = 255;
 /// Most probes sent with one TTL in a round.
 pub const MAX_PROBES_PER_HOP: u32 = 10;
 
-/// Traceroute: the routers on the way to `host`, hop by hop, by UDP datagrams of increasing
-/// TTL (hop limit). Each router answers the datagram whose TTL runs out with ICMP "time
-/// exceeded", the host with "port unreachable". Every probe of a round carries the same
-/// addresses and ports (Paris-traceroute style), so routers that balance load by flow send
-/// them all along one path and a balanced network does not look like a changing one.
-/// Unprivileged: no raw socket, no NET_RAW capability.
+/// Traceroute: the routers on the way to `host`, hop by hop, by UDP datagrams (or ICMP echo
+/// requests, see protocol) of increasing TTL (hop limit). Each router answers the probe whose
+/// TTL runs out with ICMP "time exceeded", the host with "port unreachable" (an echo reply).
+/// Every probe of a round carries the same addresses and ports (echo identifier) and
+/// checksum (Paris-traceroute style), so routers that balance load by flow send them all
+/// along one path and a balanced network does not look like a changing one. Unprivileged:
+/// no raw socket, no NET_RAW capability.
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "schemars", schemars(extend("x-kubernetes-validations" = [{
     "rule": "self.firstHop <= self.maxHops",
@@ -591,14 +699,21 @@ pub struct TracerouteCheck {
         schemars(length(min = 1, max = MAX_HOST_LEN), extend("x-kubernetes-validations" = host_rules()))
     )]
     pub host: String,
+    /// What the probes are: `udp` (datagrams to a port nothing listens on, as `tracepath`
+    /// sends) or `icmp` (echo requests, as `traceroute -I` and `mtr` send; for paths whose
+    /// firewalls drop UDP). Default udp.
+    #[serde(default)]
+    pub protocol: TracerouteProtocol,
     /// UDP destination port of every probe, 1 to 65535; a port nothing listens on, so that
-    /// the host answers "port unreachable". Default 33434 (traceroute's).
+    /// the host answers "port unreachable". Ignored by ICMP probes. Default 33434
+    /// (traceroute's).
     #[serde(default = "default_traceroute_port")]
     #[cfg_attr(feature = "schemars", schemars(range(min = 1)))]
     pub port: u16,
-    /// UDP source port of every probe, 1 to 65535. Unset: a port from 61000 to 65535 (above
-    /// Linux's ephemeral range) derived from the target's name, the same every round, so
-    /// that load balancers hash every round onto the same path.
+    /// UDP source port of every probe (ICMP probes: their echo identifier), 1 to 65535.
+    /// Unset: a number from 61000 to 65535 (above Linux's ephemeral range) derived from the
+    /// target's name, the same every round, so that load balancers hash every round onto the
+    /// same path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schemars", schemars(range(min = 1)))]
     pub source_port: Option<u16>,
@@ -636,7 +751,24 @@ pub struct TracerouteCheck {
     /// starts the time again), Go duration syntax, at most 7 days; 0s: no alert, only the
     /// Event. Default 1h.
     #[serde(default = "default_change_alert_for")]
+    #[cfg_attr(feature = "schemars", schemars(extend("x-kubernetes-validations" = [{
+        "rule": "duration(self) <= duration('168h')",
+        "message": "must be at most 168h (7 days)",
+    }])))]
     pub change_alert_for: Duration,
+}
+
+/// What a traceroute's probes are.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TracerouteProtocol {
+    /// UDP datagrams to a port nothing listens on; the host answers "port unreachable".
+    #[default]
+    Udp,
+    /// ICMP echo requests on an unprivileged ICMP socket (net.ipv4.ping_group_range must
+    /// admit the probe's group); the host answers with an echo reply.
+    Icmp,
 }
 
 /// Fewest rounds a new path must hold to count as a change: one round is a flap.
@@ -1164,6 +1296,15 @@ targets:
             traceroute_config("{ host: 8.8.8.8, protocol: tcp }"),
             Err(ConfigError::Parse(_))
         ));
+        // UDP unless asked for ICMP; the CRD's rule on changeAlertFor says 168h.
+        assert_eq!(t.protocol, TracerouteProtocol::Udp);
+        let c = traceroute_config("{ host: 8.8.8.8, protocol: icmp }").unwrap();
+        let Check::Traceroute(t) = c.targets[0].check().unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.protocol, TracerouteProtocol::Icmp);
+        assert_eq!(Duration(MAX_CHANGE_ALERT_FOR), "168h".parse().unwrap());
+        assert!(traceroute_config("{ host: 8.8.8.8, changeAlertFor: 168h }").is_ok());
     }
 
     fn invalid(edit: impl FnOnce(&mut ProbeConfig)) -> ValidationError {
@@ -1332,6 +1473,59 @@ targets:
         );
         let e = ProbeConfig::from_yaml(&typo).unwrap_err().to_string();
         assert!(e.contains("latencyP95"), "{e}");
+    }
+
+    #[test]
+    fn a_target_may_have_objectives_of_its_own_within_the_crds_bounds() {
+        let c = ProbeConfig::from_yaml(&DESIGN_EXAMPLE.replace(
+            "expectStatus: [200], bodyContains: ok, followRedirects: false }",
+            "expectStatus: [200] }, slo: { availabilityPct: 99.5, latency: { thresholdMs: 80, percent: 99 } }",
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.targets[1].slo,
+            Some(Slo {
+                availability_pct: 99.5,
+                latency: Some(LatencyObjective {
+                    threshold_ms: 80.0,
+                    percent: 99.0
+                }),
+                window_days: 30,
+            })
+        );
+        let slo = |edit: fn(&mut Slo)| {
+            move |c: &mut ProbeConfig| {
+                let mut s = Slo {
+                    availability_pct: 99.0,
+                    latency: Some(LatencyObjective {
+                        threshold_ms: 150.0,
+                        percent: 99.0,
+                    }),
+                    window_days: 30,
+                };
+                edit(&mut s);
+                c.targets[1].slo = Some(s);
+            }
+        };
+        for (edit, field) in [
+            (
+                slo(|s| s.availability_pct = 100.0),
+                "targets[1].slo.availabilityPct",
+            ),
+            (slo(|s| s.window_days = 91), "targets[1].slo.windowDays"),
+            (slo(|s| s.window_days = 0), "targets[1].slo.windowDays"),
+            (
+                slo(|s| s.latency.as_mut().unwrap().threshold_ms = 0.0),
+                "targets[1].slo.latency.thresholdMs",
+            ),
+            (
+                slo(|s| s.latency.as_mut().unwrap().percent = f64::NAN),
+                "targets[1].slo.latency.percent",
+            ),
+        ] {
+            assert_eq!(invalid(edit).field, field);
+        }
     }
 
     #[test]

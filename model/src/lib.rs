@@ -19,7 +19,8 @@ pub mod validate;
 
 pub use config::{
     BufferConfig, Check, ConfigError, DnsCheck, DnsRecordType, HttpCheck, IcmpCheck, IngestConfig,
-    ProbeConfig, Target, TargetThresholds, TcpCheck, TracerouteCheck,
+    LatencyObjective, ProbeConfig, Slo, Target, TargetThresholds, TcpCheck, TracerouteCheck,
+    TracerouteProtocol,
 };
 pub use duration::Duration;
 pub use push::PushSample;

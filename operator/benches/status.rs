@@ -3,9 +3,10 @@
 //! regions, one round every 10 s): one probe's figures alone, every probe of a region in one
 //! batch (what the operator runs once per region and status period), the newest-sample lookup
 //! of a target never sampled, spec.slo's counts over a 30-day window (rollups for the
-//! days before, generated directly), and the status page's long-window figures of every
-//! probe (24 h, 7 d from hourly rollups generated for the 7 days before, 30 d and the 90 bars
-//! from the daily ones). Prints figures and one JSON line; never fails on time.
+//! days before, generated directly; alone, then with every target's own slo besides), and
+//! the status page's long-window figures of every probe (24 h, 7 d from hourly rollups
+//! generated for the 7 days before, 30 d and the 90 bars from the daily ones). Prints
+//! figures and one JSON line; never fails on time.
 //!
 //! `cargo bench -p fiberstack-operator --bench status` (FIBER_BENCH_TARGETS overrides 1000,
 //! FIBER_BENCH_HOURS the raw hours, 2; FIBER_BENCH_DAYS the SLO window, 30).
@@ -15,7 +16,7 @@ use std::time::{Duration as StdDuration, Instant};
 use anyhow::Result;
 use chrono::Utc;
 use fiberstack_e2e::bench::{NODES, PROBES, fleet_dataset, setting, timed};
-use fiberstack_operator::slo::{self, SloQuery};
+use fiberstack_operator::slo::{self, SloQuery, TargetSloQuery};
 use fiberstack_operator::status;
 use sqlx::PgPool;
 
@@ -115,6 +116,7 @@ async fn run(pool: &PgPool, targets: u64, hours: u64, days: u64, runs: usize) ->
     }
     // The operator's fan-out: every probe of a region in one call.
     let (mut batched, mut slo_window, mut slo_burn) = (0.0, 0.0, 0.0);
+    let (mut target_window, mut target_burn) = (0.0, 0.0);
     for region in 0..3 {
         let probes: Vec<u64> = (0..PROBES).filter(|p| region_of(*p) == region).collect();
         let queries: Vec<status::ProbeQuery> = probes
@@ -148,6 +150,30 @@ async fn run(pool: &PgPool, targets: u64, hours: u64, days: u64, runs: usize) ->
         slo_burn += median(
             &timed(runs, || async {
                 Ok(slo::burn_counts_many(pool, &slos).await?)
+            })
+            .await?,
+        );
+        // Every target with an slo of its own besides its probe's, in the same queries.
+        let own: Vec<TargetSloQuery> = probes
+            .iter()
+            .flat_map(|p| {
+                names.iter().map(move |t| TargetSloQuery {
+                    probe: format!("bench/probe-{p}"),
+                    target: t.clone(),
+                    window_days: days as u32,
+                    threshold_ms: Some(100.0),
+                })
+            })
+            .collect();
+        target_window += median(
+            &timed(runs, || async {
+                Ok(slo::window_counts_all(pool, &slos, &own).await?)
+            })
+            .await?,
+        );
+        target_burn += median(
+            &timed(runs, || async {
+                Ok(slo::burn_counts_all(pool, &slos, &own).await?)
             })
             .await?,
         );
@@ -189,6 +215,9 @@ async fn run(pool: &PgPool, targets: u64, hours: u64, days: u64, runs: usize) ->
         slo_burn / probes
     );
     println!(
+        "spec.slo and every target's own slo ({targets} targets): window counts {target_window:.0} ms, burn-rate windows {target_burn:.0} ms, for all {PROBES} probes"
+    );
+    println!(
         "status page: 24 h / 7 d / 30 d uptime and loss and 90 bars of all {targets} targets in {page:.0} ms per background refresh; their p95s from the merged histograms {p95s:.0} ms (read every 5 minutes)"
     );
     println!(
@@ -198,6 +227,8 @@ async fn run(pool: &PgPool, targets: u64, hours: u64, days: u64, runs: usize) ->
             "status_per_probe_ms": alone, "status_batched_per_probe_ms": batched / probes,
             "new_target_lookup_ms": lookup,
             "slo_window_ms_all": slo_window, "slo_burn_ms_all": slo_burn,
+            "slo_with_targets_window_ms_all": target_window,
+            "slo_with_targets_burn_ms_all": target_burn,
             "status_page_rollups_ms": page, "status_page_p95s_ms": p95s,
         })
     );

@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 
 use fiberstack_model::{CheckKind, Duration, Target, TargetThresholds};
+// The objectives live in the model: a target (the model's type, shared with the probe's
+// configuration) may carry its own.
+pub use fiberstack_model::{LatencyObjective, Slo};
 use kube::CustomResource;
 use kube::core::{Message, Rule};
 use schemars::JsonSchema;
@@ -88,6 +91,58 @@ pub struct IngestSpec {
     /// read it, and how often each client address may ask.
     #[serde(default, skip_serializing_if = "ReadApi::is_default")]
     pub read_api: ReadApi,
+    /// HTTPS for the ingest service inside the cluster. Unset (default): plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<IngestTls>,
+    /// When ingest stops taking batches (503 with Retry-After; the probes keep them in their
+    /// disk buffers and retry) rather than let the region's stream grow past what its ETL
+    /// drains.
+    #[serde(default, skip_serializing_if = "Admission::is_default")]
+    pub admission: Admission,
+}
+
+/// Ingest's admission limits on the region's stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "duration(self.maxBacklogAge) <= duration('300s')",
+        "message": "maxBacklogAge must be at most 300s: a sample older than that in Redis is a stalled ETL, not a backlog",
+        "fieldPath": ".maxBacklogAge"
+    }
+]))]
+pub struct Admission {
+    /// Entries the stream may hold (batches not yet trimmed). Default 10000.
+    #[serde(default = "default_max_backlog")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_backlog: u64,
+    /// How long the oldest batch not yet read by the ETL may have waited before new ones are
+    /// refused, e.g. "10s" (default); "0s" turns the age limit off (only maxBacklog applies).
+    #[serde(default = "default_max_backlog_age")]
+    pub max_backlog_age: Duration,
+}
+
+fn default_max_backlog() -> u64 {
+    10_000
+}
+
+fn default_max_backlog_age() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            max_backlog: default_max_backlog(),
+            max_backlog_age: default_max_backlog_age(),
+        }
+    }
+}
+
+impl Admission {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for IngestSpec {
@@ -97,7 +152,41 @@ impl Default for IngestSpec {
             resources: None,
             rate_limit: RateLimit::default(),
             read_api: ReadApi::default(),
+            tls: None,
+            admission: Admission::default(),
         }
+    }
+}
+
+/// The ingest service's certificate, and the authority the region's probes verify it with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestTls {
+    /// A kubernetes.io/tls Secret in the region's namespace (`tls.crt`, `tls.key`, and
+    /// usually `ca.crt`), e.g. the one a cert-manager Certificate writes. Its certificate must
+    /// name the Service: fiberstack-ingest-<region>.<namespace>.svc (the name probes use).
+    /// Ingest serves it over HTTPS and takes a renewed one without a restart.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// A Secret key holding the PEM authority (or bundle) probes of this region verify
+    /// ingest with, added to their system roots. Default: `ca.crt` of secretName. Probes
+    /// fall back only to regions that also serve HTTPS, and must trust their certificates
+    /// too: one issuer for all regions, or a bundle here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+impl IngestTls {
+    /// The key of `ca.crt` in a kubernetes.io/tls Secret.
+    pub const CA_KEY: &'static str = "ca.crt";
+
+    /// Where the probes' authority is: [`Self::ca_secret_ref`], else `ca.crt` of the
+    /// certificate's Secret.
+    pub fn ca(&self) -> SecretKeyRef {
+        self.ca_secret_ref.clone().unwrap_or_else(|| SecretKeyRef {
+            name: self.secret_name.clone(),
+            key: Self::CA_KEY.to_owned(),
+        })
     }
 }
 
@@ -371,56 +460,10 @@ pub struct FiberProbeSpec {
     #[serde(default, skip_serializing_if = "Alerting::is_empty")]
     pub alerting: Alerting,
     /// Service level objectives over all the probe's targets: status.slo reports the SLI over
-    /// the window, the error budget left and how fast it burns.
+    /// the window, the error budget left and how fast it burns. A target may have its own
+    /// (targets[].slo), reported in status.targets[].slo.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<Slo>,
-}
-
-/// Objectives for a probe's rounds over a rolling window of whole days. Rounds that were
-/// expected but never arrived count as unknown (status.slo.unknownPct), neither good nor bad.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "self.availabilityPct < 100.0",
-        "message": "availabilityPct must be below 100: an objective of 100 % leaves no error budget",
-        "fieldPath": ".availabilityPct"
-    }
-]))]
-pub struct Slo {
-    /// Share of rounds that must succeed, percent, e.g. 99.9.
-    #[schemars(range(min = 0.0, max = 100.0))]
-    pub availability_pct: f64,
-    /// Optionally, how fast the successful rounds must be.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency: Option<LatencyObjective>,
-    /// The rolling window, in days (1-90; the hourly rollups are kept 90 days). Default 30.
-    #[serde(default = "default_slo_days")]
-    #[schemars(range(min = 1, max = 90))]
-    pub window_days: u32,
-}
-
-/// "percent of successful rounds faster than thresholdMs", e.g. 99 % under 150 ms.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "self.percent < 100.0",
-        "message": "percent must be below 100: an objective of 100 % leaves no error budget",
-        "fieldPath": ".percent"
-    }
-]))]
-pub struct LatencyObjective {
-    /// Latency a round must stay under, milliseconds (above 0, at most 10000).
-    #[schemars(range(min = 0.001, max = 10000.0))]
-    pub threshold_ms: f64,
-    /// Share of successful rounds that must be under it, percent, e.g. 99.
-    #[schemars(range(min = 0.0, max = 100.0))]
-    pub percent: f64,
-}
-
-fn default_slo_days() -> u32 {
-    30
 }
 
 /// Notifications of a FiberProbe's targets. A target fires an alert when it has breached its
@@ -759,8 +802,8 @@ pub struct Alert {
     /// The vantage points (region/node) that saw it when it started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vantage_points: Vec<String>,
-    /// Set for the alert of spec.slo's error budget burning (Fast or Slow; target is then
-    /// "slo"); absent for a target's alert.
+    /// Set for the alert of an error budget burning (Fast or Slow): spec.slo's (target is
+    /// then "slo") or a target's own slo (target is its name); absent for a breach alert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burn: Option<Burn>,
     /// Set for the alert of a traceroute target's path change (FiberPathChanged): the node
@@ -851,6 +894,10 @@ pub struct TargetStatus {
     /// intervals): the probe or its link, not the target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub silent: Vec<String>,
+    /// The objectives of the target's own slo (spec.targets[].slo) as measured over its
+    /// window; absent when the target has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloStatus>,
 }
 
 string_enum! {

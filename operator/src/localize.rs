@@ -44,6 +44,14 @@ pub struct Localization {
     pub silent: Vec<String>,
 }
 
+/// Whether a newest sample at `newest` is recent at `now`: at most `recent` old (a sample
+/// exactly `recent` old still counts). The one rule, against the operator's clock, for a
+/// target's silent nodes and for the nodes the Reporting condition counts.
+pub fn recent(newest: DateTime<Utc>, now: DateTime<Utc>, recent: std::time::Duration) -> bool {
+    let recent = chrono::Duration::from_std(recent).unwrap_or(chrono::Duration::MAX);
+    now - newest <= recent
+}
+
 /// Judges `target` from each vantage point. `expected`: the nodes that run the probe's pods;
 /// `recent`: how old a vantage point's newest sample may be to count.
 pub fn localize(
@@ -53,10 +61,9 @@ pub fn localize(
     now: DateTime<Utc>,
     recent: std::time::Duration,
 ) -> Localization {
-    let recent = chrono::Duration::from_std(recent).unwrap_or(chrono::Duration::MAX);
     let fresh: Vec<&Vantage> = vantages
         .iter()
-        .filter(|v| now - v.newest <= recent)
+        .filter(|v| self::recent(v.newest, now, recent))
         .collect();
     let mut silent: Vec<String> = expected
         .iter()

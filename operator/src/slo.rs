@@ -9,8 +9,15 @@
 //! a round in the threshold's own bin counts as over it, so the SLI errs by at most 2 % of
 //! the threshold, on the strict side). Burn rates: the last 5 min, 30 min and 1 h from raw
 //! samples, 6 h from the hourly rollups plus the current hour.
+//!
+//! A target may have objectives of its own (spec.targets[].slo): the same query templates,
+//! joined on the target too, count them — one more query of each kind per batch when any
+//! target has its own, never one per target. (Summing both from one read of the probe's rows
+//! was measured first: 2-3x slower for the probes' objectives alone, which every status
+//! period pays.)
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -43,7 +50,16 @@ pub struct SloCounts {
     pub last_6h: Counts,
 }
 
-/// One probe of [`slo_counts_many`].
+/// A probe's counts for status: spec.slo's, and each target's own, by target name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeSloCounts {
+    /// spec.slo's; None without one.
+    pub probe: Option<SloCounts>,
+    /// The targets with a slo of their own.
+    pub targets: std::collections::BTreeMap<String, SloCounts>,
+}
+
+/// One probe of [`slo_counts_many`]: its spec.slo, over all its targets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SloQuery {
     /// `namespace/name`, as samples carry it.
@@ -53,29 +69,138 @@ pub struct SloQuery {
     pub threshold_ms: Option<f64>,
 }
 
-type CountRow = (String, String, i64, i64, i64, i64, i64);
+/// One target's own objectives (spec.targets[].slo), counted over that target's rounds alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSloQuery {
+    /// `namespace/name` of its probe.
+    pub probe: String,
+    /// The target's name in spec.targets.
+    pub target: String,
+    pub window_days: u32,
+    pub threshold_ms: Option<f64>,
+}
 
-/// The probes' parameters as the queries take them: names, window days, and each latency
-/// threshold's bin with the lower edge of that bin (a round is "fast" when its bin is below
-/// the threshold's: `latency < edge`, no logarithm per row). No threshold: bin 0, edge 0 —
-/// nothing is fast.
-fn params(probes: &[SloQuery]) -> (Vec<&str>, Vec<i32>, Vec<i16>, Vec<f64>) {
-    let names = probes.iter().map(|p| p.probe.as_str()).collect();
-    let days = probes
-        .iter()
-        .map(|p| i32::try_from(p.window_days).unwrap_or(90))
-        .collect();
-    let (bins, edges) = probes
-        .iter()
-        .map(|p| match p.threshold_ms {
-            Some(ms) => {
-                let bin = latency_bin(ms);
-                (bin, 0.01 * 1.02f64.powi(i32::from(bin)))
-            }
-            None => (0, 0.0),
-        })
-        .unzip();
-    (names, days, bins, edges)
+/// Whose rounds counts are of: a probe's (all its targets: `target` None) or one of its
+/// targets'.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SloKey {
+    pub probe: String,
+    pub target: Option<String>,
+}
+
+impl SloKey {
+    pub fn probe(probe: &str) -> Self {
+        Self {
+            probe: probe.to_owned(),
+            target: None,
+        }
+    }
+
+    pub fn target(probe: &str, target: &str) -> Self {
+        Self {
+            probe: probe.to_owned(),
+            target: Some(target.to_owned()),
+        }
+    }
+}
+
+/// A row of the counts: probe, target (NULL for the probe's), rounds, up, timed, fast, nodes.
+type WindowRow = (String, Option<String>, i64, i64, i64, i64, i64);
+/// A row of the burn windows: probe, target (NULL for the probe's), window, rounds, up,
+/// timed, fast.
+type BurnRow = (String, Option<String>, String, i64, i64, i64, i64);
+
+/// A latency threshold as the queries take it: its bin, and the lower edge of that bin (a
+/// round is "fast" when its bin is below the threshold's: `latency < edge`, no logarithm
+/// per row). No threshold: bin 0, edge 0 — nothing is fast.
+fn threshold(ms: Option<f64>) -> (i16, f64) {
+    match ms {
+        Some(ms) => {
+            let bin = latency_bin(ms);
+            (bin, 0.01 * 1.02f64.powi(i32::from(bin)))
+        }
+        None => (0, 0.0),
+    }
+}
+
+fn days(d: u32) -> i32 {
+    i32::try_from(d).unwrap_or(90)
+}
+
+/// The queries' parameters, column by column: the probes' objectives, or the targets'
+/// (`targets` set).
+#[derive(Default)]
+struct Params<'a> {
+    probes: Vec<&'a str>,
+    targets: Vec<&'a str>,
+    days: Vec<i32>,
+    bins: Vec<i16>,
+    edges: Vec<f64>,
+}
+
+impl<'a> Params<'a> {
+    fn push(&mut self, probe: &'a str, days: u32, threshold_ms: Option<f64>) {
+        let (bin, edge) = threshold(threshold_ms);
+        self.probes.push(probe);
+        self.days.push(self::days(days));
+        self.bins.push(bin);
+        self.edges.push(edge);
+    }
+
+    fn of_probes(probes: &'a [SloQuery]) -> Self {
+        let mut p = Self::default();
+        for q in probes {
+            p.push(&q.probe, q.window_days, q.threshold_ms);
+        }
+        p
+    }
+
+    fn of_targets(targets: &'a [TargetSloQuery]) -> Self {
+        let mut p = Self::default();
+        for q in targets {
+            p.push(&q.probe, q.window_days, q.threshold_ms);
+            p.targets.push(&q.target);
+        }
+        p
+    }
+}
+
+/// Fills a query template for the probes' objectives (`by_target` false: rows per probe) or
+/// the targets' own (rows per probe and target, each relation joined on both; the target
+/// names bound as `target_param`). One template, so that both count alike.
+fn instantiate(template: &str, by_target: bool, target_param: &str) -> String {
+    let fills: [(&str, String); 6] = if by_target {
+        [
+            ("{tp}", format!(", {target_param}::text[]")),
+            ("{tc}", ", target".to_owned()),
+            ("{k}", "q.probe, q.target".to_owned()),
+            ("{tk}", ", target".to_owned()),
+            ("{rt}", "r.target".to_owned()),
+            ("{qt}", "q.target".to_owned()),
+        ]
+    } else {
+        [
+            ("{tp}", String::new()),
+            ("{tc}", String::new()),
+            ("{k}", "q.probe".to_owned()),
+            ("{tk}", String::new()),
+            ("{rt}", "null::text".to_owned()),
+            ("{qt}", "null::text".to_owned()),
+        ]
+    };
+    let mut sql = template.to_owned();
+    for (from, to) in fills {
+        sql = sql.replace(from, &to);
+    }
+    for alias in ["d", "h", "m", "l", "r"] {
+        let on = if by_target {
+            format!(" and {alias}.target = q.target")
+        } else {
+            String::new()
+        };
+        sql = sql.replace(&format!("{{on:{alias}}}"), &on);
+    }
+    sql
 }
 
 /// `fiberstack_latency_bin` (migration 0007) in Rust: bins of 2 % from 0.01 ms, 0–697.
@@ -97,9 +222,19 @@ pub async fn slo_counts_many(
     pool: &PgPool,
     probes: &[SloQuery],
 ) -> Result<HashMap<String, SloCounts>, sqlx::Error> {
-    let mut counts = burn_counts_many(pool, probes).await?;
-    for (probe, (window, nodes)) in window_counts_many(pool, probes).await? {
-        if let Some(c) = counts.get_mut(&probe) {
+    Ok(by_probe(slo_counts_all(pool, probes, &[]).await?))
+}
+
+/// The counts of many probes' and targets' objectives: [`window_counts_all`] and
+/// [`burn_counts_all`] together. Every objective asked for has an entry.
+pub async fn slo_counts_all(
+    pool: &PgPool,
+    probes: &[SloQuery],
+    targets: &[TargetSloQuery],
+) -> Result<HashMap<SloKey, SloCounts>, sqlx::Error> {
+    let mut counts = burn_counts_all(pool, probes, targets).await?;
+    for (key, (window, nodes)) in window_counts_all(pool, probes, targets).await? {
+        if let Some(c) = counts.get_mut(&key) {
             c.window = window;
             c.nodes = nodes;
         }
@@ -107,140 +242,203 @@ pub async fn slo_counts_many(
     Ok(counts)
 }
 
-/// The rounds over each probe's SLO window and the nodes that sent them, in one query:
-/// complete days from the daily rollups, today's complete hours from the hourly ones, the
-/// current hour raw. The window changes slowly: callers may keep this for minutes.
+fn by_probe<T>(counts: HashMap<SloKey, T>) -> HashMap<String, T> {
+    counts
+        .into_iter()
+        .filter(|(k, _)| k.target.is_none())
+        .map(|(k, c)| (k.probe, c))
+        .collect()
+}
+
+/// The rounds over each probe's SLO window and the nodes that sent them
+/// ([`window_counts_all`] without targets' objectives).
 pub async fn window_counts_many(
     pool: &PgPool,
     probes: &[SloQuery],
 ) -> Result<HashMap<String, (Counts, i64)>, sqlx::Error> {
-    let (names, days, bins, edges) = params(probes);
-    let rows: Vec<CountRow> = sqlx::query_as(
-        "with q as (select * from unnest($1::text[], $2::int4[], $3::int2[], $4::float8[])
-                                   q(probe, days, bin, edge)),
-         b as (select date_trunc('day', now()) as today, date_trunc('hour', now()) as hour),
-         rounds as (
-           select q.probe, d.node, d.samples, d.up_samples
-             from q cross join b
-             join metrics_daily d on d.probe = q.probe
-                  and d.bucket >= b.today - make_interval(days => q.days - 1) and d.bucket < b.today
-           union all
-           select q.probe, h.node, h.samples, h.up_samples
-             from q cross join b
-             join metrics_hourly h on h.probe = q.probe and h.bucket >= b.today and h.bucket < b.hour
-           union all
-           select q.probe, m.node, count(*), count(*) filter (where m.up)
-             from q cross join b
-             join metrics m on m.probe = q.probe and m.time >= b.hour
-            group by 1, 2
-         ),
-         timing as (
-           select q.probe, sum(l.samples) as timed, sum(l.samples) filter (where l.bin < q.bin) as fast
-             from q cross join b
-             join metrics_latency_daily l on l.probe = q.probe
-                  and l.bucket >= b.today - make_interval(days => q.days - 1) and l.bucket < b.today
-            group by 1
-           union all
-           select q.probe, sum(l.samples), sum(l.samples) filter (where l.bin < q.bin)
-             from q cross join b
-             join metrics_latency_hourly l on l.probe = q.probe and l.bucket >= b.today and l.bucket < b.hour
-            group by 1
-           union all
-           select q.probe, count(*) filter (where m.up and m.latency_ms is not null),
-                  count(*) filter (where m.up and m.latency_ms < q.edge)
-             from q cross join b
-             join metrics m on m.probe = q.probe and m.time >= b.hour
-            group by 1
-         ),
-         r as (select probe, sum(samples)::int8 as rounds, sum(up_samples)::int8 as up,
-                      count(distinct node)::int8 as nodes from rounds group by 1),
-         t as (select probe, coalesce(sum(timed), 0)::int8 as timed, coalesce(sum(fast), 0)::int8 as fast
-                 from timing group by 1)
-         select r.probe, 'window', r.rounds, r.up, coalesce(t.timed, 0), coalesce(t.fast, 0), r.nodes
-           from r left join t using (probe)",
-    )
-    .bind(&names)
-    .bind(&days)
-    .bind(&bins)
-    .bind(&edges)
-    .fetch_all(pool)
-    .await?;
+    Ok(by_probe(window_counts_all(pool, probes, &[]).await?))
+}
+
+/// The window counts' query (a template of [`instantiate`]): complete days from the daily
+/// rollups, today's complete hours from the hourly ones, the current hour raw.
+const WINDOW_SQL: &str = "with q as (select * from unnest($1::text[], $2::int4[], $3::int2[], $4::float8[]{tp})
+                               q(probe, days, bin, edge{tc})),
+     b as (select date_trunc('day', now()) as today, date_trunc('hour', now()) as hour),
+     rounds as (
+       select {k}, d.node, d.samples, d.up_samples
+         from q cross join b
+         join metrics_daily d on d.probe = q.probe{on:d}
+              and d.bucket >= b.today - make_interval(days => q.days - 1) and d.bucket < b.today
+       union all
+       select {k}, h.node, h.samples, h.up_samples
+         from q cross join b
+         join metrics_hourly h on h.probe = q.probe{on:h} and h.bucket >= b.today and h.bucket < b.hour
+       union all
+       select {k}, m.node, count(*), count(*) filter (where m.up)
+         from q cross join b
+         join metrics m on m.probe = q.probe{on:m} and m.time >= b.hour
+        group by {k}, m.node
+     ),
+     timing as (
+       select {k}, sum(l.samples) as timed, sum(l.samples) filter (where l.bin < q.bin) as fast
+         from q cross join b
+         join metrics_latency_daily l on l.probe = q.probe{on:l}
+              and l.bucket >= b.today - make_interval(days => q.days - 1) and l.bucket < b.today
+        group by {k}
+       union all
+       select {k}, sum(l.samples), sum(l.samples) filter (where l.bin < q.bin)
+         from q cross join b
+         join metrics_latency_hourly l on l.probe = q.probe{on:l} and l.bucket >= b.today and l.bucket < b.hour
+        group by {k}
+       union all
+       select {k}, count(*) filter (where m.up and m.latency_ms is not null),
+              count(*) filter (where m.up and m.latency_ms < q.edge)
+         from q cross join b
+         join metrics m on m.probe = q.probe{on:m} and m.time >= b.hour
+        group by {k}
+     ),
+     r as (select probe{tk}, sum(samples)::int8 as rounds, sum(up_samples)::int8 as up,
+                  count(distinct node)::int8 as nodes from rounds group by probe{tk}),
+     t as (select probe{tk}, coalesce(sum(timed), 0)::int8 as timed, coalesce(sum(fast), 0)::int8 as fast
+             from timing group by probe{tk})
+     select r.probe, {rt}, r.rounds, r.up, coalesce(t.timed, 0), coalesce(t.fast, 0), r.nodes
+       from r left join t using (probe{tk})";
+
+static WINDOW_BY_PROBE: LazyLock<String> = LazyLock::new(|| instantiate(WINDOW_SQL, false, ""));
+static WINDOW_BY_TARGET: LazyLock<String> = LazyLock::new(|| instantiate(WINDOW_SQL, true, "$5"));
+
+/// The rounds over each objective's window and the nodes that sent them: one query for the
+/// probes' objectives and, when any target has its own, one for the targets' (the same
+/// template joined on the target too) — never one per probe or target. Objectives without
+/// rounds have no entry. The window changes slowly: callers may keep this for minutes.
+pub async fn window_counts_all(
+    pool: &PgPool,
+    probes: &[SloQuery],
+    targets: &[TargetSloQuery],
+) -> Result<HashMap<SloKey, (Counts, i64)>, sqlx::Error> {
+    let mut rows: Vec<WindowRow> = vec![];
+    for (q, sql) in [
+        (Params::of_probes(probes), &*WINDOW_BY_PROBE),
+        (Params::of_targets(targets), &*WINDOW_BY_TARGET),
+    ] {
+        if q.probes.is_empty() {
+            continue;
+        }
+        // The SQL is one of the two fillings of WINDOW_SQL above.
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(q.probes)
+            .bind(q.days)
+            .bind(q.bins)
+            .bind(q.edges);
+        if !q.targets.is_empty() {
+            query = query.bind(q.targets);
+        }
+        rows.extend(query.fetch_all(pool).await?);
+    }
     Ok(rows
         .into_iter()
-        .map(|(probe, _, rounds, up, timed, fast, nodes)| {
+        .map(|(probe, target, rounds, up, timed, fast, nodes)| {
             let counts = Counts {
                 rounds,
                 up,
                 timed,
                 fast,
             };
-            (probe, (counts, nodes))
+            (SloKey { probe, target }, (counts, nodes))
         })
         .collect())
 }
 
-/// The burn-rate windows of many probes: the last 5 min, 30 min and 1 h from raw samples, the
-/// last 6 h from the hourly rollups plus the current hour. Every probe asked for has an entry
-/// (its window counts left at zero).
+/// The burn-rate windows of many probes ([`burn_counts_all`] without targets' objectives).
 pub async fn burn_counts_many(
     pool: &PgPool,
     probes: &[SloQuery],
 ) -> Result<HashMap<String, SloCounts>, sqlx::Error> {
-    let (names, _, bins, edges) = params(probes);
-    let mut counts: HashMap<String, SloCounts> = names
+    Ok(by_probe(burn_counts_all(pool, probes, &[]).await?))
+}
+
+/// The burn windows' query (a template of [`instantiate`]): the last 5 min, 30 min and 1 h
+/// from raw samples, the last 6 h from the hourly rollups plus the current hour.
+const BURN_SQL: &str = "with q as (select * from unnest($1::text[], $2::int2[], $3::float8[]{tp})
+                               q(probe, bin, edge{tc})),
+     b as (select date_trunc('hour', now()) as hour),
+     raw as (
+       select {k}, w.name,
+              count(*) as rounds, count(*) filter (where m.up) as up,
+              count(*) filter (where m.up and m.latency_ms is not null) as timed,
+              count(*) filter (where m.up and m.latency_ms < q.edge) as fast
+         from q cross join b
+         join metrics m on m.probe = q.probe{on:m}
+              and m.time > least(now() - interval '1 hour', b.hour)
+         cross join (values ('5m', now() - interval '5 minutes'),
+                            ('30m', now() - interval '30 minutes'),
+                            ('1h', now() - interval '1 hour'),
+                            ('hour', date_trunc('hour', now()))) w(name, since)
+        where m.time > w.since or (w.name = 'hour' and m.time >= w.since)
+        group by {k}, w.name
+     ),
+     hours as (
+       select {k}, sum(h.samples) as rounds, sum(h.up_samples) as up
+         from q cross join b
+         join metrics_hourly h on h.probe = q.probe{on:h}
+              and h.bucket >= b.hour - interval '5 hours' and h.bucket < b.hour
+        group by {k}
+     ),
+     hour_timing as (
+       select {k}, sum(l.samples) as timed, sum(l.samples) filter (where l.bin < q.bin) as fast
+         from q cross join b
+         join metrics_latency_hourly l on l.probe = q.probe{on:l}
+              and l.bucket >= b.hour - interval '5 hours' and l.bucket < b.hour
+        group by {k}
+     )
+     select r.probe, {rt}, r.name, r.rounds::int8, r.up::int8, r.timed::int8, r.fast::int8
+       from raw r where r.name <> 'hour'
+     union all
+     select q.probe, {qt}, '6h',
+            (coalesce(h.rounds, 0) + coalesce(r.rounds, 0))::int8,
+            (coalesce(h.up, 0) + coalesce(r.up, 0))::int8,
+            (coalesce(t.timed, 0) + coalesce(r.timed, 0))::int8,
+            (coalesce(t.fast, 0) + coalesce(r.fast, 0))::int8
+       from q left join hours h using (probe{tk}) left join hour_timing t using (probe{tk})
+              left join raw r on r.probe = q.probe{on:r} and r.name = 'hour'";
+
+static BURN_BY_PROBE: LazyLock<String> = LazyLock::new(|| instantiate(BURN_SQL, false, ""));
+static BURN_BY_TARGET: LazyLock<String> = LazyLock::new(|| instantiate(BURN_SQL, true, "$4"));
+
+/// The burn-rate windows of many probes' and targets' objectives: one query for the probes'
+/// and, when any target has its own, one for the targets'. Every objective asked for has an
+/// entry (its window counts left at zero).
+pub async fn burn_counts_all(
+    pool: &PgPool,
+    probes: &[SloQuery],
+    targets: &[TargetSloQuery],
+) -> Result<HashMap<SloKey, SloCounts>, sqlx::Error> {
+    let mut counts: HashMap<SloKey, SloCounts> = probes
         .iter()
-        .map(|n| ((*n).to_owned(), SloCounts::default()))
+        .map(|p| SloKey::probe(&p.probe))
+        .chain(targets.iter().map(|t| SloKey::target(&t.probe, &t.target)))
+        .map(|key| (key, SloCounts::default()))
         .collect();
-    let rows: Vec<CountRow> = sqlx::query_as(
-        "with q as (select * from unnest($1::text[], $2::int2[], $3::float8[]) q(probe, bin, edge)),
-         b as (select date_trunc('hour', now()) as hour),
-         raw as (
-           select q.probe, w.name,
-                  count(*) as rounds, count(*) filter (where m.up) as up,
-                  count(*) filter (where m.up and m.latency_ms is not null) as timed,
-                  count(*) filter (where m.up and m.latency_ms < q.edge) as fast
-             from q cross join b
-             join metrics m on m.probe = q.probe
-                  and m.time > least(now() - interval '1 hour', b.hour)
-             cross join (values ('5m', now() - interval '5 minutes'),
-                                ('30m', now() - interval '30 minutes'),
-                                ('1h', now() - interval '1 hour'),
-                                ('hour', date_trunc('hour', now()))) w(name, since)
-            where m.time > w.since or (w.name = 'hour' and m.time >= w.since)
-            group by 1, 2
-         ),
-         hours as (
-           select q.probe, sum(h.samples) as rounds, sum(h.up_samples) as up
-             from q cross join b
-             join metrics_hourly h on h.probe = q.probe
-                  and h.bucket >= b.hour - interval '5 hours' and h.bucket < b.hour
-            group by 1
-         ),
-         hour_timing as (
-           select q.probe, sum(l.samples) as timed, sum(l.samples) filter (where l.bin < q.bin) as fast
-             from q cross join b
-             join metrics_latency_hourly l on l.probe = q.probe
-                  and l.bucket >= b.hour - interval '5 hours' and l.bucket < b.hour
-            group by 1
-         )
-         select probe, name, rounds::int8, up::int8, timed::int8, fast::int8, 0::int8
-           from raw where name <> 'hour'
-         union all
-         select q.probe, '6h',
-                (coalesce(h.rounds, 0) + coalesce(r.rounds, 0))::int8,
-                (coalesce(h.up, 0) + coalesce(r.up, 0))::int8,
-                (coalesce(t.timed, 0) + coalesce(r.timed, 0))::int8,
-                (coalesce(t.fast, 0) + coalesce(r.fast, 0))::int8, 0::int8
-           from q left join hours h using (probe) left join hour_timing t using (probe)
-                  left join raw r on r.probe = q.probe and r.name = 'hour'",
-    )
-    .bind(&names)
-    .bind(&bins)
-    .bind(&edges)
-    .fetch_all(pool)
-    .await?;
-    for (probe, w, rounds, up, timed, fast, _) in rows {
-        let Some(c) = counts.get_mut(&probe) else {
+    let mut rows: Vec<BurnRow> = vec![];
+    for (q, sql) in [
+        (Params::of_probes(probes), &*BURN_BY_PROBE),
+        (Params::of_targets(targets), &*BURN_BY_TARGET),
+    ] {
+        if q.probes.is_empty() {
+            continue;
+        }
+        // The SQL is one of the two fillings of BURN_SQL above.
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(q.probes)
+            .bind(q.bins)
+            .bind(q.edges);
+        if !q.targets.is_empty() {
+            query = query.bind(q.targets);
+        }
+        rows.extend(query.fetch_all(pool).await?);
+    }
+    for (probe, target, w, rounds, up, timed, fast) in rows {
+        let Some(c) = counts.get_mut(&SloKey { probe, target }) else {
             continue;
         };
         let counted = Counts {
@@ -373,6 +571,25 @@ pub fn expected_rounds(
 mod tests {
     use super::*;
     use crate::crd::LatencyObjective;
+
+    #[test]
+    fn both_fillings_leave_no_placeholder_and_join_every_relation_on_the_target() {
+        for (sql, by_target) in [
+            (&*WINDOW_BY_PROBE, false),
+            (&*WINDOW_BY_TARGET, true),
+            (&*BURN_BY_PROBE, false),
+            (&*BURN_BY_TARGET, true),
+        ] {
+            assert!(!sql.contains('{'), "{sql}");
+            let joins = sql.matches(" on ").count();
+            let on_target = sql.matches(".target = q.target").count();
+            if by_target {
+                assert_eq!(on_target, joins, "{sql}");
+            } else {
+                assert_eq!(on_target, 0, "{sql}");
+            }
+        }
+    }
 
     #[test]
     fn the_bin_and_its_edge_agree() {

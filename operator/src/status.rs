@@ -1,6 +1,6 @@
-//! Fleet health from the database — the SQL of the gather step: which nodes report, the
-//! newest sample, and the 15-minute figures of a probe, of each of its targets, and of each
-//! target from each node (for localization).
+//! Fleet health from the database — the SQL of the gather step: each node's and each
+//! target's newest sample, and the 15-minute figures of a probe, of each of its targets, and
+//! of each target from each node (for localization).
 //! Read-only; the figures are computed from the samples of the window (percentiles are never
 //! averaged). What the figures mean for health is decided in [`crate::health`].
 
@@ -70,8 +70,12 @@ pub async fn stream_figures(
 /// What the database says about one probe.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Figures {
-    /// Nodes with a sample within [`REPORTING_INTERVALS`] intervals, sorted.
-    pub reporting_nodes: Vec<String>,
+    /// Each node's newest sample, for nodes with one within [`REPORTING_INTERVALS`] + 1
+    /// intervals, sorted by node. Which of them report (within [`REPORTING_INTERVALS`]) is
+    /// judged by [`Figures::reporting_nodes`] against the operator's clock — the very rule and
+    /// clock that judge a target's silent nodes ([`crate::localize`]) — never by the
+    /// database's `now()`: the interval more lets the edge be judged there.
+    pub node_newest: Vec<(String, DateTime<Utc>)>,
     pub last_sample: Option<DateTime<Utc>>,
     pub summary: Summary,
     /// Targets with samples in the window, by name.
@@ -162,6 +166,17 @@ pub async fn newest_sample(
     .await
 }
 
+impl Figures {
+    /// Nodes whose newest sample is recent at `now` ([`crate::localize::recent`]), sorted.
+    pub fn reporting_nodes(&self, now: DateTime<Utc>, recent: Duration) -> Vec<String> {
+        self.node_newest
+            .iter()
+            .filter(|(_, newest)| crate::localize::recent(*newest, now, recent))
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+}
+
 /// `probe` is `namespace/name`; `targets` are the spec's target names (the newest sample is
 /// looked up per target, which the natural key, (probe, target, time, node), answers by
 /// reading one index entry). The same figures as [`probe_figures_many`] for one probe.
@@ -205,7 +220,13 @@ pub async fn probe_figures_many(
         .iter()
         .map(|p| p.interval.as_secs_f64() * f64::from(REPORTING_INTERVALS))
         .collect();
-    let widest = recent.iter().copied().fold(0.0, f64::max);
+    // The nodes' newest samples are read one interval further back than Reporting looks,
+    // so that a node at the edge is there for the operator's clock to judge.
+    let bound: Vec<f64> = probes
+        .iter()
+        .map(|p| p.interval.as_secs_f64() * f64::from(REPORTING_INTERVALS + 1))
+        .collect();
+    let widest = bound.iter().copied().fold(0.0, f64::max);
     let (target_probes, target_names): (Vec<&str>, Vec<&str>) = probes
         .iter()
         .flat_map(|p| p.targets.iter().map(|t| (p.probe.as_str(), t.as_str())))
@@ -216,21 +237,21 @@ pub async fn probe_figures_many(
         .collect();
 
     // The widest window bounds the scan of the time index; each probe keeps its own window.
-    let reporting: Vec<(String, String)> = sqlx::query_as(
-        "select p.probe, m.node
+    let nodes: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "select p.probe, m.node, max(m.time)
            from unnest($1::text[], $2::float8[]) p(probe, secs)
            join metrics m on m.probe = p.probe and m.time > now() - make_interval(secs => p.secs)
           where m.time > now() - make_interval(secs => $3)
           group by 1, 2 order by 1, 2",
     )
     .bind(&names)
-    .bind(&recent)
+    .bind(&bound)
     .bind(widest)
     .fetch_all(pool)
     .await?;
-    for (probe, node) in reporting {
+    for (probe, node, newest) in nodes {
         if let Some(f) = figures.get_mut(&probe) {
-            f.reporting_nodes.push(node);
+            f.node_newest.push((node, newest));
         }
     }
 

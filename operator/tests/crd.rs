@@ -142,40 +142,79 @@ async fn a_valid_probe_is_accepted() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_region_with_a_bad_country_is_refused() -> Result<()> {
+/// FiberRegions of the namespace `default`, the CRDs installed (with [`dry_run`], nothing is
+/// stored).
+async fn regions() -> Result<Api<DynamicObject>> {
     let client = common::client().await?;
     common::install_crds(&client).await?;
-    let mut value = common::region_json(&fiberstack_e2e::unique_name("bad"));
-    value["spec"]["country"] = json!("Gh");
-    let object: DynamicObject = serde_json::from_value(value)?;
-    let api: Api<DynamicObject> = Api::namespaced_with(
+    Ok(Api::namespaced_with(
         client,
         "default",
         &ApiResource::erase::<fiberstack_operator::crd::FiberRegion>(&()),
-    );
-    let params = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    let e = api.create(&params, &object).await.unwrap_err().to_string();
+    ))
+}
+
+#[tokio::test]
+async fn a_region_with_a_bad_country_is_refused() -> Result<()> {
+    let mut value = common::region_json(&fiberstack_e2e::unique_name("bad"));
+    value["spec"]["country"] = json!("Gh");
+    let object: DynamicObject = serde_json::from_value(value)?;
+    let e = regions()
+        .await?
+        .create(&dry_run(), &object)
+        .await
+        .unwrap_err()
+        .to_string();
     assert_says(&e, &["spec.country", "\"Gh\"", "^[A-Z]{2}$"]);
     Ok(())
 }
 
 #[tokio::test]
-async fn read_api_origins_must_be_origins() -> Result<()> {
-    let client = common::client().await?;
-    common::install_crds(&client).await?;
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client,
-        "default",
-        &ApiResource::erase::<fiberstack_operator::crd::FiberRegion>(&()),
-    );
-    let params = PostParams {
-        dry_run: true,
-        ..Default::default()
+async fn ingest_admission_limits_are_bounded() -> Result<()> {
+    let api = regions().await?;
+    let params = dry_run();
+    let region = |admission: Value| -> Result<DynamicObject> {
+        let mut value = common::region_json(&fiberstack_e2e::unique_name("admit"));
+        value["spec"]["ingest"]["admission"] = admission;
+        Ok(serde_json::from_value(value)?)
     };
+    for ok in [
+        json!({ "maxBacklog": 50000, "maxBacklogAge": "30s" }),
+        json!({ "maxBacklogAge": "0s" }),
+        json!({ "maxBacklogAge": "5m" }),
+    ] {
+        api.create(&params, &region(ok.clone())?)
+            .await
+            .map_err(|e| anyhow::anyhow!("{ok} was refused: {e}"))?;
+    }
+    for (bad, says) in [
+        (
+            json!({ "maxBacklogAge": "301s" }),
+            &["spec.ingest.admission.maxBacklogAge", "at most 300s"][..],
+        ),
+        (
+            json!({ "maxBacklogAge": "10" }),
+            &["spec.ingest.admission.maxBacklogAge"][..],
+        ),
+        (
+            json!({ "maxBacklog": 0 }),
+            &["spec.ingest.admission.maxBacklog"][..],
+        ),
+    ] {
+        let e = api
+            .create(&params, &region(bad)?)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_says(&e, says);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn read_api_origins_must_be_origins() -> Result<()> {
+    let api = regions().await?;
+    let params = dry_run();
     let region = |origins: Value, per_minute: Value| -> Result<DynamicObject> {
         let mut value = common::region_json(&fiberstack_e2e::unique_name("read"));
         value["spec"]["ingest"]["readApi"] =
@@ -502,13 +541,7 @@ async fn a_probes_region_is_a_dns_label() -> Result<()> {
 
 #[tokio::test]
 async fn a_region_whose_name_cannot_name_its_service_is_refused() -> Result<()> {
-    let client = common::client().await?;
-    common::install_crds(&client).await?;
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client,
-        "default",
-        &ApiResource::erase::<fiberstack_operator::crd::FiberRegion>(&()),
-    );
+    let api = regions().await?;
     let long = "g".repeat(46);
     for name in ["1ghana", "gh.west", &long] {
         let object: DynamicObject = serde_json::from_value(common::region_json(name))?;
@@ -670,5 +703,26 @@ async fn a_traceroute_target_is_checked_by_the_api_server() -> Result<()> {
     })
     .await?;
     assert_says(&e, &["exactly one check", "traceroute"]);
+    let e = refusal(|v| {
+        v["spec"]["targets"][1] = json!({
+            "name": "path",
+            "traceroute": { "host": "8.8.8.8", "changeAlertFor": "168h1s" }
+        });
+    })
+    .await?;
+    assert_says(
+        &e,
+        &[
+            "spec.targets[1].traceroute.changeAlertFor",
+            "must be at most 168h",
+        ],
+    );
+    accepted(|v| {
+        v["spec"]["targets"][1] = json!({
+            "name": "path",
+            "traceroute": { "host": "8.8.8.8", "protocol": "icmp", "changeAlertFor": "168h" }
+        });
+    })
+    .await?;
     Ok(())
 }

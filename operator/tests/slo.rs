@@ -1,30 +1,38 @@
 //! Service level objectives against a real, migrated PostgreSQL database: the counts read
 //! from the rollups (daily, hourly, the current hour raw) equal those of the raw samples they
-//! stand for, and a FiberProbe with spec.slo gets status.slo with its budget, burn rates and
-//! a fast burn announced as an Event.
+//! stand for, per probe and per target from the same query; a FiberProbe with spec.slo gets
+//! status.slo with its budget, burn rates and a fast burn announced as an Event; a target
+//! with its own slo gets its own status and its own burn alert.
 
 mod common;
 
 use anyhow::Result;
 use common::{EVERY, Operator, WAIT, apply_json};
 use fiberstack_e2e::{LocalEnv, TestNamespace, wait_for};
-use fiberstack_operator::crd::{Burn, FiberProbe, FiberRegion};
-use fiberstack_operator::slo::{Counts, SloQuery, slo_counts_many};
+use fiberstack_operator::crd::{AlertState, Burn, FiberProbe, FiberRegion, ObjectiveStatus};
+use fiberstack_operator::slo::{
+    Counts, SloKey, SloQuery, TargetSloQuery, slo_counts_all, slo_counts_many,
+};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::json;
 use sqlx::PgPool;
 
-/// Two nodes, one round a minute each for the last 3 days: 2 % failing, latencies cycling
-/// through 50–249 ms.
+/// Two nodes, one round a minute each for the last 3 days: of `web` 2 % failing, latencies
+/// cycling through 50–249 ms; of `api` (from node-1 only) 1 in 7 failing, 20–119 ms.
 async fn three_days(pool: &PgPool, probe: &str) -> Result<()> {
     sqlx::query(
         "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss)
          select date_trunc('minute', now()) - make_interval(mins => g) + make_interval(secs => n),
                 'node-' || n, $1, 'ghana', 'web', 'http', g % 50 <> 0,
                 case when g % 50 <> 0 then 50 + (g % 200) + 0.5 end, 0
-           from generate_series(0, 3 * 24 * 60) g, generate_series(1, 2) n",
+           from generate_series(0, 3 * 24 * 60) g, generate_series(1, 2) n
+         union all
+         select date_trunc('minute', now()) - make_interval(mins => g) + interval '30 seconds',
+                'node-1', $1, 'ghana', 'api', 'http', g % 7 <> 0,
+                case when g % 7 <> 0 then 20 + (g % 100) + 0.5 end, 0
+           from generate_series(0, 3 * 24 * 60) g",
     )
     .bind(probe)
     .execute(pool)
@@ -37,15 +45,27 @@ async fn three_days(pool: &PgPool, probe: &str) -> Result<()> {
 
 /// The same counts from the raw samples since `from` (an SQL expression).
 async fn raw(pool: &PgPool, probe: &str, from: &str, threshold: f64) -> Result<Counts> {
+    raw_of(pool, probe, None, from, threshold).await
+}
+
+/// [`raw`] of one target, or of all when `target` is None.
+async fn raw_of(
+    pool: &PgPool,
+    probe: &str,
+    target: Option<&str>,
+    from: &str,
+    threshold: f64,
+) -> Result<Counts> {
     // `from` is one of this file's literals.
     let (rounds, up, timed, fast): (i64, i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select count(*), count(*) filter (where up),
                 count(*) filter (where up and latency_ms is not null),
                 count(*) filter (where up and fiberstack_latency_bin(latency_ms) < fiberstack_latency_bin($2))
-           from metrics where probe = $1 and time >= {from}"
+           from metrics where probe = $1 and time >= {from} and ($3::text is null or target = $3)"
     )))
     .bind(probe)
     .bind(threshold)
+    .bind(target)
     .fetch_one(pool)
     .await?;
     Ok(Counts {
@@ -71,7 +91,7 @@ async fn counts_from_the_rollups_equal_the_raw_samples_they_stand_for() -> Resul
         window_days: 30,
         threshold_ms: None,
     };
-    let counts = slo_counts_many(&pool, &[query, other]).await?;
+    let counts = slo_counts_many(&pool, &[query.clone(), other]).await?;
     let c = &counts[probe];
 
     // Two whole days: yesterday and today, up to now.
@@ -126,6 +146,76 @@ async fn counts_from_the_rollups_equal_the_raw_samples_they_stand_for() -> Resul
     }
     // A probe without rounds has zeros, and no threshold counts nothing as fast.
     assert_eq!(counts["ns/silent"].window, Counts::default());
+
+    // The targets' own objectives from the same queries: `api` over 2 days under 60 ms, `web`
+    // over 3 days under 100 ms; the probe's counts stay what they were alone.
+    let targets = [
+        TargetSloQuery {
+            probe: probe.to_owned(),
+            target: "api".to_owned(),
+            window_days: 2,
+            threshold_ms: Some(60.0),
+        },
+        TargetSloQuery {
+            probe: probe.to_owned(),
+            target: "web".to_owned(),
+            window_days: 3,
+            threshold_ms: Some(100.0),
+        },
+        TargetSloQuery {
+            probe: "ns/silent".to_owned(),
+            target: "none".to_owned(),
+            window_days: 30,
+            threshold_ms: None,
+        },
+    ];
+    let all = slo_counts_all(&pool, std::slice::from_ref(&query), &targets).await?;
+    assert_eq!(
+        all[&SloKey::probe(probe)],
+        *c,
+        "the probe's counts are unchanged"
+    );
+    assert_eq!(all.len(), 4, "{:?}", all.keys().collect::<Vec<_>>());
+    let yesterday = "date_trunc('day', now()) - interval '1 day'";
+    let api = raw_of(&pool, probe, Some("api"), yesterday, 60.0).await?;
+    let web = raw_of(
+        &pool,
+        probe,
+        Some("web"),
+        "date_trunc('day', now()) - interval '2 days'",
+        100.0,
+    )
+    .await?;
+    assert_eq!(all[&SloKey::target(probe, "api")].window, api);
+    assert_eq!(all[&SloKey::target(probe, "api")].nodes, 1);
+    assert_eq!(all[&SloKey::target(probe, "web")].window, web);
+    assert_eq!(all[&SloKey::target(probe, "web")].nodes, 2);
+    assert!(
+        api.rounds > 0 && api.up < api.rounds && api.fast < api.timed,
+        "{api:?}"
+    );
+    let api_six = raw_of(
+        &pool,
+        probe,
+        Some("api"),
+        "date_trunc('hour', now()) - interval '5 hours'",
+        60.0,
+    )
+    .await?;
+    assert_eq!(all[&SloKey::target(probe, "api")].last_6h, api_six);
+    let web_six = raw_of(
+        &pool,
+        probe,
+        Some("web"),
+        "date_trunc('hour', now()) - interval '5 hours'",
+        100.0,
+    )
+    .await?;
+    assert_eq!(all[&SloKey::target(probe, "web")].last_6h, web_six);
+    assert_eq!(
+        all[&SloKey::target("ns/silent", "none")],
+        Default::default()
+    );
 
     pool.close().await;
     LocalEnv::load()?.drop_postgres_database(&url, &[]).await
@@ -227,6 +317,162 @@ async fn a_probe_with_an_slo_reports_its_budget_and_a_fast_burn() -> Result<()> 
             })
         })
         .await
+    }
+    .await;
+    operator.stop().await;
+    pool.close().await;
+    ns.delete().await?;
+    LocalEnv::load()?.drop_postgres_database(&url, &[]).await?;
+    result
+}
+
+/// An objective's expected status from the rounds counted in the database: the SLI to
+/// 3 places, the budget left and the burn rate to 1 place, as percentages.
+fn expected(objective_pct: f64, good: i64, total: i64) -> (f64, f64, f64) {
+    let round = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
+    let good_share = good as f64 / total as f64;
+    let allowed = 1.0 - objective_pct / 100.0;
+    (
+        round(100.0 * good_share, 3),
+        round(100.0 * (1.0 - (1.0 - good_share) / allowed), 1),
+        round((1.0 - good_share) / allowed, 1),
+    )
+}
+
+fn observed(o: &ObjectiveStatus) -> (f64, f64, f64) {
+    (
+        o.sli_pct.unwrap_or(f64::NAN),
+        o.error_budget_remaining_pct.unwrap_or(f64::NAN),
+        o.burn_rate_1h.unwrap_or(f64::NAN),
+    )
+}
+
+#[tokio::test]
+async fn a_target_with_its_own_slo_gets_its_own_status_and_burn_alert() -> Result<()> {
+    let client = common::client().await?;
+    common::install_crds(&client).await?;
+    let (url, pool) = common::migrated_database("fs_slo_target").await?;
+    let ns = TestNamespace::create(&client, "op-slo-target").await?;
+    apply_json(
+        &Api::<FiberRegion>::namespaced(client.clone(), &ns.name),
+        &common::region_json("ghana"),
+    )
+    .await?;
+    // The probe's objective is loose, db's own is tight: db's failures burn db's budget fast
+    // and leave the probe's, spread over both targets, burning slowly or not at all.
+    let mut probe = common::probe_json("accra-edge", "ghana");
+    probe["spec"]["slo"] = json!({
+        "availabilityPct": 80,
+        "latency": { "thresholdMs": 150, "percent": 99 },
+        "windowDays": 7
+    });
+    probe["spec"]["targets"][1]["slo"] = json!({
+        "availabilityPct": 99.9,
+        "latency": { "thresholdMs": 30, "percent": 99 },
+        "windowDays": 3
+    });
+    let probes = Api::<FiberProbe>::namespaced(client.clone(), &ns.name);
+    apply_json(&probes, &probe).await?;
+    let key = format!("{}/accra-edge", ns.name);
+    // The last 40 minutes, one round every 10 s of each target: google-dns always up in
+    // 20 ms; db failing one round in 5 (no latency), the others in 25 or 45 ms in turn.
+    sqlx::query(
+        "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss)
+         select now() - make_interval(secs => 10 * g), 'gh-accra-1', $1, 'ghana', 'google-dns',
+                'icmp', true, 20, 0
+           from generate_series(0, 239) g
+         union all
+         select now() - make_interval(secs => 10 * g), 'gh-accra-1', $1, 'ghana', 'db',
+                'tcp', g % 5 <> 0,
+                case when g % 5 = 0 then null when g % 2 = 0 then 25 else 45 end, 0
+           from generate_series(0, 239) g",
+    )
+    .bind(&key)
+    .execute(&pool)
+    .await?;
+    sqlx::query("select fiberstack_refresh_rollups(now() - interval '2 hours', 'infinity')")
+        .execute(&pool)
+        .await?;
+    // What the objectives count, from the samples themselves.
+    let count = async |target: Option<&str>, under_ms: f64| -> Result<(i64, i64, i64, i64)> {
+        Ok(sqlx::query_as(
+            "select count(*), count(*) filter (where up),
+                    count(*) filter (where up and latency_ms is not null),
+                    count(*) filter (where up and latency_ms < $3)
+               from metrics where probe = $1 and ($2::text is null or target = $2)",
+        )
+        .bind(&key)
+        .bind(target)
+        .bind(under_ms)
+        .fetch_one(&pool)
+        .await?)
+    };
+    let (p_rounds, p_up, p_timed, p_fast) = count(None, 150.0).await?;
+    let (t_rounds, t_up, t_timed, t_fast) = count(Some("db"), 30.0).await?;
+    // The two differ, and only db's burns fast (> 14.4 over the last hour).
+    let p_avail = expected(80.0, p_up, p_rounds);
+    let t_avail = expected(99.9, t_up, t_rounds);
+    assert!(
+        p_avail.2 < 14.4 && t_avail.2 > 14.4,
+        "{p_avail:?} {t_avail:?}"
+    );
+
+    let db = fiberstack_operator::status::connect_lazy(&url, None)?;
+    let operator = Operator::start(&client, &ns.name, Some(db));
+    let result = async {
+        let s = wait_for("db's own slo burning Fast", WAIT, EVERY, || async {
+            let s = probes.get("accra-edge").await?.status.unwrap_or_default();
+            let db = s.targets.iter().find(|t| t.name == "db");
+            Ok(match db.and_then(|t| t.slo.clone()) {
+                Some(slo) if slo.burning == Some(Burn::Fast) => Ok(s),
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
+        // The probe's objectives over both targets.
+        let slo = s.slo.clone().expect("status.slo");
+        assert_eq!(slo.window_days, 7);
+        assert_eq!(observed(slo.availability.as_ref().unwrap()), p_avail);
+        assert_eq!(
+            observed(slo.latency.as_ref().unwrap()),
+            expected(99.0, p_fast, p_timed)
+        );
+        assert_ne!(slo.burning, Some(Burn::Fast));
+        // db's own, over db's rounds alone.
+        let row = |name: &str| s.targets.iter().find(|t| t.name == name).unwrap();
+        let own = row("db").slo.clone().unwrap();
+        assert_eq!(own.window_days, 3);
+        assert_eq!(observed(own.availability.as_ref().unwrap()), t_avail);
+        assert_eq!(
+            observed(own.latency.as_ref().unwrap()),
+            expected(99.0, t_fast, t_timed)
+        );
+        assert_ne!(own.availability, slo.availability);
+        assert_eq!(row("google-dns").slo, None, "no slo of its own");
+        // Its own alert: the target's name, the burn, an id of its own.
+        let burns: Vec<_> = s.alerts.iter().filter(|a| a.burn.is_some()).collect();
+        let alert = burns
+            .iter()
+            .find(|a| a.target == "db")
+            .unwrap_or_else(|| panic!("no burn alert of db in {:?}", s.alerts));
+        assert_eq!(
+            (alert.burn.clone(), alert.state),
+            (Some(Burn::Fast), AlertState::Firing)
+        );
+        assert!(
+            alert
+                .id
+                .starts_with(&format!("{}/accra-edge/db/slo@", ns.name)),
+            "{}",
+            alert.id
+        );
+        assert!(
+            burns
+                .iter()
+                .all(|a| a.target != "slo" || a.burn != Some(Burn::Fast)),
+            "the probe's own objective does not burn fast: {burns:?}"
+        );
+        Ok(())
     }
     .await;
     operator.stop().await;

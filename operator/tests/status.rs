@@ -66,7 +66,11 @@ async fn many_probes_in_one_query_per_period_match_each_alone() -> Result<()> {
 
     let a = &many["st/a"];
     // Both nodes sampled `gateway` within 3 intervals (30 s); `web`'s node did too.
-    assert_eq!(a.reporting_nodes, ["gh-accra-1", "ng-lagos-1"]);
+    let recent = Duration::from_secs(30);
+    assert_eq!(
+        a.reporting_nodes(Utc::now(), recent),
+        ["gh-accra-1", "ng-lagos-1"]
+    );
     assert_eq!(a.summary.samples, 45);
     let names: Vec<&str> = a.targets.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
@@ -113,7 +117,7 @@ async fn many_probes_in_one_query_per_period_match_each_alone() -> Result<()> {
 
     let b = &many["st/b"];
     assert!(
-        b.reporting_nodes.is_empty(),
+        b.reporting_nodes(Utc::now(), recent).is_empty(),
         "its newest sample is 90 s old"
     );
     assert_eq!(

@@ -549,3 +549,121 @@ async fn region_status_reports_availability_and_its_stream() -> Result<()> {
     env.drop_postgres_database(&database, &[]).await?;
     result
 }
+
+/// `spec.ingest.tls`: the API server takes the field (and refuses it without its Secret's
+/// name) and every object the operator renders from it: the ingest Deployment serving
+/// HTTPS with the Secret's certificate and checked over HTTPS, its Service's port named
+/// https, and the probes' DaemonSet with the authority alone and a ConfigMap that sends to
+/// the https URL the certificate must name.
+#[tokio::test]
+async fn a_region_serving_https_renders_what_the_api_server_takes() -> Result<()> {
+    let client = common::client().await?;
+    common::install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "op-tls").await?;
+    let operator = Operator::start(&client, &ns.name, None);
+    let result = async {
+        let regions: Api<FiberRegion> = Api::namespaced(client.clone(), &ns.name);
+        let probes: Api<FiberProbe> = Api::namespaced(client.clone(), &ns.name);
+        let mut region = common::region_json("ghana");
+        region["spec"]["ingest"]["tls"] = json!({});
+        let refused = apply_json(&regions, &region).await.unwrap_err();
+        assert!(format!("{refused:#}").contains("secretName"), "{refused:#}");
+        region["spec"]["ingest"]["tls"] = json!({ "secretName": "ingest-ghana-tls" });
+        apply_json(&regions, &region).await?;
+        apply_json(&probes, &common::probe_json("accra-edge", "ghana")).await?;
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        let ingest = wait_for("ingest Deployment", WAIT, EVERY, || async {
+            Ok(deployments
+                .get_opt("fiberstack-ingest-ghana")
+                .await?
+                .ok_or("absent".to_owned()))
+        })
+        .await?;
+        let pod = ingest.spec.unwrap().template.spec.unwrap();
+        let container = &pod.containers[0];
+        let env = |name: &str| {
+            container
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            env("FIBER_TLS_CERT_FILE").as_deref(),
+            Some("/var/run/fiberstack-tls/tls.crt")
+        );
+        assert_eq!(
+            env("FIBER_TLS_KEY_FILE").as_deref(),
+            Some("/var/run/fiberstack-tls/tls.key")
+        );
+        let readiness = container.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            readiness.http_get.as_ref().unwrap().scheme.as_deref(),
+            Some("HTTPS")
+        );
+        let tls = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "tls")
+            .and_then(|v| v.secret.clone())
+            .unwrap();
+        assert_eq!(tls.secret_name.as_deref(), Some("ingest-ghana-tls"));
+
+        let services = Api::<Service>::namespaced(client.clone(), &ns.name);
+        let service = wait_for("ingest Service", WAIT, EVERY, || async {
+            Ok(services
+                .get_opt("fiberstack-ingest-ghana")
+                .await?
+                .ok_or("absent".to_owned()))
+        })
+        .await?;
+        let port = &service.spec.unwrap().ports.unwrap()[0];
+        assert_eq!((port.name.as_deref(), port.port), (Some("https"), 8080));
+
+        let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns.name);
+        let ds = wait_for("probe DaemonSet", WAIT, EVERY, || async {
+            Ok(daemonsets
+                .get_opt("fiberstack-probe-accra-edge")
+                .await?
+                .ok_or("absent".to_owned()))
+        })
+        .await?;
+        let ca = ds
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "ingest-ca")
+            .and_then(|v| v.secret)
+            .unwrap();
+        assert_eq!(ca.secret_name.as_deref(), Some("ingest-ghana-tls"));
+        let keys: Vec<String> = ca.items.unwrap().into_iter().map(|i| i.key).collect();
+        assert_eq!(keys, ["ca.crt"]);
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+        let cm = configmaps.get("fiberstack-probe-accra-edge").await?;
+        let config = fiberstack_model::ProbeConfig::from_yaml(&cm.data.unwrap()["probe.yaml"])?;
+        assert_eq!(
+            config.ingest.urls,
+            [format!(
+                "https://fiberstack-ingest-ghana.{}.svc:8080",
+                ns.name
+            )]
+        );
+        assert_eq!(
+            config.ingest.ca_file.as_deref(),
+            Some(std::path::Path::new("/var/run/fiberstack-ca/ca.crt"))
+        );
+        Ok(())
+    }
+    .await;
+    operator.stop().await;
+    ns.delete().await?;
+    result
+}

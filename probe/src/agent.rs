@@ -70,11 +70,12 @@ impl Sink for BufferSink {
 
 /// Logs, with the remedy, when the configuration has ICMP targets this process may not probe.
 pub fn warn_if_icmp_not_permitted(settings: &Settings) {
-    let has_icmp = settings
-        .config
-        .targets
-        .iter()
-        .any(|t| matches!(t.check(), Ok(Check::Icmp(_))));
+    let has_icmp = settings.config.targets.iter().any(|t| match t.check() {
+        Ok(Check::Icmp(_)) => true,
+        // A traceroute's ICMP mode sends echoes on a ping socket too.
+        Ok(Check::Traceroute(c)) => c.protocol == fiberstack_model::TracerouteProtocol::Icmp,
+        _ => false,
+    });
     if has_icmp && let Err(e) = checks::icmp::check_permitted() {
         tracing::error!("{e}");
     }

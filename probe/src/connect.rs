@@ -18,24 +18,57 @@ pub fn tls_config() -> Arc<rustls::ClientConfig> {
     CONFIG
         .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::warn!(error = %e, "a trust root could not be loaded");
-            }
-            let (added, _) = roots.add_parsable_certificates(found.certs);
+            let (added, _) = roots.add_parsable_certificates(native_roots().iter().cloned());
             if added == 0 {
                 tracing::warn!("no trust roots found; every HTTPS check and delivery will fail certificate verification (set SSL_CERT_FILE)");
             }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Arc::new(config)
+            client_config(roots)
         })
         .clone()
+}
+
+/// [`tls_config`] trusting also the authorities of `pem` (a CA file or bundle, PEM): for an
+/// ingest whose certificate a private CA signed. An error names what is wrong with `pem`.
+pub fn tls_config_with(pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let extra = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if extra.is_empty() {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(native_roots().iter().cloned());
+    for (i, cert) in extra.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| format!("certificate {} of the file is not usable: {e}", i + 1))?;
+    }
+    Ok(client_config(roots))
+}
+
+/// The system's trust roots, loaded once (reading them takes a while).
+fn native_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "a trust root could not be loaded");
+        }
+        found.certs
+    })
+}
+
+fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 /// How long each phase of a request took. Absent phases were not needed (an IP literal needs
@@ -254,4 +287,25 @@ where
         body: Bytes::from(collected),
         phases,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authority_file_must_hold_pem_certificates() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap().pem();
+        assert!(tls_config_with(ca.as_bytes()).is_ok());
+        // A bundle: every certificate of it is taken.
+        assert!(tls_config_with(format!("{ca}{ca}").as_bytes()).is_ok());
+        let e = tls_config_with(b"").unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        // The key file given by mistake holds no certificate either.
+        let e = tls_config_with(key.serialize_pem().as_bytes()).unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+    }
 }

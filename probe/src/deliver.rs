@@ -11,6 +11,7 @@
 //! without a restart and nothing spins.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -105,8 +106,19 @@ pub struct Deliverer {
     /// Signalled on every append to the buffer.
     appended: Arc<Notify>,
     tls: Arc<rustls::ClientConfig>,
+    /// The TLS settings with `ingest.caFile`'s authorities, and the file's content they were
+    /// built from.
+    ca: Option<TrustedCa>,
+    /// What was last wrong with `ingest.caFile`, said once per change.
+    ca_problem: Option<String>,
     failures: u32,
     next_try: Vec<Instant>,
+}
+
+struct TrustedCa {
+    path: PathBuf,
+    pem: Vec<u8>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Deliverer {
@@ -122,6 +134,8 @@ impl Deliverer {
             stats,
             appended,
             tls: crate::connect::tls_config(),
+            ca: None,
+            ca_problem: None,
             failures: 0,
             next_try: Vec::new(),
         }
@@ -217,6 +231,51 @@ impl Deliverer {
         }
     }
 
+    /// The TLS settings for this send: the system's roots, plus the authorities of
+    /// `ingest.caFile` when set. The file is read at every send (a few KiB) so that a renewed
+    /// authority in its Secret is taken without a restart; a file that cannot be read or
+    /// parsed keeps the last good one of the same path, and without one nothing is sent
+    /// (the samples wait in the buffer).
+    fn tls_for(&mut self, path: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+        let Some(path) = path else {
+            return Ok(self.tls.clone());
+        };
+        let cached = self.ca.as_ref().filter(|c| c.path == path);
+        let built = match std::fs::read(path) {
+            Ok(pem) if cached.is_some_and(|c| c.pem == pem) => Ok(None),
+            Ok(pem) => crate::connect::tls_config_with(&pem)
+                .map(|tls| Some((pem, tls)))
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let kept = cached.map(|c| c.tls.clone());
+        match (built, kept) {
+            (Ok(None), Some(tls)) => {
+                self.ca_problem = None;
+                Ok(tls)
+            }
+            (Ok(Some((pem, tls))), _) => {
+                tracing::info!(path = %path.display(), "trusting the certificate authorities of ingest.caFile");
+                self.ca_problem = None;
+                self.ca = Some(TrustedCa {
+                    path: path.to_owned(),
+                    pem,
+                    tls: tls.clone(),
+                });
+                Ok(tls)
+            }
+            (Err(e), Some(tls)) => {
+                if self.ca_problem.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "ingest.caFile is not usable now; keeping the authorities read before");
+                    self.ca_problem = Some(e);
+                }
+                Ok(tls)
+            }
+            (Err(e), None) => Err(e),
+            (Ok(None), None) => unreachable!("unchanged content implies a cached authority"),
+        }
+    }
+
     /// Sends one batch from the buffer's head. `Err` holds when to try again.
     async fn send_one(
         &mut self,
@@ -265,6 +324,13 @@ impl Deliverer {
                 return Err(Instant::now() + BACKOFF_MAX);
             }
         };
+        let tls = match self.tls_for(config.ingest.ca_file.as_deref()) {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use ingest.caFile, the authority of the ingest's certificate; not sending");
+                return Err(Instant::now() + BACKOFF_MAX);
+            }
+        };
         for (i, url) in urls.iter().enumerate() {
             if self.next_try[i] > Instant::now() {
                 continue;
@@ -279,7 +345,14 @@ impl Deliverer {
             let span = tracing::info_span!("deliver_batch", url, samples = count);
             let traceparent = fiberstack_telemetry::traceparent(&span);
             let outcome = self
-                .post(url, body.clone(), token.as_deref(), timeout, traceparent)
+                .post(
+                    &tls,
+                    url,
+                    body.clone(),
+                    token.as_deref(),
+                    timeout,
+                    traceparent,
+                )
                 .instrument(span)
                 .await;
             self.stats
@@ -344,6 +417,7 @@ impl Deliverer {
 
     async fn post(
         &self,
+        tls: &Arc<rustls::ClientConfig>,
         url: &str,
         body: Bytes,
         token: Option<&str>,
@@ -374,7 +448,7 @@ impl Deliverer {
                 };
             }
         };
-        let response = match crate::connect::send(request, &self.tls, timeout, 64 << 10).await {
+        let response = match crate::connect::send(request, tls, timeout, 64 << 10).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(url, error = %e, kind = e.kind(), "ingest unreachable");

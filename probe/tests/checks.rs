@@ -28,6 +28,7 @@ fn icmp_target(host: &str, count: u32) -> Target {
         dns: None,
         traceroute: None,
         thresholds: None,
+        slo: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn tcp_target_of(addr: SocketAddr) -> Target {
         dns: None,
         traceroute: None,
         thresholds: None,
+        slo: None,
     }
 }
 

@@ -77,6 +77,7 @@ fn http(url: String, f: impl FnOnce(&mut HttpCheck)) -> Target {
         dns: None,
         traceroute: None,
         thresholds: None,
+        slo: None,
     }
 }
 
@@ -389,6 +390,7 @@ fn dns(query: &str, server: SocketAddr) -> Target {
         }),
         traceroute: None,
         thresholds: None,
+        slo: None,
     }
 }
 

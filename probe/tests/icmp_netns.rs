@@ -9,43 +9,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use fiberstack_model::Sample;
+use support::netns::Netns;
 use support::*;
-
-fn run(cmd: &[&str]) -> Output {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A network namespace with `lo` up and ping sockets allowed, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("fpicmp-{tag}-{}-{}", std::process::id(), fastrand::u16(..));
-        run(&["ip", "netns", "add", &name]);
-        let ns = Self(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
-        ns
-    }
-
-    fn exec(&self, cmd: &[&str]) -> Output {
-        let mut full = vec!["ip", "netns", "exec", &self.0];
-        full.extend_from_slice(cmd);
-        run(&full)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn once(ns: &Netns, scratch: &Scratch, targets: &str, timeout: &str) -> Vec<Sample> {
     let config = scratch.path("probe.yaml");
@@ -66,8 +31,8 @@ fn once(ns: &Netns, scratch: &Scratch, targets: &str, timeout: &str) -> Vec<Samp
 
 /// Two namespaces joined by a veth pair 10.77.0.1 ↔ 10.77.0.2.
 fn veth_path() -> (Netns, Netns, String) {
-    let a = Netns::new("a");
-    let b = Netns::new("b");
+    let a = Netns::new("fpicmp-a");
+    let b = Netns::new("fpicmp-b");
     let (va, vb) = (
         format!("fa{}", fastrand::u32(..100_000)),
         format!("fb{}", fastrand::u32(..100_000)),
@@ -88,8 +53,7 @@ fn veth_path() -> (Netns, Netns, String) {
 fn delayed_path(delay_ms: u32) -> Option<(Netns, Netns)> {
     let (a, b, va) = veth_path();
     let delay = format!("{delay_ms}ms");
-    let mut cmd = vec!["ip", "netns", "exec", &a.0];
-    cmd.extend_from_slice(&[
+    let cmd = a.command(&[
         "tc", "qdisc", "add", "dev", &va, "root", "netem", "delay", &delay,
     ]);
     let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
@@ -226,7 +190,7 @@ fn rtt_agrees_with_ping_on_the_same_path_at_the_same_time() {
 
 #[test]
 fn destination_unreachable_is_reported_at_once_with_its_text() {
-    let ns = Netns::new("unreach");
+    let ns = Netns::new("fpicmp-unreach");
     ns.exec(&["nft", "add", "table", "inet", "t"]);
     ns.exec(&[
         "nft",

@@ -24,6 +24,7 @@ fn icmp_target(name: &str, host: &str, count: u32, spacing_ms: u64) -> Target {
         dns: None,
         traceroute: None,
         thresholds: None,
+        slo: None,
     }
 }
 

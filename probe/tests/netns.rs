@@ -4,51 +4,13 @@
 
 mod support;
 
-use std::process::{Command, Output};
-
 use fiberstack_model::Sample;
+use support::netns::Netns;
 use support::*;
-
-/// A network namespace with only `lo` up, deleted on drop (also when the test fails).
-struct Netns(String);
-
-fn run(cmd: &[&str]) -> Output {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-impl Netns {
-    fn new() -> Self {
-        let name = format!("fprobe-{}-{}", std::process::id(), fastrand::u16(..));
-        run(&["ip", "netns", "add", &name]);
-        let ns = Self(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        // The sysctl is per network namespace; a new one starts at "1 0" (nobody).
-        ns.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
-        ns
-    }
-
-    fn exec(&self, cmd: &[&str]) -> Output {
-        let mut full = vec!["ip", "netns", "exec", &self.0];
-        full.extend_from_slice(cmd);
-        run(&full)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 #[test]
 fn measured_loss_matches_the_injected_loss_and_silence_is_told_apart() {
-    let ns = Netns::new();
+    let ns = Netns::new("fprobe");
     ns.exec(&["nft", "add", "table", "inet", "t"]);
     ns.exec(&[
         "nft",
@@ -155,7 +117,7 @@ fn measured_loss_matches_the_injected_loss_and_silence_is_told_apart() {
 
 #[test]
 fn icmp_not_permitted_is_said_clearly_with_the_remedy() {
-    let ns = Netns::new();
+    let ns = Netns::new("fprobe");
     // Back to the kernel's default: no group may open ping sockets, not even root's.
     ns.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=1 0"]);
     let scratch = Scratch::new("netns-denied");
@@ -179,7 +141,7 @@ fn icmp_not_permitted_is_said_clearly_with_the_remedy() {
 
 #[test]
 fn duplicated_replies_are_counted_apart_not_as_received() {
-    let ns = Netns::new();
+    let ns = Netns::new("fprobe");
     // Every echo reply leaves twice.
     ns.exec(&["nft", "add", "table", "ip", "t"]);
     ns.exec(&[

@@ -154,8 +154,19 @@ impl Subject<'_> {
             );
         }
         if let Some(burn) = &self.alert.burn {
+            // A target's own slo (spec.targets[].slo) names the target.
+            let whose = if crate::controller::probe::alerts::is_burn_of(
+                self.alert,
+                self.namespace,
+                self.probe,
+                Some(&self.alert.target),
+            ) {
+                format!("target {} of ", self.alert.target)
+            } else {
+                String::new()
+            };
             return format!(
-                "the SLO of FiberProbe {}/{} (region {}) {}",
+                "the SLO of {whose}FiberProbe {}/{} (region {}) {}",
                 self.namespace,
                 self.probe,
                 self.region,

@@ -6,7 +6,7 @@ use fiberstack_model::{BufferConfig, Duration, IngestConfig, ProbeConfig, Target
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, ProjectedVolumeSource,
+    EnvVarSource, KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, ProjectedVolumeSource,
     SecretVolumeSource, ServiceAccountTokenProjection, Sysctl, Volume, VolumeMount,
     VolumeProjection,
 };
@@ -22,6 +22,10 @@ use crate::crd::{FiberProbe, FiberRegion};
 /// Where the ConfigMap is mounted and its key.
 pub const CONFIG_DIR: &str = "/etc/fiberstack";
 pub const CONFIG_KEY: &str = "probe.yaml";
+/// Where the authority of the region's ingest certificate is mounted (`spec.ingest.tls`),
+/// and its file: the probe's `ingest.caFile`.
+pub const CA_DIR: &str = "/var/run/fiberstack-ca";
+pub const CA_FILE: &str = "ca.crt";
 /// The probe's disk buffer.
 pub const BUFFER_DIR: &str = "/var/lib/fiberstack/buffer";
 /// The probe's own /metrics.
@@ -43,35 +47,37 @@ pub fn probe_key(probe: &FiberProbe) -> String {
 /// The ingest services a probe of `region` sends to, in the order it tries them (seed 001's
 /// fallback): its own region's first; then, only when probe pods present their own
 /// ServiceAccount token (`images.ingest_service_account`), which proves their region to any
-/// region's ingest, the other regions of `regions` (the names of the FiberRegions in the
-/// probe's namespace). They follow in name order starting after the probe's own region, so
-/// that probes of different regions do not all fall back onto the same one. A static region
+/// region's ingest, the other regions of `regions` (the FiberRegions in the probe's
+/// namespace). They follow in name order starting after the probe's own region, so that
+/// probes of different regions do not all fall back onto the same one. A static region
 /// token is good at its own region's ingest only: without pod identity the list is that one.
-pub fn ingest_urls(region: &FiberRegion, regions: &[String], images: &Images) -> Vec<String> {
+///
+/// A fallback speaks what the own region speaks: a probe whose region serves HTTPS never
+/// sends its token in the clear to another, and one without the region's authority
+/// (`spec.ingest.tls`) could not verify another's HTTPS.
+pub fn ingest_urls(region: &FiberRegion, regions: &[FiberRegion], images: &Images) -> Vec<String> {
     let own = region.name_any();
-    let namespace = region.namespace().unwrap_or_default();
-    let mut urls = vec![names::ingest_url(&own, &namespace)];
+    let mut urls = vec![super::region::ingest_url(region)];
     if images.ingest_service_account.is_none() {
         return urls;
     }
-    let mut others: Vec<&String> = regions.iter().filter(|r| **r != own).collect();
-    others.sort();
-    others.dedup();
-    let after = others.partition_point(|r| r.as_str() < own.as_str());
+    let https = region.spec.ingest.tls.is_some();
+    let mut others: Vec<&FiberRegion> = regions
+        .iter()
+        .filter(|r| r.name_any() != own && r.spec.ingest.tls.is_some() == https)
+        .collect();
+    others.sort_by_key(|r| r.name_any());
+    others.dedup_by_key(|r| r.name_any());
+    let after = others.partition_point(|r| r.name_any() < own);
     others.rotate_left(after);
-    urls.extend(others.iter().map(|r| names::ingest_url(r, &namespace)));
+    urls.extend(others.iter().map(|r| super::region::ingest_url(r)));
     urls
 }
 
 /// The configuration `fiber-probe` reads, with the node left to `NODE_NAME`, sending to its
 /// own region's ingest only (what validation looks at; [`build_configmap`] adds fallbacks).
 pub fn probe_config(probe: &FiberProbe, region: &FiberRegion) -> ProbeConfig {
-    let namespace = probe.namespace().unwrap_or_default();
-    probe_config_sending_to(
-        probe,
-        region,
-        vec![names::ingest_url(&region.name_any(), &namespace)],
-    )
+    probe_config_sending_to(probe, region, vec![super::region::ingest_url(region)])
 }
 
 /// [`probe_config`], sending to `urls` in order.
@@ -90,6 +96,12 @@ pub fn probe_config_sending_to(
         ingest: IngestConfig {
             urls,
             token_file: Some(format!("{TOKEN_DIR}/{TOKEN_KEY}").into()),
+            ca_file: region
+                .spec
+                .ingest
+                .tls
+                .as_ref()
+                .map(|_| format!("{CA_DIR}/{CA_FILE}").into()),
             batch_max_samples: 500,
             batch_max_delay: Duration::from_secs(5),
         },
@@ -98,14 +110,15 @@ pub fn probe_config_sending_to(
             ..BufferConfig::default()
         },
         metrics_listen: Some(([0, 0, 0, 0], METRICS_PORT).into()),
-        // A target's thresholds are the operator's to judge: left out, so that changing one
-        // leaves the probe's configuration as it was.
+        // A target's thresholds and objectives are the operator's to judge: left out, so
+        // that changing one leaves the probe's configuration as it was.
         targets: probe
             .spec
             .targets
             .iter()
             .map(|t| Target {
                 thresholds: None,
+                slo: None,
                 ..t.clone()
             })
             .collect(),
@@ -132,12 +145,12 @@ fn metadata(probe: &FiberProbe) -> ObjectMeta {
     owned_metadata(probe, name, "fiber-probe", "probe", &probe.spec.region)
 }
 
-/// The probe's ConfigMap; `regions` are the names of the FiberRegions of its namespace, the
-/// fallbacks of [`ingest_urls`].
+/// The probe's ConfigMap; `regions` are the FiberRegions of its namespace, the fallbacks of
+/// [`ingest_urls`].
 pub fn build_configmap(
     probe: &FiberProbe,
     region: &FiberRegion,
-    regions: &[String],
+    regions: &[FiberRegion],
     images: &Images,
 ) -> ConfigMap {
     let config = probe_config_sending_to(probe, region, ingest_urls(region, regions, images));
@@ -191,15 +204,20 @@ pub fn build_daemonset(
         liveness_probe: Some(super::http_probe("/healthz", "metrics")),
         resources: Some(resources(None, small("10m", "32Mi", "128Mi"))),
         security_context: Some(super::restricted_container()),
-        volume_mounts: Some(vec![
-            mount("config", CONFIG_DIR),
-            mount("token", TOKEN_DIR),
-            VolumeMount {
-                name: "buffer".to_owned(),
-                mount_path: BUFFER_DIR.to_owned(),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(
+            [
+                mount("config", CONFIG_DIR),
+                mount("token", TOKEN_DIR),
+                VolumeMount {
+                    name: "buffer".to_owned(),
+                    mount_path: BUFFER_DIR.to_owned(),
+                    ..Default::default()
+                },
+            ]
+            .into_iter()
+            .chain(ca_volume(region).map(|_| mount("ingest-ca", CA_DIR)))
+            .collect(),
+        ),
         ..Default::default()
     };
     let mut security = super::restricted_pod();
@@ -225,26 +243,31 @@ pub fn build_daemonset(
                     security_context: Some(security),
                     containers: vec![images.with_telemetry(container)],
                     termination_grace_period_seconds: Some(30),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".to_owned(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: names::probe(&name),
+                    volumes: Some(
+                        [
+                            Volume {
+                                name: "config".to_owned(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: names::probe(&name),
+                                    ..Default::default()
+                                }),
                                 ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                        token_volume(region, images),
-                        Volume {
-                            name: "buffer".to_owned(),
-                            empty_dir: Some(EmptyDirVolumeSource {
-                                // The buffer's own cap is 64Mi; the volume leaves headroom.
-                                size_limit: Some(Quantity("128Mi".to_owned())),
+                            },
+                            token_volume(region, images),
+                            Volume {
+                                name: "buffer".to_owned(),
+                                empty_dir: Some(EmptyDirVolumeSource {
+                                    // The buffer's own cap is 64Mi; the volume leaves headroom.
+                                    size_limit: Some(Quantity("128Mi".to_owned())),
+                                    ..Default::default()
+                                }),
                                 ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                    ]),
+                            },
+                        ]
+                        .into_iter()
+                        .chain(ca_volume(region))
+                        .collect(),
+                    ),
                     ..Default::default()
                 }),
             },
@@ -284,6 +307,26 @@ fn token_volume(region: &FiberRegion, images: &Images) -> Volume {
             ..Default::default()
         }
     }
+}
+
+/// The authority of the region's ingest certificate, when it serves HTTPS: that one key of
+/// its Secret (`ca.crt` of the certificate's own Secret by default), never the private key
+/// beside it, at `CA_DIR/CA_FILE`.
+fn ca_volume(region: &FiberRegion) -> Option<Volume> {
+    let ca = region.spec.ingest.tls.as_ref()?.ca();
+    Some(Volume {
+        name: "ingest-ca".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(ca.name),
+            items: Some(vec![KeyToPath {
+                key: ca.key,
+                path: CA_FILE.to_owned(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 fn mount(volume: &str, path: &str) -> VolumeMount {
@@ -404,11 +447,128 @@ mod tests {
         let configmap = |p: &FiberProbe| build_configmap(p, &r, &all_regions(), &images());
         assert_eq!(configmap(&p), configmap(&stricter));
         assert_eq!(probe_config(&stricter, &r).targets[0].thresholds, None);
+        stricter.spec.targets[0].slo = Some(fiberstack_model::Slo {
+            availability_pct: 99.0,
+            latency: None,
+            window_days: 7,
+        });
+        assert_eq!(configmap(&p), configmap(&stricter));
+        assert_eq!(probe_config(&stricter, &r).targets[0].slo, None);
+    }
+
+    fn with_tls(mut r: FiberRegion) -> FiberRegion {
+        let name = r.name_any();
+        r.spec.ingest.tls = Some(crate::crd::IngestTls {
+            secret_name: format!("fiberstack-ingest-{name}-tls"),
+            ca_secret_ref: None,
+        });
+        r
+    }
+
+    #[test]
+    fn a_region_serving_https_gives_its_probes_https_urls_and_its_authority() {
+        let (p, r) = (probe(), with_tls(region()));
+        let regions = vec![
+            with_tls(region_named("nigeria")),
+            r.clone(),
+            region_named("kenya"),
+        ];
+        let configmap = build_configmap(&p, &r, &regions, &images());
+        let daemonset = build_daemonset(&p, &r, &images()).unwrap();
+        assert_golden("probe-configmap-tls.yaml", std::slice::from_ref(&configmap));
+        assert_golden("probe-daemonset-tls.yaml", std::slice::from_ref(&daemonset));
+
+        let config = ProbeConfig::from_yaml(&configmap.data.unwrap()[CONFIG_KEY]).unwrap();
+        // Kenya serves plain HTTP: the probe's token never goes there in the clear.
+        assert_eq!(
+            config.ingest.urls,
+            [
+                "https://fiberstack-ingest-ghana.fiberstack.svc:8080",
+                "https://fiberstack-ingest-nigeria.fiberstack.svc:8080",
+            ]
+        );
+        assert_eq!(
+            config.ingest.ca_file,
+            Some(std::path::PathBuf::from("/var/run/fiberstack-ca/ca.crt"))
+        );
+        let pod = daemonset.spec.unwrap().template.spec.unwrap();
+        let ca = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "ingest-ca")
+            .unwrap()
+            .secret
+            .unwrap();
+        assert_eq!(
+            ca.secret_name.as_deref(),
+            Some("fiberstack-ingest-ghana-tls")
+        );
+        // Only the authority: the certificate's private key stays out of probe pods.
+        let items = ca.items.unwrap();
+        assert_eq!(
+            items
+                .iter()
+                .map(|i| (i.key.as_str(), i.path.as_str()))
+                .collect::<Vec<_>>(),
+            [("ca.crt", "ca.crt")]
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "ingest-ca")
+            .unwrap();
+        assert_eq!(mount.mount_path, CA_DIR);
+
+        // An authority kept elsewhere (a bundle for every region, say) is the one mounted.
+        let mut bundled = r.clone();
+        bundled.spec.ingest.tls.as_mut().unwrap().ca_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "fiberstack-ca-bundle".to_owned(),
+            key: "bundle.pem".to_owned(),
+        });
+        let pod = build_daemonset(&p, &bundled, &images())
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let ca = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "ingest-ca")
+            .unwrap()
+            .secret
+            .unwrap();
+        assert_eq!(ca.secret_name.as_deref(), Some("fiberstack-ca-bundle"));
+        assert_eq!(ca.items.unwrap()[0].key, "bundle.pem");
+
+        // A plain region falls back to plain regions only (it has no authority to check
+        // another's HTTPS with), and its probes mount no authority.
+        let plain = region();
+        assert_eq!(
+            ingest_urls(&plain, &regions, &images()),
+            [
+                "http://fiberstack-ingest-ghana.fiberstack.svc:8080",
+                "http://fiberstack-ingest-kenya.fiberstack.svc:8080",
+            ]
+        );
+        assert_eq!(probe_config(&p, &plain).ingest.ca_file, None);
+        let pod = build_daemonset(&p, &plain, &images())
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert!(pod.volumes.unwrap().iter().all(|v| v.name != "ingest-ca"));
     }
 
     /// The regions of the design's namespace: the probe's own among them.
-    fn all_regions() -> Vec<String> {
-        ["nigeria", "ghana", "kenya"].map(String::from).to_vec()
+    fn all_regions() -> Vec<FiberRegion> {
+        ["nigeria", "ghana", "kenya"].map(region_named).to_vec()
     }
 
     fn region_named(name: &str) -> FiberRegion {
@@ -438,13 +598,13 @@ mod tests {
         );
         // A region alone, or listed twice, falls back nowhere and repeats nothing.
         assert_eq!(
-            ingest_urls(&region(), &["ghana".to_owned()], &images()),
+            ingest_urls(&region(), &[region_named("ghana")], &images()),
             [url("ghana")]
         );
         assert_eq!(
             ingest_urls(
                 &region(),
-                &["kenya", "ghana", "kenya"].map(String::from),
+                &["kenya", "ghana", "kenya"].map(region_named),
                 &images()
             ),
             [url("ghana"), url("kenya")]

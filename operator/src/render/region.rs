@@ -4,9 +4,9 @@
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Secret, SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -23,6 +23,43 @@ use crate::crd::{FiberRegion, SecretKeyRef};
 pub const READER_TOKEN_DIR: &str = "/var/run/fiberstack-reader";
 /// Port of the ETL's /metrics and /healthz.
 pub const ETL_METRICS_PORT: i32 = 9090;
+/// Where the certificate Secret of `spec.ingest.tls` is mounted in ingest pods.
+pub const TLS_DIR: &str = "/var/run/fiberstack-tls";
+/// The keys of a kubernetes.io/tls Secret ingest reads.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+
+/// The in-cluster URL of `region`'s ingest Service: `https://` when the region serves
+/// HTTPS (`spec.ingest.tls`), else `http://`. Its host is the name the certificate must hold.
+pub fn ingest_url(region: &FiberRegion) -> String {
+    let url = names::ingest_url(&region.name_any(), &region.namespace().unwrap_or_default());
+    match &region.spec.ingest.tls {
+        Some(_) => url.replacen("http://", "https://", 1),
+        None => url,
+    }
+}
+
+/// The name of the ingest port, in the container and the Service: what it speaks.
+fn ingest_port_name(region: &FiberRegion) -> &'static str {
+    if region.spec.ingest.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// The kubelet's GET of `path` on the ingest port, over HTTPS when ingest serves it (the
+/// kubelet does not verify the certificate).
+fn ingest_probe(region: &FiberRegion, path: &str) -> Probe {
+    let port = ingest_port_name(region);
+    let mut probe = http_probe(path, port);
+    if region.spec.ingest.tls.is_some()
+        && let Some(get) = probe.http_get.as_mut()
+    {
+        get.scheme = Some("HTTPS".to_owned());
+    }
+    probe
+}
 
 fn metadata(region: &FiberRegion, name: String, app: &str, component: &str) -> ObjectMeta {
     owned_metadata(region, name, app, component, &region.name_any())
@@ -123,7 +160,7 @@ fn read_api_env(read: &crate::crd::ReadApi) -> Vec<EnvVar> {
 
 pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deployment {
     let spec = &region.spec;
-    let container = Container {
+    let mut container = Container {
         name: "ingest".to_owned(),
         image: Some(images.ingest.clone()),
         image_pull_policy: Some(images.pull_policy.clone()),
@@ -144,18 +181,31 @@ pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deploym
                     spec.ingest.rate_limit.per_probe_per_second.to_string(),
                 ),
                 env("FIBER_RATE_BURST", spec.ingest.rate_limit.burst.to_string()),
+                env(
+                    "FIBER_MAX_BACKLOG",
+                    spec.ingest.admission.max_backlog.to_string(),
+                ),
+                env(
+                    "FIBER_MAX_BACKLOG_AGE",
+                    spec.ingest
+                        .admission
+                        .max_backlog_age
+                        .as_std()
+                        .as_secs_f64()
+                        .to_string(),
+                ),
             ]
             .into_iter()
             .chain(read_api_env(&spec.ingest.read_api))
             .collect(),
         ),
         ports: Some(vec![ContainerPort {
-            name: Some("http".to_owned()),
+            name: Some(ingest_port_name(region).to_owned()),
             container_port: INGEST_PORT,
             ..Default::default()
         }]),
-        readiness_probe: Some(http_probe("/readyz", "http")),
-        liveness_probe: Some(http_probe("/healthz", "http")),
+        readiness_probe: Some(ingest_probe(region, "/readyz")),
+        liveness_probe: Some(ingest_probe(region, "/healthz")),
         resources: Some(resources(
             spec.ingest.resources.as_ref(),
             small("50m", "64Mi", "256Mi"),
@@ -196,6 +246,41 @@ pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deploym
         }),
         ..Default::default()
     };
+    let mut volumes = vec![token, reader_token];
+    // HTTPS: the certificate and its key only (a kubernetes.io/tls Secret may hold ca.crt
+    // too, which ingest has no use for); a renewal reaches the files, and ingest re-reads them.
+    if let Some(tls) = &spec.ingest.tls {
+        container.env.get_or_insert_with(Vec::new).extend([
+            env("FIBER_TLS_CERT_FILE", format!("{TLS_DIR}/{TLS_CERT_KEY}")),
+            env("FIBER_TLS_KEY_FILE", format!("{TLS_DIR}/{TLS_KEY_KEY}")),
+        ]);
+        container
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: "tls".to_owned(),
+                mount_path: TLS_DIR.to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        volumes.push(Volume {
+            name: "tls".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                items: Some(
+                    [TLS_CERT_KEY, TLS_KEY_KEY]
+                        .map(|key| KeyToPath {
+                            key: key.to_owned(),
+                            path: key.to_owned(),
+                            ..Default::default()
+                        })
+                        .to_vec(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let mut container = images.with_telemetry(container);
     if images.ingest_service_account.is_some() {
         container
@@ -210,7 +295,7 @@ pub fn build_ingest_deployment(region: &FiberRegion, images: &Images) -> Deploym
         "ingest",
         spec.ingest.replicas,
         container,
-        vec![token, reader_token],
+        volumes,
     );
     // Ingest verifies the probe pods' tokens with TokenReviews: it needs its own API
     // credentials, those of a ServiceAccount allowed that and nothing else.
@@ -237,9 +322,9 @@ pub fn build_ingest_service(region: &FiberRegion) -> Service {
         spec: Some(ServiceSpec {
             selector: Some(selector("fiber-ingest", &region.name_any())),
             ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
+                name: Some(ingest_port_name(region).to_owned()),
                 port: INGEST_PORT,
-                target_port: Some(IntOrString::String("http".to_owned())),
+                target_port: Some(IntOrString::String(ingest_port_name(region).to_owned())),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -382,6 +467,33 @@ mod tests {
     }
 
     #[test]
+    fn admission_limits_reach_the_ingest_flags() {
+        let env = |r: &FiberRegion| {
+            let spec = build_ingest_deployment(r, &images())
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap();
+            let env = spec.containers[0].env.clone().unwrap_or_default();
+            let get = |name: &str| {
+                env.iter()
+                    .find(|e| e.name == name)
+                    .and_then(|e| e.value.clone())
+            };
+            (get("FIBER_MAX_BACKLOG"), get("FIBER_MAX_BACKLOG_AGE"))
+        };
+        // The defaults are ingest's own.
+        assert_eq!(env(&region()), (Some("10000".into()), Some("10".into())));
+        let mut r = region();
+        r.spec.ingest.admission = crate::crd::Admission {
+            max_backlog: 50_000,
+            max_backlog_age: "1500ms".parse().unwrap(),
+        };
+        assert_eq!(env(&r), (Some("50000".into()), Some("1.5".into())));
+    }
+
+    #[test]
     fn renders_the_design_example() {
         let r = region();
         assert_golden(
@@ -403,6 +515,97 @@ mod tests {
             "region-token-secret.yaml",
             &[build_token_secret(&r, "not-a-real-token")],
         );
+    }
+
+    /// The design's region serving HTTPS with a cert-manager Certificate's Secret.
+    fn with_tls(mut r: FiberRegion) -> FiberRegion {
+        r.spec.ingest.tls = Some(crate::crd::IngestTls {
+            secret_name: "fiberstack-ingest-ghana-tls".to_owned(),
+            ca_secret_ref: None,
+        });
+        r
+    }
+
+    #[test]
+    fn a_region_with_a_certificate_serves_https_and_its_probes_check_https() {
+        let r = with_tls(region());
+        let deployment = build_ingest_deployment(&r, &images());
+        let service = build_ingest_service(&r);
+        assert_golden(
+            "region-deployment-tls.yaml",
+            std::slice::from_ref(&deployment),
+        );
+        assert_golden("region-service-tls.yaml", std::slice::from_ref(&service));
+
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        let container = &pod.containers[0];
+        let env = |name: &str| {
+            container
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            env("FIBER_TLS_CERT_FILE").as_deref(),
+            Some("/var/run/fiberstack-tls/tls.crt")
+        );
+        assert_eq!(
+            env("FIBER_TLS_KEY_FILE").as_deref(),
+            Some("/var/run/fiberstack-tls/tls.key")
+        );
+        for probe in [&container.readiness_probe, &container.liveness_probe] {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+            assert_eq!(get.port, IntOrString::String("https".to_owned()));
+        }
+        assert_eq!(
+            container.ports.as_ref().unwrap()[0].name.as_deref(),
+            Some("https")
+        );
+        let tls = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "tls")
+            .unwrap()
+            .secret
+            .unwrap();
+        assert_eq!(
+            tls.secret_name.as_deref(),
+            Some("fiberstack-ingest-ghana-tls")
+        );
+        let keys: Vec<String> = tls.items.unwrap().into_iter().map(|i| i.key).collect();
+        assert_eq!(keys, ["tls.crt", "tls.key"]);
+        let port = &service.spec.unwrap().ports.unwrap()[0];
+        assert_eq!(
+            (port.name.as_deref(), port.port, port.target_port.clone()),
+            (
+                Some("https"),
+                INGEST_PORT,
+                Some(IntOrString::String("https".to_owned()))
+            )
+        );
+        assert_eq!(
+            ingest_url(&r),
+            "https://fiberstack-ingest-ghana.fiberstack.svc:8080"
+        );
+        // Without the setting: plain HTTP, as the design example's golden files say.
+        assert_eq!(
+            ingest_url(&region()),
+            "http://fiberstack-ingest-ghana.fiberstack.svc:8080"
+        );
+        let plain = build_ingest_deployment(&region(), &images());
+        let plain = plain.spec.unwrap().template.spec.unwrap();
+        assert!(
+            plain.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .all(|e| !e.name.starts_with("FIBER_TLS"))
+        );
+        assert!(plain.volumes.unwrap().iter().all(|v| v.name != "tls"));
     }
 
     #[test]

@@ -1,21 +1,21 @@
 //! DNS: one query over UDP against the configured server or the system's first
-//! `nameserver`, timed from send to the matching answer; the answer's rcode and answer count
-//! go into the sample.
+//! `nameserver`, timed from send to the kernel's receipt of the matching answer (its
+//! `SO_TIMESTAMPNS`); the answer's rcode and answer count go into the sample.
 //!
 //! The messages are `hickory-proto`'s: it encodes the query (header, one question of class
 //! IN) and decodes the whole answer, so an answer whose records do not parse is reported as
 //! malformed rather than read from its header alone. The protocol crate only: no resolver,
 //! no networking, no DNSSEC.
 //!
-//! What stays here, and why: the UDP socket (one per round, answers only taken from the
-//! server's address), the timeout and the timing, because a resolver or a DNS client would
+//! What stays here, and why: the UDP socket (one per address family shared by every round,
+//! answers handed to a round by server address and query id: [`super::dns_socket`]), the
+//! timeout and the timing, because a resolver or a DNS client would
 //! retry, cache, choose servers and turn an rcode into an error, and the latency measured
 //! would then not be one round trip; and the decision whether a datagram answers our query
 //! (id, response flag, our question), since a stray or forged datagram must be ignored, not
 //! measured.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
 
 use fiberstack_model::{CheckKind, DnsCheck, DnsRecordType, Sample};
 use hickory_proto::op::{Header, Message, MessageType, OpCode, Query, ResponseCode};
@@ -23,7 +23,9 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, DecodeError};
 use serde_json::json;
 
-use super::{down, millis};
+use super::dns_socket::Event;
+use super::icmp_socket::now;
+use super::{CheckContext, down, millis};
 
 pub fn record_type(t: DnsRecordType) -> RecordType {
     match t {
@@ -151,17 +153,30 @@ fn server_addr(check: &DnsCheck) -> Result<SocketAddr, String> {
     }
 }
 
-pub async fn run(check: &DnsCheck, timeout: Duration) -> Sample {
+pub async fn run(check: &DnsCheck, ctx: &CheckContext) -> Sample {
+    let timeout = ctx.timeout;
     let server = match server_addr(check) {
         Ok(s) => s,
         Err(e) => return down(CheckKind::Dns, check.query.clone(), e),
     };
     let address = server.to_string();
-    let query = match query(
-        fastrand::u16(..),
-        &check.query,
-        record_type(check.record_type),
-    ) {
+    let socket = match ctx.dns.get(server) {
+        Ok(s) => s,
+        Err(e) => {
+            return down(
+                CheckKind::Dns,
+                address,
+                format!("cannot open a UDP socket: {e}"),
+            );
+        }
+    };
+    // Registered before the query is sent; dropping it (the round ends or is aborted) takes
+    // the registration out.
+    let mut pending = match socket.register(server) {
+        Ok(p) => p,
+        Err(e) => return down(CheckKind::Dns, address, e.to_string()),
+    };
+    let query = match query(pending.id(), &check.query, record_type(check.record_type)) {
         Ok(q) => q,
         Err(e) => return down(CheckKind::Dns, address, e),
     };
@@ -175,30 +190,15 @@ pub async fn run(check: &DnsCheck, timeout: Duration) -> Sample {
             );
         }
     };
-    let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let socket = match tokio::net::UdpSocket::bind(bind).await {
-        Ok(s) => s,
-        Err(e) => {
-            return down(
-                CheckKind::Dns,
-                address,
-                format!("cannot open a UDP socket: {e}"),
-            );
-        }
-    };
-    let started = Instant::now();
-    if let Err(e) = socket.send_to(&datagram, server).await {
+    // On the clock of the kernel's receive timestamps.
+    let started = now();
+    if let Err(e) = pending.send(&datagram).await {
         return down(CheckKind::Dns, address, format!("send: {e}"));
     }
-    let mut buf = vec![0u8; 4096];
     let deadline = tokio::time::Instant::now() + timeout;
     let mut ignored = 0u32;
-    let answer = loop {
-        match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+    let (answer, answered_at) = loop {
+        match tokio::time::timeout_at(deadline, pending.next()).await {
             Err(_) => {
                 let mut s = down(
                     CheckKind::Dns,
@@ -208,35 +208,37 @@ pub async fn run(check: &DnsCheck, timeout: Duration) -> Sample {
                 s.metadata.insert("query".into(), json!(check.query));
                 return s;
             }
-            Ok(Err(e)) => return down(CheckKind::Dns, address, format!("receive: {e}")),
-            Ok(Ok((n, from))) => {
-                if from != server {
-                    ignored += 1;
-                    continue;
-                }
-                match read_reply(&query, &buf[..n]) {
-                    Reply::Answer(a) => break a,
-                    Reply::NotOurs => ignored += 1,
-                    Reply::Malformed { error, truncated } => {
-                        let mut s = down(
-                            CheckKind::Dns,
-                            address,
-                            format!("malformed answer from {server}: {error}"),
-                        );
-                        s.metadata.insert("query".into(), json!(check.query));
-                        if truncated {
-                            s.metadata.insert("truncated".into(), json!(true));
-                        }
-                        if ignored > 0 {
-                            s.metadata.insert("ignored_messages".into(), json!(ignored));
-                        }
-                        return s;
-                    }
-                }
+            Ok(None) => {
+                return down(
+                    CheckKind::Dns,
+                    address,
+                    "receive: the shared DNS socket closed".into(),
+                );
             }
+            Ok(Some(Event::Stray)) => ignored += 1,
+            Ok(Some(Event::Datagram { bytes, at })) => match read_reply(&query, &bytes) {
+                Reply::Answer(a) => break (a, at),
+                Reply::NotOurs => ignored += 1,
+                Reply::Malformed { error, truncated } => {
+                    let mut s = down(
+                        CheckKind::Dns,
+                        address,
+                        format!("malformed answer from {server}: {error}"),
+                    );
+                    s.metadata.insert("query".into(), json!(check.query));
+                    if truncated {
+                        s.metadata.insert("truncated".into(), json!(true));
+                    }
+                    if ignored > 0 {
+                        s.metadata.insert("ignored_messages".into(), json!(ignored));
+                    }
+                    return s;
+                }
+            },
         }
     };
-    let elapsed = started.elapsed();
+    // When the kernel received the answer, not when the runtime got to it.
+    let elapsed = answered_at.saturating_sub(started);
     let mut s = down(CheckKind::Dns, address, String::new());
     s.error = None;
     s.latency_ms = Some(millis(elapsed));

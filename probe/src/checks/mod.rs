@@ -2,6 +2,7 @@
 //! one [`Sample`], down with an `error` rather than failing, so every round leaves a trace.
 
 pub mod dns;
+pub mod dns_socket;
 pub mod http;
 pub mod icmp;
 pub mod icmp_socket;
@@ -25,6 +26,8 @@ pub struct CheckContext {
     pub tls: Arc<rustls::ClientConfig>,
     /// The ICMP sockets every ICMP round of this context shares, one per address family.
     pub icmp: Arc<icmp_socket::IcmpSockets>,
+    /// The UDP sockets every DNS round of this context shares, one per address family.
+    pub dns: Arc<dns_socket::DnsSockets>,
 }
 
 impl CheckContext {
@@ -33,6 +36,7 @@ impl CheckContext {
             timeout,
             tls: crate::connect::tls_config(),
             icmp: Arc::default(),
+            dns: Arc::default(),
         }
     }
 }
@@ -55,7 +59,7 @@ pub async fn run(target: &Target, ctx: &CheckContext) -> Sample {
         Check::Icmp(c) => Box::pin(icmp::run(c, ctx)).await,
         Check::Tcp(c) => Box::pin(tcp::run(c, ctx.timeout)).await,
         Check::Http(c) => Box::pin(http::run(c, ctx)).await,
-        Check::Dns(c) => Box::pin(dns::run(c, ctx.timeout)).await,
+        Check::Dns(c) => Box::pin(dns::run(c, ctx)).await,
         Check::Traceroute(c) => Box::pin(traceroute::run(c, &target.name, ctx.timeout)).await,
     };
     sample.time = time;

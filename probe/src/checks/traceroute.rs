@@ -15,6 +15,9 @@
 //! by the TTL and index at the head of its payload, which routers quote back; a router that
 //! quotes no payload (RFC 792 asks only for 8 bytes past the IP header, the UDP header) is
 //! still placed right, as only one TTL is in flight at a time.
+//!
+//! With `protocol: icmp` the probes are ICMP echo requests instead ([`icmp`]); the rounds'
+//! bookkeeping ([`Round`]) and their samples are the same.
 
 use std::collections::HashMap;
 use std::io;
@@ -22,7 +25,9 @@ use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use fiberstack_model::{CheckKind, Hop, Sample, TracerouteCheck, path_fingerprint};
+use fiberstack_model::{
+    CheckKind, Hop, Sample, TracerouteCheck, TracerouteProtocol, path_fingerprint,
+};
 use nix::libc;
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
@@ -34,6 +39,10 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use super::{down, millis, resolve};
+
+// ICMP mode (`protocol: icmp`): its own file, a part of this module.
+#[path = "traceroute_icmp.rs"]
+pub mod icmp;
 
 /// Bytes of a probe's payload: TTL, index, the checksum balance (2 bytes) and the round's
 /// token (8 bytes).
@@ -121,6 +130,11 @@ impl Round {
         }
     }
 
+    /// The round's token, which every probe carries.
+    pub fn token(&self) -> [u8; 8] {
+        self.token
+    }
+
     /// The payload of probe `index` of `ttl`. The second word balances the first, so the
     /// payload's one's-complement sum — and with it the UDP checksum — is the same for every
     /// probe: load balancers that hash the checksum too see one flow.
@@ -165,21 +179,36 @@ impl Round {
     /// `at`. Only the hop in flight takes answers; a probe quoted without its payload is
     /// taken as the hop's oldest unanswered one.
     pub fn on_answer(&mut self, quoted: &[u8], from: IpAddr, answer: Answer, at: SystemTime) {
-        let token = self.token;
+        let probe = (quoted.len() >= 2).then(|| (quoted[0], quoted[1]));
+        let token = quoted.get(4..PAYLOAD);
+        self.on_probe_answer(probe, token, from, answer, at);
+    }
+
+    /// Records an answer to the probe `(ttl, index)` carrying `token` (each as far as it was
+    /// quoted), from `from`, received at `at`. Only the hop in flight takes answers; a probe
+    /// not known is taken as the hop's oldest unanswered one.
+    pub fn on_probe_answer(
+        &mut self,
+        probe: Option<(u8, u8)>,
+        token: Option<&[u8]>,
+        from: IpAddr,
+        answer: Answer,
+        at: SystemTime,
+    ) {
+        if token.is_some_and(|t| t != self.token) {
+            self.foreign += 1;
+            return;
+        }
         let Some(hop) = self.hops.last_mut() else {
             self.foreign += 1;
             return;
         };
-        let index = if quoted.len() >= 2 {
-            if quoted.len() >= PAYLOAD && quoted[4..PAYLOAD] != token {
-                self.foreign += 1;
-                return;
-            }
-            if quoted[0] != hop.ttl {
+        let index = if let Some((ttl, index)) = probe {
+            if ttl != hop.ttl {
                 self.late += 1;
                 return;
             }
-            Some(quoted[1] as usize)
+            Some(index as usize)
         } else {
             (0..hop.answers.len()).find(|i| hop.sent_at[*i].is_some() && hop.answers[*i].is_none())
         };
@@ -381,20 +410,26 @@ pub async fn run(check: &TracerouteCheck, target: &str, timeout: Duration) -> Sa
         Err(e) => return down(CheckKind::Traceroute, check.host.clone(), e),
     };
     let ip = addr.ip();
-    let (socket, source_port) = match open_socket(addr, check.source_port_for(target)) {
-        Ok(s) => s,
-        Err(e) => {
-            return down(
-                CheckKind::Traceroute,
-                ip.to_string(),
-                format!("cannot open a UDP socket towards {addr}: {e}"),
-            );
+    let mut sample = match check.protocol {
+        TracerouteProtocol::Udp => {
+            let (socket, source_port) = match open_socket(addr, check.source_port_for(target)) {
+                Ok(s) => s,
+                Err(e) => {
+                    return down(
+                        CheckKind::Traceroute,
+                        ip.to_string(),
+                        format!("cannot open a UDP socket towards {addr}: {e}"),
+                    );
+                }
+            };
+            let mut sample = round(&socket, ip, check).await;
+            sample
+                .metadata
+                .insert("source_port".into(), json!(source_port));
+            sample
         }
+        TracerouteProtocol::Icmp => icmp::run(ip, check, check.source_port_for(target)).await,
     };
-    let mut sample = round(&socket, ip, check).await;
-    sample
-        .metadata
-        .insert("source_port".into(), json!(source_port));
     if let Some(d) = dns {
         sample.metadata.insert("dns_ms".into(), json!(millis(d)));
     }

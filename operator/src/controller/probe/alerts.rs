@@ -132,14 +132,48 @@ pub fn evolve_slo(
     message: &str,
     now: DateTime<Utc>,
 ) -> Vec<Transition> {
+    evolve_burn(namespace, probe, None, alerts, burning, message, now)
+}
+
+/// The start of a burn alert's id: `namespace/probe/slo@` for spec.slo's,
+/// `namespace/probe/<target>/slo@` for a target's own slo (its target is then the target's
+/// name, so a target named "slo" cannot be mistaken for spec.slo, nor its breach alert,
+/// `namespace/probe/<target>@`, for its burn alert).
+fn burn_key(namespace: &str, probe: &str, target: Option<&str>) -> String {
+    match target {
+        None => format!("{namespace}/{probe}/{SLO_TARGET}@"),
+        Some(target) => format!("{namespace}/{probe}/{target}/{SLO_TARGET}@"),
+    }
+}
+
+/// Whether `alert` is the burn alert of spec.slo (`target` None) or of that target's slo.
+pub fn is_burn_of(alert: &Alert, namespace: &str, probe: &str, target: Option<&str>) -> bool {
+    alert.burn.is_some()
+        && alert
+            .id
+            .strip_prefix(&burn_key(namespace, probe, target))
+            .is_some_and(|start| !start.is_empty() && start.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// [`evolve_slo`] for spec.slo (`target` None) or for a target's own slo: its alert carries
+/// the target's name.
+pub fn evolve_burn(
+    namespace: &str,
+    probe: &str,
+    target: Option<&str>,
+    alerts: &mut Vec<Alert>,
+    burning: Option<&Burn>,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Vec<Transition> {
     let firing = alerts
         .iter()
-        .position(|a| a.burn.is_some() && a.state == AlertState::Firing);
+        .position(|a| a.state == AlertState::Firing && is_burn_of(a, namespace, probe, target));
     match (firing, burning) {
         (None, Some(burn)) => {
             alerts.push(Alert {
-                id: alert_id(namespace, probe, SLO_TARGET, now),
-                target: SLO_TARGET.to_owned(),
+                id: format!("{}{}", burn_key(namespace, probe, target), now.timestamp()),
+                target: target.unwrap_or(SLO_TARGET).to_owned(),
                 state: AlertState::Firing,
                 reason: format!(
                     "error budget burning {}: {message}",

@@ -37,8 +37,9 @@ pub struct Observations {
     pub pod_nodes: Vec<String>,
     /// The database's figures, or why they could not be read. Not read when blocked.
     pub figures: Option<Result<Figures, String>>,
-    /// The SLO's counts when the spec has an SLO (or why they could not be read).
-    pub slo: Option<Result<crate::slo::SloCounts, String>>,
+    /// The SLO's counts when the spec or one of its targets has an slo (or why they could
+    /// not be read).
+    pub slo: Option<Result<crate::slo::ProbeSloCounts, String>>,
 }
 
 /// The status to write and what it makes true.
@@ -137,13 +138,23 @@ pub fn decide(
             )
         }
         Ok(figures) => {
-            status.reporting_probes = figures.reporting_nodes.len() as i32;
+            // Judged here, against `now`, as the targets' silent nodes are below: one clock
+            // and one rule for both.
+            let reporting_nodes = figures.reporting_nodes(now, recent.as_std());
+            status.reporting_probes = reporting_nodes.len() as i32;
             status.last_sample_time = figures.last_sample.map(rfc3339);
             status.summary = Some(figures.summary.clone());
             let mut rows = health::target_rows(spec, figures, now);
             let agreed = localize_rows(spec, &mut rows, figures, &observed.pod_nodes, now, recent);
             status.scope = overall_scope(&rows);
-            let reporting = reporting(spec.paused, observed, figures, &status, recent);
+            let reporting = reporting(
+                spec.paused,
+                observed,
+                figures,
+                &reporting_nodes,
+                &status,
+                recent,
+            );
             let seen = health::observe(&rows, spec, now);
             let (alerts, started_or_ended) = alerts::evolve(
                 probe.metadata.namespace.as_deref().unwrap_or_default(),
@@ -200,6 +211,12 @@ pub fn decide(
         now,
     );
     status.slo = slo;
+    let target_slo_transitions = if matches!(observed.figures, Some(Ok(_))) {
+        decide_target_slos(probe, &previous, observed, &mut status, now)
+    } else {
+        // The rows (and their slo) are the previous ones, as are the alerts.
+        vec![]
+    };
     let rounds = observed.figures.as_ref().and_then(|f| f.as_ref().ok());
     let rounds = rounds.and_then(|f| f.paths.as_deref());
     let path_transitions = crate::paths::evolve(probe, &previous.paths, rounds, &mut status, now);
@@ -207,6 +224,7 @@ pub fn decide(
         .into_iter()
         .chain(alert_transitions)
         .chain(slo_transition)
+        .chain(target_slo_transitions)
         .chain(path_transitions)
         .collect();
     Decision {
@@ -226,36 +244,137 @@ fn decide_slo(
     let Some(spec) = &probe.spec.slo else {
         return (None, None);
     };
-    let status = match &observed.slo {
-        Some(Ok(counts)) => {
-            let created = probe
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0).unwrap_or(now));
-            let expected = crate::slo::expected_rounds(
-                counts,
-                spec.window_days,
-                probe.spec.interval.as_std(),
-                created,
-                now,
-            );
-            crate::slo::evaluate(spec, counts, expected)
-        }
-        _ => return (previous.slo.clone(), None),
-    };
-    let before = previous.slo.as_ref().and_then(|s| s.burning.clone());
-    let transition = match (&before, &status.burning) {
-        (before, Some(burn)) if before.as_ref() != Some(burn) => Some(Transition::SloBurning {
-            message: slo_message(&status),
-            fast: *burn == crate::crd::Burn::Fast,
-        }),
-        (Some(_), None) => Some(Transition::SloBurnEnded {
-            message: slo_message(&status),
-        }),
+    let counts = match &observed.slo {
+        Some(Ok(counts)) => counts.probe.as_ref(),
         _ => None,
     };
+    let Some(counts) = counts else {
+        return (previous.slo.clone(), None);
+    };
+    let status = evaluate_slo(probe, spec, counts, now);
+    let transition = burn_transition(previous.slo.as_ref(), &status, None);
     (Some(status), transition)
+}
+
+/// An objective's status from its counts, the rounds its window should hold counted from
+/// the probe's creation.
+fn evaluate_slo(
+    probe: &FiberProbe,
+    spec: &crate::crd::Slo,
+    counts: &crate::slo::SloCounts,
+    now: DateTime<Utc>,
+) -> crate::crd::SloStatus {
+    let created = probe
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0).unwrap_or(now));
+    let expected = crate::slo::expected_rounds(
+        counts,
+        spec.window_days,
+        probe.spec.interval.as_std(),
+        created,
+        now,
+    );
+    crate::slo::evaluate(spec, counts, expected)
+}
+
+/// The Event of a burn that started, changed pace or ended: spec.slo's (`target` None) or a
+/// target's own.
+fn burn_transition(
+    before: Option<&crate::crd::SloStatus>,
+    after: &crate::crd::SloStatus,
+    target: Option<&str>,
+) -> Option<Transition> {
+    let message = match target {
+        None => slo_message(after),
+        Some(target) => format!("target {target}: {}", slo_message(after)),
+    };
+    match (before.and_then(|s| s.burning.as_ref()), &after.burning) {
+        (before, Some(burn)) if before != Some(burn) => Some(Transition::SloBurning {
+            message,
+            fast: *burn == crate::crd::Burn::Fast,
+        }),
+        (Some(_), None) => Some(Transition::SloBurnEnded { message }),
+        _ => None,
+    }
+}
+
+/// Each target's own slo (spec.targets[].slo) into its row (the previous one while the
+/// counts cannot be read), its burn alert beside the target's breach alert, and the burns
+/// that started or ended. A burn alert of a target that no longer has an slo resolves.
+fn decide_target_slos(
+    probe: &FiberProbe,
+    previous: &FiberProbeStatus,
+    observed: &Observations,
+    status: &mut FiberProbeStatus,
+    now: DateTime<Utc>,
+) -> Vec<Transition> {
+    let namespace = probe.metadata.namespace.as_deref().unwrap_or_default();
+    let name = probe.metadata.name.as_deref().unwrap_or_default();
+    let counts = match &observed.slo {
+        Some(Ok(counts)) => Some(&counts.targets),
+        _ => None,
+    };
+    let mut transitions = vec![];
+    for target in &probe.spec.targets {
+        let Some(spec) = &target.slo else {
+            continue;
+        };
+        let before = previous
+            .targets
+            .iter()
+            .find(|r| r.name == target.name)
+            .and_then(|r| r.slo.as_ref());
+        let slo = match counts.and_then(|c| c.get(&target.name)) {
+            Some(c) => {
+                let slo = evaluate_slo(probe, spec, c, now);
+                transitions.extend(burn_transition(before, &slo, Some(&target.name)));
+                Some(slo)
+            }
+            None => before.cloned(),
+        };
+        let message = slo.as_ref().map(slo_message).unwrap_or_default();
+        let burning = slo.as_ref().and_then(|s| s.burning.as_ref());
+        alerts::evolve_burn(
+            namespace,
+            name,
+            Some(&target.name),
+            &mut status.alerts,
+            burning,
+            &message,
+            now,
+        );
+        if let Some(row) = status.targets.iter_mut().find(|r| r.name == target.name) {
+            row.slo = slo;
+        }
+    }
+    let gone: Vec<String> = status
+        .alerts
+        .iter()
+        .filter(|a| {
+            a.state == crate::crd::AlertState::Firing
+                && alerts::is_burn_of(a, namespace, name, Some(&a.target))
+                && !probe
+                    .spec
+                    .targets
+                    .iter()
+                    .any(|t| t.name == a.target && t.slo.is_some())
+        })
+        .map(|a| a.target.clone())
+        .collect();
+    for target in gone {
+        alerts::evolve_burn(
+            namespace,
+            name,
+            Some(&target),
+            &mut status.alerts,
+            None,
+            "",
+            now,
+        );
+    }
+    transitions
 }
 
 /// "availability 99.2 % (objective 99.9 %), 18.4 % of the 30-day budget left, burning 15.2x
@@ -332,13 +451,14 @@ fn reporting(
     paused: bool,
     observed: &Observations,
     figures: &Figures,
+    reporting_nodes: &[String],
     status: &FiberProbeStatus,
     recent: fiberstack_model::Duration,
 ) -> Condition {
     let missing: Vec<&str> = observed
         .pod_nodes
         .iter()
-        .filter(|n| !paused && !figures.reporting_nodes.contains(n))
+        .filter(|n| !paused && !reporting_nodes.contains(n))
         .map(|n| n.as_str())
         .collect();
     if paused {
@@ -348,7 +468,7 @@ fn reporting(
             Reason::Paused,
             "spec.paused is true",
         )
-    } else if figures.reporting_nodes.is_empty() {
+    } else if reporting_nodes.is_empty() {
         condition(
             Type::Reporting,
             Status::False,
@@ -396,7 +516,7 @@ fn reporting(
             Reason::SamplesArriving,
             format!(
                 "{} nodes sent samples within 3 intervals ({recent})",
-                figures.reporting_nodes.len()
+                reporting_nodes.len()
             ),
         )
     }
@@ -459,7 +579,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::crd::{Summary, TargetState};
+    use crate::crd::{AlertState, Burn, Summary, TargetState};
     use crate::fixtures::{Fixture, ProbeFixture, probe};
 
     const H: Hysteresis = Hysteresis {
@@ -504,7 +624,7 @@ mod tests {
             },
             pod_nodes: vec!["gh-accra-1".into(), "gh-accra-2".into()],
             figures: Some(Ok(Figures {
-                reporting_nodes: vec!["gh-accra-1".into(), "gh-accra-2".into()],
+                node_newest: vec![("gh-accra-1".into(), at(-5)), ("gh-accra-2".into(), at(-5))],
                 last_sample: Some(at(-5)),
                 summary: good(),
                 targets,
@@ -803,7 +923,7 @@ mod tests {
         assert_eq!(ready.reason, Reason::NoMatchingNodes);
 
         if let Some(Ok(f)) = &mut o.figures {
-            f.reporting_nodes.clear();
+            f.node_newest.clear();
         }
         let d = decide(&two_targets(), &o, H, at(0));
         let reporting = find(&d.status.conditions, &Type::Reporting).unwrap();
@@ -813,5 +933,163 @@ mod tests {
             "{}",
             reporting.message
         );
+    }
+
+    #[test]
+    fn a_node_at_the_edge_of_the_span_is_judged_alike_by_reporting_and_by_its_targets() {
+        // Interval 60 s: a node reports, and measures a target, while its newest sample is at
+        // most 3 intervals (180 s) old. gh-accra-2's newest is exactly 180 s old at at(0).
+        let edge = |node: &str, age: i64| (node.to_owned(), at(-age));
+        let mut o = seen(Some(good()));
+        if let Some(Ok(f)) = &mut o.figures {
+            f.node_newest = vec![edge("gh-accra-1", 5), edge("gh-accra-2", 180)];
+            f.vantages = [("gh-accra-1", 5), ("gh-accra-2", 180)]
+                .map(|(node, age)| {
+                    let v = localize::Vantage {
+                        node: node.into(),
+                        region: "ghana".into(),
+                        summary: good(),
+                        newest: at(-age),
+                    };
+                    ("google-dns".to_owned(), v)
+                })
+                .to_vec();
+        }
+        let judged = |now: DateTime<Utc>| {
+            let d = decide(&two_targets(), &o, H, now);
+            let reporting = find(&d.status.conditions, &Type::Reporting)
+                .unwrap()
+                .clone();
+            let silent = d.status.targets[0].silent.clone();
+            (reporting, d.status.reporting_probes, silent)
+        };
+        // At the edge: both count it.
+        let (reporting, count, silent) = judged(at(0));
+        assert_eq!(
+            (reporting.status, &reporting.reason, count),
+            (Status::True, &Reason::SamplesArriving, 2)
+        );
+        assert!(silent.is_empty(), "{silent:?}");
+        // A second later: both call it silent.
+        let (reporting, count, silent) = judged(at(1));
+        assert_eq!(
+            (reporting.status, &reporting.reason, count),
+            (Status::False, &Reason::NodesNotReporting, 1)
+        );
+        assert!(
+            reporting.message.contains("gh-accra-2 (silent since"),
+            "{}",
+            reporting.message
+        );
+        assert_eq!(silent, ["gh-accra-2"]);
+    }
+
+    fn slo_of(pct: f64) -> crate::crd::Slo {
+        crate::crd::Slo {
+            availability_pct: pct,
+            latency: None,
+            window_days: 30,
+        }
+    }
+
+    fn burning_counts() -> crate::slo::SloCounts {
+        // A fifth of the rounds failing in every window: a burn of 20 against 99 %.
+        let c = |rounds: i64| crate::slo::Counts {
+            rounds,
+            up: rounds * 4 / 5,
+            timed: 0,
+            fast: 0,
+        };
+        crate::slo::SloCounts {
+            window: c(1_000),
+            nodes: 2,
+            last_5m: c(10),
+            last_30m: c(60),
+            last_1h: c(120),
+            last_6h: c(720),
+        }
+    }
+
+    #[test]
+    fn a_targets_own_slo_is_in_its_row_and_its_burn_alerts_apart() {
+        let mut p = two_targets();
+        p.spec.slo = Some(slo_of(99.0));
+        p.spec.targets[1].slo = Some(slo_of(99.0));
+        let mut o = seen(Some(good()));
+        let healthy = crate::slo::SloCounts {
+            window: crate::slo::Counts {
+                rounds: 1_000,
+                up: 1_000,
+                timed: 0,
+                fast: 0,
+            },
+            nodes: 2,
+            ..Default::default()
+        };
+        o.slo = Some(Ok(crate::slo::ProbeSloCounts {
+            probe: Some(healthy),
+            targets: [("db".to_owned(), burning_counts())].into(),
+        }));
+        let d = decide(&p, &o, H, at(0));
+        assert_eq!(d.status.slo.as_ref().unwrap().burning, None);
+        assert_eq!(
+            d.status.targets[0].slo, None,
+            "google-dns has no slo of its own"
+        );
+        let db = d.status.targets[1].slo.clone().unwrap();
+        assert_eq!(db.burning, Some(Burn::Fast));
+        assert_eq!(db.availability.unwrap().sli_pct, Some(80.0));
+        let [alert] = d.status.alerts.as_slice() else {
+            panic!("one burn alert: {:?}", d.status.alerts);
+        };
+        assert_eq!(
+            (alert.target.as_str(), alert.burn.clone()),
+            ("db", Some(Burn::Fast))
+        );
+        assert_eq!(
+            alert.id,
+            format!("fiberstack/accra-edge/db/slo@{}", at(0).timestamp())
+        );
+        assert!(d.transitions.iter().any(|t| matches!(
+            t,
+            Transition::SloBurning { message, fast: true } if message.starts_with("target db: availability 80 %")
+        )));
+        // The probe's own slo burns too: its alert is another one; the target's stays.
+        let p = p.with_status(d.status.clone());
+        let mut both = o.clone();
+        if let Some(Ok(c)) = &mut both.slo {
+            c.probe = Some(burning_counts());
+        }
+        let d = decide(&p, &both, H, at(30));
+        let ids: Vec<(&str, &str)> = d
+            .status
+            .alerts
+            .iter()
+            .map(|a| (a.target.as_str(), a.id.as_str()))
+            .collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert_eq!(ids[0].0, "db");
+        assert_eq!(
+            ids[1],
+            (
+                "slo",
+                format!("fiberstack/accra-edge/slo@{}", at(30).timestamp()).as_str()
+            )
+        );
+        // The target's slo is taken out of the spec: its alert resolves, the probe's fires on.
+        let mut p = p.with_status(d.status.clone());
+        p.spec.targets[1].slo = None;
+        let d = decide(&p, &both, H, at(60));
+        let states: Vec<(&str, AlertState)> = d
+            .status
+            .alerts
+            .iter()
+            .map(|a| (a.target.as_str(), a.state))
+            .collect();
+        assert_eq!(
+            states,
+            [("db", AlertState::Resolved), ("slo", AlertState::Firing)]
+        );
+        assert_eq!(d.status.targets[1].slo, None);
     }
 }

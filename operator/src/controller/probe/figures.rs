@@ -16,15 +16,16 @@ use tokio::sync::Mutex;
 use crate::controller::Context;
 use crate::crd::FiberProbe;
 use crate::render::probe as render;
-use crate::slo::{self, SloCounts, SloQuery};
+use crate::slo::{self, ProbeSloCounts, SloCounts, SloKey, SloQuery, TargetSloQuery};
 use crate::status::{self, Figures, ProbeQuery};
 
 /// What a probe's status reads from the database: its figures, and its SLO counts when it
-/// has spec.slo (or why they could not be read: the figures still count).
+/// or one of its targets has an slo (or why they could not be read: the figures still
+/// count).
 #[derive(Debug, Clone, Default)]
 pub struct Read {
     pub figures: Figures,
-    pub slo: Option<Result<SloCounts, String>>,
+    pub slo: Option<Result<ProbeSloCounts, String>>,
 }
 
 /// What was asked of the database for a probe.
@@ -32,6 +33,8 @@ pub struct Read {
 struct Asked {
     figures: ProbeQuery,
     slo: Option<SloQuery>,
+    /// The targets' own objectives.
+    target_slos: Vec<TargetSloQuery>,
     /// The traceroute targets' rounds ([`crate::paths`]).
     paths: Vec<crate::paths::PathQuery>,
 }
@@ -62,6 +65,20 @@ fn asked(probe: &FiberProbe) -> Asked {
             window_days: s.window_days,
             threshold_ms: s.latency.as_ref().map(|l| l.threshold_ms),
         }),
+        target_slos: probe
+            .spec
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let s = t.slo.as_ref()?;
+                Some(TargetSloQuery {
+                    probe: render::probe_key(probe),
+                    target: t.name.clone(),
+                    window_days: s.window_days,
+                    threshold_ms: s.latency.as_ref().map(|l| l.threshold_ms),
+                })
+            })
+            .collect(),
         paths: crate::paths::queries(probe),
     }
 }
@@ -70,11 +87,16 @@ fn asked(probe: &FiberProbe) -> Asked {
 /// move the SLI or the budget visibly, and reading days of rollups is the dearest query.
 const WINDOW_EVERY: Duration = Duration::from_secs(300);
 
-/// The SLO window counts read, per probe: what was asked, the counts and nodes, and when.
-type Windows = std::sync::Mutex<HashMap<String, (SloQuery, slo::Counts, i64, Instant)>>;
+/// The SLO window counts read, per objective: what was asked (window days, latency
+/// threshold), the counts and nodes, and when.
+type Windows = std::sync::Mutex<HashMap<SloKey, (Objective, slo::Counts, i64, Instant)>>;
 
-/// The figures and SLO counts of `asked`: one query of each kind for them all; the SLO's
-/// window counts only for the probes whose last are older than [`WINDOW_EVERY`].
+/// What a window's counts depend on: its days and latency threshold.
+type Objective = (u32, Option<f64>);
+
+/// The figures and SLO counts of `asked`: one query of each kind for them all, the probes'
+/// objectives and their targets' own together; the window counts only for the objectives
+/// whose last are older than [`WINDOW_EVERY`].
 async fn read(
     pool: &PgPool,
     asked: &[Asked],
@@ -99,34 +121,61 @@ async fn read(
         }
     }
     let slos: Vec<SloQuery> = asked.iter().filter_map(|a| a.slo.clone()).collect();
-    let stale: Vec<SloQuery> = {
+    let target_slos: Vec<TargetSloQuery> = asked
+        .iter()
+        .flat_map(|a| a.target_slos.iter().cloned())
+        .collect();
+    let (stale, stale_targets): (Vec<SloQuery>, Vec<TargetSloQuery>) = {
         let windows = windows.lock().expect("poisoned");
-        slos.iter()
-            .filter(|q| {
-                windows
-                    .get(&q.probe)
-                    .is_none_or(|(was, .., at)| was != *q || at.elapsed() >= WINDOW_EVERY)
-            })
-            .cloned()
-            .collect()
+        let stale = |key: SloKey, asked: Objective| {
+            windows
+                .get(&key)
+                .is_none_or(|(was, .., at)| *was != asked || at.elapsed() >= WINDOW_EVERY)
+        };
+        (
+            slos.iter()
+                .filter(|q| stale(SloKey::probe(&q.probe), (q.window_days, q.threshold_ms)))
+                .cloned()
+                .collect(),
+            target_slos
+                .iter()
+                .filter(|q| {
+                    stale(
+                        SloKey::target(&q.probe, &q.target),
+                        (q.window_days, q.threshold_ms),
+                    )
+                })
+                .cloned()
+                .collect(),
+        )
     };
-    let mut counts: Result<HashMap<String, SloCounts>, String> = async {
-        if slos.is_empty() {
+    let mut counts: Result<HashMap<SloKey, SloCounts>, String> = async {
+        if slos.is_empty() && target_slos.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut counts = slo::burn_counts_many(pool, &slos).await?;
-        let fresh = if stale.is_empty() {
+        let mut counts = slo::burn_counts_all(pool, &slos, &target_slos).await?;
+        let fresh = if stale.is_empty() && stale_targets.is_empty() {
             HashMap::new()
         } else {
-            slo::window_counts_many(pool, &stale).await?
+            slo::window_counts_all(pool, &stale, &stale_targets).await?
         };
         let mut windows = windows.lock().expect("poisoned");
-        for q in &stale {
-            let (c, nodes) = fresh.get(&q.probe).copied().unwrap_or_default();
-            windows.insert(q.probe.clone(), (q.clone(), c, nodes, Instant::now()));
+        let now = Instant::now();
+        let asked = stale
+            .iter()
+            .map(|q| (SloKey::probe(&q.probe), (q.window_days, q.threshold_ms)))
+            .chain(stale_targets.iter().map(|q| {
+                (
+                    SloKey::target(&q.probe, &q.target),
+                    (q.window_days, q.threshold_ms),
+                )
+            }));
+        for (key, objective) in asked {
+            let (c, nodes) = fresh.get(&key).copied().unwrap_or_default();
+            windows.insert(key, (objective, c, nodes, now));
         }
-        for (probe, c) in counts.iter_mut() {
-            if let Some((_, window, nodes, _)) = windows.get(probe) {
+        for (key, c) in counts.iter_mut() {
+            if let Some((_, window, nodes, _)) = windows.get(key) {
                 c.window = *window;
                 c.nodes = *nodes;
             }
@@ -139,8 +188,19 @@ async fn read(
         .iter()
         .map(|a| {
             let key = a.figures.probe.clone();
-            let slo = a.slo.as_ref().map(|_| match &mut counts {
-                Ok(counts) => Ok(counts.remove(&key).unwrap_or_default()),
+            let wanted = a.slo.is_some() || !a.target_slos.is_empty();
+            let slo = wanted.then(|| match &mut counts {
+                Ok(counts) => {
+                    let mut take = |k: SloKey| counts.remove(&k).unwrap_or_default();
+                    Ok(ProbeSloCounts {
+                        probe: a.slo.as_ref().map(|_| take(SloKey::probe(&key))),
+                        targets: a
+                            .target_slos
+                            .iter()
+                            .map(|t| (t.target.clone(), take(SloKey::target(&key, &t.target))))
+                            .collect(),
+                    })
+                }
                 Err(e) => Err(e.clone()),
             });
             let figures = figures.remove(&key).unwrap_or_default();

@@ -243,12 +243,12 @@ async fn place(
     Ok((Some(region), Placement::Placed { desired, ready }))
 }
 
-/// The names of the FiberRegions of `ns` whose ingest a probe may fall back to (only asked
+/// The FiberRegions of `ns` whose ingest a probe may fall back to (only asked
 /// for when probe pods carry their own identity, which other regions' ingest verifies), from
 /// the cache (the API server while the cache has not synced). A region being deleted is left
 /// out. A region added later reaches the probes of other regions at their next periodic
 /// reconcile (a region's changes reconcile that region's probes only).
-async fn fallback_regions(ctx: &Context, ns: &str) -> Result<Vec<String>, Error> {
+async fn fallback_regions(ctx: &Context, ns: &str) -> Result<Vec<FiberRegion>, Error> {
     if ctx.settings.images.ingest_service_account.is_none() {
         return Ok(Vec::new());
     }
@@ -260,7 +260,7 @@ async fn fallback_regions(ctx: &Context, ns: &str) -> Result<Vec<String>, Error>
             .state()
             .iter()
             .filter(|g| g.namespace().as_deref() == Some(ns))
-            .filter_map(|g| g.0.as_ref().ok().filter(|r| live(r)).map(|r| r.name_any()))
+            .filter_map(|g| g.0.as_ref().ok().filter(|r| live(r)).cloned())
             .collect());
     }
     ctx.metrics.api_reads("FiberRegion");
@@ -268,12 +268,7 @@ async fn fallback_regions(ctx: &Context, ns: &str) -> Result<Vec<String>, Error>
         .api::<FiberRegion>(ns)
         .list(&kube::api::ListParams::default())
         .await?;
-    Ok(listed
-        .items
-        .iter()
-        .filter(|r| live(r))
-        .map(|r| r.name_any())
-        .collect())
+    Ok(listed.items.into_iter().filter(|r| live(r)).collect())
 }
 
 /// The probe's region, from the cache (the API server while the cache has not synced). A

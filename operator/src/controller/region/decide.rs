@@ -67,7 +67,6 @@ pub fn decide(
         Observations::Running(w) => w,
     };
     let name = region.metadata.name.clone().unwrap_or_default();
-    let ns = region.metadata.namespace.clone().unwrap_or_default();
     let ingest_available = availability(Type::IngestAvailable, "ingest", w.ingest);
     let etl_available = availability(Type::EtlAvailable, "ETL", w.etl);
     let ready = if ingest_available.status == Status::True && etl_available.status == Status::True {
@@ -110,7 +109,7 @@ pub fn decide(
         backlog: figures.map(|f| f.length as i64),
         pending: figures.map(|f| f.pending as i64),
         dead_letters: figures.map(|f| f.dead_letters as i64),
-        ingest_url: Some(names::ingest_url(&name, &ns)),
+        ingest_url: Some(crate::render::region::ingest_url(region)),
         token_secret: Some(names::token_secret(&name)),
     }
 }
