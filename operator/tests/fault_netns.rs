@@ -342,9 +342,8 @@ async fn a_broken_path_a_silent_probe_and_a_dead_target_are_told_apart() -> Resu
 
         // 2. gh-accra-1 loses its link to ingest: silent, not down. Then it is killed.
         nodes[0].net.drop_port(ingest_port.port())?;
-        // The target's vantage points and the Reporting condition are judged at slightly
-        // different instants of one evaluation (the operator's clock and the database's): at the
-        // edge of the 3-interval span one may say silent a period before the other.
+        // The target's silent nodes and the Reporting condition are judged by one rule against
+        // one clock (localize::recent); both are waited for, as each is asserted below.
         let s = until(&probes, "gh-accra-1 silent", |s, t| {
             t.silent == ["gh-accra-1"]
                 && condition_message(s, "Reporting").contains("gh-accra-1 (silent since ")

@@ -214,7 +214,12 @@ pub async fn url_secret(
     name: &str,
     url: &str,
 ) -> Result<()> {
-    let secret = json!({ "metadata": { "name": name }, "stringData": { "url": url } });
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": name },
+        "stringData": { "url": url }
+    });
     apply_json(api, &secret).await?;
     Ok(())
 }

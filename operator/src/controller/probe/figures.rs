@@ -174,6 +174,9 @@ async fn read(
             let (c, nodes) = fresh.get(&key).copied().unwrap_or_default();
             windows.insert(key, (objective, c, nodes, now));
         }
+        // Every objective still asked for is read again each WINDOW_EVERY: one not read for
+        // three is a deleted probe's, or a target's slo removed, and is forgotten.
+        windows.retain(|_, (.., at)| now.duration_since(*at) < WINDOW_EVERY * 3);
         for (key, c) in counts.iter_mut() {
             if let Some((_, window, nodes, _)) = windows.get(key) {
                 c.window = *window;
