@@ -414,12 +414,7 @@ async fn a_broken_path_a_silent_probe_and_a_dead_target_are_told_apart() -> Resu
     .await;
 
     operator.stop().await;
-    let mut redis = env.redis().await?;
-    let _: () = redis::cmd("DEL")
-        .arg(format!("fiber:samples:{region}"))
-        .arg(format!("fiber:dlq:{region}"))
-        .query_async(&mut redis)
-        .await?;
+    netns::drop_region_streams(&env, &region).await?;
     pool.close().await;
     ns.delete().await?;
     env.drop_postgres_database(&url, &[]).await?;

@@ -308,12 +308,7 @@ async fn a_route_switch_is_one_path_change_with_the_hops_of_both_routes() -> Res
     .await;
 
     operator.stop().await;
-    let mut redis = env.redis().await?;
-    let _: () = redis::cmd("DEL")
-        .arg(format!("fiber:samples:{region}"))
-        .arg(format!("fiber:dlq:{region}"))
-        .query_async(&mut redis)
-        .await?;
+    netns::drop_region_streams(&env, &region).await?;
     pool.close().await;
     ns.delete().await?;
     env.drop_postgres_database(&url, &[]).await?;

@@ -126,3 +126,14 @@ pub fn data_path(
     );
     Ok((ingest_port, processes))
 }
+
+/// Deletes the region's stream and dead-letter stream, which [`data_path`]'s processes used.
+pub async fn drop_region_streams(env: &LocalEnv, region: &str) -> Result<()> {
+    let mut redis = env.redis().await?;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("fiber:samples:{region}"))
+        .arg(format!("fiber:dlq:{region}"))
+        .query_async(&mut redis)
+        .await?;
+    Ok(())
+}
