@@ -65,4 +65,17 @@ mod tests {
         assert_eq!(decode_batch(&encode_batch(&batch)).unwrap(), batch);
         assert!(decode_batch(b"{\"probe\":1}").is_err());
     }
+
+    /// Found by the batch fuzz target: a decimal longer than an f64 holds must be read as the
+    /// nearest f64, or re-encoding it (shortest form) and reading that back gives a neighbour —
+    /// what ETL stores would differ from what ingest accepted by one ulp.
+    #[test]
+    fn long_decimals_survive_the_stream() {
+        let body = br#"{"probe":"p/q","region":"ghana","country":"GH","node":"n","agent_version":"0",
+            "samples":[{"time":"2026-11-23T10:00:00Z","target":"t","kind":"icmp","address":"a",
+            "up":true,"jitter_ms":0.24444444444444444444444444444444444444444444444444444444444444444444444}]}"#;
+        let batch = decode_batch(body).unwrap();
+        assert_eq!(batch.samples[0].jitter_ms, Some(0.24444444444444444));
+        assert_eq!(decode_batch(&encode_batch(&batch)).unwrap(), batch);
+    }
 }
