@@ -330,6 +330,17 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
+    /// The API of namespaced `K` objects in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
     pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
         let name = unique_name(prefix);
         let ns = Namespace {

@@ -116,29 +116,23 @@ impl World {
         };
         // The region's writer URL: the operator writes the alert history through it.
         world.secret("fiberstack-db", &world.url.clone()).await?;
-        apply_json(&world.api::<FiberRegion>(), &common::region_json("ghana")).await?;
+        apply_json(
+            &world.ns.api::<FiberRegion>(),
+            &common::region_json("ghana"),
+        )
+        .await?;
         Ok(world)
     }
 
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        Api::namespaced(self.client.clone(), &self.ns.name)
-    }
-
     async fn secret(&self, name: &str, url: &str) -> Result<()> {
-        common::url_secret(&self.api::<Secret>(), name, url).await
+        common::url_secret(&self.ns.api::<Secret>(), name, url).await
     }
 
     /// A FiberNotifier `name` of `kind` whose URL Secret holds `url`.
     async fn notifier(&self, name: &str, kind: &str, url: &str) -> Result<()> {
         self.secret(&format!("{name}-url"), url).await?;
         apply_json(
-            &self.api::<FiberNotifier>(),
+            &self.ns.api::<FiberNotifier>(),
             &json!({
                 "apiVersion": "fiberstack.io/v1alpha1",
                 "kind": "FiberNotifier",
@@ -157,7 +151,7 @@ impl World {
         if let Some(until) = muted_until {
             probe["spec"]["alerting"]["mutedUntil"] = json!(until);
         }
-        apply_json(&self.api::<FiberProbe>(), &probe).await?;
+        apply_json(&self.ns.api::<FiberProbe>(), &probe).await?;
         let key = format!("{}/accra-edge", self.ns.name);
         seed(&self.pool, &key, "google-dns", 400.0).await?;
         seed(&self.pool, &key, "db", 5.0).await?;
@@ -174,7 +168,7 @@ impl World {
         what: &str,
         check: impl Fn(&FiberProbeStatus) -> bool,
     ) -> Result<FiberProbeStatus> {
-        let probes = self.api::<FiberProbe>();
+        let probes = self.ns.api::<FiberProbe>();
         wait_for(what, WAIT, EVERY, || async {
             let s = probes.get("accra-edge").await?.status.unwrap_or_default();
             Ok(if check(&s) {
@@ -328,7 +322,7 @@ async fn fire_and_resolve(
         .await?;
     assert_eq!(s.alerts[0].id, id);
     assert_eq!(s.alerts[0].state, AlertState::Firing);
-    let notifier = world.api::<FiberNotifier>().get("hook").await?;
+    let notifier = world.ns.api::<FiberNotifier>().get("hook").await?;
     let ns_status = notifier.status.clone().context("notifier status")?;
     assert_eq!(ns_status.kind.as_deref(), Some("webhook"));
     assert_eq!(ns_status.sent, 1);
@@ -420,7 +414,7 @@ async fn a_receiver_that_was_down_gets_the_notification_when_it_is_back() -> Res
             )
             .await?;
         world.breaching_probe(&["hook"], None).await?;
-        let notifiers = world.api::<FiberNotifier>();
+        let notifiers = world.ns.api::<FiberNotifier>();
         let failing = wait_for("the notifier reports failures", WAIT, EVERY, || async {
             let n = notifiers.get("hook").await?;
             let s = n.status.clone().unwrap_or_default();
@@ -439,7 +433,7 @@ async fn a_receiver_that_was_down_gets_the_notification_when_it_is_back() -> Res
             "the URL leaked: {text}"
         );
         let s = world
-            .api::<FiberProbe>()
+            .ns.api::<FiberProbe>()
             .get("accra-edge")
             .await?
             .status
@@ -504,6 +498,7 @@ async fn a_muted_probe_notifies_nothing_until_the_mute_ends() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert!(receiver.on("hook").is_empty(), "{:?}", receiver.on("hook"));
         let s = world
+            .ns
             .api::<FiberProbe>()
             .get("accra-edge")
             .await?
@@ -520,7 +515,7 @@ async fn a_muted_probe_notifies_nothing_until_the_mute_ends() -> Result<()> {
         let mut probe = common::probe_json("accra-edge", "ghana");
         probe["spec"]["alerting"] =
             json!({ "notifiers": ["hook"], "mutedUntil": "2000-01-01T00:00:00Z" });
-        apply_json(&world.api::<FiberProbe>(), &probe).await?;
+        apply_json(&world.ns.api::<FiberProbe>(), &probe).await?;
         let got = until_received(&receiver, "hook", 1).await?;
         assert_eq!(got[0].body["status"], "firing");
         Ok(())
@@ -687,7 +682,7 @@ async fn killing_the_leader_mid_way_loses_nothing_and_duplicates_nothing_by_key(
             .context("starting fiberstack-operator")
     };
     let mut a = replica("replica-a")?;
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = world.api();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = world.ns.api();
     let leads = |who: &'static str| {
         let leases = leases.clone();
         async move {
@@ -781,7 +776,7 @@ async fn deleting_a_probe_with_a_firing_alert_sends_its_end_first() -> Result<()
             .await?;
         world.breaching_probe(&["hook"], None).await?;
         until_received(&receiver, "hook", 1).await?;
-        let probes = world.api::<FiberProbe>();
+        let probes = world.ns.api::<FiberProbe>();
         wait_for("the alerts finalizer", WAIT, EVERY, || async {
             let p = probes.get("accra-edge").await?;
             let f = p.metadata.finalizers.clone().unwrap_or_default();

@@ -23,8 +23,8 @@ use fiberstack_operator::crd::{
 use fiberstack_operator::paths::VantagePath;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
+use kube::Client;
 use kube::api::ListParams;
-use kube::{Api, Client};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -142,9 +142,13 @@ impl World {
         // The region's writer URL: the operator writes the alert history through it.
         world.secret("fiberstack-db", &world.url.clone()).await?;
         world.secret("am-url", am).await?;
-        apply_json(&world.api::<FiberRegion>(), &common::region_json("ghana")).await?;
         apply_json(
-            &world.api::<FiberNotifier>(),
+            &world.ns.api::<FiberRegion>(),
+            &common::region_json("ghana"),
+        )
+        .await?;
+        apply_json(
+            &world.ns.api::<FiberNotifier>(),
             &json!({
                 "apiVersion": "fiberstack.io/v1alpha1",
                 "kind": "FiberNotifier",
@@ -161,22 +165,12 @@ impl World {
             "traceroute": { "host": "10.9.0.1", "changeAfterRounds": 3, "changeAlertFor": "20s" }
         }]);
         probe["spec"]["alerting"] = json!({ "notifiers": ["am"] });
-        apply_json(&world.api::<FiberProbe>(), &probe).await?;
+        apply_json(&world.ns.api::<FiberProbe>(), &probe).await?;
         Ok(world)
     }
 
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        Api::namespaced(self.client.clone(), &self.ns.name)
-    }
-
     async fn secret(&self, name: &str, url: &str) -> Result<()> {
-        common::url_secret(&self.api::<Secret>(), name, url).await
+        common::url_secret(&self.ns.api::<Secret>(), name, url).await
     }
 
     /// Rounds of the traceroute target, one per route, from each node given, after the
@@ -222,7 +216,7 @@ impl World {
         what: &str,
         check: impl Fn(&FiberProbeStatus) -> bool,
     ) -> Result<FiberProbeStatus> {
-        let probes = self.api::<FiberProbe>();
+        let probes = self.ns.api::<FiberProbe>();
         wait_for(what, WAIT, EVERY, || async {
             let s = probes.get("accra-edge").await?.status.unwrap_or_default();
             Ok(if check(&s) {
@@ -248,6 +242,7 @@ impl World {
     /// The PathChanged Events: (note, how many times it was reported).
     async fn path_events(&self) -> Result<Vec<(String, i32)>> {
         Ok(self
+            .ns
             .api::<Event>()
             .list(&ListParams::default())
             .await?
