@@ -191,35 +191,12 @@ fn rtt_agrees_with_ping_on_the_same_path_at_the_same_time() {
 #[test]
 fn destination_unreachable_is_reported_at_once_with_its_text() {
     let ns = Netns::new("fpicmp-unreach");
-    ns.exec(&["nft", "add", "table", "inet", "t"]);
-    ns.exec(&[
-        "nft",
-        "add",
-        "chain",
+    ns.nft_chain("inet", "in", "input");
+    ns.nft_rule(
         "inet",
-        "t",
         "in",
-        "{ type filter hook input priority 0; }",
-    ]);
-    ns.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "t",
-        "in",
-        "ip",
-        "daddr",
-        "127.0.0.5",
-        "icmp",
-        "type",
-        "echo-request",
-        "reject",
-        "with",
-        "icmp",
-        "type",
-        "host-unreachable",
-    ]);
+        "ip daddr 127.0.0.5 icmp type echo-request reject with icmp type host-unreachable",
+    );
     let scratch = Scratch::new("icmp-unreach");
     let timeout_secs = 10;
     let started = Instant::now();

@@ -11,52 +11,18 @@ use support::*;
 #[test]
 fn measured_loss_matches_the_injected_loss_and_silence_is_told_apart() {
     let ns = Netns::new("fprobe");
-    ns.exec(&["nft", "add", "table", "inet", "t"]);
-    ns.exec(&[
-        "nft",
-        "add",
-        "chain",
+    ns.nft_chain("inet", "in", "input");
+    ns.nft_rule(
         "inet",
-        "t",
         "in",
-        "{ type filter hook input priority 0; }",
-    ]);
-    ns.exec(&[
-        "nft",
-        "add",
-        "rule",
+        "ip daddr 127.0.0.3 icmp type echo-request drop",
+    );
+    ns.nft_rule("inet", "in", "tcp dport 9 drop");
+    ns.nft_rule(
         "inet",
-        "t",
         "in",
-        "ip",
-        "daddr",
-        "127.0.0.3",
-        "icmp",
-        "type",
-        "echo-request",
-        "drop",
-    ]);
-    ns.exec(&[
-        "nft", "add", "rule", "inet", "t", "in", "tcp", "dport", "9", "drop",
-    ]);
-    ns.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "t",
-        "in",
-        "icmp",
-        "type",
-        "echo-request",
-        "numgen",
-        "random",
-        "mod",
-        "10",
-        "<",
-        "3",
-        "drop",
-    ]);
+        "icmp type echo-request numgen random mod 10 < 3 drop",
+    );
 
     let scratch = Scratch::new("netns");
     let config = scratch.path("probe.yaml");
@@ -143,32 +109,12 @@ fn icmp_not_permitted_is_said_clearly_with_the_remedy() {
 fn duplicated_replies_are_counted_apart_not_as_received() {
     let ns = Netns::new("fprobe");
     // Every echo reply leaves twice.
-    ns.exec(&["nft", "add", "table", "ip", "t"]);
-    ns.exec(&[
-        "nft",
-        "add",
-        "chain",
+    ns.nft_chain("ip", "out", "output");
+    ns.nft_rule(
         "ip",
-        "t",
         "out",
-        "{ type filter hook output priority 0; }",
-    ]);
-    ns.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "ip",
-        "t",
-        "out",
-        "icmp",
-        "type",
-        "echo-reply",
-        "dup",
-        "to",
-        "127.0.0.1",
-        "device",
-        "lo",
-    ]);
+        "icmp type echo-reply dup to 127.0.0.1 device lo",
+    );
     let scratch = Scratch::new("netns-dup");
     let config = scratch.path("probe.yaml");
     std::fs::write(

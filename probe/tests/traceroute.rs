@@ -302,14 +302,9 @@ impl Protocol {
 /// Adds a table `t` and a filter chain `chain` on `hook` to `ns`, then a rule per match of
 /// `matches`, each followed by `then`.
 fn nft_rules(ns: &Netns, chain: &str, hook: &str, matches: &[Vec<&str>], then: &[&str]) {
-    ns.exec(&["nft", "add", "table", "inet", "t"]);
-    let spec = format!("{{ type filter hook {hook} priority 0; }}");
-    ns.exec(&["nft", "add", "chain", "inet", "t", chain, &spec]);
+    ns.nft_chain("inet", chain, hook);
     for m in matches {
-        let mut rule = vec!["nft", "add", "rule", "inet", "t", chain];
-        rule.extend_from_slice(m);
-        rule.extend_from_slice(then);
-        ns.exec(&rule);
+        ns.nft_rule("inet", chain, &[&m[..], then].concat().join(" "));
     }
 }
 
@@ -522,36 +517,15 @@ fn echo_checksums_seen(t: &Topology) -> Vec<(Vec<u64>, u64)> {
 #[test]
 fn icmp_probes_of_every_round_are_one_flow_on_the_wire() {
     let t = Topology::new();
-    t.a.exec(&["nft", "add", "table", "inet", "t"]);
-    t.a.exec(&[
-        "nft",
-        "add",
-        "chain",
-        "inet",
-        "t",
-        "pre",
-        "{ type filter hook prerouting priority 0; }",
-    ]);
+    t.a.nft_chain("inet", "pre", "prerouting");
     for (set, proto) in [("seen4", "icmp"), ("seen6", "icmpv6")] {
         let spec = format!("{{ typeof {proto} checksum; flags dynamic; }}");
         t.a.exec(&["nft", "add", "set", "inet", "t", set, &spec]);
-        let element = format!("{{ {proto} checksum }}");
-        let set_ref = format!("@{set}");
-        t.a.exec(&[
-            "nft",
-            "add",
-            "rule",
+        t.a.nft_rule(
             "inet",
-            "t",
             "pre",
-            proto,
-            "type",
-            "echo-request",
-            "counter",
-            "add",
-            &set_ref,
-            &element,
-        ]);
+            &format!("{proto} type echo-request counter add @{set} {{ {proto} checksum }}"),
+        );
     }
     let icmp = |host: &str| Protocol::Icmp.check(&check(host));
     // Neighbours resolved first; tracepath's probes are UDP, not counted.

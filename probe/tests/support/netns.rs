@@ -35,6 +35,19 @@ impl Netns {
         run(&self.command(cmd))
     }
 
+    /// Adds table `t` of nftables `family` (`ip`, `inet`) with a filter chain `chain` on
+    /// `hook` (`input`, `output`), priority 0.
+    pub fn nft_chain(&self, family: &str, chain: &str, hook: &str) {
+        self.exec(&["nft", "add", "table", family, "t"]);
+        let spec = format!("{{ type filter hook {hook} priority 0; }}");
+        self.exec(&["nft", "add", "chain", family, "t", chain, &spec]);
+    }
+
+    /// Appends `rule` (nft's syntax, e.g. `tcp dport 9 drop`) to `chain` of table `t`.
+    pub fn nft_rule(&self, family: &str, chain: &str, rule: &str) {
+        self.exec(&["nft", "add", "rule", family, "t", chain, rule]);
+    }
+
     /// `cmd` prefixed to run inside the namespace, for a caller that judges its result.
     pub fn command<'a>(&'a self, cmd: &[&'a str]) -> Vec<&'a str> {
         let mut full = vec!["ip", "netns", "exec", &self.0];
