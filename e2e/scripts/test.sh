@@ -35,6 +35,7 @@ timed "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warni
 # The images the tests inspect and the real nodes run (pushed to the environment's registry).
 timed "make images" bash images/build.sh
 timed "cargo build tests" cargo test --workspace --locked --no-run
+timed "prune old test executables" bash e2e/scripts/prune-target.sh
 results="$(mktemp)"
 # --no-fail-fast: every test binary runs and is counted, even after one fails.
 timed "cargo test" bash -o pipefail -c 'cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$1"' _ "$results" ||

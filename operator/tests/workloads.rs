@@ -100,13 +100,7 @@ async fn lifecycle(client: &Client, ns: &str) -> Result<()> {
         let s = secrets.get("fiberstack-probe-token-ghana").await?;
         anyhow::Ok(s.data.unwrap_or_default()["token"].0.clone())
     };
-    let ingest = wait_for("ingest Deployment", WAIT, EVERY, || async {
-        Ok(deployments
-            .get_opt("fiberstack-ingest-ghana")
-            .await?
-            .ok_or("absent".to_owned()))
-    })
-    .await?;
+    let ingest = common::wait_exists(&deployments, "fiberstack-ingest-ghana").await?;
     let pod = ingest.spec.unwrap().template.spec.unwrap();
     let env = pod.containers[0].env.clone().unwrap();
     let by_name = |n: &str| env.iter().find(|e| e.name == n).cloned().unwrap();
@@ -137,13 +131,7 @@ async fn lifecycle(client: &Client, ns: &str) -> Result<()> {
         pod.containers[0].command.as_deref(),
         Some(&["fiber-ingest".to_owned()][..])
     );
-    let etl = wait_for("ETL Deployment", WAIT, EVERY, || async {
-        Ok(deployments
-            .get_opt("fiberstack-etl-ghana")
-            .await?
-            .ok_or("absent".to_owned()))
-    })
-    .await?;
+    let etl = common::wait_exists(&deployments, "fiberstack-etl-ghana").await?;
     let etl_env = etl.spec.unwrap().template.spec.unwrap().containers[0]
         .env
         .clone()
@@ -161,13 +149,7 @@ async fn lifecycle(client: &Client, ns: &str) -> Result<()> {
         "metadata.name"
     );
     let services = Api::<Service>::namespaced(client.clone(), ns);
-    let service = wait_for("ingest Service", WAIT, EVERY, || async {
-        Ok(services
-            .get_opt("fiberstack-ingest-ghana")
-            .await?
-            .ok_or("absent".to_owned()))
-    })
-    .await?;
+    let service = common::wait_exists(&services, "fiberstack-ingest-ghana").await?;
     assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 8080);
     let token = wait_for("token Secret", WAIT, EVERY, || async {
         Ok(token_of().await.map_err(|e| e.to_string()))
@@ -176,13 +158,7 @@ async fn lifecycle(client: &Client, ns: &str) -> Result<()> {
     assert!(token.len() >= 32, "token of {} bytes", token.len());
 
     // The probe's ConfigMap and DaemonSet.
-    let ds = wait_for("probe DaemonSet", WAIT, EVERY, || async {
-        Ok(daemonsets
-            .get_opt("fiberstack-probe-accra-edge")
-            .await?
-            .ok_or("absent".to_owned()))
-    })
-    .await?;
+    let ds = common::wait_exists(&daemonsets, "fiberstack-probe-accra-edge").await?;
     let owner = &ds.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.uid.as_str()),
@@ -573,13 +549,7 @@ async fn a_region_serving_https_renders_what_the_api_server_takes() -> Result<()
         apply_json(&probes, &common::probe_json("accra-edge", "ghana")).await?;
 
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-        let ingest = wait_for("ingest Deployment", WAIT, EVERY, || async {
-            Ok(deployments
-                .get_opt("fiberstack-ingest-ghana")
-                .await?
-                .ok_or("absent".to_owned()))
-        })
-        .await?;
+        let ingest = common::wait_exists(&deployments, "fiberstack-ingest-ghana").await?;
         let pod = ingest.spec.unwrap().template.spec.unwrap();
         let container = &pod.containers[0];
         let env = |name: &str| {
@@ -613,24 +583,12 @@ async fn a_region_serving_https_renders_what_the_api_server_takes() -> Result<()
         assert_eq!(tls.secret_name.as_deref(), Some("ingest-ghana-tls"));
 
         let services = Api::<Service>::namespaced(client.clone(), &ns.name);
-        let service = wait_for("ingest Service", WAIT, EVERY, || async {
-            Ok(services
-                .get_opt("fiberstack-ingest-ghana")
-                .await?
-                .ok_or("absent".to_owned()))
-        })
-        .await?;
+        let service = common::wait_exists(&services, "fiberstack-ingest-ghana").await?;
         let port = &service.spec.unwrap().ports.unwrap()[0];
         assert_eq!((port.name.as_deref(), port.port), (Some("https"), 8080));
 
         let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns.name);
-        let ds = wait_for("probe DaemonSet", WAIT, EVERY, || async {
-            Ok(daemonsets
-                .get_opt("fiberstack-probe-accra-edge")
-                .await?
-                .ok_or("absent".to_owned()))
-        })
-        .await?;
+        let ds = common::wait_exists(&daemonsets, "fiberstack-probe-accra-edge").await?;
         let ca = ds
             .spec
             .unwrap()

@@ -227,6 +227,17 @@ pub async fn url_secret(
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 pub const EVERY: std::time::Duration = std::time::Duration::from_millis(300);
 
+/// Waits (up to [`WAIT`]) until object `name` of `api` exists, and returns it.
+pub async fn wait_exists<K>(api: &Api<K>, name: &str) -> Result<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    fiberstack_e2e::wait_for(&format!("{} {name}", K::kind(&())), WAIT, EVERY, || async {
+        Ok(api.get_opt(name).await?.ok_or("absent".to_owned()))
+    })
+    .await
+}
+
 /// A fresh PostgreSQL database, migrated as the chart's Job does: its URL and a pool.
 pub async fn migrated_database(prefix: &str) -> Result<(String, sqlx::PgPool)> {
     let url = fiberstack_e2e::LocalEnv::load()?
