@@ -436,8 +436,62 @@ pub async fn run(check: &TracerouteCheck, target: &str, timeout: Duration) -> Sa
     sample
 }
 
-/// Probes the TTLs of `check` on `socket` (connected to `ip`) and makes the round's sample.
+/// What a UDP and an ICMP round do differently: the bytes of each probe, and how an answer
+/// arrives. [`probe_hops`] does the rest, the same for both.
+trait Probes {
+    /// A hop's probes are about to leave.
+    fn start_hop(&mut self) {}
+
+    /// The bytes of probe `index` of `ttl`.
+    fn payload(&self, round: &Round, ttl: u8, index: u8) -> Vec<u8>;
+
+    /// Waits for what the socket reports next and records any answer in `round`, in the
+    /// poll that reads it (the wait is cancelled at the hop's deadline). `Err`: the hop ends,
+    /// with that trouble.
+    async fn answer(&mut self, socket: &UdpSocket, round: &mut Round) -> Result<(), String>;
+}
+
+/// UDP probes: the answers are ICMP errors, all on the socket's error queue.
+struct Datagrams;
+
+impl Probes for Datagrams {
+    fn payload(&self, round: &Round, ttl: u8, index: u8) -> Vec<u8> {
+        round.payload(ttl, index).to_vec()
+    }
+
+    async fn answer(&mut self, socket: &UdpSocket, round: &mut Round) -> Result<(), String> {
+        match socket
+            .async_io(Interest::ERROR, || read_error_queue(socket))
+            .await
+        {
+            Ok(Queued {
+                quoted,
+                from: Some(from),
+                answer: Some(answer),
+                at,
+            }) => round.on_answer(&quoted, from, answer, at),
+            Ok(_) => {}
+            Err(e) => return Err(format!("error queue: {e}")),
+        }
+        Ok(())
+    }
+}
+
+/// Probes the TTLs of `check` on `socket` (connected to `ip`) with UDP datagrams and makes
+/// the round's sample.
 pub async fn round(socket: &UdpSocket, ip: IpAddr, check: &TracerouteCheck) -> Sample {
+    probe_hops(socket, ip, check, Datagrams).await
+}
+
+/// The TTLs of `check` one after the other, each with its probes sent together and answered
+/// until all are or the hop's timeout passes, until the host answers, a router refuses to
+/// forward, or `max_hops`; then the round's sample.
+async fn probe_hops(
+    socket: &UdpSocket,
+    ip: IpAddr,
+    check: &TracerouteCheck,
+    mut probes: impl Probes,
+) -> Sample {
     let v4 = ip.is_ipv4();
     let first = check.first_hop.clamp(1, 255) as u8;
     let last = check.max_hops.clamp(u32::from(first), 255) as u8;
@@ -451,8 +505,9 @@ pub async fn round(socket: &UdpSocket, ip: IpAddr, check: &TracerouteCheck) -> S
             break;
         }
         round.start_hop(ttl);
+        probes.start_hop();
         for index in 0..check.probes_per_hop as u8 {
-            match send_probe(socket, &round.payload(ttl, index)).await {
+            match send_probe(socket, &probes.payload(&round, ttl, index)).await {
                 Ok(at) => round.sent(index as usize, at),
                 Err(e) => {
                     trouble.get_or_insert_with(|| format!("send with TTL {ttl}: {e}"));
@@ -464,22 +519,13 @@ pub async fn round(socket: &UdpSocket, ip: IpAddr, check: &TracerouteCheck) -> S
         }
         let deadline = tokio::time::Instant::now() + hop_timeout;
         while !round.hop_answered() {
-            let queued = tokio::select! {
-                q = socket.async_io(Interest::ERROR, || read_error_queue(socket)) => q,
+            let answered = tokio::select! {
+                a = probes.answer(socket, &mut round) => a,
                 _ = tokio::time::sleep_until(deadline) => break,
             };
-            match queued {
-                Ok(Queued {
-                    quoted,
-                    from: Some(from),
-                    answer: Some(answer),
-                    at,
-                }) => round.on_answer(&quoted, from, answer, at),
-                Ok(_) => {}
-                Err(e) => {
-                    trouble.get_or_insert_with(|| format!("error queue: {e}"));
-                    break;
-                }
+            if let Err(t) = answered {
+                trouble.get_or_insert(t);
+                break;
             }
         }
         end = round.hop_end();

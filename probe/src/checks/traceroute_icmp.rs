@@ -38,7 +38,7 @@ use tokio::net::UdpSocket;
 
 use super::super::icmp::PERMIT_HINT;
 use super::super::icmp_socket::open_raw;
-use super::{Answer, Queued, Round, down, read_error_queue, sample, send_probe, set_ttl};
+use super::{Answer, Probes, Queued, Round, down, probe_hops, read_error_queue};
 
 const ECHO_REQUEST_V4: u8 = 8;
 const ECHO_REPLY_V4: u8 = 0;
@@ -231,91 +231,82 @@ pub async fn run(ip: IpAddr, check: &TracerouteCheck, ident: u16) -> Sample {
     sample
 }
 
-/// Probes the TTLs of `check` on the ping `socket` (connected to `ip`) and makes the round's
-/// sample, as [`super::round`] does with UDP.
-pub async fn round(socket: &UdpSocket, ip: IpAddr, check: &TracerouteCheck) -> Sample {
-    let v4 = ip.is_ipv4();
-    let (request, reply) = if v4 {
-        (ECHO_REQUEST_V4, ECHO_REPLY_V4)
-    } else {
-        (ECHO_REQUEST_V6, ECHO_REPLY_V6)
-    };
-    let first = check.first_hop.clamp(1, 255) as u8;
-    let last = check.max_hops.clamp(u32::from(first), 255) as u8;
-    let hop_timeout = check.hop_timeout.as_std();
-    let mut round = Round::new(check.probes_per_hop);
-    let mut end = None;
-    let mut trouble = None;
-    for ttl in first..=last {
-        if let Err(e) = set_ttl(socket, v4, ttl) {
-            trouble = Some(format!("cannot set TTL {ttl}: {e}"));
-            break;
-        }
-        round.start_hop(ttl);
-        for index in 0..check.probes_per_hop as u8 {
-            match send_probe(socket, &echo(&round, v4, ttl, index)).await {
-                Ok(at) => round.sent(index as usize, at),
-                Err(e) => {
-                    trouble.get_or_insert_with(|| format!("send with TTL {ttl}: {e}"));
-                }
-            }
-        }
-        if round.abandon_hop_if_unsent() {
-            break;
-        }
-        let deadline = tokio::time::Instant::now() + hop_timeout;
-        // Errors left on the socket in a row: one per ICMP error at most, so a socket that
-        // keeps failing is not read in a loop until the deadline.
-        let mut pending = 0;
-        while !round.hop_answered() {
-            let got = tokio::select! {
-                g = socket.async_io(Interest::READABLE | Interest::ERROR, || read(socket)) => g,
-                _ = tokio::time::sleep_until(deadline) => break,
-            };
-            match got {
-                Ok(Got::Error(Queued {
-                    quoted,
-                    from: Some(from),
-                    answer: Some(answer),
-                    at,
-                })) => {
-                    pending = 0;
-                    match probe_of(&quoted, request) {
-                        Some((probe, token)) => {
-                            round.on_probe_answer(probe, token, from, for_echo(answer, v4), at)
-                        }
-                        None => round.foreign += 1,
-                    }
-                }
-                Ok(Got::Error(_)) => pending = 0,
-                Ok(Got::Reply { message, from, at }) => {
-                    pending = 0;
-                    match (probe_of(&message, reply), from) {
-                        (Some((Some(probe), token)), Some(from)) if from == ip => {
-                            round.on_probe_answer(Some(probe), token, from, Answer::Reached, at)
-                        }
-                        _ => round.foreign += 1,
-                    }
-                }
-                Ok(Got::Pending(e)) => {
-                    pending += 1;
-                    if pending > 2 * check.probes_per_hop {
-                        trouble.get_or_insert_with(|| format!("receive: {e}"));
-                        break;
-                    }
-                }
-                Err(e) => {
-                    trouble.get_or_insert_with(|| format!("error queue: {e}"));
-                    break;
-                }
-            }
-        }
-        end = round.hop_end();
-        if end.is_some() {
-            break;
-        }
+/// Echo requests: routers answer on the socket's error queue, the host with an echo reply on
+/// its ordinary queue.
+struct Echoes {
+    ip: IpAddr,
+    v4: bool,
+    /// Errors left on the socket in a row, this hop: one per ICMP error at most, so a socket
+    /// that keeps failing is not read in a loop until the deadline.
+    pending: u32,
+    probes_per_hop: u32,
+}
+
+impl Probes for Echoes {
+    fn start_hop(&mut self) {
+        self.pending = 0;
     }
-    sample(&round, ip, end, last, trouble)
+
+    fn payload(&self, round: &Round, ttl: u8, index: u8) -> Vec<u8> {
+        echo(round, self.v4, ttl, index).to_vec()
+    }
+
+    async fn answer(&mut self, socket: &UdpSocket, round: &mut Round) -> Result<(), String> {
+        let (request, reply) = if self.v4 {
+            (ECHO_REQUEST_V4, ECHO_REPLY_V4)
+        } else {
+            (ECHO_REQUEST_V6, ECHO_REPLY_V6)
+        };
+        let got = socket
+            .async_io(Interest::READABLE | Interest::ERROR, || read(socket))
+            .await;
+        match got {
+            Ok(Got::Error(Queued {
+                quoted,
+                from: Some(from),
+                answer: Some(answer),
+                at,
+            })) => {
+                self.pending = 0;
+                match probe_of(&quoted, request) {
+                    Some((probe, token)) => {
+                        round.on_probe_answer(probe, token, from, for_echo(answer, self.v4), at)
+                    }
+                    None => round.foreign += 1,
+                }
+            }
+            Ok(Got::Error(_)) => self.pending = 0,
+            Ok(Got::Reply { message, from, at }) => {
+                self.pending = 0;
+                match (probe_of(&message, reply), from) {
+                    (Some((Some(probe), token)), Some(from)) if from == self.ip => {
+                        round.on_probe_answer(Some(probe), token, from, Answer::Reached, at)
+                    }
+                    _ => round.foreign += 1,
+                }
+            }
+            Ok(Got::Pending(e)) => {
+                self.pending += 1;
+                if self.pending > 2 * self.probes_per_hop {
+                    return Err(format!("receive: {e}"));
+                }
+            }
+            Err(e) => return Err(format!("error queue: {e}")),
+        }
+        Ok(())
+    }
+}
+
+/// Probes the TTLs of `check` on the ping `socket` (connected to `ip`) with echo requests and
+/// makes the round's sample, as [`super::round`] does with UDP.
+pub async fn round(socket: &UdpSocket, ip: IpAddr, check: &TracerouteCheck) -> Sample {
+    let echoes = Echoes {
+        ip,
+        v4: ip.is_ipv4(),
+        pending: 0,
+        probes_per_hop: check.probes_per_hop,
+    };
+    probe_hops(socket, ip, check, echoes).await
 }
 
 #[cfg(test)]
