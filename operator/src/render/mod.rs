@@ -218,6 +218,20 @@ fn restricted_pod() -> PodSecurityContext {
     }
 }
 
+/// The volume `name` of a rendered pod, for the render tests.
+#[cfg(test)]
+pub(crate) fn volume(
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    name: &str,
+) -> k8s_openapi::api::core::v1::Volume {
+    pod.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no volume {name} in the pod"))
+}
+
 /// Golden-file comparison for the render tests: `UPDATE_GOLDEN=1` rewrites the files.
 #[cfg(test)]
 pub(crate) fn assert_golden<T: serde::Serialize>(name: &str, objects: &[T]) {

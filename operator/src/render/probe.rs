@@ -342,7 +342,18 @@ fn mount(volume: &str, path: &str) -> VolumeMount {
 mod tests {
     use super::*;
     use crate::fixtures::*;
-    use crate::render::assert_golden;
+    use crate::render::{assert_golden, volume};
+
+    /// The pod spec of the probe's rendered DaemonSet.
+    fn pod(p: &FiberProbe, r: &FiberRegion, images: &Images) -> PodSpec {
+        build_daemonset(p, r, images)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
 
     #[test]
     fn renders_the_design_example() {
@@ -379,20 +390,12 @@ mod tests {
     #[test]
     fn without_token_review_the_probe_mounts_the_region_token() {
         let (p, r) = (probe(), region());
-        let volume = |images: &Images| {
-            let ds = build_daemonset(&p, &r, images).unwrap();
-            let pod = ds.spec.unwrap().template.spec.unwrap();
-            pod.volumes
-                .unwrap()
-                .into_iter()
-                .find(|v| v.name == "token")
-                .unwrap()
-        };
-        let projected = volume(&images()).projected.unwrap().sources.unwrap();
+        let token = |images: &Images| volume(&pod(&p, &r, images), "token");
+        let projected = token(&images()).projected.unwrap().sources.unwrap();
         let sa = projected[0].service_account_token.as_ref().unwrap();
         assert_eq!(sa.audience.as_deref(), Some("fiberstack-ingest"));
         assert_eq!(sa.path, TOKEN_KEY);
-        let static_token = volume(&Images {
+        let static_token = token(&Images {
             ingest_service_account: None,
             ..images()
         });
@@ -491,15 +494,8 @@ mod tests {
             config.ingest.ca_file,
             Some(std::path::PathBuf::from("/var/run/fiberstack-ca/ca.crt"))
         );
-        let pod = daemonset.spec.unwrap().template.spec.unwrap();
-        let ca = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "ingest-ca")
-            .unwrap()
-            .secret
-            .unwrap();
+        let rendered = daemonset.spec.unwrap().template.spec.unwrap();
+        let ca = volume(&rendered, "ingest-ca").secret.unwrap();
         assert_eq!(
             ca.secret_name.as_deref(),
             Some("fiberstack-ingest-ghana-tls")
@@ -513,7 +509,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("ca.crt", "ca.crt")]
         );
-        let mount = pod.containers[0]
+        let mount = rendered.containers[0]
             .volume_mounts
             .iter()
             .flatten()
@@ -527,19 +523,7 @@ mod tests {
             name: "fiberstack-ca-bundle".to_owned(),
             key: "bundle.pem".to_owned(),
         });
-        let pod = build_daemonset(&p, &bundled, &images())
-            .unwrap()
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
-        let ca = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "ingest-ca")
-            .unwrap()
+        let ca = volume(&pod(&p, &bundled, &images()), "ingest-ca")
             .secret
             .unwrap();
         assert_eq!(ca.secret_name.as_deref(), Some("fiberstack-ca-bundle"));
@@ -556,14 +540,8 @@ mod tests {
             ]
         );
         assert_eq!(probe_config(&p, &plain).ingest.ca_file, None);
-        let pod = build_daemonset(&p, &plain, &images())
-            .unwrap()
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
-        assert!(pod.volumes.unwrap().iter().all(|v| v.name != "ingest-ca"));
+        let volumes = pod(&p, &plain, &images()).volumes.unwrap();
+        assert!(volumes.iter().all(|v| v.name != "ingest-ca"));
     }
 
     /// The regions of the design's namespace: the probe's own among them.

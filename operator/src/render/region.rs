@@ -412,7 +412,7 @@ pub fn build_pdb(region: &FiberRegion, app: &str, component: &str) -> PodDisrupt
 mod tests {
     use super::*;
     use crate::fixtures::{images, probe, region};
-    use crate::render::assert_golden;
+    use crate::render::{assert_golden, volume};
 
     #[test]
     fn an_otlp_endpoint_reaches_every_workload_and_nothing_else_changes() {
@@ -564,14 +564,7 @@ mod tests {
             container.ports.as_ref().unwrap()[0].name.as_deref(),
             Some("https")
         );
-        let tls = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "tls")
-            .unwrap()
-            .secret
-            .unwrap();
+        let tls = volume(&pod, "tls").secret.unwrap();
         assert_eq!(
             tls.secret_name.as_deref(),
             Some("fiberstack-ingest-ghana-tls")
