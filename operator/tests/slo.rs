@@ -221,26 +221,73 @@ async fn counts_from_the_rollups_equal_the_raw_samples_they_stand_for() -> Resul
     LocalEnv::load()?.drop_postgres_database(&url, &[]).await
 }
 
+/// Region ghana and `probe` applied in a namespace of their own, with a migrated database of
+/// their own, for the tests that run the operator.
+struct World {
+    client: kube::Client,
+    url: String,
+    pool: PgPool,
+    ns: TestNamespace,
+    probes: Api<FiberProbe>,
+    /// The probe's key in the samples (`<namespace>/accra-edge`).
+    key: String,
+}
+
+impl World {
+    async fn new(prefix: &str, probe: &serde_json::Value) -> Result<Self> {
+        let client = common::client().await?;
+        common::install_crds(&client).await?;
+        let (url, pool) =
+            common::migrated_database(&format!("fs_{}", prefix.replace('-', "_"))).await?;
+        let ns = TestNamespace::create(&client, &format!("op-{prefix}")).await?;
+        apply_json(&ns.api::<FiberRegion>(), &common::region_json("ghana")).await?;
+        let probes = ns.api::<FiberProbe>();
+        apply_json(&probes, probe).await?;
+        let key = format!("{}/accra-edge", ns.name);
+        Ok(Self {
+            client,
+            url,
+            pool,
+            ns,
+            probes,
+            key,
+        })
+    }
+
+    /// What the ETL's maintenance does every minute in plain mode: the hours before the
+    /// current one are read from the rollups.
+    async fn refresh_rollups(&self) -> Result<()> {
+        sqlx::query("select fiberstack_refresh_rollups(now() - interval '2 hours', 'infinity')")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `checks` with the operator running on the database, then stops it and removes
+    /// the namespace and the database, whatever `checks` returned.
+    async fn with_operator(self, checks: impl AsyncFnOnce(&Self) -> Result<()>) -> Result<()> {
+        let db = fiberstack_operator::status::connect_lazy(&self.url, None)?;
+        let operator = Operator::start(&self.client, &self.ns.name, Some(db));
+        let result = checks(&self).await;
+        operator.stop().await;
+        self.pool.close().await;
+        self.ns.delete().await?;
+        LocalEnv::load()?
+            .drop_postgres_database(&self.url, &[])
+            .await?;
+        result
+    }
+}
+
 #[tokio::test]
 async fn a_probe_with_an_slo_reports_its_budget_and_a_fast_burn() -> Result<()> {
-    let client = common::client().await?;
-    common::install_crds(&client).await?;
-    let (url, pool) = common::migrated_database("fs_slo").await?;
-    let ns = TestNamespace::create(&client, "op-slo").await?;
-    apply_json(
-        &Api::<FiberRegion>::namespaced(client.clone(), &ns.name),
-        &common::region_json("ghana"),
-    )
-    .await?;
     let mut probe = common::probe_json("accra-edge", "ghana");
     probe["spec"]["slo"] = json!({
         "availabilityPct": 99.9,
         "latency": { "thresholdMs": 150, "percent": 99 },
         "windowDays": 7
     });
-    let probes = Api::<FiberProbe>::namespaced(client.clone(), &ns.name);
-    apply_json(&probes, &probe).await?;
-    let key = format!("{}/accra-edge", ns.name);
+    let world = World::new("slo", &probe).await?;
     // The last 40 minutes, one round every 10 s: every third failing.
     sqlx::query(
         "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss)
@@ -248,82 +295,72 @@ async fn a_probe_with_an_slo_reports_its_budget_and_a_fast_burn() -> Result<()> 
                 'icmp', g % 3 <> 0, 20, 0
            from generate_series(0, 239) g",
     )
-    .bind(&key)
-    .execute(&pool)
+    .bind(&world.key)
+    .execute(&world.pool)
     .await?;
-    // What the ETL's maintenance does every minute in plain mode: the hours before the
-    // current one are read from the rollups.
-    sqlx::query("select fiberstack_refresh_rollups(now() - interval '2 hours', 'infinity')")
-        .execute(&pool)
-        .await?;
+    world.refresh_rollups().await?;
 
-    let db = fiberstack_operator::status::connect_lazy(&url, None)?;
-    let operator = Operator::start(&client, &ns.name, Some(db));
-    let result = async {
-        let slo = wait_for("status.slo burning Fast", WAIT, EVERY, || async {
-            let s = probes.get("accra-edge").await?.status.unwrap_or_default();
-            Ok(match s.slo {
-                Some(slo) if slo.burning == Some(Burn::Fast) => Ok(slo),
-                other => Err(format!("{other:?}")),
+    world
+        .with_operator(async |w| {
+            let slo = wait_for("status.slo burning Fast", WAIT, EVERY, || async {
+                let s = w.probes.get("accra-edge").await?.status.unwrap_or_default();
+                Ok(match s.slo {
+                    Some(slo) if slo.burning == Some(Burn::Fast) => Ok(slo),
+                    other => Err(format!("{other:?}")),
+                })
             })
-        })
-        .await?;
-        assert_eq!(slo.window_days, 7);
-        let a = slo.availability.clone().unwrap();
-        assert_eq!(a.objective_pct, 99.9);
-        // 80 of 240 failed: 66.667 %, a third bad against 0.1 % allowed.
-        assert_eq!(a.sli_pct, Some(66.667));
-        assert_eq!(a.burn_rate_1h, Some(333.3));
-        assert!(a.error_budget_remaining_pct.unwrap() < -30_000.0, "{a:?}");
-        // Every successful round took 20 ms: the latency objective is met in full.
-        let l = slo.latency.clone().unwrap();
-        assert_eq!(
-            (l.sli_pct, l.error_budget_remaining_pct),
-            (Some(100.0), Some(100.0))
-        );
-        // The probe was created a moment ago: until one interval has passed nothing is
-        // expected (None); after that, its rounds cover all that is expected (0) — never a
-        // positive unknown share.
-        assert!(matches!(slo.unknown_pct, None | Some(0.0)), "{slo:?}");
-        // The burn is an alert too, for the notifiers.
-        let s = probes.get("accra-edge").await?.status.unwrap_or_default();
-        let alert = s.alerts.iter().find(|a| a.burn.is_some()).cloned();
-        let alert = alert.unwrap_or_else(|| panic!("no SLO alert in {:?}", s.alerts));
-        assert_eq!(
-            (alert.target.as_str(), alert.burn),
-            ("slo", Some(Burn::Fast))
-        );
-        assert!(
-            alert
-                .reason
-                .starts_with("error budget burning fast: availability 66.667 %"),
-            "{}",
-            alert.reason
-        );
+            .await?;
+            assert_eq!(slo.window_days, 7);
+            let a = slo.availability.clone().unwrap();
+            assert_eq!(a.objective_pct, 99.9);
+            // 80 of 240 failed: 66.667 %, a third bad against 0.1 % allowed.
+            assert_eq!(a.sli_pct, Some(66.667));
+            assert_eq!(a.burn_rate_1h, Some(333.3));
+            assert!(a.error_budget_remaining_pct.unwrap() < -30_000.0, "{a:?}");
+            // Every successful round took 20 ms: the latency objective is met in full.
+            let l = slo.latency.clone().unwrap();
+            assert_eq!(
+                (l.sli_pct, l.error_budget_remaining_pct),
+                (Some(100.0), Some(100.0))
+            );
+            // The probe was created a moment ago: until one interval has passed nothing is
+            // expected (None); after that, its rounds cover all that is expected (0) — never a
+            // positive unknown share.
+            assert!(matches!(slo.unknown_pct, None | Some(0.0)), "{slo:?}");
+            // The burn is an alert too, for the notifiers.
+            let s = w.probes.get("accra-edge").await?.status.unwrap_or_default();
+            let alert = s.alerts.iter().find(|a| a.burn.is_some()).cloned();
+            let alert = alert.unwrap_or_else(|| panic!("no SLO alert in {:?}", s.alerts));
+            assert_eq!(
+                (alert.target.as_str(), alert.burn),
+                ("slo", Some(Burn::Fast))
+            );
+            assert!(
+                alert
+                    .reason
+                    .starts_with("error budget burning fast: availability 66.667 %"),
+                "{}",
+                alert.reason
+            );
 
-        let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-        wait_for("a SloBurnFast Event", WAIT, EVERY, || async {
-            let reasons: Vec<String> = events
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .filter_map(|e| e.reason)
-                .collect();
-            Ok(if reasons.iter().any(|r| r == "SloBurnFast") {
-                Ok(())
-            } else {
-                Err(format!("{reasons:?}"))
+            let events = w.ns.api::<Event>();
+            wait_for("a SloBurnFast Event", WAIT, EVERY, || async {
+                let reasons: Vec<String> = events
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter_map(|e| e.reason)
+                    .collect();
+                Ok(if reasons.iter().any(|r| r == "SloBurnFast") {
+                    Ok(())
+                } else {
+                    Err(format!("{reasons:?}"))
+                })
             })
+            .await
         })
         .await
-    }
-    .await;
-    operator.stop().await;
-    pool.close().await;
-    ns.delete().await?;
-    LocalEnv::load()?.drop_postgres_database(&url, &[]).await?;
-    result
 }
 
 /// An objective's expected status from the rounds counted in the database: the SLI to
@@ -349,15 +386,6 @@ fn observed(o: &ObjectiveStatus) -> (f64, f64, f64) {
 
 #[tokio::test]
 async fn a_target_with_its_own_slo_gets_its_own_status_and_burn_alert() -> Result<()> {
-    let client = common::client().await?;
-    common::install_crds(&client).await?;
-    let (url, pool) = common::migrated_database("fs_slo_target").await?;
-    let ns = TestNamespace::create(&client, "op-slo-target").await?;
-    apply_json(
-        &Api::<FiberRegion>::namespaced(client.clone(), &ns.name),
-        &common::region_json("ghana"),
-    )
-    .await?;
     // The probe's objective is loose, db's own is tight: db's failures burn db's budget fast
     // and leave the probe's, spread over both targets, burning slowly or not at all.
     let mut probe = common::probe_json("accra-edge", "ghana");
@@ -371,9 +399,7 @@ async fn a_target_with_its_own_slo_gets_its_own_status_and_burn_alert() -> Resul
         "latency": { "thresholdMs": 30, "percent": 99 },
         "windowDays": 3
     });
-    let probes = Api::<FiberProbe>::namespaced(client.clone(), &ns.name);
-    apply_json(&probes, &probe).await?;
-    let key = format!("{}/accra-edge", ns.name);
+    let world = World::new("slo-target", &probe).await?;
     // The last 40 minutes, one round every 10 s of each target: google-dns always up in
     // 20 ms; db failing one round in 5 (no latency), the others in 25 or 45 ms in turn.
     sqlx::query(
@@ -387,12 +413,10 @@ async fn a_target_with_its_own_slo_gets_its_own_status_and_burn_alert() -> Resul
                 case when g % 5 = 0 then null when g % 2 = 0 then 25 else 45 end, 0
            from generate_series(0, 239) g",
     )
-    .bind(&key)
-    .execute(&pool)
+    .bind(&world.key)
+    .execute(&world.pool)
     .await?;
-    sqlx::query("select fiberstack_refresh_rollups(now() - interval '2 hours', 'infinity')")
-        .execute(&pool)
-        .await?;
+    world.refresh_rollups().await?;
     // What the objectives count, from the samples themselves.
     let count = async |target: Option<&str>, under_ms: f64| -> Result<(i64, i64, i64, i64)> {
         Ok(sqlx::query_as(
@@ -401,10 +425,10 @@ async fn a_target_with_its_own_slo_gets_its_own_status_and_burn_alert() -> Resul
                     count(*) filter (where up and latency_ms < $3)
                from metrics where probe = $1 and ($2::text is null or target = $2)",
         )
-        .bind(&key)
+        .bind(&world.key)
         .bind(target)
         .bind(under_ms)
-        .fetch_one(&pool)
+        .fetch_one(&world.pool)
         .await?)
     };
     let (p_rounds, p_up, p_timed, p_fast) = count(None, 150.0).await?;
@@ -417,67 +441,61 @@ async fn a_target_with_its_own_slo_gets_its_own_status_and_burn_alert() -> Resul
         "{p_avail:?} {t_avail:?}"
     );
 
-    let db = fiberstack_operator::status::connect_lazy(&url, None)?;
-    let operator = Operator::start(&client, &ns.name, Some(db));
-    let result = async {
-        let s = wait_for("db's own slo burning Fast", WAIT, EVERY, || async {
-            let s = probes.get("accra-edge").await?.status.unwrap_or_default();
-            let db = s.targets.iter().find(|t| t.name == "db");
-            Ok(match db.and_then(|t| t.slo.clone()) {
-                Some(slo) if slo.burning == Some(Burn::Fast) => Ok(s),
-                other => Err(format!("{other:?}")),
+    world
+        .with_operator(async |w| {
+            let s = wait_for("db's own slo burning Fast", WAIT, EVERY, || async {
+                let s = w.probes.get("accra-edge").await?.status.unwrap_or_default();
+                let db = s.targets.iter().find(|t| t.name == "db");
+                Ok(match db.and_then(|t| t.slo.clone()) {
+                    Some(slo) if slo.burning == Some(Burn::Fast) => Ok(s),
+                    other => Err(format!("{other:?}")),
+                })
             })
-        })
-        .await?;
-        // The probe's objectives over both targets.
-        let slo = s.slo.clone().expect("status.slo");
-        assert_eq!(slo.window_days, 7);
-        assert_eq!(observed(slo.availability.as_ref().unwrap()), p_avail);
-        assert_eq!(
-            observed(slo.latency.as_ref().unwrap()),
-            expected(99.0, p_fast, p_timed)
-        );
-        assert_ne!(slo.burning, Some(Burn::Fast));
-        // db's own, over db's rounds alone.
-        let row = |name: &str| s.targets.iter().find(|t| t.name == name).unwrap();
-        let own = row("db").slo.clone().unwrap();
-        assert_eq!(own.window_days, 3);
-        assert_eq!(observed(own.availability.as_ref().unwrap()), t_avail);
-        assert_eq!(
-            observed(own.latency.as_ref().unwrap()),
-            expected(99.0, t_fast, t_timed)
-        );
-        assert_ne!(own.availability, slo.availability);
-        assert_eq!(row("google-dns").slo, None, "no slo of its own");
-        // Its own alert: the target's name, the burn, an id of its own.
-        let burns: Vec<_> = s.alerts.iter().filter(|a| a.burn.is_some()).collect();
-        let alert = burns
-            .iter()
-            .find(|a| a.target == "db")
-            .unwrap_or_else(|| panic!("no burn alert of db in {:?}", s.alerts));
-        assert_eq!(
-            (alert.burn.clone(), alert.state),
-            (Some(Burn::Fast), AlertState::Firing)
-        );
-        assert!(
-            alert
-                .id
-                .starts_with(&format!("{}/accra-edge/db/slo@", ns.name)),
-            "{}",
-            alert.id
-        );
-        assert!(
-            burns
+            .await?;
+            // The probe's objectives over both targets.
+            let slo = s.slo.clone().expect("status.slo");
+            assert_eq!(slo.window_days, 7);
+            assert_eq!(observed(slo.availability.as_ref().unwrap()), p_avail);
+            assert_eq!(
+                observed(slo.latency.as_ref().unwrap()),
+                expected(99.0, p_fast, p_timed)
+            );
+            assert_ne!(slo.burning, Some(Burn::Fast));
+            // db's own, over db's rounds alone.
+            let row = |name: &str| s.targets.iter().find(|t| t.name == name).unwrap();
+            let own = row("db").slo.clone().unwrap();
+            assert_eq!(own.window_days, 3);
+            assert_eq!(observed(own.availability.as_ref().unwrap()), t_avail);
+            assert_eq!(
+                observed(own.latency.as_ref().unwrap()),
+                expected(99.0, t_fast, t_timed)
+            );
+            assert_ne!(own.availability, slo.availability);
+            assert_eq!(row("google-dns").slo, None, "no slo of its own");
+            // Its own alert: the target's name, the burn, an id of its own.
+            let burns: Vec<_> = s.alerts.iter().filter(|a| a.burn.is_some()).collect();
+            let alert = burns
                 .iter()
-                .all(|a| a.target != "slo" || a.burn != Some(Burn::Fast)),
-            "the probe's own objective does not burn fast: {burns:?}"
-        );
-        Ok(())
-    }
-    .await;
-    operator.stop().await;
-    pool.close().await;
-    ns.delete().await?;
-    LocalEnv::load()?.drop_postgres_database(&url, &[]).await?;
-    result
+                .find(|a| a.target == "db")
+                .unwrap_or_else(|| panic!("no burn alert of db in {:?}", s.alerts));
+            assert_eq!(
+                (alert.burn.clone(), alert.state),
+                (Some(Burn::Fast), AlertState::Firing)
+            );
+            assert!(
+                alert
+                    .id
+                    .starts_with(&format!("{}/accra-edge/db/slo@", w.ns.name)),
+                "{}",
+                alert.id
+            );
+            assert!(
+                burns
+                    .iter()
+                    .all(|a| a.target != "slo" || a.burn != Some(Burn::Fast)),
+                "the probe's own objective does not burn fast: {burns:?}"
+            );
+            Ok(())
+        })
+        .await
 }
