@@ -36,6 +36,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::icmp_socket::now;
+use super::socket_slots::{self, PerFamily};
 
 /// Largest datagram read whole (a longer one is cut, and then reads as malformed).
 pub const MAX_DATAGRAM: usize = 4096;
@@ -83,40 +84,29 @@ impl Drop for DnsSocket {
 /// The shared sockets of a [`CheckContext`](super::CheckContext), opened at first use (a
 /// process without DNS targets opens none) and again after the socket failed.
 #[derive(Default)]
-pub struct DnsSockets {
-    v4: Mutex<Option<Arc<DnsSocket>>>,
-    v6: Mutex<Option<Arc<DnsSocket>>>,
+pub struct DnsSockets(PerFamily<DnsSocket>);
+
+impl socket_slots::Shared for DnsSocket {
+    fn broken(&self) -> bool {
+        self.shared.broken.load(Ordering::Relaxed)
+    }
 }
 
 impl DnsSockets {
     /// The socket for `server`'s family. Must be called within a tokio runtime.
     pub fn get(&self, server: SocketAddr) -> io::Result<Arc<DnsSocket>> {
-        let slot = if server.is_ipv4() { &self.v4 } else { &self.v6 };
-        let mut slot = slot.lock().expect("dns socket lock");
-        if let Some(s) = slot.as_ref()
-            && !s.shared.broken.load(Ordering::Relaxed)
-        {
-            return Ok(s.clone());
-        }
-        let socket = Arc::new(DnsSocket::open(server.is_ipv4())?);
-        *slot = Some(socket.clone());
-        Ok(socket)
-    }
-
-    fn sockets(&self) -> impl Iterator<Item = Arc<DnsSocket>> {
-        [&self.v4, &self.v6]
-            .into_iter()
-            .filter_map(|slot| slot.lock().expect("dns socket lock").clone())
+        self.0
+            .get(server.is_ipv4(), || DnsSocket::open(server.is_ipv4()))
     }
 
     /// Queries awaiting an answer on either socket (for tests: 0 once no round runs).
     pub fn pending(&self) -> usize {
-        self.sockets().map(|s| s.pending()).sum()
+        self.0.open().map(|s| s.pending()).sum()
     }
 
     /// Datagrams received from an address no query in flight went to, on either socket.
     pub fn unsolicited(&self) -> u64 {
-        self.sockets().map(|s| s.unsolicited()).sum()
+        self.0.open().map(|s| s.unsolicited()).sum()
     }
 }
 

@@ -31,6 +31,8 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::socket_slots::{self, PerFamily};
+
 const ECHO_REQUEST_V4: u8 = 8;
 const ECHO_REPLY_V4: u8 = 0;
 const ECHO_REQUEST_V6: u8 = 128;
@@ -102,33 +104,23 @@ impl Drop for IcmpSocket {
 /// that a process without ICMP targets opens none) and again after a failure to open (the
 /// node's `ping_group_range` may change).
 #[derive(Default)]
-pub struct IcmpSockets {
-    v4: Mutex<Option<Arc<IcmpSocket>>>,
-    v6: Mutex<Option<Arc<IcmpSocket>>>,
+pub struct IcmpSockets(PerFamily<IcmpSocket>);
+
+impl socket_slots::Shared for IcmpSocket {
+    fn broken(&self) -> bool {
+        self.shared.broken.load(Ordering::Relaxed)
+    }
 }
 
 impl IcmpSockets {
     /// The socket for `ip`'s family. Must be called within a tokio runtime.
     pub fn get(&self, ip: IpAddr) -> io::Result<Arc<IcmpSocket>> {
-        let slot = if ip.is_ipv4() { &self.v4 } else { &self.v6 };
-        let mut slot = slot.lock().expect("icmp socket lock");
-        if let Some(s) = slot.as_ref()
-            && !s.shared.broken.load(Ordering::Relaxed)
-        {
-            return Ok(s.clone());
-        }
-        let socket = Arc::new(IcmpSocket::open(ip.is_ipv4())?);
-        *slot = Some(socket.clone());
-        Ok(socket)
+        self.0.get(ip.is_ipv4(), || IcmpSocket::open(ip.is_ipv4()))
     }
 
     /// How many echoes await a reply on either socket (for tests: 0 once no round runs).
     pub fn pending(&self) -> usize {
-        [&self.v4, &self.v6]
-            .iter()
-            .filter_map(|slot| slot.lock().expect("icmp socket lock").clone())
-            .map(|s| s.pending())
-            .sum()
+        self.0.open().map(|s| s.pending()).sum()
     }
 }
 

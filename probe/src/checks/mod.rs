@@ -6,6 +6,7 @@ pub mod dns_socket;
 pub mod http;
 pub mod icmp;
 pub mod icmp_socket;
+pub mod socket_slots;
 pub mod tcp;
 pub mod traceroute;
 
