@@ -63,14 +63,18 @@ impl World {
     }
 
     /// google-dns as slow (400 ms) from the nodes in `slow`, fast (20 ms) from the others;
-    /// db fast from gh-accra-1.
+    /// db fast from gh-accra-1. In one transaction: a status period in between would see some
+    /// vantage points without samples, or with the old ones.
     async fn slow_from(&self, slow: &[&str]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         for (node, region) in VANTAGES {
             let latency = if slow.contains(&node) { 400.0 } else { 20.0 };
-            common::replace_samples(&self.pool, &self.key, "google-dns", node, region, latency)
+            common::replace_samples_in(&mut tx, &self.key, "google-dns", node, region, latency)
                 .await?;
         }
-        common::replace_samples(&self.pool, &self.key, "db", "gh-accra-1", "ghana", 5.0).await
+        common::replace_samples_in(&mut tx, &self.key, "db", "gh-accra-1", "ghana", 5.0).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn until(

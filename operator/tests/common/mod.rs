@@ -249,9 +249,26 @@ pub async fn migrated_database(prefix: &str) -> Result<(String, sqlx::PgPool)> {
 }
 
 /// 30 successful ICMP samples of `target` from `node` (in `region`) at `latency_ms`, one
-/// every 10 s back from now; the node's earlier samples of the target are replaced.
+/// every 10 s back from now; the node's earlier samples of the target are replaced, in one
+/// transaction (a status period between the two would see the node without samples).
 pub async fn replace_samples(
     pool: &sqlx::PgPool,
+    probe: &str,
+    target: &str,
+    node: &str,
+    region: &str,
+    latency_ms: f64,
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    replace_samples_in(&mut tx, probe, target, node, region, latency_ms).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`replace_samples`] inside the caller's transaction, for a change of several nodes that
+/// the operator must see whole.
+pub async fn replace_samples_in(
+    conn: &mut sqlx::PgConnection,
     probe: &str,
     target: &str,
     node: &str,
@@ -262,7 +279,7 @@ pub async fn replace_samples(
         .bind(probe)
         .bind(target)
         .bind(node)
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
     sqlx::query(
         "insert into metrics (time, node, probe, region, target, kind, up, latency_ms, packet_loss)
@@ -274,7 +291,7 @@ pub async fn replace_samples(
     .bind(node)
     .bind(region)
     .bind(latency_ms)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
