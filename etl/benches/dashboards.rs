@@ -74,7 +74,29 @@ async fn refresh_rollups(pool: &PgPool, mode: StorageMode, from: DateTime<Utc>) 
                 .await?;
         }
     }
-    sqlx::raw_sql("analyze").execute(pool).await?;
+    // What autovacuum has done to a day of stored samples by the time it is read: statistics,
+    // and the visibility map that lets an index-only scan skip the table (Region "Targets by
+    // node" reads each row's histograms that way; on pages never vacuumed it fetches every row
+    // from the table: 770 ms instead of 85–90).
+    let tables: Vec<String> = match mode {
+        // The samples and the aggregates' materialized hypertables (with their chunks) of this
+        // schema alone: the database holds other schemas.
+        StorageMode::TimescaleDb => sqlx::query_scalar(
+            "select 'metrics' union all
+             select format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name)
+               from timescaledb_information.continuous_aggregates
+              where view_schema = current_schema()",
+        )
+        .fetch_all(pool)
+        .await?,
+        StorageMode::Postgres => Vec::new(),
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "vacuum analyze {}",
+        tables.join(", ")
+    )))
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

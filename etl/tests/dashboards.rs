@@ -114,8 +114,16 @@ async fn seed(pool: &PgPool, now: DateTime<Utc>) -> Result<()> {
 }
 
 async fn refresh_rollups(pool: &PgPool, mode: StorageMode, now: DateTime<Utc>) -> Result<()> {
-    let from = (now - Duration::days(2)).to_rfc3339();
-    let to = (now + Duration::days(1)).to_rfc3339();
+    refresh_rollups_between(pool, mode, now - Duration::days(2), now + Duration::days(1)).await
+}
+
+async fn refresh_rollups_between(
+    pool: &PgPool,
+    mode: StorageMode,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<()> {
+    let (from, to) = (from.to_rfc3339(), to.to_rfc3339());
     match mode {
         StorageMode::TimescaleDb => {
             // One CALL per statement: PGlite refuses CALL inside a multi-statement batch.
@@ -522,6 +530,141 @@ async fn histogram_percentiles_on_timescaledb() -> Result<()> {
         seed_latencies(pool).await?;
         refresh_rollups(pool, StorageMode::TimescaleDb, Utc::now()).await?;
         histogram_percentiles_are_within_one_percent(pool).await
+    }
+    .await;
+    schema.drop().await?;
+    outcome
+}
+
+/// Two nodes probing the same target, one at 10–20 ms and one at 100–200 ms, 1,500 latencies
+/// each, one every 144 s over the last 60 hours, the older the slower: a range that leaves out
+/// an hour or a day of them, or takes in another's, has other percentiles.
+async fn seed_two_nodes(pool: &PgPool) -> Result<()> {
+    sqlx::raw_sql(
+        "insert into metrics (time, node, probe, region, target, kind, up, latency_ms)
+         select now() - make_interval(secs => i * 144), n.node, 'fiberstack/edge', 'ghana',
+                'gateway', 'icmp', true, n.low * power(2, i / 1500.0)
+           from generate_series(0, 1499) i,
+                (values ('gh-accra-1', 10.0), ('gh-kumasi-1', 100.0)) n(node, low)",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The region's "Targets by node" over 6 hours and over 3 days (its rollup branch, which
+/// merges each row's own histograms; over 3 days a whole day of them from the daily ones):
+/// each node's p50 and p95 within 1 % of the exact percentiles of that node's raw samples in
+/// the hours the range holds (those whose hourly bucket starts inside it), not of both nodes'.
+async fn targets_by_node_has_each_nodes_percentiles(
+    pool: &PgPool,
+    timescaledb: bool,
+) -> Result<()> {
+    let dashboards = load_dashboards()?;
+    let region = dashboards
+        .iter()
+        .find(|d| d.file == "region.json")
+        .context("region.json")?;
+    let raw = region.json["panels"]
+        .as_array()
+        .context("panels")?
+        .iter()
+        .find(|p| p["title"] == "Targets by node")
+        .and_then(|p| p["targets"][0]["rawSql"].as_str())
+        .context("Targets by node")?;
+    let nodes = ["gh-accra-1", "gh-kumasi-1"];
+    let now = Utc::now();
+    for range in [Duration::hours(6), Duration::days(3)] {
+        let sql = QueryContext {
+            from: now - range,
+            to: now,
+            interval: Duration::minutes(5),
+            timescaledb,
+            variables: BTreeMap::from([
+                (
+                    "region".to_owned(),
+                    VariableValue::Single("ghana".to_owned()),
+                ),
+                (
+                    "node".to_owned(),
+                    VariableValue::Multi(nodes.map(str::to_owned).to_vec()),
+                ),
+            ]),
+        }
+        .expand(raw)?;
+        let table = rows(pool, &sql).await?;
+        ensure!(table.len() == 2, "{range}: rows {table:?}");
+        if range > Duration::days(2) {
+            // What the panel reads from the daily histograms is there to be read.
+            let daily: i64 = sqlx::query_scalar(
+                "select count(*) from metrics_latency_daily
+                  where bucket >= date_trunc('day', $1::timestamptz) + interval '1 day'
+                    and bucket < date_trunc('day', now() - interval '25 hours')",
+            )
+            .bind(now - range)
+            .fetch_one(pool)
+            .await?;
+            ensure!(daily > 0, "{range}: no daily histogram inside the range");
+        }
+        for node in nodes {
+            let row = table
+                .iter()
+                .find(|r| r["node"] == node)
+                .with_context(|| format!("{range}: no row of {node}: {table:?}"))?;
+            for (q, column) in [(0.5, "p50 ms"), (0.95, "p95 ms")] {
+                let exact: f64 = sqlx::query_scalar(
+                    "select percentile_cont($1) within group (order by latency_ms)
+                       from metrics where node = $2 and date_trunc('hour', time) >= $3",
+                )
+                .bind(q)
+                .bind(node)
+                .bind(now - range)
+                .fetch_one(pool)
+                .await?;
+                let shown = row[column]
+                    .as_f64()
+                    .with_context(|| format!("{range}: {node}: {column} {}", row[column]))?;
+                let error = (shown - exact).abs() / exact;
+                ensure!(
+                    error <= 0.01,
+                    "{range}: {node}: {column} {shown:.3} against exact {exact:.3} ({:.2} % off)",
+                    error * 100.0
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn targets_by_node_percentiles_on_plain_postgres() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let url = env.fresh_postgres_database("fs_by_node").await?;
+    let pool = DbConfig::new(&url).connect().await?;
+    let outcome = async {
+        migrate(&pool).await?;
+        seed_two_nodes(&pool).await?;
+        let now = Utc::now();
+        refresh_rollups_between(&pool, StorageMode::Postgres, now - Duration::days(4), now).await?;
+        targets_by_node_has_each_nodes_percentiles(&pool, false).await
+    }
+    .await;
+    pool.close().await;
+    env.drop_postgres_database(&url, &[]).await?;
+    outcome
+}
+
+#[tokio::test]
+async fn targets_by_node_percentiles_on_timescaledb() -> Result<()> {
+    let schema = TimescaleSchema::create("fs_by_node").await?;
+    let outcome = async {
+        let pool = &schema.pool;
+        migrate(pool).await?;
+        seed_two_nodes(pool).await?;
+        let now = Utc::now();
+        refresh_rollups_between(pool, StorageMode::TimescaleDb, now - Duration::days(4), now)
+            .await?;
+        targets_by_node_has_each_nodes_percentiles(pool, true).await
     }
     .await;
     schema.drop().await?;
