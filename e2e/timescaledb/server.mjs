@@ -184,6 +184,22 @@ const server = new FreshSessionServer({ db, host: values.host, port });
 await server.start();
 console.log(`timescaledb: listening on ${values.host}:${port}, data in ${values.data}`);
 
+// A connection reset can also reject a promise inside pglite-socket's own handler, after the
+// socket's error listener above ran: unhandled, Node exits and takes every later test's
+// database with it (seen: `read ECONNRESET` when a bench process ended while it held the
+// session; every TimescaleDB test after it failed with "connection refused"). A network error
+// of one connection is that connection's end: log it and keep serving — the next connection's
+// session is reset anyway. Anything else is a bug: exit as before.
+const CONNECTION_GONE = new Set(["ECONNRESET", "EPIPE", "ERR_STREAM_DESTROYED", "ERR_STREAM_WRITE_AFTER_END"]);
+process.on("unhandledRejection", (e) => {
+  if (CONNECTION_GONE.has(e?.code)) {
+    console.error(`timescaledb: a connection went away: ${e.message}`);
+    return;
+  }
+  console.error(`timescaledb: unhandled rejection: ${e?.stack ?? e}`);
+  process.exit(1);
+});
+
 let stopping = false;
 async function shutdown(signal) {
   if (stopping) return;
