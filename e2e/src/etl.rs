@@ -20,6 +20,22 @@ use crate::{terminate, unique_name, wait_for, workspace_binary};
 /// How long [`drain`] waits for the worker to store a stream.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The statements that drop a TimescaleDB test schema `schema` that `fiber-etl migrate` built,
+/// in the order TimescaleDB takes them: the continuous aggregates first (a six-hour one before
+/// the hourly one it aggregates), then one hypertable a statement — it refuses to drop a
+/// hypertable in a schema's cascade, or more than one at once.
+pub fn timescale_schema_drop(schema: &str) -> [String; 4] {
+    [
+        "drop materialized view if exists metrics_latency_6h, metrics_hourly, metrics_daily,
+            metrics_latency_hourly, metrics_latency_daily, metrics_latency_node_hourly,
+            metrics_latency_node_daily cascade"
+            .to_owned(),
+        "drop table if exists hops".to_owned(),
+        "drop table if exists metrics".to_owned(),
+        format!("drop schema {schema} cascade"),
+    ]
+}
+
 /// `fiber-etl migrate` on `database_url`, in `schema` when given (created if missing);
 /// fails with the command's stderr.
 pub async fn migrate(database_url: &str, schema: Option<&str>) -> Result<()> {

@@ -234,34 +234,39 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrateReport, MigrateError> {
         .collect();
     let mode = storage_mode(pool).await?;
     if mode == StorageMode::TimescaleDb {
-        fill_latency_histograms(pool).await?;
+        fill_once(pool, "latency_histograms_filled", &LATENCY_HISTOGRAMS).await?;
+        fill_once(pool, "latency_6h_filled", &["metrics_latency_6h"]).await?;
     }
     Ok(MigrateReport { applied, mode })
 }
 
-/// The continuous aggregates of migration 0007, filled once from the raw samples still
-/// kept: their refresh policies only ever cover the last 1 (hourly) or 3 (daily) days, and
-/// once a policy has run, a real-time aggregate no longer computes what lies before its
-/// watermark — an installation upgraded to 0007 would show latency percentiles of the last
-/// days only. `CALL refresh_continuous_aggregate` cannot run inside the migration's
-/// transaction, so it runs here, after it, once (recorded in `fiberstack_meta`); on a fresh
-/// database it finds nothing to do.
-async fn fill_latency_histograms(pool: &PgPool) -> Result<(), sqlx::Error> {
-    const KEY: &str = "latency_histograms_filled";
+/// The continuous aggregates of migration 0007.
+const LATENCY_HISTOGRAMS: [&str; 4] = [
+    "metrics_latency_hourly",
+    "metrics_latency_daily",
+    "metrics_latency_node_hourly",
+    "metrics_latency_node_daily",
+];
+
+/// Continuous aggregates a migration added, filled once (recorded in `fiberstack_meta` under
+/// `key`) from what they aggregate: their refresh policies only ever cover the last days
+/// (0007's hourly 1, daily 3; 0012's six-hour 3), and once a policy has run, a real-time
+/// aggregate no longer computes what lies before its watermark — an installation upgraded to
+/// 0007 would show latency percentiles of the last days only, and one upgraded to 0012 would
+/// read six-hour histograms that are not there for older ranges. 0007's are filled from the
+/// raw samples still kept, 0012's from the hourly histograms (kept longer). `CALL
+/// refresh_continuous_aggregate` cannot run inside the migration's transaction, so it runs
+/// here, after it, once; on a fresh database it finds nothing to do.
+async fn fill_once(pool: &PgPool, key: &str, views: &[&str]) -> Result<(), sqlx::Error> {
     let done: Option<String> =
         sqlx::query_scalar("select value from fiberstack_meta where key = $1")
-            .bind(KEY)
+            .bind(key)
             .fetch_optional(pool)
             .await?;
     if done.is_some() {
         return Ok(());
     }
-    for view in [
-        "metrics_latency_hourly",
-        "metrics_latency_daily",
-        "metrics_latency_node_hourly",
-        "metrics_latency_node_daily",
-    ] {
+    for view in views {
         let started = std::time::Instant::now();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "call refresh_continuous_aggregate('{view}', null, now())"
@@ -271,11 +276,11 @@ async fn fill_latency_histograms(pool: &PgPool) -> Result<(), sqlx::Error> {
         tracing::info!(
             view,
             seconds = started.elapsed().as_secs_f64(),
-            "filled from the raw samples kept"
+            "filled from what it aggregates"
         );
     }
     sqlx::query("insert into fiberstack_meta (key, value) values ($1, now()::text) on conflict (key) do nothing")
-        .bind(KEY)
+        .bind(key)
         .execute(pool)
         .await?;
     Ok(())

@@ -87,6 +87,7 @@ async fn plain_postgres_mode_applies_once_and_rolls_up() -> Result<()> {
             "metrics",
             "metrics_daily",
             "metrics_hourly",
+            "metrics_latency_6h",
             "metrics_latency_daily",
             "metrics_latency_hourly",
             "metrics_latency_node_daily",
@@ -301,12 +302,13 @@ async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<
     )
     .fetch_all(&pool)
     .await?;
-    // The summaries (0002) and the latency histograms (0007).
+    // The summaries (0002) and the latency histograms (0007, 0012).
     assert_eq!(
         caggs,
         [
             "metrics_daily",
             "metrics_hourly",
+            "metrics_latency_6h",
             "metrics_latency_daily",
             "metrics_latency_hourly",
             "metrics_latency_node_daily",
@@ -336,6 +338,12 @@ async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<
         expected.push(("policy_refresh_continuous_aggregate", hourly, "1 day"));
         expected.push(("policy_retention", hourly, "90 days"));
     }
+    expected.push((
+        "policy_refresh_continuous_aggregate",
+        "metrics_latency_6h",
+        "3 days",
+    ));
+    expected.push(("policy_retention", "metrics_latency_6h", "90 days"));
     let mut expected: Vec<(String, String, String)> = expected
         .into_iter()
         .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
@@ -364,6 +372,7 @@ async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<
             ("metrics", "14 days"),
             ("metrics_daily", "400 days"),
             ("metrics_hourly", "90 days"),
+            ("metrics_latency_6h", "90 days"),
             ("metrics_latency_daily", "400 days"),
             ("metrics_latency_hourly", "90 days"),
             ("metrics_latency_node_daily", "400 days"),
@@ -563,9 +572,9 @@ async fn login_users_get_exactly_their_roles_rights() -> Result<()> {
 }
 
 /// An installation upgraded to migration 0007 keeps its latency history: the migrator fills
-/// the new continuous aggregates from the raw samples once, so after their refresh policies
-/// run (which cover the last days only and move the real-time watermark) a percentile of five
-/// days ago is still there.
+/// the new continuous aggregates from the raw samples once (and 0012's six-hour ones from
+/// the hourly ones), so after their refresh policies run (which cover the last days only and
+/// move the real-time watermark) a percentile of five days ago is still there.
 #[tokio::test]
 async fn an_upgrade_to_the_latency_histograms_fills_them_from_the_kept_samples() -> Result<()> {
     let schema = TimescaleSchema::create("fs_migrate_upgrade").await?;
@@ -594,7 +603,11 @@ async fn an_upgrade_to_the_latency_histograms_fills_them_from_the_kept_samples()
         assert!(report.applied.iter().any(|m| m == "7_fleet scale"), "{:?}", report.applied);
         // What the policies do: refresh the last day (hourly) or three (daily), moving the
         // real-time watermark past the old samples.
-        for (view, days) in [("metrics_latency_hourly", 1), ("metrics_latency_daily", 3)] {
+        for (view, days) in [
+            ("metrics_latency_hourly", 1),
+            ("metrics_latency_6h", 3),
+            ("metrics_latency_daily", 3),
+        ] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "call refresh_continuous_aggregate('{view}', now() - interval '{days} days', now())"
             )))
@@ -618,13 +631,22 @@ async fn an_upgrade_to_the_latency_histograms_fills_them_from_the_kept_samples()
         .fetch_one(&pool)
         .await?;
         assert_eq!(daily, 30, "and in the daily ones");
-        // Once: a second run finds it recorded.
-        let filled: i64 = sqlx::query_scalar(
-            "select count(*) from fiberstack_meta where key = 'latency_histograms_filled'",
+        // The six-hour ones (0012) are filled from the hourly ones.
+        let six_hourly: i64 = sqlx::query_scalar(
+            "select coalesce(sum(samples), 0)::int8 from metrics_latency_6h
+              where probe = 'ns/edge' and bucket < now() - interval '4 days'",
         )
         .fetch_one(&pool)
         .await?;
-        assert_eq!(filled, 1);
+        assert_eq!(six_hourly, 30, "and in the six-hour ones");
+        // Once: a second run finds it recorded.
+        let filled: i64 = sqlx::query_scalar(
+            "select count(*) from fiberstack_meta
+              where key in ('latency_histograms_filled', 'latency_6h_filled')",
+        )
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(filled, 2);
         assert!(migrate(&pool).await?.applied.is_empty());
         anyhow::Ok(())
     }

@@ -227,14 +227,7 @@ async fn daily_percentiles_are_the_days_not_a_mean_of_hours_in_timescaledb() -> 
     let checked = check_percentiles(&served).await;
     reader.close().await;
     let admin = single(Some(schema.clone())).connect().await?;
-    for statement in [
-        "drop materialized view if exists metrics_hourly, metrics_daily, metrics_latency_hourly,
-            metrics_latency_daily, metrics_latency_node_hourly, metrics_latency_node_daily cascade"
-            .to_owned(),
-        "drop table if exists hops".to_owned(),
-        "drop table if exists metrics".to_owned(),
-        format!("drop schema {schema} cascade"),
-    ] {
+    for statement in fiberstack_e2e::etl::timescale_schema_drop(&schema) {
         sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
             .execute(&admin)
             .await

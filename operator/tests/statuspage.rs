@@ -713,15 +713,7 @@ async fn rollup_figures_on_timescaledb() -> Result<()> {
     fiberstack_e2e::etl::migrate(&env.timescale_url, Some(&schema)).await?;
     let pool = single(Some(schema.clone())).connect().await?;
     let outcome = timescale_figures(&pool).await;
-    for statement in [
-        "drop materialized view if exists metrics_hourly, metrics_daily, metrics_latency_hourly,
-            metrics_latency_daily, metrics_latency_node_hourly, metrics_latency_node_daily cascade"
-            .to_owned(),
-        // One hypertable a statement: TimescaleDB drops no more at once.
-        "drop table if exists hops".to_owned(),
-        "drop table if exists metrics".to_owned(),
-        format!("drop schema {schema} cascade"),
-    ] {
+    for statement in fiberstack_e2e::etl::timescale_schema_drop(&schema) {
         sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
             .execute(&pool)
             .await

@@ -38,14 +38,7 @@ impl TimescaleSchema {
     /// Drops the schema (TimescaleDB refuses to drop a hypertable in a schema's cascade, so
     /// the aggregates and the hypertable go first).
     pub async fn drop(self) -> Result<()> {
-        for statement in [
-            "drop materialized view if exists metrics_hourly, metrics_daily, metrics_latency_hourly,
-                metrics_latency_daily, metrics_latency_node_hourly, metrics_latency_node_daily cascade"
-                .to_owned(),
-            "drop table if exists hops".to_owned(),
-            "drop table if exists metrics".to_owned(),
-            format!("drop schema {} cascade", self.name),
-        ] {
+        for statement in fiberstack_e2e::etl::timescale_schema_drop(&self.name) {
             sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
                 .execute(&self.pool)
                 .await

@@ -13,12 +13,14 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
-/// The rollups the dashboards read: continuous aggregates in TimescaleDB mode (migrations 0002
-/// and 0007), refreshed by `refresh_continuous_aggregate` when a test or bench needs them now.
-pub const ROLLUPS: [&str; 6] = [
+/// The rollups the dashboards read: continuous aggregates in TimescaleDB mode (migrations 0002,
+/// 0007 and 0012), refreshed by `refresh_continuous_aggregate` when a test or bench needs them
+/// now, in this order (the six-hour histograms aggregate the hourly ones).
+pub const ROLLUPS: [&str; 7] = [
     "metrics_hourly",
     "metrics_daily",
     "metrics_latency_hourly",
+    "metrics_latency_6h",
     "metrics_latency_daily",
     "metrics_latency_node_hourly",
     "metrics_latency_node_daily",
