@@ -723,3 +723,83 @@ async fn targets_by_node_percentiles_on_timescaledb() -> Result<()> {
     schema.drop().await?;
     outcome
 }
+
+/// The panels that take whole days from the daily rollups answer the same whatever the time
+/// zone of Grafana's database session: the rollups hold UTC days (TimescaleDB's time_bucket,
+/// fiber-etl's UTC session in plain mode), so the panels take UTC days too. With days taken
+/// at the session's midnight, a New York session merged days five hours off.
+#[tokio::test]
+async fn day_split_panels_answer_the_same_in_any_session_time_zone() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let url = env.fresh_postgres_database("fs_zones").await?;
+    let pool = DbConfig::new(&url).connect().await?;
+    let outcome = async {
+        migrate(&pool).await?;
+        seed_two_nodes(&pool).await?;
+        sqlx::raw_sql(
+            "insert into nodes (name, region, country, agent_version, last_seen_at) values
+               ('gh-accra-1', 'ghana', 'GH', '0.1.0', now()),
+               ('gh-kumasi-1', 'ghana', 'GH', '0.1.0', now())",
+        )
+        .execute(&pool)
+        .await?;
+        let now = Utc::now();
+        refresh_rollups_between(&pool, StorageMode::Postgres, now - Duration::days(4), now).await?;
+        let dashboards = load_dashboards()?;
+        let mut compared = Vec::new();
+        for dashboard in &dashboards {
+            for panel in dashboard.json["panels"].as_array().context("panels")? {
+                for target in panel["targets"].as_array().into_iter().flatten() {
+                    let raw = target["rawSql"].as_str().context("rawSql")?;
+                    if !raw.contains("'1 day'") {
+                        continue;
+                    }
+                    let title = format!("{}: {}", dashboard.file, panel["title"]);
+                    let sql = QueryContext {
+                        from: now - Duration::days(3),
+                        to: now,
+                        interval: Duration::hours(1),
+                        timescaledb: false,
+                        variables: BTreeMap::from([
+                            (
+                                "region".to_owned(),
+                                VariableValue::Multi(vec!["ghana".to_owned()]),
+                            ),
+                            (
+                                "node".to_owned(),
+                                VariableValue::Multi(vec![
+                                    "gh-accra-1".to_owned(),
+                                    "gh-kumasi-1".to_owned(),
+                                ]),
+                            ),
+                            (
+                                "objective".to_owned(),
+                                VariableValue::Single("99.9".to_owned()),
+                            ),
+                        ]),
+                    }
+                    .expand(raw)?;
+                    let utc = rows(&pool, &sql).await?;
+                    let mut session = pool.begin().await?;
+                    sqlx::raw_sql("set local timezone = 'America/New_York'")
+                        .execute(&mut *session)
+                        .await?;
+                    let new_york = rows(&mut *session, &sql).await?;
+                    session.rollback().await?;
+                    ensure!(!utc.is_empty(), "{title}: no rows");
+                    ensure!(
+                        utc == new_york,
+                        "{title}: in UTC {utc:?}, in New York {new_york:?}"
+                    );
+                    compared.push(title);
+                }
+            }
+        }
+        ensure!(compared.len() >= 3, "panels compared: {compared:?}");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    pool.close().await;
+    env.drop_postgres_database(&url, &[]).await?;
+    outcome
+}

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
 
 /// The rollups the dashboards read: continuous aggregates in TimescaleDB mode (migrations 0002,
 /// 0007 and 0012), refreshed by `refresh_continuous_aggregate` when a test or bench needs them
@@ -227,11 +226,15 @@ impl QueryContext {
     }
 }
 
-/// Runs one query, returning its rows as JSON objects (column → value).
-pub async fn rows(pool: &PgPool, sql: &str) -> Result<Vec<serde_json::Map<String, Value>>> {
+/// Runs one query (on a pool, or a connection or transaction of it), returning its rows as
+/// JSON objects (column → value).
+pub async fn rows<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    sql: &str,
+) -> Result<Vec<serde_json::Map<String, Value>>> {
     let wrapped = format!("select to_jsonb(q)::text from ({sql}) q");
     let texts: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wrapped))
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     texts
         .into_iter()
