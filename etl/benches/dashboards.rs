@@ -16,9 +16,11 @@
 //! FIBER_DASH_MODE (`postgres`, or `timescaledb` for the PGlite TimescaleDB of TIMESCALE_URL).
 //! For working on a slow panel without generating the dataset each time: FIBER_DASH_KEEP=1
 //! keeps the database (or TimescaleDB schema) and prints its name; FIBER_DASH_REUSE=<name>
-//! measures a kept one (ending at its newest sample: as now() moves on, the six-hour latency
-//! histograms read end earlier in the range — they end 2 hours before now — and more hourly ones
-//! are read than on a fresh dataset) and, with FIBER_DASH_KEEP unset, drops it afterwards; FIBER_DASH_ONLY=<text> times only the queries whose name contains the text.
+//! measures a kept one (ending at its newest sample: as now() moves on, more of the range is
+//! read from the hourly latency histograms than on a fresh dataset — the six-hour bucket under
+//! way is read only by a range that ends in the current hour) and, with FIBER_DASH_KEEP unset,
+//! drops it afterwards; FIBER_DASH_ONLY=<text> times only the queries whose name contains the
+//! text.
 //! Drop a kept database with `drop database <name>` on DATABASE_URL, a kept schema with
 //! FIBER_DASH_REUSE=<name> and no FIBER_DASH_KEEP (TimescaleDB wants its views dropped first).
 
@@ -78,8 +80,8 @@ async fn refresh_rollups(pool: &PgPool, mode: StorageMode, from: DateTime<Utc>) 
     }
     // What autovacuum has done to a day of stored samples by the time it is read: statistics,
     // and the visibility map that lets an index-only scan skip the table (Region "Targets by
-    // node" reads each row's histograms that way; on pages never vacuumed it fetches every row
-    // from the table: 770 ms instead of 85–90).
+    // node" reads each row's histograms that way; on pages never marked it fetches every row
+    // from the table: 358–770 ms instead of ~80).
     let tables: Vec<String> = match mode {
         // The samples and the aggregates' materialized hypertables (with their chunks) of this
         // schema alone: the database holds other schemas.
@@ -95,9 +97,8 @@ async fn refresh_rollups(pool: &PgPool, mode: StorageMode, from: DateTime<Utc>) 
     };
     // Vacuum marks a page all-visible only when no transaction still open could miss its rows:
     // autovacuum's own work on the samples just written (an ANALYZE holds a snapshot) kept the
-    // hourly histograms unmarked when vacuumed right after they were written, and every
-    // index-only scan of them read the table (358 ms instead of ~120 for Region "Targets by
-    // node"). So: wait for other snapshots to end, vacuum, and again until it took.
+    // hourly histograms unmarked when vacuumed right after they were written. So: wait for
+    // other snapshots to end, vacuum, and again until it took.
     let started = std::time::Instant::now();
     let mut rounds = 0;
     let (visible, pages) = loop {

@@ -250,11 +250,11 @@ const LATENCY_HISTOGRAMS: [&str; 4] = [
 
 /// Continuous aggregates a migration added, filled once (recorded in `fiberstack_meta` under
 /// `key`) from what they aggregate: their refresh policies only ever cover the last days
-/// (0007's hourly 1, daily 3; 0012's six-hour 3), and once a policy has run, a real-time
+/// (0007's hourly 1, daily 3; 0011's six-hour 3), and once a policy has run, a real-time
 /// aggregate no longer computes what lies before its watermark — an installation upgraded to
-/// 0007 would show latency percentiles of the last days only, and one upgraded to 0012 would
+/// 0007 would show latency percentiles of the last days only, and one upgraded to 0011 would
 /// read six-hour histograms that are not there for older ranges. 0007's are filled from the
-/// raw samples still kept, 0012's from the hourly histograms (kept longer). `CALL
+/// raw samples still kept, 0011's from the hourly histograms (kept longer). `CALL
 /// refresh_continuous_aggregate` cannot run inside the migration's transaction, so it runs
 /// here, after it, once; on a fresh database it finds nothing to do.
 async fn fill_once(pool: &PgPool, key: &str, views: &[&str]) -> Result<(), sqlx::Error> {

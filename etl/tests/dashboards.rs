@@ -536,12 +536,16 @@ async fn histogram_percentiles_on_timescaledb() -> Result<()> {
     outcome
 }
 
-/// Two nodes probing the same target, one at 10–20 ms and one at 100–200 ms, 1,500 latencies
-/// each, one every 144 s over the last 60 hours, the older the slower: a range that leaves out
-/// an hour or a day of them, or takes in another's, has other percentiles.
-async fn seed_two_nodes(pool: &PgPool) -> Result<()> {
+/// Two nodes of region ghana probing the same target, one at 10–20 ms and one at 100–200 ms,
+/// 1,500 latencies each, one every 144 s over the last 60 hours, the older the slower (a range
+/// that leaves out an hour or a day of them, or takes in another's, has other percentiles);
+/// then the rollups of the last 4 days refreshed.
+async fn seed_two_nodes(pool: &PgPool, mode: StorageMode) -> Result<()> {
     sqlx::raw_sql(
-        "insert into metrics (time, node, probe, region, target, kind, up, latency_ms)
+        "insert into nodes (name, region, country, agent_version, last_seen_at) values
+           ('gh-accra-1', 'ghana', 'GH', '0.1.0', now()),
+           ('gh-kumasi-1', 'ghana', 'GH', '0.1.0', now());
+         insert into metrics (time, node, probe, region, target, kind, up, latency_ms)
          select now() - make_interval(secs => i * 144), n.node, 'fiberstack/edge', 'ghana',
                 'gateway', 'icmp', true, n.low * power(2, i / 1500.0)
            from generate_series(0, 1499) i,
@@ -549,7 +553,8 @@ async fn seed_two_nodes(pool: &PgPool) -> Result<()> {
     )
     .execute(pool)
     .await?;
-    Ok(())
+    let now = Utc::now();
+    refresh_rollups_between(pool, mode, now - Duration::days(4), now).await
 }
 
 /// The region's "Targets by node" over 6 hours and over 3 days (its rollup branch, which
@@ -682,9 +687,7 @@ async fn targets_by_node_on_plain_postgres(time_zone: &str) -> Result<()> {
     let pool = DbConfig::new(&url).connect().await?;
     let outcome = async {
         migrate(&pool).await?;
-        seed_two_nodes(&pool).await?;
-        let now = Utc::now();
-        refresh_rollups_between(&pool, StorageMode::Postgres, now - Duration::days(4), now).await?;
+        seed_two_nodes(&pool, StorageMode::Postgres).await?;
         targets_by_node_has_each_nodes_percentiles(&pool, false, time_zone).await
     }
     .await;
@@ -713,10 +716,7 @@ async fn targets_by_node_percentiles_on_timescaledb() -> Result<()> {
     let outcome = async {
         let pool = &schema.pool;
         migrate(pool).await?;
-        seed_two_nodes(pool).await?;
-        let now = Utc::now();
-        refresh_rollups_between(pool, StorageMode::TimescaleDb, now - Duration::days(4), now)
-            .await?;
+        seed_two_nodes(pool, StorageMode::TimescaleDb).await?;
         targets_by_node_has_each_nodes_percentiles(pool, true, "UTC").await
     }
     .await;
@@ -735,16 +735,8 @@ async fn day_split_panels_answer_the_same_in_any_session_time_zone() -> Result<(
     let pool = DbConfig::new(&url).connect().await?;
     let outcome = async {
         migrate(&pool).await?;
-        seed_two_nodes(&pool).await?;
-        sqlx::raw_sql(
-            "insert into nodes (name, region, country, agent_version, last_seen_at) values
-               ('gh-accra-1', 'ghana', 'GH', '0.1.0', now()),
-               ('gh-kumasi-1', 'ghana', 'GH', '0.1.0', now())",
-        )
-        .execute(&pool)
-        .await?;
+        seed_two_nodes(&pool, StorageMode::Postgres).await?;
         let now = Utc::now();
-        refresh_rollups_between(&pool, StorageMode::Postgres, now - Duration::days(4), now).await?;
         let dashboards = load_dashboards()?;
         let mut compared = Vec::new();
         for dashboard in &dashboards {

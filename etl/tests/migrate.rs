@@ -302,7 +302,7 @@ async fn timescaledb_mode_builds_hypertable_aggregates_and_policies() -> Result<
     )
     .fetch_all(&pool)
     .await?;
-    // The summaries (0002) and the latency histograms (0007, 0012).
+    // The summaries (0002) and the latency histograms (0007, 0011).
     assert_eq!(
         caggs,
         [
@@ -572,7 +572,7 @@ async fn login_users_get_exactly_their_roles_rights() -> Result<()> {
 }
 
 /// An installation upgraded to migration 0007 keeps its latency history: the migrator fills
-/// the new continuous aggregates from the raw samples once (and 0012's six-hour ones from
+/// the new continuous aggregates from the raw samples once (and 0011's six-hour ones from
 /// the hourly ones), so after their refresh policies run (which cover the last days only and
 /// move the real-time watermark) a percentile of five days ago is still there.
 #[tokio::test]
@@ -631,7 +631,7 @@ async fn an_upgrade_to_the_latency_histograms_fills_them_from_the_kept_samples()
         .fetch_one(&pool)
         .await?;
         assert_eq!(daily, 30, "and in the daily ones");
-        // The six-hour ones (0012) are filled from the hourly ones.
+        // The six-hour ones (0011) are filled from the hourly ones.
         let six_hourly: i64 = sqlx::query_scalar(
             "select coalesce(sum(samples), 0)::int8 from metrics_latency_6h
               where probe = 'ns/edge' and bucket < now() - interval '4 days'",

@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::Value;
 
 /// The rollups the dashboards read: continuous aggregates in TimescaleDB mode (migrations 0002,
-/// 0007 and 0012), refreshed by `refresh_continuous_aggregate` when a test or bench needs them
+/// 0007 and 0011), refreshed by `refresh_continuous_aggregate` when a test or bench needs them
 /// now, in this order (the six-hour histograms aggregate the hourly ones).
 pub const ROLLUPS: [&str; 7] = [
     "metrics_hourly",
