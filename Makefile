@@ -3,7 +3,7 @@
 #   make test        everything CI checks: fmt, clippy, all tests against the real parts
 #   make env-up      only the local environment (control plane, Redis, PostgreSQL, TimescaleDB)
 #   make images      the four OCI images, from release binaries
-.PHONY: demo demo-down env-up env-down env-status test bench manifests crds images
+.PHONY: demo demo-down env-up env-down env-status test bench bench-datapath bench-operator bench-probe bench-dashboards manifests crds images
 
 demo:
 	bash e2e/scripts/demo.sh up
@@ -30,12 +30,27 @@ test:
 images:
 	bash images/build.sh
 
-# Load benchmark of the data path with the release binaries (e2e/benches/load.rs), then the
-# ETL's database writer alone (etl/benches/writer.rs), then the dashboards and status queries
-# on a generated fleet (etl/benches/dashboards.rs). Prints figures, never fails on time.
-bench: env-up
+# Benchmarks: each prints its figures and, last, one JSON line; none fails on time.
+#   bench-datapath    the data path at the database's limit (e2e/benches/load.rs), then the
+#                     ETL's database writer alone (etl/benches/writer.rs)
+#   bench-operator    2,000 FiberProbes reconciled, against a plain client's floor (e2e/benches/fleet.rs)
+#   bench-probe       fiber-probe against blackbox_exporter on the same targets, RTT against
+#                     ping, ICMP capacity (probe/benches/versus_blackbox.rs; as root)
+#   bench-dashboards  every dashboard query on a generated fleet (etl/benches/dashboards.rs)
+# `make bench` runs them all.
+bench: bench-datapath bench-operator bench-probe bench-dashboards
+
+bench-datapath: env-up
 	cargo bench -p fiberstack-e2e --bench load
 	cargo bench -p fiber-etl --bench writer
+
+bench-operator: env-up
+	cargo bench -p fiberstack-e2e --bench fleet
+
+bench-probe:
+	cargo bench -p fiber-probe --bench versus_blackbox
+
+bench-dashboards: env-up
 	cargo bench -p fiber-etl --bench dashboards
 
 # Regenerate the CRDs from the operator's types, and the install bundle from the chart (tests

@@ -1,12 +1,15 @@
-//! 2,000 FiberProbes across 3 FiberRegions on the local control plane, reconciled by the
+//! 2,000 FiberProbes of 5 targets each across 3 FiberRegions on the local control plane, reconciled by the
 //! `fiberstack-operator` binary (a separate process, so its memory is its own; the release
 //! build the image ships): time until every probe has a status for its generation,
 //! reconciles per second, the operator's peak RSS. Prints figures; never fails on time.
 //!
 //! `cargo bench -p fiberstack-e2e --bench fleet` (FIBER_BENCH_PROBES overrides 2000).
-//! The probes select no node (`fiberstack.io/bench: none`), so what is measured is the
-//! operator and the API server, not 2,000 DaemonSets' worth of fake pods. The objects are
-//! plain JSON, as a user's manifests are; the CRDs are the checked-in `crds/`.
+//! The probes run on three kwok nodes, one per region, made for the run (`make env-up` runs
+//! kwok, which plays their kubelet: each probe's DaemonSet gets a pod that turns Running with
+//! no process behind it), so the operator also watches and counts 2,000 pods, as in a
+//! cluster. `FIBER_BENCH_NODES=none` makes no node and the probes select none: the operator
+//! and the API server without the pods. The objects are plain JSON, as a user's manifests
+//! are; the CRDs are the checked-in `crds/`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -234,6 +237,90 @@ async fn floor(client: &Client, from: &str, concurrency: usize) -> Result<Durati
     Ok(took)
 }
 
+/// The bench's kwok nodes, one per region (labelled as the regions select them, plus
+/// `fiberstack.io/bench: kwok`, which the bench's probes select).
+const KWOK_NODES: [(&str, &str); 3] = [
+    ("fleet-bench-gh", "gh"),
+    ("fleet-bench-ng", "ng"),
+    ("fleet-bench-ke", "ke"),
+];
+
+async fn create_kwok_nodes(client: &Client) -> Result<()> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    for (name, region) in KWOK_NODES {
+        let resources = json!({ "cpu": "64", "memory": "256Gi", "pods": "3000" });
+        let node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": { "kwok.x-k8s.io/node": "fake" },
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "topology.kubernetes.io/region": region,
+                    "fiberstack.io/bench": "kwok",
+                    "type": "kwok"
+                }
+            },
+            "status": { "capacity": resources, "allocatable": resources }
+        }))?;
+        match nodes.create(&Default::default(), &node).await {
+            Ok(_) => {}
+            // Left by an interrupted run: used again.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("creating kwok node {name}")),
+        }
+    }
+    wait_for(
+        "the kwok nodes are Ready",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let mut ready = 0;
+            for (name, _) in KWOK_NODES {
+                let node = nodes.get(name).await?;
+                let conditions = node.status.and_then(|s| s.conditions).unwrap_or_default();
+                ready += usize::from(
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True"),
+                );
+            }
+            Ok(if ready == KWOK_NODES.len() {
+                Ok(())
+            } else {
+                Err(format!("{ready} of {}", KWOK_NODES.len()))
+            })
+        },
+    )
+    .await
+}
+
+async fn delete_kwok_nodes(client: &Client) -> Result<()> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    for (name, _) in KWOK_NODES {
+        match nodes.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting kwok node {name}")),
+        }
+    }
+    Ok(())
+}
+
+/// Probes whose status counts as many ready pods as desired, at least one.
+async fn pods_ready(probes: &Api<DynamicObject>) -> Result<usize> {
+    let list = probes.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| {
+            let status = &p.data["status"];
+            let desired = status["desiredProbes"].as_i64().unwrap_or(0);
+            desired > 0 && status["readyProbes"].as_i64() == Some(desired)
+        })
+        .count())
+}
+
 /// Probes whose status has conditions for their current generation.
 async fn statused(probes: &Api<DynamicObject>) -> Result<usize> {
     let list = probes.list(&ListParams::default()).await?;
@@ -256,9 +343,14 @@ async fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
+    let on_kwok = std::env::var("FIBER_BENCH_NODES").as_deref() != Ok("none");
     let env = LocalEnv::load()?;
     let client = env.kube().await?;
     install_crds(&client).await?;
+    if on_kwok {
+        create_kwok_nodes(&client).await?;
+    }
+    let selected = if on_kwok { "kwok" } else { "none" };
     let db_url = env.fresh_postgres_database("fs_op_bench").await?;
     etl::migrate(&db_url, None).await?;
     let ns = TestNamespace::create(&client, "op-bench").await?;
@@ -313,11 +405,14 @@ async fn main() -> Result<()> {
                         "metadata": { "name": name },
                         "spec": {
                             "region": region,
-                            "nodeSelector": { "fiberstack.io/bench": "none" },
+                            "nodeSelector": { "fiberstack.io/bench": selected },
                             "interval": "60s",
                             "targets": [
                                 { "name": "dns", "icmp": { "host": "8.8.8.8" } },
-                                { "name": "web", "http": { "url": "https://example.com/" } }
+                                { "name": "web", "http": { "url": "https://example.com/" } },
+                                { "name": "api", "tcp": { "host": "api.example.com", "port": 443 } },
+                                { "name": "resolver", "dns": { "query": "example.com", "server": "1.1.1.1" } },
+                                { "name": "edge", "icmp": { "host": "2606:4700::1111" } }
                             ]
                         }
                     });
@@ -345,6 +440,19 @@ async fn main() -> Result<()> {
             during / all.as_secs_f64()
         );
 
+        // The pods come after: the DaemonSet controller creates them at its own pace, and
+        // each probe's status changes once more when its pod is ready.
+        if on_kwok {
+            let ready = wait_for("every probe's pod ready", Duration::from_secs(900), Duration::from_secs(2), || async {
+                let n = pods_ready(&probes).await?;
+                Ok(if n == count { Ok(start.elapsed()) } else { Err(format!("{n} of {count}")) })
+            })
+            .await?;
+            println!(
+                "every probe's status shows its pod ready {:.1} s after the first create",
+                ready.as_secs_f64()
+            );
+        }
         // Steady state: every probe is recomputed at least every 30 s (one status period),
         // and with nothing changing, should neither write nor read the API server.
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -353,15 +461,16 @@ async fn main() -> Result<()> {
         let window = Duration::from_secs(30);
         tokio::time::sleep(window).await;
         let steady = reconciles(port).await? - steady_from;
+        let steady_writes = writes(port).await? - writes_from;
         println!(
             "steady state: {:.0} reconciles/s over {} s (at least {:.0}/s needed for every probe every 30 s); API writes in that status period: {:.0}, reads not answered by a cache: {:.0}",
             steady / window.as_secs_f64(),
             window.as_secs(),
             count as f64 / 30.0,
-            writes(port).await? - writes_from,
+            steady_writes,
             reads(port).await? - reads_from,
         );
-        anyhow::Ok(all)
+        anyhow::Ok((all, steady_writes * 60.0 / window.as_secs_f64()))
     }
     .await;
 
@@ -375,7 +484,7 @@ async fn main() -> Result<()> {
         .status();
     let _ = operator.wait();
     let result = match result {
-        Ok(all) => {
+        Ok((all, steady_writes_per_min)) => {
             // The operator reconciles 16 at once by default.
             let floor = floor(&client, &ns.name, 16).await;
             floor.map(|floor| {
@@ -387,12 +496,25 @@ async fn main() -> Result<()> {
                 );
                 println!(
                     "{}",
-                    json!({"bench": "fleet", "probes": count, "statused_s": all.as_secs_f64(), "floor_s": floor.as_secs_f64(), "peak_rss_mib": peak})
+                    json!({
+                        "bench": "operator-fleet",
+                        "probes": count,
+                        "statused_secs": (all.as_secs_f64() * 10.0).round() / 10.0,
+                        "floor_secs": (floor.as_secs_f64() * 10.0).round() / 10.0,
+                        "rss_mib": (peak * 10.0).round() / 10.0,
+                        "rss_kib_per_probe": ((peak - idle_rss) * 1024.0 / count as f64 * 10.0).round() / 10.0,
+                        "steady_writes_per_min": steady_writes_per_min,
+                        "commit": fiberstack_e2e::bench::commit(),
+                        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+                    })
                 );
             })
         }
         Err(e) => Err(e),
     };
     ns.delete().await?;
+    if on_kwok {
+        delete_kwok_nodes(&client).await?;
+    }
     result
 }

@@ -62,7 +62,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use fiberstack_e2e::bench::{batch, setting};
+use fiberstack_e2e::bench::{batch, commit, setting};
 use fiberstack_e2e::{
     LocalEnv, ReservedPort, etl, terminate, unique_name, wait_for, workspace_binary,
 };
@@ -630,26 +630,6 @@ async fn ceiling(env: &LocalEnv, settings: &Settings, rows: u64) -> Result<(f64,
         .await?;
     env.drop_postgres_database(&url, &[]).await?;
     Ok((rate, rows, writes))
-}
-
-/// The checked-out commit, read from `.git` (no git process), or `unknown`.
-fn commit() -> String {
-    let git = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.git");
-    let read = |p: &str| std::fs::read_to_string(git.join(p)).ok();
-    let head = read("HEAD").unwrap_or_default();
-    let head = head.trim();
-    match head.strip_prefix("ref: ") {
-        None if !head.is_empty() => head.to_owned(),
-        None => "unknown".to_owned(),
-        Some(name) => read(name)
-            .map(|c| c.trim().to_owned())
-            .or_else(|| {
-                read("packed-refs")?
-                    .lines()
-                    .find_map(|l| l.strip_suffix(name)?.strip_suffix(' ').map(str::to_owned))
-            })
-            .unwrap_or_else(|| "unknown".to_owned()),
-    }
 }
 
 fn print_load(name: &str, load: &Load, ceiling: f64) {

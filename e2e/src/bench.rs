@@ -7,6 +7,26 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, Utc};
 use fiberstack_model::{Batch, CheckKind, Sample};
 
+/// The checked-out commit, read from `.git` (no git process), or `unknown`.
+pub fn commit() -> String {
+    let git = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.git");
+    let read = |p: &str| std::fs::read_to_string(git.join(p)).ok();
+    let head = read("HEAD").unwrap_or_default();
+    let head = head.trim();
+    match head.strip_prefix("ref: ") {
+        None if !head.is_empty() => head.to_owned(),
+        None => "unknown".to_owned(),
+        Some(name) => read(name)
+            .map(|c| c.trim().to_owned())
+            .or_else(|| {
+                read("packed-refs")?
+                    .lines()
+                    .find_map(|l| l.strip_suffix(name)?.strip_suffix(' ').map(str::to_owned))
+            })
+            .unwrap_or_else(|| "unknown".to_owned()),
+    }
+}
+
 /// A numeric setting from the environment variable `name`, or `default`.
 pub fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -63,6 +83,19 @@ pub async fn fleet_dataset(
     targets: u64,
     hours: u64,
     now: DateTime<Utc>,
+) -> Result<()> {
+    fleet_dataset_with(pool, targets, hours, now, async |_| Ok(())).await
+}
+
+/// [`fleet_dataset`], calling `after_hour` with the end of each hour once it is written
+/// (oldest first), before the final vacuum: the dashboards bench refreshes rollups and drops
+/// old raw samples there to hold 7 days in the disk of 1.
+pub async fn fleet_dataset_with(
+    pool: &sqlx::PgPool,
+    targets: u64,
+    hours: u64,
+    now: DateTime<Utc>,
+    mut after_hour: impl AsyncFnMut(DateTime<Utc>) -> Result<()>,
 ) -> Result<()> {
     sqlx::query(
         "insert into nodes (name, region, country, agent_version, last_seen_at)
@@ -142,6 +175,7 @@ pub async fn fleet_dataset(
             hours - hour,
             start.elapsed().as_secs_f64()
         );
+        after_hour(to).await?;
     }
     eprintln!();
     sqlx::raw_sql("vacuum analyze").execute(pool).await?;

@@ -20,7 +20,18 @@
 //! read from the hourly latency histograms than on a fresh dataset — the six-hour bucket under
 //! way is read only by a range that ends in the current hour) and, with FIBER_DASH_KEEP unset,
 //! drops it afterwards; FIBER_DASH_ONLY=<text> times only the queries whose name contains the
-//! text.
+//! text. FIBER_DASH_RAW_HOURS=<n> (plain mode) keeps the raw samples of the last n hours
+//! (whole UTC days) while generating: each day's rollups are refreshed, then its raw samples
+//! deleted but those of `bench/probe-0`, whose target the Target dashboard shows over the
+//! whole range. Panels over more than an hour read raw samples of no other probe, so 7 days
+//! (`FIBER_DASH_HOURS=168 FIBER_DASH_RAW_HOURS=24`) fit in the disk a day of raw samples
+//! takes — as with a raw retention shorter than the range.
+//!
+//! Last, the same small workload runs on both engines (PostgreSQL 15 and the PGlite
+//! TimescaleDB): index-only range sums and a whole-table aggregate, to compare the two. The
+//! TimescaleDB here is PostgreSQL compiled to WebAssembly, several times slower than a native
+//! server for the same plan; in that mode the bench also prints the slowest query's p95
+//! divided by those two factors (an estimate of it at native speed, not a measurement).
 //! Drop a kept database with `drop database <name>` on DATABASE_URL, a kept schema with
 //! FIBER_DASH_REUSE=<name> and no FIBER_DASH_KEEP (TimescaleDB wants its views dropped first).
 
@@ -41,7 +52,18 @@ use fiberstack_plumbing::postgres::DbConfig;
 use grafana::{QueryContext, ROLLUPS, VariableValue, load_dashboards, rows};
 use sqlx::PgPool;
 
-use fiberstack_e2e::bench::{PROBES, fleet_dataset, timed};
+use fiberstack_e2e::bench::{PROBES, fleet_dataset, fleet_dataset_with, timed};
+
+/// With FIBER_DASH_RAW_HOURS, the probe whose raw samples stay for the whole range: the
+/// Target dashboard (the first probe of its variable) reads one target's raw samples over
+/// its whole range.
+const RAW_KEPT_PROBE: &str = "bench/probe-0";
+
+/// The start of the UTC day of `t`.
+fn utc_day_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    let secs = t.timestamp();
+    DateTime::from_timestamp(secs - secs.rem_euclid(86_400), 0).unwrap_or(t)
+}
 
 /// The interval Grafana picks for a panel about 1,000 points wide: the range over 1,000,
 /// rounded up to one of its steps.
@@ -55,11 +77,18 @@ fn grafana_interval_for(range: Duration) -> Duration {
     .map_or(Duration::days(1), Duration::seconds)
 }
 
-async fn refresh_rollups(pool: &PgPool, mode: StorageMode, from: DateTime<Utc>) -> Result<()> {
-    // Wide enough for whole daily buckets, which TimescaleDB's refresh requires.
-    let (from, to) = (from - Duration::days(2), Utc::now() + Duration::days(1));
+/// The rollups of [from, to) computed from the raw samples (in plain mode exactly that
+/// window: the raw samples before `from` may be gone, see FIBER_DASH_RAW_HOURS).
+async fn refresh_rollups(
+    pool: &PgPool,
+    mode: StorageMode,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<()> {
     match mode {
         StorageMode::TimescaleDb => {
+            // Wide enough for whole daily buckets, which TimescaleDB's refresh requires.
+            let (from, to) = (from - Duration::days(2), to + Duration::days(1));
             for view in ROLLUPS {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                     "call refresh_continuous_aggregate('{view}', '{}', '{}')",
@@ -152,18 +181,83 @@ async fn refresh_rollups(pool: &PgPool, mode: StorageMode, from: DateTime<Utc>) 
     Ok(())
 }
 
-/// The whole dataset's p95 latency merged from the per-node hourly histograms against the
-/// exact one from the raw samples: (merged, exact, relative error in percent).
-async fn sketch_error(pool: &PgPool) -> Result<(f64, f64, f64)> {
+/// One workload, the same on both engines, to compare their speed: a table of 280,000 rows
+/// (700 for each of 400 keys) with an index holding what is summed, then (a) 400 index-only
+/// range sums of 400 rows, one per key through a lateral join — the shape of Region "Targets
+/// by node", whose function reads each row's histograms by index ranges — and (b) one
+/// aggregate of the whole table. Median of `runs` after a warm-up, in ms: (index, scan).
+async fn calibration(pool: &PgPool, runs: usize) -> Result<(f64, f64)> {
+    sqlx::raw_sql(
+        "drop table if exists bench_calibration;
+         create table bench_calibration as
+           select g % 400 as k, g / 400 as b, g % 698 as bin, 1::int8 as samples
+             from generate_series(0, 279999) g;
+         create index bench_calibration_k_b on bench_calibration (k, b) include (bin, samples)",
+    )
+    .execute(pool)
+    .await?;
+    // Its own statement: vacuum refuses to run in the implicit transaction of a batch.
+    sqlx::raw_sql("vacuum analyze bench_calibration")
+        .execute(pool)
+        .await?;
+    let index = timed(runs, || async {
+        sqlx::raw_sql(
+            "select sum(s) from generate_series(0, 399) k(k)
+               cross join lateral (select sum(samples) as s from bench_calibration c
+                                    where c.k = k.k and c.b >= 100 and c.b < 500) x",
+        )
+        .execute(pool)
+        .await
+        .map_err(anyhow::Error::from)
+    })
+    .await?;
+    let scan = timed(runs, || async {
+        sqlx::raw_sql("select bin, sum(samples) from bench_calibration group by bin")
+            .execute(pool)
+            .await
+            .map_err(anyhow::Error::from)
+    })
+    .await?;
+    sqlx::raw_sql("drop table bench_calibration")
+        .execute(pool)
+        .await?;
+    Ok((quantile(&index, 0.5), quantile(&scan, 0.5)))
+}
+
+/// [`calibration`] on PostgreSQL 15 (a scratch database) and on the TimescaleDB (PGlite)
+/// server (a scratch schema) of `make env-up`, one after the other in this run.
+async fn calibrate_engines(runs: usize) -> Result<((f64, f64), (f64, f64))> {
+    let env = LocalEnv::load()?;
+    let url = env.fresh_postgres_database("bench_calibration").await?;
+    let pool = DbConfig::new(&url).connect().await?;
+    let postgres = calibration(&pool, runs).await;
+    pool.close().await;
+    env.drop_postgres_database(&url, &[]).await?;
+    let schema = common::TimescaleSchema::create("bench_calibration").await?;
+    let timescale = calibration(&schema.pool, runs).await;
+    schema.drop().await?;
+    Ok((postgres?, timescale?))
+}
+
+/// The p95 latency of every sample since `since` (whole hours) merged from the per-node
+/// hourly histograms against the exact one from the raw samples: (merged, exact, relative
+/// error in percent).
+async fn sketch_error(pool: &PgPool, since: DateTime<Utc>) -> Result<(f64, f64, f64)> {
     let (merged, exact): (f64, f64) = sqlx::query_as(
         "select (select fiberstack_latency_quantile(0.95, array_agg(bin), array_agg(samples))
                    from (select bin, sum(samples) as samples from metrics_latency_node_hourly
-                          group by bin) h),
-                (select percentile_cont(0.95) within group (order by latency_ms) from metrics)",
+                          where bucket >= $1 group by bin) h),
+                (select percentile_cont(0.95) within group (order by latency_ms) from metrics
+                  where time >= $1)",
     )
+    .bind(since)
     .fetch_one(pool)
     .await?;
     Ok((merged, exact, 100.0 * (merged - exact).abs() / exact))
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 /// The value at quantile `q` of sorted `values` (nearest rank).
@@ -365,6 +459,10 @@ async fn main() -> Result<()> {
     if hours == 0 {
         bail!("FIBER_DASH_HOURS=0: must be at least 1");
     }
+    let raw_hours = setting("FIBER_DASH_RAW_HOURS", 0);
+    if raw_hours != 0 && mode != "postgres" {
+        bail!("FIBER_DASH_RAW_HOURS={raw_hours}: only with FIBER_DASH_MODE=postgres");
+    }
     let keep = setting("FIBER_DASH_KEEP", 0) != 0;
     let reuse = std::env::var("FIBER_DASH_REUSE").unwrap_or_default();
     let only = std::env::var("FIBER_DASH_ONLY").unwrap_or_default();
@@ -393,16 +491,43 @@ async fn main() -> Result<()> {
         let (now, sketch_error) = if reuse.is_empty() {
             let now = Utc::now();
             let start = Instant::now();
-            fleet_dataset(&pool, targets, hours, now).await?;
+            // Raw samples of every probe are kept from here on (all of them without
+            // FIBER_DASH_RAW_HOURS).
+            let mut kept_from = now - Duration::hours(hours as i64 + 1);
+            if raw_hours == 0 {
+                fleet_dataset(&pool, targets, hours, now).await?;
+            } else {
+                kept_from = utc_day_start(kept_from);
+                fleet_dataset_with(&pool, targets, hours, now, async |to| {
+                    let cut = utc_day_start(to - Duration::hours(raw_hours as i64));
+                    if cut > kept_from {
+                        // The rollups of what goes first, then the raw samples but those
+                        // of the probe the Target dashboard shows.
+                        refresh_rollups(&pool, storage, kept_from, cut).await?;
+                        sqlx::query("delete from metrics where time < $1 and probe <> $2")
+                            .bind(cut)
+                            .bind(RAW_KEPT_PROBE)
+                            .execute(&pool)
+                            .await?;
+                        sqlx::raw_sql("vacuum metrics").execute(&pool).await?;
+                        kept_from = cut;
+                    }
+                    Ok(())
+                })
+                .await?;
+                println!(
+                    "raw samples kept for {raw_hours} h and whole UTC days (from {kept_from}), and {RAW_KEPT_PROBE}'s for all {hours} h; rollups for all {hours} h"
+                );
+            }
             println!("generated in {:.0} s", start.elapsed().as_secs_f64());
             let start = Instant::now();
-            refresh_rollups(&pool, storage, now - Duration::hours(hours as i64 + 1)).await?;
+            refresh_rollups(&pool, storage, kept_from, Utc::now()).await?;
             println!(
                 "rollups refreshed in {:.0} s",
                 start.elapsed().as_secs_f64()
             );
             row_counts(&pool).await?;
-            let sketch_error = sketch_error(&pool).await?;
+            let sketch_error = sketch_error(&pool, kept_from).await?;
             println!(
                 "fleet p95 from the node histograms: {:.3} ms, exact {:.3} ms ({:.3} % off)",
                 sketch_error.0, sketch_error.1, sketch_error.2
@@ -447,7 +572,18 @@ async fn main() -> Result<()> {
         }
         database.drop().await?;
     }
+    // PGlite serves one connection at a time: the calibration's comes after this one.
+    pool.close().await;
     let (storage, measured, sketch_error_pct) = outcome?;
+    let (postgres_speed, timescale_speed) = calibrate_engines(runs).await?;
+    let (index_ratio, scan_ratio) = (
+        timescale_speed.0 / postgres_speed.0,
+        timescale_speed.1 / postgres_speed.1,
+    );
+    println!(
+        "engines on one workload (median ms): 400 index-only range sums PostgreSQL {:.1}, TimescaleDB (PGlite) {:.1} ({index_ratio:.1}x); a 280,000-row aggregate {:.1} and {:.1} ({scan_ratio:.1}x)",
+        postgres_speed.0, timescale_speed.0, postgres_speed.1, timescale_speed.1
+    );
 
     let mut p95s: Vec<f64> = measured.iter().map(|m| m.p95).collect();
     p95s.sort_by(f64::total_cmp);
@@ -467,6 +603,20 @@ async fn main() -> Result<()> {
         measured.iter().filter(|m| m.p95 > 100.0).count(),
         fleet_refresh
     );
+    // PGlite is PostgreSQL compiled to WebAssembly: the same plans run slower than on a
+    // native server by the factors above. Scaled by them, the slowest query at PostgreSQL's
+    // speed lies between the two (index probes, whole scans).
+    let native = (storage == StorageMode::TimescaleDb).then(|| {
+        let (low, high) = (
+            slowest.p95 / index_ratio.max(scan_ratio),
+            slowest.p95 / index_ratio.min(scan_ratio),
+        );
+        println!(
+            "slowest at PostgreSQL's speed: {:.0}-{:.0} ms (its p95 {:.1} ms over the engine factors {:.1}x and {:.1}x)",
+            low, high, slowest.p95, index_ratio, scan_ratio
+        );
+        [low.round(), high.round()]
+    });
     println!(
         "{}",
         serde_json::json!({
@@ -479,6 +629,13 @@ async fn main() -> Result<()> {
             "slowest_ms": (slowest.median * 10.0).round() / 10.0,
             "fleet_refresh_ms": fleet_refresh.round(),
             "sketch_p95_error_pct": (sketch_error_pct * 1000.0).round() / 1000.0,
+            "raw_hours": (raw_hours != 0).then_some(raw_hours),
+            "calibration_ms": {
+                "postgres": { "index": round1(postgres_speed.0), "scan": round1(postgres_speed.1) },
+                "timescaledb": { "index": round1(timescale_speed.0), "scan": round1(timescale_speed.1) },
+            },
+            "slowest_p95_at_postgres_speed_ms": native,
+            "commit": fiberstack_e2e::bench::commit(),
         })
     );
     Ok(())

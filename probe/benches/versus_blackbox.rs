@@ -13,9 +13,13 @@
 //! core, its peak RSS (VmHWM), and the probes done per second. The scrape loop's own CPU
 //! (and the targets', which run in this process) is charged to neither.
 //!
+//! fiber-probe's ICMP rounds in that window (loopback, one echo each, while its batches are
+//! delivered): the share that read an RTT above 1 ms.
+//!
 //! Then the RTT bias: on a veth pair between two network namespaces, the mean RTT of 200
 //! echoes from `fiber-probe once` less that of 200 from iputils `ping` (when installed) run
-//! at the same time on the same path.
+//! at the same time on the same path. Last, the ICMP capacity of one core (as `probe_load`
+//! part 2 measures it).
 //!
 //! blackbox_exporter is not built in CI: the bench says so and skips when the binary is
 //! absent. Build it once (the module proxy serves the version when asked by version):
@@ -55,6 +59,10 @@ struct Figures {
     hwm_mib: f64,
     probes_per_s: f64,
     failed: u64,
+    /// fiber-probe only: of the ICMP rounds measured (one echo each, while batches were being
+    /// delivered), how many, and how many read an RTT above 1 ms.
+    icmp_rounds: u64,
+    icmp_spikes: u64,
 }
 
 fn print(name: &str, f: &Figures) {
@@ -82,6 +90,8 @@ async fn measure(pid: u32, warmup: Duration, secs: u64, done: impl Fn() -> (u64,
         hwm_mib: status_kib(pid, "VmHWM:") as f64 / 1024.0,
         probes_per_s: (ok1 + failed1 - ok0 - failed0) as f64 / wall,
         failed: failed1 - failed0,
+        icmp_rounds: 0,
+        icmp_spikes: 0,
     }
 }
 
@@ -133,6 +143,13 @@ async fn fiber_probe(t: &Targets, secs: u64) -> Figures {
         let wall = (to - from).as_seconds_f64();
         f.probes_per_s = inside.len() as f64 / wall;
         f.failed = inside.iter().filter(|s| !s.up).count() as u64;
+        let icmp: Vec<f64> = inside
+            .iter()
+            .filter(|s| s.kind == fiberstack_model::CheckKind::Icmp)
+            .filter_map(|s| s.latency_ms)
+            .collect();
+        f.icmp_rounds = icmp.len() as u64;
+        f.icmp_spikes = icmp.iter().filter(|&&ms| ms > 1.0).count() as u64;
     }
     assert!(probe.terminate().await.success());
     f
@@ -394,6 +411,11 @@ fn main() {
     println!(
         "fiber-probe / blackbox_exporter: CPU {cpu_ratio:.2}×, peak RSS {rss_ratio:.2}× (goal ≤ 0.5× on both)"
     );
+    let spikes_pct = 100.0 * fiber.icmp_spikes as f64 / fiber.icmp_rounds.max(1) as f64;
+    println!(
+        "fiber-probe ICMP rounds (loopback, while batches were delivered): {} of {} read above 1 ms ({spikes_pct:.3} %; goal < 0.1 %)",
+        fiber.icmp_spikes, fiber.icmp_rounds
+    );
     let rtt = rtt_versus_ping();
     if let Some((probe, ping)) = rtt {
         println!(
@@ -401,6 +423,7 @@ fn main() {
             (probe - ping) * 1000.0
         );
     }
+    let icmp_per_s_core = icmp_capacity();
     let commit = commit();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
@@ -410,7 +433,8 @@ fn main() {
             "targets": TARGETS,
             "cpu_pct": round2(fiber.cpu_pct),
             "rss_mb": round2(fiber.hwm_mib),
-            "icmp_per_s_core": null,
+            "icmp_per_s_core": icmp_per_s_core.round(),
+            "icmp_spikes_pct": round2(spikes_pct),
             "blackbox_cpu_pct": round2(bbx.cpu_pct),
             "blackbox_rss_mb": round2(bbx.hwm_mib),
             "rtt_bias_us": rtt.map(|(p, q)| round2((p - q) * 1000.0)),

@@ -287,13 +287,63 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
     K: 'static,
 {
+    reflect_trimmed(api, config, |_| {})
+}
+
+/// [`reflect`], keeping of each object only what `trim` leaves: for the kinds of which
+/// there is one object per probe (2,000 probes: 2,000 pods, DaemonSets and ConfigMaps), what
+/// the reconciles read, and nothing else.
+pub fn reflect_trimmed<K>(
+    api: kube::Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
+    K: 'static,
+{
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(|o| o.managed_fields_mut().clear())
+        .modify(move |o| {
+            o.managed_fields_mut().clear();
+            trim(o);
+        })
         .reflect(writer)
         .touched_objects();
     (reader, stream)
+}
+
+/// What a probe pod's reconcile reads: its namespace, labels, deletion and node
+/// (`probe::gather`); its containers, volumes and status are dropped.
+pub fn trim_pod(pod: &mut Pod) {
+    pod.metadata.annotations = None;
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        node_name,
+        ..Default::default()
+    });
+    pod.status = None;
+}
+
+/// What is read of a probe's DaemonSet: its version (to skip an unchanged apply) and its
+/// status (pods desired and ready); the pod template, the bulk of it, is dropped.
+pub fn trim_daemonset(daemonset: &mut DaemonSet) {
+    daemonset.metadata.annotations = None;
+    if let Some(spec) = daemonset.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
+/// What is read of a probe's ConfigMap: its version (to skip an unchanged apply); the
+/// probe's configuration in it is dropped.
+pub fn trim_configmap(configmap: &mut ConfigMap) {
+    configmap.metadata.annotations = None;
+    configmap.data = None;
+    configmap.binary_data = None;
 }
 
 /// Drives a reflector stream in the background (a cache nothing triggers on).
@@ -310,4 +360,66 @@ where
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trimmed_pod_keeps_what_the_probe_reconcile_reads() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "probe-abc", "namespace": "ns",
+                "labels": { "app.kubernetes.io/instance": "probe" },
+                "annotations": { "big": "x".repeat(4096) },
+                "deletionTimestamp": "2026-11-30T00:00:00Z",
+                "managedFields": [{ "manager": "kubelet" }]
+            },
+            "spec": {
+                "nodeName": "node-1",
+                "containers": [{ "name": "probe", "image": "fiber-probe", "args": ["--config", "/etc/probe.yaml"] }],
+                "volumes": [{ "name": "config", "configMap": { "name": "probe" } }]
+            },
+            "status": { "phase": "Running", "podIP": "10.0.0.1" }
+        }))
+        .unwrap();
+        pod.managed_fields_mut().clear();
+        trim_pod(&mut pod);
+        assert_eq!(pod.namespace().as_deref(), Some("ns"));
+        assert_eq!(
+            pod.labels()
+                .get("app.kubernetes.io/instance")
+                .map(String::as_str),
+            Some("probe")
+        );
+        assert!(pod.metadata.deletion_timestamp.is_some());
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node-1"));
+        assert!(spec.containers.is_empty() && spec.volumes.is_none());
+        assert!(pod.status.is_none() && pod.metadata.annotations.is_none());
+        assert!(serde_json::to_vec(&pod).unwrap().len() < 400);
+    }
+
+    #[test]
+    fn a_trimmed_daemonset_keeps_its_version_and_status() {
+        let mut ds: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "probe", "namespace": "ns", "generation": 3, "resourceVersion": "42" },
+            "spec": {
+                "selector": { "matchLabels": { "app": "probe" } },
+                "template": { "spec": { "containers": [{ "name": "probe", "image": "fiber-probe" }] } }
+            },
+            "status": { "desiredNumberScheduled": 2, "numberReady": 1, "currentNumberScheduled": 2,
+                        "numberMisscheduled": 0 }
+        }))
+        .unwrap();
+        trim_daemonset(&mut ds);
+        assert_eq!(version(&ds), "g3");
+        let status = ds.status.as_ref().unwrap();
+        assert_eq!(
+            (status.desired_number_scheduled, status.number_ready),
+            (2, 1)
+        );
+        assert!(ds.spec.unwrap().template.spec.is_none());
+    }
 }

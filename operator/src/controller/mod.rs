@@ -376,9 +376,10 @@ pub async fn run(
         all_or_namespaced::<DeserializeGuard<FiberRegion>>(&client, ns.as_deref()),
         watcher::Config::default(),
     );
-    let (daemonsets, daemonset_stream) = cache::reflect(
+    let (daemonsets, daemonset_stream) = cache::reflect_trimmed(
         all_or_namespaced::<DaemonSet>(&client, ns.as_deref()),
         managed("fiber-probe"),
+        cache::trim_daemonset,
     );
     let region_owned =
         || watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
@@ -386,9 +387,10 @@ pub async fn run(
         all_or_namespaced::<Deployment>(&client, ns.as_deref()),
         region_owned(),
     );
-    let (configmaps, configmap_stream) = cache::reflect(
+    let (configmaps, configmap_stream) = cache::reflect_trimmed(
         all_or_namespaced::<ConfigMap>(&client, ns.as_deref()),
         managed("fiber-probe"),
+        cache::trim_configmap,
     );
     cache::spawn(configmap_stream);
     let (services, service_stream) = cache::reflect(
@@ -401,9 +403,10 @@ pub async fn run(
         region_owned(),
     );
     cache::spawn(pdb_stream);
-    let (pods, pod_stream) = cache::reflect(
+    let (pods, pod_stream) = cache::reflect_trimmed(
         all_or_namespaced::<Pod>(&client, ns.as_deref()),
         managed("fiber-probe"),
+        cache::trim_pod,
     );
     cache::spawn(pod_stream);
     let (notifiers, notifier_stream) = cache::reflect(
