@@ -70,6 +70,66 @@ pub fn batch(node: usize, seq: u64, size: usize, base: DateTime<Utc>) -> Batch {
     }
 }
 
+/// The JSON bodies of [`batch`] for every `seq` of one node, made from one encoding: each
+/// body is the first one with the sample times written in. A batch's 500 samples hold 25
+/// distinct times (20 targets a millisecond), so a body costs 25 formatted times and a copy
+/// instead of encoding 500 samples: the load bench's simulated probes share the 2 cores with
+/// what they measure. The latencies are those of the first batch.
+pub struct BatchBodies {
+    /// The text around the times: `pieces[i]` comes before sample i's time, the last after.
+    pieces: Vec<Vec<u8>>,
+    base: DateTime<Utc>,
+    size: usize,
+}
+
+impl BatchBodies {
+    /// Bodies of node `node`'s batches of `size` samples (a multiple of 20) in `region`;
+    /// None for a size that is not.
+    pub fn new(node: usize, size: usize, base: DateTime<Utc>, region: &str) -> Option<Self> {
+        if size == 0 || !size.is_multiple_of(20) {
+            return None;
+        }
+        let first = Batch {
+            region: region.to_owned(),
+            ..batch(node, 0, size, base)
+        };
+        let json = serde_json::to_vec(&first).ok()?;
+        const KEY: &[u8] = b"\"time\":\"";
+        let mut pieces = Vec::with_capacity(size + 1);
+        let mut rest = &json[..];
+        while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+            let value = at + KEY.len();
+            pieces.push(rest[..value].to_vec());
+            let end = value + rest[value..].iter().position(|&b| b == b'"')?;
+            rest = &rest[end..];
+        }
+        pieces.push(rest.to_vec());
+        (pieces.len() == size + 1).then_some(Self { pieces, base, size })
+    }
+
+    /// The body of batch `seq`, as `serde_json::to_vec(&batch(node, seq, size, base))` with
+    /// the region set would be but for the latencies.
+    pub fn body(&self, seq: u64) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(self.pieces.iter().map(Vec::len).sum::<usize>() + 40 * self.size);
+        let mut cached: Option<(u64, String)> = None;
+        for (i, piece) in self.pieces[..self.size].iter().enumerate() {
+            out.extend_from_slice(piece);
+            let ms = (seq * self.size as u64 + i as u64) / 20;
+            if cached.as_ref().is_none_or(|(at, _)| *at != ms) {
+                let time = self.base + Duration::milliseconds(ms as i64);
+                cached = Some((
+                    ms,
+                    time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                ));
+            }
+            out.extend_from_slice(cached.as_ref().map_or("", |(_, t)| t.as_str()).as_bytes());
+        }
+        out.extend_from_slice(&self.pieces[self.size]);
+        out
+    }
+}
+
 /// The probes of [`fleet_dataset`] (`bench/probe-0` …), `targets / PROBES` targets each.
 pub const PROBES: u64 = 20;
 /// Its nodes (`bench-node-0` …, in `region-0` … `region-2`): probe p runs on node p % 10.
@@ -197,4 +257,34 @@ where
     }
     ms.sort_by(f64::total_cmp);
     Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_bodies_are_the_batches_but_for_latencies() {
+        let base = Utc::now();
+        let bodies = BatchBodies::new(3, 500, base, "load-x").unwrap();
+        for seq in [0, 1, 7, 123_456] {
+            let sent: Batch = serde_json::from_slice(&bodies.body(seq)).unwrap();
+            let expected = Batch {
+                region: "load-x".into(),
+                ..batch(3, seq, 500, base)
+            };
+            assert_eq!(sent.samples.len(), 500);
+            for (s, e) in sent.samples.iter().zip(&expected.samples) {
+                assert_eq!(
+                    (s.time, &s.target, &s.address, s.kind, s.up),
+                    (e.time, &e.target, &e.address, e.kind, e.up)
+                );
+            }
+            assert_eq!(
+                (&sent.node, &sent.region, &sent.probe),
+                (&expected.node, &expected.region, &expected.probe)
+            );
+        }
+        assert!(BatchBodies::new(3, 510, base, "load-x").is_none());
+    }
 }
