@@ -237,8 +237,8 @@ async fn floor(client: &Client, from: &str, concurrency: usize) -> Result<Durati
     Ok(took)
 }
 
-/// The bench's kwok nodes, one per region (labelled as the regions select them, plus
-/// `fiberstack.io/bench: kwok`, which the bench's probes select).
+/// The bench's kwok nodes, one per region (`fiberstack.io/bench-region`, which the bench's
+/// regions select, and `fiberstack.io/bench: kwok`, which its probes select).
 const KWOK_NODES: [(&str, &str); 3] = [
     ("fleet-bench-gh", "gh"),
     ("fleet-bench-ng", "ng"),
@@ -256,7 +256,10 @@ async fn create_kwok_nodes(client: &Client) -> Result<()> {
                 "annotations": { "kwok.x-k8s.io/node": "fake" },
                 "labels": {
                     "kubernetes.io/hostname": name,
-                    "topology.kubernetes.io/region": region,
+                    // Not the region label the real nodes carry: no workload but the
+                    // bench's selects these nodes (also when a run was cut short and left
+                    // them behind).
+                    "fiberstack.io/bench-region": region,
                     "fiberstack.io/bench": "kwok",
                     "type": "kwok"
                 }
@@ -383,7 +386,7 @@ async fn main() -> Result<()> {
                 "metadata": { "name": name },
                 "spec": {
                     "country": country,
-                    "nodeSelector": { "topology.kubernetes.io/region": label },
+                    "nodeSelector": { "fiberstack.io/bench-region": label },
                     "ingest": { "replicas": 1 }, "etl": { "replicas": 1 },
                     "redis": { "urlSecretRef": { "name": "redis", "key": "url" } },
                     "database": { "urlSecretRef": { "name": "db", "key": "url" } }
