@@ -310,34 +310,37 @@ async fn delete_kwok_nodes(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Probes whose status counts as many ready pods as desired, at least one.
-async fn pods_ready(probes: &Api<DynamicObject>) -> Result<usize> {
+/// How many probes' status passes `test`.
+async fn count_status(
+    probes: &Api<DynamicObject>,
+    test: impl Fn(&DynamicObject, &serde_json::Value) -> bool,
+) -> Result<usize> {
     let list = probes.list(&ListParams::default()).await?;
     Ok(list
         .items
         .iter()
-        .filter(|p| {
-            let status = &p.data["status"];
-            let desired = status["desiredProbes"].as_i64().unwrap_or(0);
-            desired > 0 && status["readyProbes"].as_i64() == Some(desired)
-        })
+        .filter(|p| test(p, &p.data["status"]))
         .count())
+}
+
+/// Probes whose status counts as many ready pods as desired, at least one.
+async fn pods_ready(probes: &Api<DynamicObject>) -> Result<usize> {
+    count_status(probes, |_, status| {
+        let desired = status["desiredProbes"].as_i64().unwrap_or(0);
+        desired > 0 && status["readyProbes"].as_i64() == Some(desired)
+    })
+    .await
 }
 
 /// Probes whose status has conditions for their current generation.
 async fn statused(probes: &Api<DynamicObject>) -> Result<usize> {
-    let list = probes.list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|p| {
-            let status = &p.data["status"];
-            status["observedGeneration"].as_i64() == p.metadata.generation
-                && status["conditions"]
-                    .as_array()
-                    .is_some_and(|c| !c.is_empty())
-        })
-        .count())
+    count_status(probes, |p, status| {
+        status["observedGeneration"].as_i64() == p.metadata.generation
+            && status["conditions"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+    })
+    .await
 }
 
 #[tokio::main]

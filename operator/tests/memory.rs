@@ -12,7 +12,7 @@ use fiberstack_operator::render;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use kube::api::DeleteParams;
+use kube::api::{ApiResource, DeleteParams, DynamicObject};
 
 const REMEMBERED: &str = "fiberstack_operator_remembered_objects";
 
@@ -61,23 +61,17 @@ async fn a_deleted_probe_is_forgotten_and_its_region_is_not() -> Result<()> {
         // does here in seconds. What is tested is that the operator forgets objects once
         // they are gone, not the collector: remove them as it would.
         let owned = render::names::probe("tema-edge");
-        let gone = |r: kube::Result<_>| match r {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(e) => Err(e),
-        };
-        gone(
-            Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
-                .delete(&owned, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        )?;
-        gone(
-            Api::<DaemonSet>::namespaced(client.clone(), &ns.name)
-                .delete(&owned, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        )?;
+        for kind in [
+            ApiResource::erase::<ConfigMap>(&()),
+            ApiResource::erase::<DaemonSet>(&()),
+        ] {
+            let api = Api::<DynamicObject>::namespaced_with(client.clone(), &ns.name, &kind);
+            match api.delete(&owned, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let gc = 3 * WAIT;
         let after = wait_for("the deleted probe forgotten", gc, EVERY, || async {
             let text = operator.metrics_text();
