@@ -537,16 +537,16 @@ async fn histogram_percentiles_on_timescaledb() -> Result<()> {
 }
 
 /// Two nodes of region ghana probing the same target, one at 10–20 ms and one at 100–200 ms,
-/// 1,500 latencies each, one every 144 s over the last 60 hours, the older the slower (a range
+/// 1,500 latencies each, one every 240 s over the last 100 hours, the older the slower (a range
 /// that leaves out an hour or a day of them, or takes in another's, has other percentiles);
-/// then the rollups of the last 4 days refreshed.
+/// then the rollups of the last 5 days refreshed.
 async fn seed_two_nodes(pool: &PgPool, mode: StorageMode) -> Result<()> {
     sqlx::raw_sql(
         "insert into nodes (name, region, country, agent_version, last_seen_at) values
            ('gh-accra-1', 'ghana', 'GH', '0.1.0', now()),
            ('gh-kumasi-1', 'ghana', 'GH', '0.1.0', now());
          insert into metrics (time, node, probe, region, target, kind, up, latency_ms)
-         select now() - make_interval(secs => i * 144), n.node, 'fiberstack/edge', 'ghana',
+         select now() - make_interval(secs => i * 240), n.node, 'fiberstack/edge', 'ghana',
                 'gateway', 'icmp', true, n.low * power(2, i / 1500.0)
            from generate_series(0, 1499) i,
                 (values ('gh-accra-1', 10.0), ('gh-kumasi-1', 100.0)) n(node, low)",
@@ -554,11 +554,12 @@ async fn seed_two_nodes(pool: &PgPool, mode: StorageMode) -> Result<()> {
     .execute(pool)
     .await?;
     let now = Utc::now();
-    refresh_rollups_between(pool, mode, now - Duration::days(4), now).await
+    refresh_rollups_between(pool, mode, now - Duration::days(5), now).await
 }
 
-/// The region's "Targets by node" over 6 hours and over 3 days (its rollup branch, which
-/// merges each row's own histograms; over 3 days a whole day of them from the daily ones and
+/// The region's "Targets by node" over 6 hours and over 4 days (its rollup branch, which
+/// merges each row's own histograms; over 4 days a whole day or two of them from the daily
+/// ones (3 days from just after midnight UTC hold none: the days end before yesterday) and
 /// six-hour ones around it):
 /// each node's p50 and p95 within 1 % of the exact percentiles of that node's raw samples in
 /// the hours the range holds (those whose hourly bucket starts inside it), not of both nodes'.
@@ -581,7 +582,7 @@ async fn targets_by_node_has_each_nodes_percentiles(
         .context("Targets by node")?;
     let nodes = ["gh-accra-1", "gh-kumasi-1"];
     let now = Utc::now();
-    for range in [Duration::hours(6), Duration::days(3)] {
+    for range in [Duration::hours(6), Duration::days(4)] {
         let sql = QueryContext {
             from: now - range,
             to: now,
@@ -639,8 +640,9 @@ async fn targets_by_node_has_each_nodes_percentiles(
             .execute(&mut *session)
             .await?;
             let (merged, exact): (Option<i64>, i64) = sqlx::query_as(
-                "select (select merged from fiberstack_target_latency_percentiles(
-                                'ghana', $1, 'fiberstack/edge', 'gateway', $2, $3)),
+                "select (select merged from fiberstack_rows_latency_percentiles(
+                                'ghana', array[$1], array['fiberstack/edge'], array['gateway'],
+                                $2, $3)),
                         (select count(*) from metrics where node = $1 and latency_ms is not null
                             and date_trunc('hour', time) >= $2)",
             )
