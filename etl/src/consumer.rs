@@ -38,6 +38,12 @@ pub struct ConsumerConfig {
     pub read_count: usize,
     /// How long one read waits for new entries.
     pub block: Duration,
+    /// After a read that found fewer than `read_count` entries, how long to wait for more
+    /// before writing: they are written in the same transaction. Under moderate load each read
+    /// finds one entry, and a transaction per entry costs the database (and the machine) about
+    /// twice the CPU per sample of a full read; the wait adds at most this to freshness.
+    /// Zero writes every read at once.
+    pub linger: Duration,
     /// Entries pending this long in any consumer are taken over (their worker is presumed dead).
     pub claim_idle: Duration,
     /// How often acknowledged entries are trimmed from the stream and pending ones reclaimed.
@@ -51,6 +57,7 @@ impl ConsumerConfig {
             consumer: consumer.into(),
             read_count: 50,
             block: Duration::from_secs(1),
+            linger: Duration::from_millis(10),
             claim_idle: Duration::from_secs(60),
             housekeeping_every: Duration::from_secs(10),
         }
@@ -280,12 +287,44 @@ impl Consumer {
                 return Err(e.into());
             }
         };
-        let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        let mut entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        if !entries.is_empty()
+            && entries.len() < self.config.read_count
+            && !self.config.linger.is_zero()
+        {
+            match self.linger(entries.len(), shutdown).await {
+                Ok(more) => entries.extend(more),
+                // Those in hand are written now rather than left pending until reclaimed.
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading more entries after the linger failed")
+                }
+            }
+        }
         handled += entries.len();
         if !entries.is_empty() {
             self.handle(entries, shutdown).await?;
         }
         Ok(handled)
+    }
+
+    /// Waits `linger` (less if shutdown comes), then takes what arrived meanwhile, up to
+    /// `read_count` entries with the `have` in hand, without blocking.
+    async fn linger(
+        &mut self,
+        have: usize,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Vec<StreamId>, redis::RedisError> {
+        if !*shutdown.borrow() {
+            let _ = tokio::time::timeout(self.config.linger, shutdown.changed()).await;
+        }
+        let opts = StreamReadOptions::default()
+            .group(CONSUMER_GROUP, &self.config.consumer)
+            .count(self.config.read_count - have);
+        let reply: StreamReadReply = self
+            .redis
+            .xread_options(&[&self.stream], &[">"], &opts)
+            .await?;
+        Ok(reply.keys.into_iter().flat_map(|k| k.ids).collect())
     }
 
     /// Takes over entries idle longer than `claim_idle` in any consumer, and handles them.

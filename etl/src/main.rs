@@ -64,6 +64,11 @@ struct RunArgs {
     /// Most stream entries (batches of up to 5000 samples) written per transaction.
     #[arg(long, env = "FIBER_ETL_READ_COUNT", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
     read_count: u16,
+    /// Milliseconds to wait, after a read that found fewer entries than the read count, for
+    /// more to write in the same transaction (fewer, larger transactions under moderate load;
+    /// adds at most this to freshness). 0 writes every read at once.
+    #[arg(long, env = "FIBER_ETL_LINGER_MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    linger_ms: u64,
     /// Seconds an entry may stay unacknowledged in another worker before this one takes it
     /// over (the other worker is presumed dead).
     #[arg(long, env = "FIBER_ETL_CLAIM_IDLE_SECS", default_value_t = 60)]
@@ -191,6 +196,7 @@ async fn run_consumer(args: RunArgs) -> anyhow::Result<()> {
         .await?;
     config.read_count = usize::from(args.read_count);
     config.claim_idle = Duration::from_secs(args.claim_idle_secs);
+    config.linger = Duration::from_millis(args.linger_ms);
     tracing::info!(region = %config.region, consumer = %config.consumer, database = %db.redacted_url(), "consuming");
     let mut consumer = Consumer::new(redis, pool.clone(), config);
     let stats = consumer.stats();

@@ -212,6 +212,39 @@ async fn batches_land_field_for_field_exactly_once_and_are_acked() -> Result<()>
     Ok(())
 }
 
+/// One step of a consumer with `linger`, started with one entry in the stream while two more
+/// arrive 300 ms into the step: how many entries the step handled (written in one
+/// transaction), and how many samples are stored after it.
+async fn step_with_entries_arriving(linger: Duration) -> Result<(usize, i64)> {
+    let mut f = fixture().await?;
+    let mut consumer = f.consumer_with("worker-1", f.pool.clone(), |c| c.linger = linger);
+    let (_tx, mut rx) = watch::channel(false);
+    // The first step does the housekeeping (creating the group) and finds nothing; the next
+    // one reads at once.
+    assert_eq!(consumer.step(&mut rx).await?, 0);
+    f.add(&encode_batch(&batch("gh-accra-1", vec![icmp(1, 20.0)])))
+        .await?;
+    let step = tokio::spawn(async move { consumer.step(&mut rx).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for node in ["gh-accra-2", "gh-accra-3"] {
+        f.add(&encode_batch(&batch(node, vec![icmp(1, 30.0)])))
+            .await?;
+    }
+    let handled = step.await??;
+    let stored = f.count("select count(*) from metrics").await?;
+    Ok((handled, stored))
+}
+
+#[tokio::test]
+async fn entries_arriving_within_the_linger_are_written_with_the_first() -> Result<()> {
+    let (handled, stored) = step_with_entries_arriving(Duration::from_secs(2)).await?;
+    assert_eq!((handled, stored), (3, 3), "one write of the three entries");
+    // Without the wait the step writes the one entry it read.
+    let (handled, stored) = step_with_entries_arriving(Duration::ZERO).await?;
+    assert_eq!((handled, stored), (1, 1), "the first entry alone");
+    Ok(())
+}
+
 #[tokio::test]
 async fn entries_with_trace_context_are_stored_like_those_without() -> Result<()> {
     let mut f = fixture().await?;
