@@ -9,10 +9,11 @@ use common::{EVERY, Operator, WAIT, apply_json, metric_value};
 use fiberstack_e2e::{TestNamespace, wait_for};
 use fiberstack_operator::crd::{FiberProbe, FiberRegion};
 use fiberstack_operator::render;
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
-use kube::api::{ApiResource, DeleteParams, DynamicObject};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams};
 
 const REMEMBERED: &str = "fiberstack_operator_remembered_objects";
 
@@ -35,24 +36,28 @@ async fn a_deleted_probe_is_forgotten_and_its_region_is_not() -> Result<()> {
                 ns.name
             )
         };
-        // Both probes statused and applied, and a prune has counted them.
+        // Both probes statused, and the memory holds everything the operator applied: the
+        // three custom resources' fresh versions and one render per object it manages.
+        // Taken at the first count of 7 or more, it missed the region's objects remembered
+        // later on a fresh control plane (10, later 12: the deleted probe's 3 gone left 9).
         let both = wait_for("both probes remembered", WAIT, EVERY, || async {
+            let applied = managed_objects(&client, &ns.name).await?;
+            let expected = (3 + applied) as f64;
             let text = operator.metrics_text();
             let remembered = metric_value(&text, REMEMBERED).unwrap_or(0.0);
             let statused = ["accra-edge", "tema-edge"]
                 .iter()
                 .all(|p| text.contains(&probe_series(p)));
-            // Each probe: itself, its ConfigMap and DaemonSet; the region: itself and what
-            // it renders.
-            Ok(if statused && remembered >= 7.0 {
+            Ok(if statused && applied >= 4 && remembered == expected {
                 Ok(remembered)
             } else {
                 Err(format!(
-                    "{REMEMBERED} {remembered}, both statused: {statused}"
+                    "{REMEMBERED} {remembered} of {expected}, both statused: {statused}"
                 ))
             })
         })
         .await?;
+        println!("{REMEMBERED} with both probes: {both}");
 
         probes.delete("tema-edge", &DeleteParams::default()).await?;
         // Its ConfigMap and DaemonSet would go by kube-controller-manager's garbage collector
@@ -74,15 +79,17 @@ async fn a_deleted_probe_is_forgotten_and_its_region_is_not() -> Result<()> {
         }
         let gc = 3 * WAIT;
         let after = wait_for("the deleted probe forgotten", gc, EVERY, || async {
+            // The living probe and region, and what exists of what the operator applied:
+            // the deleted probe, its ConfigMap and its DaemonSet forgotten, nothing else.
+            let expected = (2 + managed_objects(&client, &ns.name).await?) as f64;
             let text = operator.metrics_text();
             let remembered = metric_value(&text, REMEMBERED).unwrap_or(f64::MAX);
             let gone = !text.contains(&probe_series("tema-edge"));
-            // At least the probe, its ConfigMap and its DaemonSet.
-            Ok(if gone && remembered <= both - 3.0 {
+            Ok(if gone && remembered == expected {
                 Ok(remembered)
             } else {
                 Err(format!(
-                    "{REMEMBERED} {remembered} (was {both}); series gone: {gone}"
+                    "{REMEMBERED} {remembered} (was {both}), {expected} expected; series gone: {gone}"
                 ))
             })
         })
@@ -101,4 +108,27 @@ async fn a_deleted_probe_is_forgotten_and_its_region_is_not() -> Result<()> {
     operator.stop().await;
     ns.delete().await?;
     result
+}
+
+/// How many objects the operator manages in `ns` of the kinds it remembers an applied render
+/// of: the probes' ConfigMaps and DaemonSets, the regions' Deployments, Services and
+/// PodDisruptionBudgets.
+async fn managed_objects(client: &kube::Client, ns: &str) -> Result<usize> {
+    let managed = ListParams::default().labels(&format!(
+        "{}={}",
+        render::MANAGED_BY.0,
+        render::MANAGED_BY.1
+    ));
+    let mut count = 0;
+    for kind in [
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<DaemonSet>(&()),
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<PodDisruptionBudget>(&()),
+    ] {
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &kind);
+        count += api.list_metadata(&managed).await?.items.len();
+    }
+    Ok(count)
 }
