@@ -270,16 +270,11 @@ impl Consumer {
             self.record_stream_stats().await;
             self.last_housekeeping = Some(Instant::now());
         }
-        let opts = StreamReadOptions::default()
-            .group(CONSUMER_GROUP, &self.config.consumer)
-            .count(self.config.read_count)
-            .block(self.config.block.as_millis() as usize);
-        let reply: StreamReadReply = match self
-            .redis
-            .xread_options(&[&self.stream], &[">"], &opts)
+        let mut entries = match self
+            .read_new(self.config.read_count, Some(self.config.block))
             .await
         {
-            Ok(reply) => reply,
+            Ok(entries) => entries,
             Err(e) => {
                 if e.code() == Some("NOGROUP") {
                     self.last_housekeeping = None;
@@ -287,7 +282,6 @@ impl Consumer {
                 return Err(e.into());
             }
         };
-        let mut entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
         if !entries.is_empty()
             && entries.len() < self.config.read_count
             && !self.config.linger.is_zero()
@@ -317,9 +311,22 @@ impl Consumer {
         if !*shutdown.borrow() {
             let _ = tokio::time::timeout(self.config.linger, shutdown.changed()).await;
         }
-        let opts = StreamReadOptions::default()
+        self.read_new(self.config.read_count - have, None).await
+    }
+
+    /// Up to `count` entries never delivered to the group, waiting up to `block` for the
+    /// first when there is none (without `block`, answers at once).
+    async fn read_new(
+        &mut self,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<StreamId>, redis::RedisError> {
+        let mut opts = StreamReadOptions::default()
             .group(CONSUMER_GROUP, &self.config.consumer)
-            .count(self.config.read_count - have);
+            .count(count);
+        if let Some(block) = block {
+            opts = opts.block(block.as_millis() as usize);
+        }
         let reply: StreamReadReply = self
             .redis
             .xread_options(&[&self.stream], &[">"], &opts)
