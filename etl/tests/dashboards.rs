@@ -797,3 +797,124 @@ async fn day_split_panels_answer_the_same_in_any_session_time_zone() -> Result<(
     env.drop_postgres_database(&url, &[]).await?;
     outcome
 }
+
+/// A hand-made histogram's bin: (hours after the range's start, bin, latencies in it).
+type HourBin = (i64, i16, i64);
+
+/// A row's p50, p95 and latencies merged, then the quantile reader's p50, p95 and the
+/// latencies stored.
+type PickedRow = (
+    String,
+    Option<f64>,
+    Option<f64>,
+    Option<i64>,
+    Option<f64>,
+    Option<f64>,
+    i64,
+);
+
+/// The rows' percentiles pick the bin that `fiberstack_latency_quantile` (the read API's and
+/// the other panels' reader) picks from the same merged histogram, at the edges of the rank
+/// too: a single latency, a rank falling exactly on a running count, all in one bin, and
+/// bins spread over the hourly and six-hour pieces of the range (merged per bin). Hand-made
+/// histograms in plain mode's tables, no raw samples behind them.
+#[tokio::test]
+async fn rows_percentiles_pick_the_bin_the_quantile_reader_picks() -> Result<()> {
+    let env = LocalEnv::load()?;
+    let url = env.fresh_postgres_database("fs_rows_pick").await?;
+    let pool = DbConfig::new(&url).connect().await?;
+    let outcome = async {
+        migrate(&pool).await?;
+        // A range of two days ending at the start of the current hour (whole hours and
+        // six-hour buckets inside it), and each target's (bucket offset in hours, bin, count).
+        let to: DateTime<Utc> = sqlx::query_scalar("select date_trunc('hour', now())")
+            .fetch_one(&pool)
+            .await?;
+        let from = to - Duration::hours(48);
+        let histograms: [(&str, &[HourBin]); 5] = [
+            ("one", &[(30, 100, 1)]),
+            // 3 latencies: p50's rank 1 and p95's 1.9 fall on and between running counts.
+            ("three", &[(30, 10, 1), (31, 20, 1), (32, 30, 1)]),
+            ("same-bin", &[(1, 250, 7), (40, 250, 5)]),
+            // The same bins in several hours (merged), a tail in the last hour.
+            (
+                "spread",
+                &[
+                    (2, 200, 40),
+                    (3, 200, 30),
+                    (3, 201, 20),
+                    (20, 205, 9),
+                    (21, 199, 1),
+                    (47, 400, 6),
+                ],
+            ),
+            // p95's rank (0.95 × 19 = 18.05) just past the running count 18.
+            ("edge", &[(5, 50, 18), (6, 60, 1), (7, 70, 1)]),
+        ];
+        for (target, bins) in histograms {
+            for (hour, bin, count) in bins {
+                sqlx::query(
+                    "insert into metrics_latency_hourly
+                         (bucket, region, node, probe, target, kind, bin, samples)
+                     values ($1, 'ghana', 'edge-1', 'fiberstack/edge', $2, 'icmp', $3, $4)",
+                )
+                .bind(from + Duration::hours(*hour))
+                .bind(target)
+                .bind(bin)
+                .bind(count)
+                .execute(&pool)
+                .await?;
+            }
+        }
+        sqlx::query("select fiberstack_refresh_latency_6h($1, $2)")
+            .bind(from - Duration::hours(6))
+            .bind(to + Duration::hours(1))
+            .execute(&pool)
+            .await?;
+        let targets: Vec<&str> = histograms.iter().map(|(t, _)| *t).collect();
+        let rows: Vec<PickedRow> = sqlx::query_as(
+            "select p.target, p.p50, p.p95, p.merged,
+                        fiberstack_latency_quantile(0.5, e.bins, e.counts),
+                        fiberstack_latency_quantile(0.95, e.bins, e.counts), e.total
+                   from fiberstack_rows_latency_percentiles(
+                            'ghana', array_fill('edge-1'::text, array[cardinality($1::text[])]),
+                            array_fill('fiberstack/edge'::text, array[cardinality($1::text[])]),
+                            $1, $2, $3) p
+                   join (select target, array_agg(bin order by bin) as bins,
+                                array_agg(samples order by bin) as counts,
+                                sum(samples)::int8 as total
+                           from (select target, bin, sum(samples) as samples
+                                   from metrics_latency_hourly
+                                  where bucket >= $2 and bucket <= $3
+                                  group by 1, 2) b
+                          group by target) e on e.target = p.target
+                  order by p.target",
+        )
+        .bind(&targets)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&pool)
+        .await?;
+        ensure!(
+            rows.len() == targets.len(),
+            "{} rows answered for {} targets: {rows:?}",
+            rows.len(),
+            targets.len()
+        );
+        for (target, p50, p95, merged, q50, q95, total) in rows {
+            ensure!(
+                merged == Some(total),
+                "{target}: {merged:?} latencies merged, {total} stored"
+            );
+            ensure!(
+                p50.is_some() && p50 == q50 && p95 == q95,
+                "{target}: p50/p95 {p50:?}/{p95:?}, the quantile reader {q50:?}/{q95:?}"
+            );
+        }
+        Ok(())
+    }
+    .await;
+    pool.close().await;
+    env.drop_postgres_database(&url, &[]).await?;
+    outcome
+}
