@@ -3,7 +3,7 @@
 
 mod common;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use fiberstack_operator::crd::FiberProbe;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, Resource};
@@ -169,6 +169,18 @@ async fn a_region_with_a_bad_country_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// Creating `object` (dry run) is refused with an error that says each of `says`.
+async fn refused(api: &Api<DynamicObject>, object: &DynamicObject, says: &[&str]) -> Result<()> {
+    let e = api
+        .create(&dry_run(), object)
+        .await
+        .err()
+        .with_context(|| format!("accepted: {:?}", object.data["spec"]))?
+        .to_string();
+    assert_says(&e, says);
+    Ok(())
+}
+
 #[tokio::test]
 async fn ingest_admission_limits_are_bounded() -> Result<()> {
     let api = regions().await?;
@@ -201,12 +213,43 @@ async fn ingest_admission_limits_are_bounded() -> Result<()> {
             &["spec.ingest.admission.maxBacklog"][..],
         ),
     ] {
-        let e = api
-            .create(&params, &region(bad)?)
+        refused(&api, &region(bad)?, says).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn etl_settings_are_bounded() -> Result<()> {
+    let api = regions().await?;
+    let params = dry_run();
+    let region = |etl: Value| -> Result<DynamicObject> {
+        let mut value = common::region_json(&fiberstack_e2e::unique_name("etl"));
+        value["spec"]["etl"] = etl;
+        Ok(serde_json::from_value(value)?)
+    };
+    for ok in [
+        json!({ "batchSize": 1000, "lingerMs": 0 }),
+        json!({ "lingerMs": 1000 }),
+    ] {
+        api.create(&params, &region(ok.clone())?)
             .await
-            .unwrap_err()
-            .to_string();
-        assert_says(&e, says);
+            .map_err(|e| anyhow::anyhow!("{ok} was refused: {e}"))?;
+    }
+    for (bad, says) in [
+        (
+            json!({ "lingerMs": 1001 }),
+            &["spec.etl.lingerMs", "less than or equal to 1000"][..],
+        ),
+        (
+            json!({ "lingerMs": -1 }),
+            &["spec.etl.lingerMs", "greater than or equal to 0"][..],
+        ),
+        (
+            json!({ "batchSize": 0 }),
+            &["spec.etl.batchSize", "greater than or equal to 1"][..],
+        ),
+    ] {
+        refused(&api, &region(bad)?, says).await?;
     }
     Ok(())
 }

@@ -359,6 +359,7 @@ pub fn build_etl_deployment(region: &FiberRegion, images: &Images) -> Deployment
                 ..Default::default()
             },
             env("FIBER_ETL_READ_COUNT", spec.etl.batch_size.to_string()),
+            env("FIBER_ETL_LINGER_MS", spec.etl.linger_ms.to_string()),
             env(
                 "FIBER_METRICS_LISTEN",
                 format!("0.0.0.0:{ETL_METRICS_PORT}"),
@@ -466,31 +467,49 @@ mod tests {
         }
     }
 
+    /// The values of `names` in the environment of a Deployment's first container.
+    fn env_values(deployment: Deployment, names: [&str; 2]) -> [Option<String>; 2] {
+        let spec = deployment.spec.unwrap().template.spec.unwrap();
+        let env = spec.containers[0].env.clone().unwrap_or_default();
+        names.map(|name| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        })
+    }
+
     #[test]
     fn admission_limits_reach_the_ingest_flags() {
         let env = |r: &FiberRegion| {
-            let spec = build_ingest_deployment(r, &images())
-                .spec
-                .unwrap()
-                .template
-                .spec
-                .unwrap();
-            let env = spec.containers[0].env.clone().unwrap_or_default();
-            let get = |name: &str| {
-                env.iter()
-                    .find(|e| e.name == name)
-                    .and_then(|e| e.value.clone())
-            };
-            (get("FIBER_MAX_BACKLOG"), get("FIBER_MAX_BACKLOG_AGE"))
+            env_values(
+                build_ingest_deployment(r, &images()),
+                ["FIBER_MAX_BACKLOG", "FIBER_MAX_BACKLOG_AGE"],
+            )
         };
         // The defaults are ingest's own.
-        assert_eq!(env(&region()), (Some("10000".into()), Some("10".into())));
+        assert_eq!(env(&region()), [Some("10000".into()), Some("10".into())]);
         let mut r = region();
         r.spec.ingest.admission = crate::crd::Admission {
             max_backlog: 50_000,
             max_backlog_age: "1500ms".parse().unwrap(),
         };
-        assert_eq!(env(&r), (Some("50000".into()), Some("1.5".into())));
+        assert_eq!(env(&r), [Some("50000".into()), Some("1.5".into())]);
+    }
+
+    #[test]
+    fn etl_settings_reach_the_etl_flags() {
+        let env = |r: &FiberRegion| {
+            env_values(
+                build_etl_deployment(r, &images()),
+                ["FIBER_ETL_READ_COUNT", "FIBER_ETL_LINGER_MS"],
+            )
+        };
+        // The defaults are fiber-etl's own.
+        assert_eq!(env(&region()), [Some("50".into()), Some("10".into())]);
+        let mut r = region();
+        r.spec.etl.batch_size = 500;
+        r.spec.etl.linger_ms = 0;
+        assert_eq!(env(&r), [Some("500".into()), Some("0".into())]);
     }
 
     #[test]
