@@ -184,6 +184,27 @@ const server = new FreshSessionServer({ db, host: values.host, port });
 await server.start();
 console.log(`timescaledb: listening on ${values.host}:${port}, data in ${values.data}`);
 
+// PGlite runs no checkpointer, so its WAL is never recycled without a CHECKPOINT: here it
+// grew to 28 GB (of a 2.8 GB database) over a day of tests and benchmark datasets, filling
+// the disk. Checkpoint every minute. A connection holds PGlite's query lock while attached,
+// so the CHECKPOINT waits for it to end and runs before the next one is attached; a
+// connection held for long (a bench) defers it.
+const CHECKPOINT_EVERY_MS = 60_000;
+let checkpointing = false;
+setInterval(async () => {
+  if (checkpointing) return;
+  checkpointing = true;
+  try {
+    // Between connections: the session is reset before the next one anyway.
+    await db.exec("rollback");
+    await db.exec("checkpoint");
+  } catch (e) {
+    console.error(`timescaledb: checkpoint failed: ${e.message}`);
+  } finally {
+    checkpointing = false;
+  }
+}, CHECKPOINT_EVERY_MS).unref();
+
 // A connection reset can also reject a promise inside pglite-socket's own handler, after the
 // socket's error listener above ran: unhandled, Node exits and takes every later test's
 // database with it (seen: `read ECONNRESET` when a bench process ended while it held the
