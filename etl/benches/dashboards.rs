@@ -20,12 +20,12 @@
 //! read from the hourly latency histograms than on a fresh dataset — the six-hour bucket under
 //! way is read only by a range that ends in the current hour) and, with FIBER_DASH_KEEP unset,
 //! drops it afterwards; FIBER_DASH_ONLY=<text> times only the queries whose name contains the
-//! text. FIBER_DASH_RAW_HOURS=<n> (plain mode) keeps the raw samples of the last n hours
-//! (whole UTC days) while generating: each day's rollups are refreshed, then its raw samples
-//! deleted but those of `bench/probe-0`, whose target the Target dashboard shows over the
-//! whole range. Panels over more than an hour read raw samples of no other probe, so 7 days
-//! (`FIBER_DASH_HOURS=168 FIBER_DASH_RAW_HOURS=24`) fit in the disk a day of raw samples
-//! takes — as with a raw retention shorter than the range.
+//! text. FIBER_DASH_RAW_HOURS=<n> keeps the raw samples of the last n hours (whole UTC days)
+//! while generating: each day's rollups are refreshed, then its raw samples deleted (plain
+//! mode) or its chunks dropped (TimescaleDB), but those of `bench/probe-0`, whose target the
+//! Target dashboard shows over the whole range. Panels over more than an hour read raw samples
+//! of no other probe, so 7 days (`FIBER_DASH_HOURS=168 FIBER_DASH_RAW_HOURS=24`) fit in the
+//! disk a day of raw samples takes — as with a raw retention shorter than the range.
 //!
 //! Last, the same small workload runs on both engines (PostgreSQL 15 and the PGlite
 //! TimescaleDB): index-only range sums and a whole-table aggregate on a plain table, to
@@ -88,8 +88,10 @@ async fn refresh_rollups(
 ) -> Result<()> {
     match mode {
         StorageMode::TimescaleDb => {
-            // Wide enough for whole daily buckets, which TimescaleDB's refresh requires.
-            let (from, to) = (from - Duration::days(2), to + Duration::days(1));
+            // Wide enough for whole daily buckets, which TimescaleDB's refresh requires, and
+            // no wider: a window over days whose raw chunks were dropped (FIBER_DASH_RAW_HOURS)
+            // empties their rollups.
+            let (from, to) = (utc_day_start(from), to + Duration::days(1));
             for view in ROLLUPS {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                     "call refresh_continuous_aggregate('{view}', '{}', '{}')",
@@ -192,6 +194,44 @@ async fn refresh_rollups(
         "vacuumed ({rounds} rounds, {:.1} s): hourly histograms {visible} of {pages} pages all-visible",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// With FIBER_DASH_RAW_HOURS: the raw samples before `cut` (a UTC day's start) go, but
+/// those of [`RAW_KEPT_PROBE`], once their rollups are refreshed. Plain mode deletes them.
+/// TimescaleDB drops the day's chunks (its retention's way: a DELETE would be logged as an
+/// invalidation, and the next refresh over those days would empty their rollups) after
+/// copying the kept probe's samples to `bench_raw_kept`, which go back into `metrics` after
+/// the last refresh; and checkpoints, as the generating session holds the server's one
+/// connection for the whole run and PGlite recycles its WAL only at a checkpoint.
+async fn drop_raw_before(pool: &PgPool, mode: StorageMode, cut: DateTime<Utc>) -> Result<()> {
+    match mode {
+        StorageMode::Postgres => {
+            sqlx::query("delete from metrics where time < $1 and probe <> $2")
+                .bind(cut)
+                .bind(RAW_KEPT_PROBE)
+                .execute(pool)
+                .await?;
+            sqlx::raw_sql("vacuum metrics").execute(pool).await?;
+        }
+        StorageMode::TimescaleDb => {
+            sqlx::raw_sql("create table if not exists bench_raw_kept (like metrics)")
+                .execute(pool)
+                .await?;
+            sqlx::query(
+                "insert into bench_raw_kept select * from metrics where time < $1 and probe = $2",
+            )
+            .bind(cut)
+            .bind(RAW_KEPT_PROBE)
+            .execute(pool)
+            .await?;
+            sqlx::query("select drop_chunks('metrics', older_than => $1)")
+                .bind(cut)
+                .execute(pool)
+                .await?;
+            sqlx::raw_sql("checkpoint").execute(pool).await?;
+        }
+    }
     Ok(())
 }
 
@@ -474,9 +514,6 @@ async fn main() -> Result<()> {
         bail!("FIBER_DASH_HOURS=0: must be at least 1");
     }
     let raw_hours = setting("FIBER_DASH_RAW_HOURS", 0);
-    if raw_hours != 0 && mode != "postgres" {
-        bail!("FIBER_DASH_RAW_HOURS={raw_hours}: only with FIBER_DASH_MODE=postgres");
-    }
     let keep = setting("FIBER_DASH_KEEP", 0) != 0;
     let reuse = std::env::var("FIBER_DASH_REUSE").unwrap_or_default();
     let only = std::env::var("FIBER_DASH_ONLY").unwrap_or_default();
@@ -518,12 +555,7 @@ async fn main() -> Result<()> {
                         // The rollups of what goes first, then the raw samples but those
                         // of the probe the Target dashboard shows.
                         refresh_rollups(&pool, storage, kept_from, cut).await?;
-                        sqlx::query("delete from metrics where time < $1 and probe <> $2")
-                            .bind(cut)
-                            .bind(RAW_KEPT_PROBE)
-                            .execute(&pool)
-                            .await?;
-                        sqlx::raw_sql("vacuum metrics").execute(&pool).await?;
+                        drop_raw_before(&pool, storage, cut).await?;
                         kept_from = cut;
                     }
                     Ok(())
@@ -536,6 +568,14 @@ async fn main() -> Result<()> {
             println!("generated in {:.0} s", start.elapsed().as_secs_f64());
             let start = Instant::now();
             refresh_rollups(&pool, storage, kept_from, Utc::now()).await?;
+            if raw_hours != 0 && storage == StorageMode::TimescaleDb {
+                // The Target dashboard's probe back, once no refresh will read its days.
+                sqlx::raw_sql(
+                    "insert into metrics select * from bench_raw_kept; drop table bench_raw_kept",
+                )
+                .execute(&pool)
+                .await?;
+            }
             println!(
                 "rollups refreshed in {:.0} s",
                 start.elapsed().as_secs_f64()
