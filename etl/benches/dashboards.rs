@@ -198,9 +198,9 @@ async fn refresh_rollups(
 }
 
 /// With FIBER_DASH_RAW_HOURS: the raw samples before `cut` (a UTC day's start) go, but
-/// those of [`RAW_KEPT_PROBE`], once their rollups are refreshed. Plain mode deletes them.
-/// TimescaleDB drops the day's chunks (its retention's way: a DELETE would be logged as an
-/// invalidation, and the next refresh over those days would empty their rollups) after
+/// those of [`RAW_KEPT_PROBE`], once their rollups are refreshed (no later refresh may cover
+/// those days: it would empty their rollups). Plain mode deletes them. TimescaleDB drops the
+/// day's chunks (its retention's way, and far cheaper in PGlite than deleting 8.6M rows) after
 /// copying the kept probe's samples to `bench_raw_kept`, which go back into `metrics` after
 /// the last refresh; and checkpoints, as the generating session holds the server's one
 /// connection for the whole run and PGlite recycles its WAL only at a checkpoint.
