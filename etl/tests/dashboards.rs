@@ -388,26 +388,35 @@ fn macro_expansion_matches_grafana() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn every_panel_runs_on_plain_postgres() -> Result<()> {
+/// Runs `test` on a fresh PostgreSQL database of `make env-up` named after `prefix`, then
+/// drops the database (whatever the outcome) before answering the outcome.
+async fn on_fresh_postgres<T>(
+    prefix: &str,
+    test: impl AsyncFnOnce(&PgPool) -> Result<T>,
+) -> Result<T> {
     let env = LocalEnv::load()?;
-    let url = env.fresh_postgres_database("fs_dashboards").await?;
+    let url = env.fresh_postgres_database(prefix).await?;
     let pool = DbConfig::new(&url).connect().await?;
-    let outcome = async {
-        assert_eq!(migrate(&pool).await?.mode, StorageMode::Postgres);
-        let now = Utc::now();
-        seed(&pool, now).await?;
-        refresh_rollups(&pool, StorageMode::Postgres, now).await?;
-        let mut ran = Vec::new();
-        for range in RANGES {
-            ran.push(run_every_query(&pool, false, range).await?);
-        }
-        Ok::<_, anyhow::Error>(ran)
-    }
-    .await;
-    // Clean up before judging.
+    let outcome = test(&pool).await;
     pool.close().await;
     env.drop_postgres_database(&url, &[]).await?;
+    outcome
+}
+
+#[tokio::test]
+async fn every_panel_runs_on_plain_postgres() -> Result<()> {
+    let outcome = on_fresh_postgres("fs_dashboards", async |pool| {
+        assert_eq!(migrate(pool).await?.mode, StorageMode::Postgres);
+        let now = Utc::now();
+        seed(pool, now).await?;
+        refresh_rollups(pool, StorageMode::Postgres, now).await?;
+        let mut ran = Vec::new();
+        for range in RANGES {
+            ran.push(run_every_query(pool, false, range).await?);
+        }
+        Ok::<_, anyhow::Error>(ran)
+    })
+    .await;
     for ran in outcome? {
         assert!(ran.len() >= 30, "only {} queries ran: {ran:?}", ran.len());
     }
@@ -506,19 +515,13 @@ async fn histogram_percentiles_are_within_one_percent(pool: &PgPool) -> Result<(
 
 #[tokio::test]
 async fn histogram_percentiles_on_plain_postgres() -> Result<()> {
-    let env = LocalEnv::load()?;
-    let url = env.fresh_postgres_database("fs_histogram").await?;
-    let pool = DbConfig::new(&url).connect().await?;
-    let outcome = async {
-        migrate(&pool).await?;
-        seed_latencies(&pool).await?;
-        refresh_rollups(&pool, StorageMode::Postgres, Utc::now()).await?;
-        histogram_percentiles_are_within_one_percent(&pool).await
-    }
-    .await;
-    pool.close().await;
-    env.drop_postgres_database(&url, &[]).await?;
-    outcome
+    on_fresh_postgres("fs_histogram", async |pool| {
+        migrate(pool).await?;
+        seed_latencies(pool).await?;
+        refresh_rollups(pool, StorageMode::Postgres, Utc::now()).await?;
+        histogram_percentiles_are_within_one_percent(pool).await
+    })
+    .await
 }
 
 #[tokio::test]
@@ -684,18 +687,12 @@ async fn targets_by_node_has_each_nodes_percentiles(
 /// [`targets_by_node_has_each_nodes_percentiles`] on a fresh PostgreSQL database, the
 /// latencies counted by a row's percentiles in a session of `time_zone`.
 async fn targets_by_node_on_plain_postgres(time_zone: &str) -> Result<()> {
-    let env = LocalEnv::load()?;
-    let url = env.fresh_postgres_database("fs_by_node").await?;
-    let pool = DbConfig::new(&url).connect().await?;
-    let outcome = async {
-        migrate(&pool).await?;
-        seed_two_nodes(&pool, StorageMode::Postgres).await?;
-        targets_by_node_has_each_nodes_percentiles(&pool, false, time_zone).await
-    }
-    .await;
-    pool.close().await;
-    env.drop_postgres_database(&url, &[]).await?;
-    outcome
+    on_fresh_postgres("fs_by_node", async |pool| {
+        migrate(pool).await?;
+        seed_two_nodes(pool, StorageMode::Postgres).await?;
+        targets_by_node_has_each_nodes_percentiles(pool, false, time_zone).await
+    })
+    .await
 }
 
 #[tokio::test]
@@ -732,12 +729,9 @@ async fn targets_by_node_percentiles_on_timescaledb() -> Result<()> {
 /// at the session's midnight, a New York session merged days five hours off.
 #[tokio::test]
 async fn day_split_panels_answer_the_same_in_any_session_time_zone() -> Result<()> {
-    let env = LocalEnv::load()?;
-    let url = env.fresh_postgres_database("fs_zones").await?;
-    let pool = DbConfig::new(&url).connect().await?;
-    let outcome = async {
-        migrate(&pool).await?;
-        seed_two_nodes(&pool, StorageMode::Postgres).await?;
+    on_fresh_postgres("fs_zones", async |pool| {
+        migrate(pool).await?;
+        seed_two_nodes(pool, StorageMode::Postgres).await?;
         let now = Utc::now();
         let dashboards = load_dashboards()?;
         let mut compared = Vec::new();
@@ -773,7 +767,7 @@ async fn day_split_panels_answer_the_same_in_any_session_time_zone() -> Result<(
                         ]),
                     }
                     .expand(raw)?;
-                    let utc = rows(&pool, &sql).await?;
+                    let utc = rows(pool, &sql).await?;
                     let mut session = pool.begin().await?;
                     sqlx::raw_sql("set local timezone = 'America/New_York'")
                         .execute(&mut *session)
@@ -791,11 +785,8 @@ async fn day_split_panels_answer_the_same_in_any_session_time_zone() -> Result<(
         }
         ensure!(compared.len() >= 3, "panels compared: {compared:?}");
         Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    pool.close().await;
-    env.drop_postgres_database(&url, &[]).await?;
-    outcome
+    })
+    .await
 }
 
 /// A hand-made histogram's bin: (hours after the range's start, bin, latencies in it).
@@ -820,15 +811,12 @@ type PickedRow = (
 /// histograms in plain mode's tables, no raw samples behind them.
 #[tokio::test]
 async fn rows_percentiles_pick_the_bin_the_quantile_reader_picks() -> Result<()> {
-    let env = LocalEnv::load()?;
-    let url = env.fresh_postgres_database("fs_rows_pick").await?;
-    let pool = DbConfig::new(&url).connect().await?;
-    let outcome = async {
-        migrate(&pool).await?;
+    on_fresh_postgres("fs_rows_pick", async |pool| {
+        migrate(pool).await?;
         // A range of two days ending at the start of the current hour (whole hours and
         // six-hour buckets inside it), and each target's (bucket offset in hours, bin, count).
         let to: DateTime<Utc> = sqlx::query_scalar("select date_trunc('hour', now())")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
         let from = to - Duration::hours(48);
         let histograms: [(&str, &[HourBin]); 5] = [
@@ -862,14 +850,14 @@ async fn rows_percentiles_pick_the_bin_the_quantile_reader_picks() -> Result<()>
                 .bind(target)
                 .bind(bin)
                 .bind(count)
-                .execute(&pool)
+                .execute(pool)
                 .await?;
             }
         }
         sqlx::query("select fiberstack_refresh_latency_6h($1, $2)")
             .bind(from - Duration::hours(6))
             .bind(to + Duration::hours(1))
-            .execute(&pool)
+            .execute(pool)
             .await?;
         let targets: Vec<&str> = histograms.iter().map(|(t, _)| *t).collect();
         let rows: Vec<PickedRow> = sqlx::query_as(
@@ -893,7 +881,7 @@ async fn rows_percentiles_pick_the_bin_the_quantile_reader_picks() -> Result<()>
         .bind(&targets)
         .bind(from)
         .bind(to)
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await?;
         ensure!(
             rows.len() == targets.len(),
@@ -912,9 +900,6 @@ async fn rows_percentiles_pick_the_bin_the_quantile_reader_picks() -> Result<()>
             );
         }
         Ok(())
-    }
-    .await;
-    pool.close().await;
-    env.drop_postgres_database(&url, &[]).await?;
-    outcome
+    })
+    .await
 }
