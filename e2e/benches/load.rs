@@ -237,6 +237,9 @@ struct Settings {
     size: usize,
     consumers: usize,
     max_age_ms: u64,
+    /// The simulated probes send the binary batch, as fiber-probe does (`FIBER_LOAD_ENCODING=json`:
+    /// JSON, as an older probe or another client does).
+    binary: bool,
 }
 
 /// A `fiber_ingest_send_duration_seconds_{sum,count}`-like figure from a `/metrics` text.
@@ -368,6 +371,7 @@ async fn run_load(env: &LocalEnv, settings: &Settings, rate: Option<f64>) -> Res
         size,
         consumers,
         max_age_ms,
+        binary,
     } = *settings;
     // Each probe's time between batches when paced.
     let period = rate.map(|r| Duration::from_secs_f64((probes * size) as f64 / r));
@@ -452,7 +456,16 @@ async fn run_load(env: &LocalEnv, settings: &Settings, rate: Option<f64>) -> Res
         );
         // Made once per probe: encoding each batch cost ~0.8 µs of CPU per sample, taken
         // from what is measured on the shared cores.
-        let bodies = BatchBodies::new(p, size, base, &region);
+        let bodies = if binary {
+            BatchBodies::binary(p, size, base, &region)
+        } else {
+            BatchBodies::new(p, size, base, &region)
+        };
+        let content_type = if binary {
+            fiberstack_model::binary::MEDIA_TYPE
+        } else {
+            "application/json"
+        };
         senders.push(tokio::spawn(async move {
             let mut seq = 0;
             // Probes start spread over one period, as real ones would.
@@ -466,17 +479,23 @@ async fn run_load(env: &LocalEnv, settings: &Settings, rate: Option<f64>) -> Res
                 // The ingest service takes its own region's batches only.
                 let body = match &bodies {
                     Some(bodies) => bodies.body(seq),
-                    None => serde_json::to_vec(&Batch {
-                        region: region.clone(),
-                        ..batch(p, seq, size, base)
-                    })
-                    .expect("json"),
+                    None => {
+                        let batch = Batch {
+                            region: region.clone(),
+                            ..batch(p, seq, size, base)
+                        };
+                        if binary {
+                            fiberstack_model::binary::encode(&batch)
+                        } else {
+                            serde_json::to_vec(&batch).expect("json")
+                        }
+                    }
                 };
                 let sent = Instant::now();
                 let response = client
                     .post(&url)
                     .header("authorization", format!("Bearer {TOKEN}"))
-                    .header("content-type", "application/json")
+                    .header("content-type", content_type)
                     .body(body)
                     .send()
                     .await;
@@ -700,12 +719,22 @@ async fn main() -> Result<()> {
         size: setting("FIBER_LOAD_BATCH", 500) as usize,
         consumers: setting("FIBER_LOAD_CONSUMERS", 2) as usize,
         max_age_ms: setting("FIBER_LOAD_MAX_AGE_MS", 10_000),
+        binary: match std::env::var("FIBER_LOAD_ENCODING").as_deref() {
+            Err(_) | Ok("binary") => true,
+            Ok("json") => false,
+            Ok(other) => anyhow::bail!("FIBER_LOAD_ENCODING={other:?}: say binary or json"),
+        },
     };
     let rate = setting("FIBER_LOAD_RATE", 0);
     let env = LocalEnv::load()?;
     println!(
-        "load: {} probes × batches of {} samples for {}s, {} fiber-etl workers, PostgreSQL, admission age {} ms",
-        settings.probes, settings.size, settings.secs, settings.consumers, settings.max_age_ms,
+        "load: {} probes × batches of {} samples ({}) for {}s, {} fiber-etl workers, PostgreSQL, admission age {} ms",
+        settings.probes,
+        settings.size,
+        if settings.binary { "binary" } else { "JSON" },
+        settings.secs,
+        settings.consumers,
+        settings.max_age_ms,
     );
     // Build (and warm) the binaries before anything is timed.
     workspace_binary("fiber-ingest")?;
@@ -737,6 +766,7 @@ async fn main() -> Result<()> {
         "{}",
         json!({
             "bench": "datapath",
+            "encoding": if settings.binary { "binary" } else { "json" },
             "e2e_per_s": saturation.e2e_rate().round(),
             "copy_ceiling_per_s": ceiling_rate.round(),
             "saturation_per_s": saturation.accepted_rate().round(),

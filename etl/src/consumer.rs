@@ -664,30 +664,50 @@ fn sort(entries: Vec<StreamId>) -> InHand {
                 continue;
             }
         };
-        match batch.clone().into_valid(now) {
-            Err(e) => hand.dead.push(DeadLetter {
-                source_id: entry.id,
-                reason: format!("invalid batch: {e}"),
-                payload,
-            }),
-            Ok((valid, rejections)) => {
-                if !rejections.is_empty() {
-                    hand.dead
-                        .push(rejected_samples(&entry.id, &batch, &rejections));
-                }
-                if !valid.samples.is_empty() {
-                    let mut refused = rejections.iter().map(|r| r.index).peekable();
-                    let indexes = (0..batch.samples.len())
-                        .filter(|i| refused.next_if_eq(i).is_none())
-                        .collect();
-                    hand.batches.push(Part {
-                        received_at: entry_time(&entry.id),
-                        id: entry.id,
-                        batch: valid,
-                        indexes,
-                    });
-                }
+        // Judged in place: a batch with nothing refused (nearly every one) is written as
+        // decoded, not copied.
+        let rejections = match batch.validate(now) {
+            Err(e) => {
+                hand.dead.push(DeadLetter {
+                    source_id: entry.id,
+                    reason: format!("invalid batch: {e}"),
+                    payload,
+                });
+                continue;
             }
+            Ok(rejections) => rejections,
+        };
+        if rejections.is_empty() {
+            hand.batches.push(Part {
+                received_at: entry_time(&entry.id),
+                indexes: (0..batch.samples.len()).collect(),
+                id: entry.id,
+                batch,
+            });
+            continue;
+        }
+        hand.dead
+            .push(rejected_samples(&entry.id, &batch, &rejections));
+        let total = batch.samples.len();
+        let mut valid = batch;
+        let mut refused = rejections.iter().map(|r| r.index).peekable();
+        let mut index = 0;
+        let mut indexes = Vec::with_capacity(total - rejections.len());
+        valid.samples.retain(|_| {
+            let keep = refused.next_if_eq(&index).is_none();
+            if keep {
+                indexes.push(index);
+            }
+            index += 1;
+            keep
+        });
+        if !valid.samples.is_empty() {
+            hand.batches.push(Part {
+                received_at: entry_time(&entry.id),
+                id: entry.id,
+                batch: valid,
+                indexes,
+            });
         }
     }
     hand
@@ -708,10 +728,14 @@ fn refused_rows(part: &Part, refused: &[(usize, String)]) -> DeadLetter {
             })
             .collect::<Vec<_>>()
             .join("; "),
-        payload: fiberstack_model::stream::encode_batch(
-            &part.only(refused.iter().map(|(p, _)| *p)),
-        ),
+        payload: dead_letter_json(&part.only(refused.iter().map(|(p, _)| *p))),
     }
+}
+
+/// A dead letter's batch of refused samples, as JSON: a dead letter is read by people (with
+/// `redis-cli XRANGE`), and the ETL reads JSON entries too.
+fn dead_letter_json(batch: &Batch) -> Vec<u8> {
+    serde_json::to_vec(batch).expect("a Batch always serializes")
 }
 
 /// A dead letter holding only the refused samples of a batch, with every reason.
@@ -731,7 +755,7 @@ fn rejected_samples(id: &str, batch: &Batch, rejections: &[Rejection]) -> DeadLe
             .map(|r| r.error.as_str())
             .collect::<Vec<_>>()
             .join("; "),
-        payload: fiberstack_model::stream::encode_batch(&refused),
+        payload: dead_letter_json(&refused),
     }
 }
 

@@ -154,21 +154,38 @@ pub(crate) fn retry_after(
     response
 }
 
-/// Checks that a request body is declared JSON: `Content-Type: application/json`, with no
-/// charset but UTF-8 (RFC 8259 §8.1). A request without a `Content-Type` is read as JSON
-/// (the seed's push clients may send none; fiber-probe always sends it): the body must
-/// still parse.
-fn json_content_type(headers: &HeaderMap) -> Result<(), String> {
+/// How a request body is encoded, by its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFormat {
+    Json,
+    /// [`fiberstack_model::binary`] (`application/x-fiberstack-batch`): what fiber-probe sends.
+    Binary,
+}
+
+/// Reads a request body's declared format: `Content-Type: application/json`, with no
+/// charset but UTF-8 (RFC 8259 §8.1), or — where `binary` allows it (`/api/v1/samples`) —
+/// the binary batch's media type. A request without a `Content-Type` is read as JSON (the
+/// seed's push clients may send none): the body must still parse.
+fn body_format(headers: &HeaderMap, binary: bool) -> Result<BodyFormat, String> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Ok(BodyFormat::Json);
     };
     let text = value.to_str().unwrap_or("?");
     let mut parts = text.split(';');
     let essence = parts.next().unwrap_or_default().trim();
+    let send = if binary {
+        format!(
+            "send application/json or {}",
+            fiberstack_model::binary::MEDIA_TYPE
+        )
+    } else {
+        "send application/json".to_string()
+    };
+    if binary && essence.eq_ignore_ascii_case(fiberstack_model::binary::MEDIA_TYPE) {
+        return Ok(BodyFormat::Binary);
+    }
     if !essence.eq_ignore_ascii_case("application/json") {
-        return Err(format!(
-            "Content-Type {text:?} is not supported; send application/json"
-        ));
+        return Err(format!("Content-Type {text:?} is not supported; {send}"));
     }
     for parameter in parts {
         let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
@@ -178,14 +195,14 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), String> {
             && !value.eq_ignore_ascii_case("utf8")
         {
             return Err(format!(
-                "Content-Type {text:?}: JSON is read as UTF-8, not {value:?}; send application/json"
+                "Content-Type {text:?}: JSON is read as UTF-8, not {value:?}; {send}"
             ));
         }
     }
-    Ok(())
+    Ok(BodyFormat::Json)
 }
 
-/// The body as JSON bytes: gzip is undone, within the same size limit.
+/// The body's bytes: gzip is undone, within the same size limit.
 fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode, String)> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -224,13 +241,15 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, (StatusCode,
     }
 }
 
-/// Checks the writer's credential, the body's size and type, and undoes the content
-/// encoding: who sent it and the JSON of a request, or its refusal.
-async fn authorized_json(
+/// Checks the writer's credential, the body's size and type (`binary`: whether the binary
+/// batch is a type this route takes), and undoes the content encoding: who sent it, the
+/// body's format and its bytes, or the request's refusal.
+async fn authorized_body(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(Identity, Vec<u8>), Refusal> {
+    binary: bool,
+) -> Result<(Identity, BodyFormat, Vec<u8>), Refusal> {
     let identity = authorized_writer(state, headers).await?;
     let read = body
         .map_err(|rejection| match rejection.status() {
@@ -241,11 +260,11 @@ async fn authorized_json(
             status => (status, rejection.body_text()),
         })
         .and_then(|body| {
-            json_content_type(headers)
+            let format = body_format(headers, binary)
                 .map_err(|message| (StatusCode::UNSUPPORTED_MEDIA_TYPE, message))?;
-            decode_body(headers, body)
+            decode_body(headers, body).map(|bytes| (format, bytes))
         });
-    read.map(|json| (identity, json))
+    read.map(|(format, bytes)| (identity, format, bytes))
         .map_err(|(status, message)| {
             let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
             state
@@ -283,8 +302,8 @@ fn invalid(state: &AppState, message: String) -> Response {
 }
 
 /// Rate-limits by node and appends a batch of valid samples: the entry id, or the refusal.
-/// `encoded` is the batch's JSON when the caller has it (a body of which nothing was
-/// refused), saving the encoding.
+/// `encoded` is the batch's binary encoding when the caller has it (a binary body of which
+/// nothing was refused), saving the encoding.
 async fn admit(
     state: &AppState,
     batch: &Batch,
@@ -306,10 +325,10 @@ async fn admit(
     let traceparent = fiberstack_telemetry::traceparent(&tracing::Span::current());
     let started = Instant::now();
     let appended = match encoded {
-        Some(json) => {
+        Some(bytes) => {
             state
                 .writer
-                .append_encoded(json, traceparent.as_deref())
+                .append_encoded(bytes, traceparent.as_deref())
                 .await
         }
         None => state.writer.append(batch, traceparent.as_deref()).await,
@@ -360,7 +379,7 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
     operation_id = "postSamples",
     tag = "ingest",
     summary = "Send a batch of samples",
-    description = "Valid samples of a batch are accepted even when others are not; refused ones are named by index and field, among them any that could not be stored as sent (a NUL character in any string, a count above 2147483647). At most 5000 samples and 1 MiB (compressed and decompressed). The batch's `region` must be the region this service serves, unless it comes with a probe pod's ServiceAccount token of that region (a probe falling back to another region's ingest; stored under the batch's region). `Content-Type: application/json` (a request without one is read as JSON); `Content-Encoding: gzip` is accepted.",
+    description = "Valid samples of a batch are accepted even when others are not; refused ones are named by index and field, among them any that could not be stored as sent (a NUL character in any string, a count above 2147483647). At most 5000 samples and 1 MiB (compressed and decompressed). The batch's `region` must be the region this service serves, unless it comes with a probe pod's ServiceAccount token of that region (a probe falling back to another region's ingest; stored under the batch's region). `Content-Type: application/json` (a request without one is read as JSON), or `application/x-fiberstack-batch`: the same batch in FiberStack's binary encoding (the layout is documented in the model crate's `binary` module; fiber-probe sends it); `Content-Encoding: gzip` is accepted.",
     params(BodyHeaders),
     request_body(content = Batch, example = json!({
         "probe": "fiberstack/accra-edge",
@@ -392,7 +411,7 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 403, description = "With the region's static token: the batch's region is not the region this service serves. With a probe pod's ServiceAccount token: its region, node or probe is not the pod's own (the message names both; a pod's batch of its own region is taken by any region's ingest, the probe's fallback). Or the token sent is the reader token. Nothing is stored.", body = ErrorBody),
         (status = 413, description = "The body is over 1 MiB, compressed or decompressed.", body = ErrorBody),
-        (status = 415, description = "A Content-Type other than application/json (or a charset other than UTF-8), or a Content-Encoding other than gzip.", body = ErrorBody),
+        (status = 415, description = "A Content-Type other than application/json (or a charset other than UTF-8) or application/x-fiberstack-batch, or a Content-Encoding other than gzip.", body = ErrorBody),
         (status = 429, description = "The node is over its rate limit.", body = ErrorBody,
             headers(("Retry-After" = inline(RetryAfter), description = "Seconds to wait before sending again."))),
         (status = 503, description = "Redis does not answer, the stream's backlog is over its cap, or the Kubernetes API cannot be asked to verify a ServiceAccount token.", body = ErrorBody,
@@ -413,12 +432,16 @@ async fn accept_samples(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (identity, json) = match authorized_json(&state, &headers, body).await {
+    let (identity, format, body) = match authorized_body(&state, &headers, body, true).await {
         Ok(read) => read,
         Err(refusal) => return *refusal,
     };
     let m = &state.metrics;
-    let batch: Batch = match parse(&json) {
+    let parsed = match format {
+        BodyFormat::Json => parse(&body),
+        BodyFormat::Binary => fiberstack_model::binary::decode(&body).map_err(|e| e.to_string()),
+    };
+    let batch: Batch = match parsed {
         Ok(batch) => batch,
         Err(e) => return invalid(&state, format!("body is not a batch: {e}")),
     };
@@ -436,9 +459,11 @@ async fn accept_samples(
     };
     m.samples_received
         .inc_by((valid.samples.len() + rejected.len()) as u64);
-    // Nothing refused: the body is the batch's JSON as the ETL reads it, so it is appended
-    // as it came rather than encoded again.
-    let encoded = rejected.is_empty().then_some(json);
+    // A binary body of which nothing was refused is the stream entry as the ETL reads it:
+    // appended as it came rather than encoded again. A JSON body is encoded (the stream
+    // carries the binary encoding: a third of the bytes for Redis, no text for the ETL to
+    // parse).
+    let encoded = (format == BodyFormat::Binary && rejected.is_empty()).then_some(body);
     if let Err(refusal) = admit(&state, &valid, encoded).await {
         return *refusal;
     }
@@ -497,7 +522,7 @@ async fn accept_push(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (identity, json) = match authorized_json(&state, &headers, body).await {
+    let (identity, _, json) = match authorized_body(&state, &headers, body, false).await {
         Ok(read) => read,
         Err(refusal) => return *refusal,
     };

@@ -131,9 +131,9 @@ impl StreamWriter {
         self.append_encoded(encode_batch(batch), traceparent).await
     }
 
-    /// [`Self::append`] of a batch already encoded: `payload` must be the JSON of a valid
-    /// [`Batch`] (what `encode_batch` writes, or a request body that parsed as one with
-    /// nothing refused: the ETL decodes either to the same batch).
+    /// [`Self::append`] of a batch already encoded: `payload` must be what
+    /// [`encode_batch`] writes for a valid [`Batch`] (or a binary request body that decoded
+    /// as one with nothing refused: the ETL reads either as the same batch).
     pub async fn append_encoded(
         &self,
         payload: Vec<u8>,

@@ -213,6 +213,85 @@ async fn gzip_bodies_are_accepted() -> Result<()> {
     Ok(())
 }
 
+/// fiber-probe's binary batch: taken as JSON is (the same refusals, by index), appended as it
+/// came when nothing is refused, re-encoded without the refused samples otherwise; bytes that
+/// are not a batch are a 400 naming where; the stream holds the binary encoding either way,
+/// and a JSON body is appended in it too.
+#[tokio::test]
+async fn binary_batches_are_taken_like_json_ones() -> Result<()> {
+    use fiberstack_model::binary;
+    let mut s = server().await?;
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", binary::MEDIA_TYPE),
+    ];
+    let entries = async |s: &mut Server| -> Result<Vec<Vec<u8>>> {
+        let reply: redis::streams::StreamRangeReply =
+            s.redis.xrange_all(samples_stream(&s.region)).await?;
+        Ok(reply
+            .ids
+            .iter()
+            .map(|e| e.get::<Vec<u8>>(BATCH_FIELD).unwrap())
+            .collect())
+    };
+
+    // Nothing refused: the entry is the body, byte for byte.
+    let whole = s.batch(vec![tcp(1.0), tcp(2.0)]);
+    let body = binary::encode(&whole);
+    let (status, _, answer) = s.post(body.clone(), &headers).await?;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 2);
+    assert_eq!(entries(&mut s).await?, vec![body]);
+
+    // One refused (and gzip): named by index, the entry holds the other one.
+    let good = tcp(3.0);
+    let bad = Sample {
+        latency_ms: Some(f64::NAN),
+        ..tcp(4.0)
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &binary::encode(&s.batch(vec![bad, good.clone()])))?;
+    let (status, _, answer) = s
+        .post(
+            gz.finish()?,
+            &[headers[0], headers[1], ("content-encoding", "gzip")],
+        )
+        .await?;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 1);
+    assert_eq!(answer["rejected"][0]["index"], 0);
+    let reason = answer["rejected"][0]["error"].as_str().unwrap();
+    assert!(reason.contains("samples[0].latency_ms"), "{reason}");
+    assert!(reason.contains("not a finite number"), "{reason}");
+    let stored = entries(&mut s).await?;
+    assert_eq!(stored.len(), 2);
+    assert!(binary::is_binary(&stored[1]));
+    assert_eq!(decode_batch(&stored[1])?.samples, vec![good]);
+
+    // Not a batch: 400 with where, nothing stored.
+    let mut cut = binary::encode(&whole);
+    cut.truncate(cut.len() - 2);
+    let (status, _, answer) = s.post(cut, &headers).await?;
+    assert_eq!(status, 400, "{answer}");
+    let message = answer["error"].as_str().unwrap();
+    assert!(
+        message.starts_with("body is not a batch: samples[1].latency_ms: 8 bytes needed, 6 left"),
+        "{message}"
+    );
+    let (status, _, answer) = s.post(serde_json::to_vec(&whole)?, &headers).await?;
+    assert_eq!(status, 400, "JSON sent as binary: {answer}");
+    assert_eq!(entries(&mut s).await?.len(), 2);
+
+    // A JSON body goes into the stream in the binary encoding.
+    let json = s.batch(vec![tcp(5.0)]);
+    assert_eq!(s.post_batch(&json).await?.0, 202);
+    let stored = entries(&mut s).await?;
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[2], binary::encode(&json));
+    Ok(())
+}
+
 #[tokio::test]
 async fn refusals_say_why_and_store_nothing() -> Result<()> {
     let mut s = server().await?;
@@ -542,6 +621,15 @@ async fn the_seed_push_contract_lands_on_the_same_path() -> Result<()> {
         .send()
         .await?;
     assert_eq!(unauthorized.status().as_u16(), 401);
+    // The binary batch is /api/v1/samples' only.
+    let binary = reqwest::Client::new()
+        .post(format!("{}/api/push", s.url))
+        .header("authorization", &auth)
+        .header("content-type", fiberstack_model::binary::MEDIA_TYPE)
+        .body(serde_json::to_vec(&push)?)
+        .send()
+        .await?;
+    assert_eq!(binary.status().as_u16(), 415);
     assert_eq!(s.stored().await?.len(), 1, "refused pushes stored nothing");
     Ok(())
 }

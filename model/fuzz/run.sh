@@ -15,7 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 seconds="${FUZZ_SECONDS:-30}"
 cache="$HOME/.cache/fiberstack"
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(batch push probe_config)
+[[ ${#targets[@]} -gt 0 ]] || targets=(batch binary_batch push probe_config)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: SKIPPED: no nightly toolchain (rustup toolchain install nightly)"

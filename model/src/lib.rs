@@ -5,10 +5,13 @@
 //! - [`ProbeConfig`]: the YAML the operator renders into a probe's ConfigMap and
 //!   `fiber-probe --config` reads.
 //! - [`PushSample`]: the original single-sample contract of `POST /api/push`.
+//! - [`binary`]: the compact encoding of a [`Batch`] that fiber-probe sends and the samples
+//!   streams carry.
 //!
 //! Validation lives beside the types so that ingest, ETL and probe apply the very same rules,
 //! and every [`ValidationError`] names the field it is about.
 
+pub mod binary;
 pub mod config;
 pub mod duration;
 pub mod push;

@@ -1,11 +1,15 @@
 //! How batches travel through Redis Streams between fiber-ingest and fiber-etl: the stream
 //! names and the encoding of one entry.
 
+use std::fmt;
+
+use crate::binary;
 use crate::sample::Batch;
 
 /// Consumer group of the ETL workers on every region's stream.
 pub const CONSUMER_GROUP: &str = "fiber-etl";
-/// The entry field holding the batch as JSON.
+/// The entry field holding the batch: its [`binary`] encoding (JSON in entries written
+/// before it existed, still read).
 pub const BATCH_FIELD: &str = "batch";
 /// The optional entry field holding the W3C `traceparent` of the ingest request that
 /// appended it, so that the ETL's write joins the probe's trace. Absent when tracing is off
@@ -26,14 +30,39 @@ pub fn dead_letter_stream(region: &str) -> String {
     format!("fiber:dlq:{region}")
 }
 
-/// The bytes of a stream entry's `batch` field.
+/// The bytes of a stream entry's `batch` field: the batch's [`binary`] encoding, about a
+/// third the size of its JSON and read without parsing text — Redis keeps and serves fewer
+/// bytes, the ETL decodes faster.
 pub fn encode_batch(batch: &Batch) -> Vec<u8> {
-    serde_json::to_vec(batch).expect("a Batch always serializes")
+    binary::encode(batch)
 }
 
-/// Reads a stream entry's `batch` field.
-pub fn decode_batch(bytes: &[u8]) -> Result<Batch, serde_json::Error> {
-    serde_json::from_slice(bytes)
+/// Why a stream entry's `batch` field is not a batch.
+#[derive(Debug)]
+pub enum EntryError {
+    Binary(binary::DecodeError),
+    Json(serde_json::Error),
+}
+
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Binary(e) => write!(f, "binary batch: {e}"),
+            Self::Json(e) => write!(f, "JSON batch: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for EntryError {}
+
+/// Reads a stream entry's `batch` field: the binary encoding, or JSON (entries appended by
+/// an ingest from before the binary encoding, and any a person wrote by hand).
+pub fn decode_batch(bytes: &[u8]) -> Result<Batch, EntryError> {
+    if binary::is_binary(bytes) {
+        binary::decode(bytes).map_err(EntryError::Binary)
+    } else {
+        serde_json::from_slice(bytes).map_err(EntryError::Json)
+    }
 }
 
 #[cfg(test)]
@@ -63,6 +92,12 @@ mod tests {
             )],
         };
         assert_eq!(decode_batch(&encode_batch(&batch)).unwrap(), batch);
+        assert!(binary::is_binary(&encode_batch(&batch)));
+        // Entries from before the binary encoding: JSON, read as such.
+        assert_eq!(
+            decode_batch(&serde_json::to_vec(&batch).unwrap()).unwrap(),
+            batch
+        );
         assert!(decode_batch(b"{\"probe\":1}").is_err());
     }
 

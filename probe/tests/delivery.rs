@@ -546,3 +546,100 @@ async fn sigterm_delivers_a_batch_still_waiting_for_its_delay() {
     let b = Buffer::open(&buf, 4 << 20, std::sync::Arc::new(Stats::default())).unwrap();
     assert_eq!(b.pending(), 0);
 }
+
+/// fiber-probe sends the binary batch; an ingest from before it answers 415, and the probe
+/// sends that URL JSON from then on: every sample arrives once, and only the first batch was
+/// tried in binary.
+#[tokio::test]
+async fn an_ingest_that_refuses_the_binary_batch_is_sent_json() {
+    let scratch = Scratch::new("json-only");
+    let (target, _t) = tcp_target().await;
+    let receiver = Receiver::start().await;
+    receiver.state.lock().unwrap().json_only = true;
+    let config = scratch.path("probe.yaml");
+    std::fs::write(
+        &config,
+        tcp_config(
+            "n1",
+            &["a", "b"],
+            target,
+            &[receiver.url()],
+            &scratch.path("buf"),
+            "",
+        ),
+    )
+    .unwrap();
+    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    wait_for("samples as JSON", Duration::from_secs(20), || {
+        (receiver.keys().len() >= 8).then_some(())
+    })
+    .await;
+    assert!(probe.terminate().await.success());
+    let keys = receiver.keys();
+    let dup: Vec<_> = keys.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(dup.is_empty(), "samples sent more than once: {dup:?}");
+    assert_no_gaps(&keys, INTERVAL, 0);
+    let state = receiver.state.lock().unwrap();
+    let binary = fiberstack_model::binary::MEDIA_TYPE;
+    assert_eq!(
+        state.content_types.first().map(String::as_str),
+        Some(binary)
+    );
+    assert_eq!(
+        state.content_types.iter().filter(|t| *t == binary).count(),
+        1,
+        "{:?}",
+        state.content_types
+    );
+    assert!(state.content_types.len() >= 3, "{:?}", state.content_types);
+    assert!(
+        state.content_types[1..]
+            .iter()
+            .all(|t| t == "application/json"),
+        "{:?}",
+        state.content_types
+    );
+    drop(state);
+    assert!(
+        probe.log_text().contains("does not take the binary batch"),
+        "{}",
+        probe.log_text()
+    );
+}
+
+/// The probe sends the binary batch to an ingest that takes it.
+#[tokio::test]
+async fn batches_are_sent_in_the_binary_encoding() {
+    let scratch = Scratch::new("binary");
+    let (target, _t) = tcp_target().await;
+    let receiver = Receiver::start().await;
+    let config = scratch.path("probe.yaml");
+    std::fs::write(
+        &config,
+        tcp_config(
+            "n1",
+            &["a"],
+            target,
+            &[receiver.url()],
+            &scratch.path("buf"),
+            "",
+        ),
+    )
+    .unwrap();
+    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    wait_for("samples", Duration::from_secs(20), || {
+        (receiver.keys().len() >= 3).then_some(())
+    })
+    .await;
+    assert!(probe.terminate().await.success());
+    let state = receiver.state.lock().unwrap();
+    assert!(!state.content_types.is_empty());
+    assert!(
+        state
+            .content_types
+            .iter()
+            .all(|t| t == fiberstack_model::binary::MEDIA_TYPE),
+        "{:?}",
+        state.content_types
+    );
+}

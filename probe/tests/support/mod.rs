@@ -43,6 +43,10 @@ pub struct Recorded {
     /// Targets whose samples are answered as rejected.
     pub reject_targets: Vec<String>,
     pub rejected_keys: BTreeMap<Key, u32>,
+    /// Answer 415 to a binary batch, as an ingest from before the binary encoding does.
+    pub json_only: bool,
+    /// The `Content-Type` of every request past the token check.
+    pub content_types: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -93,7 +97,18 @@ async fn samples(
         }
         return r;
     }
-    let json = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    st.content_types.push(content_type.clone());
+    let binary = content_type == fiberstack_model::binary::MEDIA_TYPE;
+    if binary && st.json_only {
+        st.requests.push((now, 415));
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "send application/json").into_response();
+    }
+    let bytes = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&body[..])
             .read_to_end(&mut out)
@@ -102,11 +117,16 @@ async fn samples(
     } else {
         body.to_vec()
     };
-    let batch: Batch = match serde_json::from_slice(&json) {
+    let parsed = if binary {
+        fiberstack_model::binary::decode(&bytes).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice::<Batch>(&bytes).map_err(|e| e.to_string())
+    };
+    let batch: Batch = match parsed {
         Ok(b) => b,
         Err(e) => {
             st.requests.push((now, 400));
-            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+            return (StatusCode::BAD_REQUEST, e).into_response();
         }
     };
     st.requests.push((now, 202));
