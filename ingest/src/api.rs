@@ -349,7 +349,11 @@ async fn admit(
                 e.to_string(),
             )))
         }
-        Err(e @ (AppendError::Backlog { .. } | AppendError::Behind { .. })) => {
+        Err(
+            e @ (AppendError::Backlog { .. }
+            | AppendError::Behind { .. }
+            | AppendError::Expected { .. }),
+        ) => {
             m.outcome("backlog");
             m.send_error("backlog");
             tracing::warn!(error = %e, "refusing a batch");

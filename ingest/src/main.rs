@@ -104,10 +104,12 @@ struct Config {
     /// holding them in memory. 10,000 batches of 500 samples are about 1 GB.
     #[arg(long, env = "FIBER_MAX_BACKLOG", default_value_t = 10_000)]
     max_backlog: u64,
-    /// Seconds the oldest batch not yet read by the ETL may wait in the stream before new
-    /// batches are refused with 503 and Retry-After (fractions allowed): at saturation this
-    /// bounds how stale stored samples get, where the length cap alone lets the backlog grow
-    /// to half a minute of samples. 0 turns it off (only --max-backlog applies).
+    /// Seconds a batch may wait in the stream for the ETL (fractions allowed): new batches
+    /// are refused with 503 and Retry-After while the oldest one not yet read has waited
+    /// that long, or while a new one would (the entries ahead of it over the rate the ETL
+    /// was measured reading a backlog). At saturation this bounds how stale stored samples
+    /// get, where the length cap alone lets the backlog grow to half a minute of samples.
+    /// 0 turns it off (only --max-backlog applies).
     #[arg(long, env = "FIBER_MAX_BACKLOG_AGE", default_value_t = fiber_ingest::stream::DEFAULT_MAX_AGE.as_secs_f64())]
     max_backlog_age: f64,
     /// Origins whose browsers may read GET /api/metrics and /api/nodes, comma-separated, e.g.

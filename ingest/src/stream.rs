@@ -27,6 +27,16 @@ pub enum AppendError {
         age_ms: u64,
         limit_ms: u64,
     },
+    #[error(
+        "stream {stream} holds {waiting} entries the ETL has not stored; at the {rate:.0} entries/s it reads them, a new one would wait {wait_ms} ms, over the limit of {limit_ms} ms; the ETL is behind"
+    )]
+    Expected {
+        stream: String,
+        waiting: u64,
+        rate: f64,
+        wait_ms: u64,
+        limit_ms: u64,
+    },
 }
 
 /// Connects to Redis so that an outage is reported within about two seconds, not hidden
@@ -44,10 +54,15 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, RedisConnectError> 
 }
 
 /// The admission check, run by Redis in the same pipeline as the XADD and just before it:
-/// `{length, age_ms}` of the stream, where `age_ms` is how long its oldest entry not yet
-/// delivered to the ETL (the one after the consumer group's last-delivered-id; the stream's
-/// first when there is no group) has waited, 0 when there is none or when `ARGV[2]` (the age
-/// limit, ms) is 0, and when the length alone (`ARGV[1]`, the cap) already refuses.
+/// `{length, age_ms, lag, pending, entries_read, now_ms}` of the stream, where
+/// - `age_ms` is how long its oldest entry not yet delivered to the ETL (the one after the
+///   consumer group's last-delivered-id; the stream's first when there is no group) has
+///   waited, 0 when there is none or when `ARGV[2]` (the age limit, ms) is 0, and when the
+///   length alone (`ARGV[1]`, the cap) already refuses;
+/// - `lag` the entries the ETL has not read yet, −1 when the group cannot tell, and `pending`
+///   those it read and has not acknowledged (stored) yet;
+/// - `entries_read` the group's count of entries read so far, −1 when unknown, and `now_ms`
+///   Redis' clock: from both, [`Drain`] measures how fast the ETL reads.
 ///
 /// The age bounds what a sample waits in Redis: at saturation the length alone let the
 /// backlog grow to half a minute of samples (10,000 batches) before anyone was refused.
@@ -61,30 +76,92 @@ const ADMISSION_CHECK: &str = r"
 local len = redis.call('XLEN', KEYS[1])
 local max_age = tonumber(ARGV[2])
 if len >= tonumber(ARGV[1]) or max_age <= 0 or len == 0 then
-    return {len, 0}
+    return {len, 0, -1, 0, -1, 0}
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local from = '-'
 local lag = false
+local pending = 0
+local read = -1
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 if #groups > 0 then
     local g = groups[1]
     for i = 1, #g, 2 do
-        if g[i] == 'last-delivered-id' then from = '(' .. g[i + 1] end
-        if g[i] == 'lag' then lag = g[i + 1] end
+        local v = g[i + 1]
+        if g[i] == 'last-delivered-id' then from = '(' .. v end
+        if g[i] == 'lag' and type(v) == 'number' then lag = v end
+        if g[i] == 'pending' and type(v) == 'number' then pending = v end
+        if g[i] == 'entries-read' and type(v) == 'number' then read = v end
     end
 end
 if lag == 0 then
-    return {len, 0}
+    return {len, 0, 0, pending, read, now}
 end
 local oldest = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', 1)
+if not lag then lag = -1 end
 if #oldest == 0 then
-    return {len, 0}
+    return {len, 0, lag, pending, read, now}
 end
 local ms = tonumber(string.match(oldest[1][1], '^(%d+)-'))
-local t = redis.call('TIME')
-local age = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - ms
-return {len, math.max(age, 0)}
+return {len, math.max(now - ms, 0), lag, pending, read, now}
 ";
+
+/// How fast the ETL reads the stream when it has a backlog — its capacity, not the append
+/// rate — measured from the consumer group's entries-read counter over windows of at least
+/// a second in which entries waited unread at both ends (the ETL busy throughout), smoothed.
+/// From it, while entries wait unread, the wait of an entry appended now: the entries ahead
+/// of it (unread and pending) over that rate.
+///
+/// Why: the oldest unread entry's age alone lets freshness grow to the age limit × appended ÷
+/// stored — once ingest accepted 3.7 × what the ETL stored, a 10 s limit let samples wait a
+/// minute before anyone was refused.
+#[derive(Debug, Default)]
+struct Drain {
+    /// Redis time (ms), entries read then, and whether entries were waiting.
+    anchor: Option<(u64, u64, bool)>,
+    /// Entries per second.
+    rate: Option<f64>,
+}
+
+/// A window shorter than this is not measured.
+const DRAIN_WINDOW_MS: u64 = 1000;
+
+impl Drain {
+    fn observe(&mut self, now_ms: u64, read: u64, busy: bool) {
+        match self.anchor {
+            Some((at, then, was_busy)) if read >= then && now_ms >= at => {
+                if now_ms - at < DRAIN_WINDOW_MS {
+                    // A window starts when the ETL is busy: one that began idle moves on.
+                    if !was_busy {
+                        self.anchor = Some((now_ms, read, busy));
+                    }
+                    return;
+                }
+                if was_busy && busy {
+                    let rate = (read - then) as f64 * 1000.0 / (now_ms - at) as f64;
+                    self.rate = Some(self.rate.map_or(rate, |old| (old + rate) / 2.0));
+                }
+            }
+            // The first look, or a counter that went back (a recreated group).
+            _ => {}
+        }
+        self.anchor = Some((now_ms, read, busy));
+    }
+
+    /// The wait of an entry appended behind `waiting` others, in ms; None before the rate
+    /// was measured.
+    fn expected_wait_ms(&self, waiting: u64) -> Option<u64> {
+        let rate = self.rate?;
+        if waiting == 0 {
+            return Some(0);
+        }
+        if rate <= 0.0 {
+            return Some(u64::MAX);
+        }
+        Some((waiting as f64 * 1000.0 / rate).min(u64::MAX as f64) as u64)
+    }
+}
 
 /// Default for [`StreamWriter::with_max_age`]: a sample waits at most this long in Redis
 /// for the ETL before new batches are refused.
@@ -96,6 +173,7 @@ pub struct StreamWriter {
     stream: String,
     max_backlog: u64,
     max_age: std::time::Duration,
+    drain: std::sync::Arc<std::sync::Mutex<Drain>>,
 }
 
 impl StreamWriter {
@@ -105,11 +183,13 @@ impl StreamWriter {
             stream: samples_stream(region),
             max_backlog,
             max_age: DEFAULT_MAX_AGE,
+            drain: Default::default(),
         }
     }
 
-    /// Refuse batches while the oldest entry the ETL has not read yet is this old (zero: no
-    /// limit but the length).
+    /// Refuse batches while the oldest entry the ETL has not read yet is this old, or while a
+    /// new one would wait this long at the rate the ETL reads a backlog (zero: no limit but
+    /// the length).
     pub fn with_max_age(mut self, max_age: std::time::Duration) -> Self {
         self.max_age = max_age;
         self
@@ -172,7 +252,22 @@ impl StreamWriter {
         if let Some(tp) = traceparent {
             xadd.arg(TRACEPARENT_FIELD).arg(tp);
         }
-        let ((len, age_ms), id): ((u64, u64), String) = pipe.query_async(&mut redis).await?;
+        type Checked = (u64, u64, i64, u64, i64, u64);
+        let ((len, age_ms, lag, pending, read, now_ms), id): (Checked, String) =
+            pipe.query_async(&mut redis).await?;
+        let expected = match (u64::try_from(lag), u64::try_from(read)) {
+            (Ok(lag), Ok(read)) if max_age_ms > 0 => {
+                let mut drain = self.drain.lock().expect("drain lock");
+                drain.observe(now_ms, read, lag > 0);
+                // With nothing unread the ETL is not behind: what it holds is being written.
+                let waiting = lag + pending;
+                (lag > 0)
+                    .then(|| drain.expected_wait_ms(waiting))
+                    .flatten()
+                    .map(|wait| (waiting, drain.rate.unwrap_or(0.0), wait))
+            }
+            _ => None,
+        };
         let refused = if len >= self.max_backlog {
             AppendError::Backlog {
                 stream: self.stream.clone(),
@@ -183,6 +278,16 @@ impl StreamWriter {
             AppendError::Behind {
                 stream: self.stream.clone(),
                 age_ms,
+                limit_ms: max_age_ms,
+            }
+        } else if let Some((waiting, rate, wait_ms)) = expected
+            && wait_ms >= max_age_ms
+        {
+            AppendError::Expected {
+                stream: self.stream.clone(),
+                waiting,
+                rate,
+                wait_ms,
                 limit_ms: max_age_ms,
             }
         } else {
@@ -214,5 +319,44 @@ impl StreamWriter {
         let mut redis = self.redis.clone();
         let ping = async move { redis::cmd("PING").query_async::<String>(&mut redis).await };
         matches!(tokio::time::timeout(REDIS_DEADLINE, ping).await, Ok(Ok(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_rate_is_measured_only_while_the_etl_has_a_backlog() {
+        let mut drain = Drain::default();
+        assert_eq!(drain.expected_wait_ms(100), None, "nothing measured yet");
+        drain.observe(10_000, 0, true);
+        drain.observe(10_500, 40, true);
+        assert_eq!(drain.rate, None, "a window under a second");
+        drain.observe(12_000, 200, true);
+        assert_eq!(drain.rate, Some(100.0));
+        assert_eq!(drain.expected_wait_ms(300), Some(3000));
+        assert_eq!(drain.expected_wait_ms(0), Some(0));
+        // Idle at one end: the read rate is the append rate, not the ETL's; not taken.
+        drain.observe(13_000, 210, false);
+        drain.observe(14_000, 220, true);
+        assert_eq!(drain.rate, Some(100.0));
+        // Busy again: smoothed with what was known.
+        drain.observe(15_000, 520, true);
+        assert_eq!(drain.rate, Some(200.0));
+        // Stalled with entries waiting: the rate halves each second, a new entry's wait
+        // grows.
+        drain.observe(16_000, 520, true);
+        assert_eq!(drain.rate, Some(100.0));
+        // A counter that went back (the group was made again) starts over.
+        drain.observe(17_000, 5, true);
+        assert_eq!(drain.rate, Some(100.0));
+        drain.observe(18_000, 305, true);
+        assert_eq!(drain.rate, Some(200.0));
+        let stalled = Drain {
+            rate: Some(0.0),
+            ..Drain::default()
+        };
+        assert_eq!(stalled.expected_wait_ms(1), Some(u64::MAX));
     }
 }

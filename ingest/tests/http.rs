@@ -477,6 +477,87 @@ async fn while_the_etl_leaves_the_oldest_entry_unread_too_long_answers_503() -> 
     Ok(())
 }
 
+/// An ETL reading 20 entries a second with 100 waiting: once ingest has measured that rate
+/// (a second of reads with entries unread throughout), a new batch would wait ~4 s, over the
+/// 3 s limit, and is refused — while the oldest unread entry is still younger than the limit,
+/// so the age alone would have taken it (and let freshness grow to the limit × appended ÷
+/// stored).
+#[tokio::test]
+async fn when_a_new_batch_would_wait_too_long_at_the_etl_rate_answers_503() -> Result<()> {
+    let limit = Duration::from_secs(3);
+    let mut s = serve_with(
+        &LocalEnv::load()?.redis_url,
+        RateLimiter::new(1000.0, 1000),
+        100_000,
+        |w| w.with_max_age(limit),
+    )
+    .await?;
+    let stream = samples_stream(&s.region);
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("etl")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async::<()>(&mut s.redis)
+        .await?;
+    let b = s.batch(vec![tcp(1.0)]);
+    let start = std::time::Instant::now();
+    for i in 0..100 {
+        let (status, _, body) = s.post_batch(&b).await?;
+        assert_eq!(status, 202, "batch {i}, before any rate is known: {body}");
+    }
+    // The ETL: one entry every 50 ms, read and acknowledged.
+    let mut etl = s.redis.clone();
+    let reader_stream = stream.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("etl")
+                .arg("worker")
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(&reader_stream)
+                .arg(">")
+                .query_async(&mut etl)
+                .await
+                .unwrap();
+            for key in read.keys {
+                for entry in key.ids {
+                    let _: u64 = etl.xack(&reader_stream, "etl", &[&entry.id]).await.unwrap();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let refused = loop {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (status, retry, body) = s.post_batch(&b).await?;
+        if status == 503 {
+            break (retry, body, start.elapsed());
+        }
+        assert_eq!(status, 202, "{body}");
+        assert!(start.elapsed() < limit, "not refused within {limit:?}");
+    };
+    reader.abort();
+    let (retry, body, after) = refused;
+    assert!(retry.is_some());
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("entries the ETL has not stored")
+            && error.contains("a new one would wait")
+            && error.contains("over the limit of 3000 ms"),
+        "{body}"
+    );
+    assert!(
+        after < limit,
+        "refused after {after:?}, the age would have done it"
+    );
+    Ok(())
+}
+
 /// A Redis of this test's own, so it can be stopped.
 fn own_redis(port: u16) -> Result<Child> {
     Ok(Command::new("redis-server")

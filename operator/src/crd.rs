@@ -116,8 +116,10 @@ pub struct Admission {
     #[serde(default = "default_max_backlog")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub max_backlog: u64,
-    /// How long the oldest batch not yet read by the ETL may have waited before new ones are
-    /// refused, e.g. "10s" (default); "0s" turns the age limit off (only maxBacklog applies).
+    /// How long a batch may wait in Redis for the ETL, e.g. "10s" (default): new batches are
+    /// refused while the oldest one not yet read has waited that long, or while a new one
+    /// would at the rate the ETL reads a backlog; "0s" turns the limit off (only maxBacklog
+    /// applies).
     #[serde(default = "default_max_backlog_age")]
     pub max_backlog_age: Duration,
 }
