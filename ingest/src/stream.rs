@@ -28,12 +28,12 @@ pub enum AppendError {
         limit_ms: u64,
     },
     #[error(
-        "stream {stream} holds {waiting} entries the ETL has not stored; at the {rate:.0} entries/s it reads them, a new one would wait {wait_ms} ms, over the limit of {limit_ms} ms; the ETL is behind"
+        "stream {stream}'s oldest entry not yet read by the ETL waited {age_ms} ms, and the ETL reads {speed:.2} s of appends per second: a new one would wait {wait_ms} ms, over the limit of {limit_ms} ms; the ETL is behind"
     )]
     Expected {
         stream: String,
-        waiting: u64,
-        rate: f64,
+        age_ms: u64,
+        speed: f64,
         wait_ms: u64,
         limit_ms: u64,
     },
@@ -54,18 +54,21 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, RedisConnectError> 
 }
 
 /// The admission check, run by Redis in the same pipeline as the XADD and just before it:
-/// `{length, age_ms, lag, pending, entries_read, now_ms}` of the stream, where
+/// `{length, age_ms, delivered_ms, now_ms}` of the stream, where
 /// - `age_ms` is how long its oldest entry not yet delivered to the ETL (the one after the
 ///   consumer group's last-delivered-id; the stream's first when there is no group) has
 ///   waited, 0 when there is none or when `ARGV[2]` (the age limit, ms) is 0, and when the
 ///   length alone (`ARGV[1]`, the cap) already refuses;
-/// - `lag` the entries the ETL has not read yet, −1 when the group cannot tell, and `pending`
-///   those it read and has not acknowledged (stored) yet;
-/// - `entries_read` the group's count of entries read so far, −1 when unknown, and `now_ms`
-///   Redis' clock: from both, [`Drain`] measures how fast the ETL reads.
+/// - `delivered_ms` the time in the group's last-delivered-id (when the last entry the ETL
+///   read was appended; −1 without a group or before it read anything) and `now_ms` Redis'
+///   clock: from both, [`Drain`] measures how fast the ETL gets through the stream.
 ///
 /// The age bounds what a sample waits in Redis: at saturation the length alone let the
 /// backlog grow to half a minute of samples (10,000 batches) before anyone was refused.
+///
+/// Not the group's `lag` and `entries-read` counters: Redis cannot count them once an entry
+/// after the group's position was deleted, which is what a refused batch's XDEL does — at
+/// saturation they were unknown most of the time. Entry ids are always known.
 ///
 /// The batch is not an argument of the script: a script's arguments are copied into Lua and
 /// back, which for a 100 KB batch cost Redis (single-threaded, shared by every ingest and ETL
@@ -76,90 +79,92 @@ const ADMISSION_CHECK: &str = r"
 local len = redis.call('XLEN', KEYS[1])
 local max_age = tonumber(ARGV[2])
 if len >= tonumber(ARGV[1]) or max_age <= 0 or len == 0 then
-    return {len, 0, -1, 0, -1, 0}
+    return {len, 0, -1, 0}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local from = '-'
 local lag = false
-local pending = 0
-local read = -1
+local delivered = -1
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 if #groups > 0 then
     local g = groups[1]
     for i = 1, #g, 2 do
         local v = g[i + 1]
-        if g[i] == 'last-delivered-id' then from = '(' .. v end
-        if g[i] == 'lag' and type(v) == 'number' then lag = v end
-        if g[i] == 'pending' and type(v) == 'number' then pending = v end
-        if g[i] == 'entries-read' and type(v) == 'number' then read = v end
+        if g[i] == 'last-delivered-id' then
+            from = '(' .. v
+            delivered = tonumber(string.match(v, '^(%d+)-'))
+            if delivered == 0 then delivered = -1 end
+        end
+        if g[i] == 'lag' then lag = v end
     end
 end
 if lag == 0 then
-    return {len, 0, 0, pending, read, now}
+    return {len, 0, delivered, now}
 end
 local oldest = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', 1)
-if not lag then lag = -1 end
 if #oldest == 0 then
-    return {len, 0, lag, pending, read, now}
+    return {len, 0, delivered, now}
 end
 local ms = tonumber(string.match(oldest[1][1], '^(%d+)-'))
-return {len, math.max(now - ms, 0), lag, pending, read, now}
+return {len, math.max(now - ms, 0), delivered, now}
 ";
 
-/// How fast the ETL reads the stream when it has a backlog — its capacity, not the append
-/// rate — measured from the consumer group's entries-read counter over windows of at least
-/// a second in which entries waited unread at both ends (the ETL busy throughout), smoothed.
-/// From it, while entries wait unread, the wait of an entry appended now: the entries ahead
-/// of it (unread and pending) over that rate.
+/// How fast the ETL gets through the stream when it has a backlog — its capacity, not the
+/// append rate — as stream time per second: how far the append time of the last entry it
+/// read (the group's last-delivered-id) moved, over windows of at least a second in which
+/// entries waited unread at both ends (the ETL busy throughout), smoothed. An entry appended
+/// now is read once the ETL has gone through the appends since the oldest unread one, the
+/// oldest one's age in stream time: at speed `s`, after `age ÷ s`.
 ///
 /// Why: the oldest unread entry's age alone lets freshness grow to the age limit × appended ÷
 /// stored — once ingest accepted 3.7 × what the ETL stored, a 10 s limit let samples wait a
 /// minute before anyone was refused.
 #[derive(Debug, Default)]
 struct Drain {
-    /// Redis time (ms), entries read then, and whether entries were waiting.
+    /// Redis time (ms), the last-delivered entry's time then (ms), and whether entries were
+    /// waiting unread.
     anchor: Option<(u64, u64, bool)>,
-    /// Entries per second.
-    rate: Option<f64>,
+    /// Stream milliseconds read per millisecond.
+    speed: Option<f64>,
 }
 
 /// A window shorter than this is not measured.
 const DRAIN_WINDOW_MS: u64 = 1000;
 
 impl Drain {
-    fn observe(&mut self, now_ms: u64, read: u64, busy: bool) {
-        match self.anchor {
-            Some((at, then, was_busy)) if read >= then && now_ms >= at => {
-                if now_ms - at < DRAIN_WINDOW_MS {
-                    // A window starts when the ETL is busy: one that began idle moves on.
-                    if !was_busy {
-                        self.anchor = Some((now_ms, read, busy));
-                    }
-                    return;
+    fn observe(&mut self, now_ms: u64, delivered_ms: u64, busy: bool) {
+        if let Some((at, then, was_busy)) = self.anchor
+            && delivered_ms >= then
+            && now_ms >= at
+        {
+            if now_ms - at < DRAIN_WINDOW_MS {
+                // A window starts when the ETL is busy: one that began idle moves on.
+                if !was_busy {
+                    self.anchor = Some((now_ms, delivered_ms, busy));
                 }
-                if was_busy && busy {
-                    let rate = (read - then) as f64 * 1000.0 / (now_ms - at) as f64;
-                    self.rate = Some(self.rate.map_or(rate, |old| (old + rate) / 2.0));
-                }
+                return;
             }
-            // The first look, or a counter that went back (a recreated group).
-            _ => {}
+            if was_busy && busy {
+                let speed = (delivered_ms - then) as f64 / (now_ms - at) as f64;
+                self.speed = Some(self.speed.map_or(speed, |old| (old + speed) / 2.0));
+            }
         }
-        self.anchor = Some((now_ms, read, busy));
+        // Else the first look, or a position that went back (a recreated group).
+        self.anchor = Some((now_ms, delivered_ms, busy));
     }
 
-    /// The wait of an entry appended behind `waiting` others, in ms; None before the rate
-    /// was measured.
-    fn expected_wait_ms(&self, waiting: u64) -> Option<u64> {
-        let rate = self.rate?;
-        if waiting == 0 {
+    /// The wait of an entry appended now, in ms, when the oldest unread one is `age_ms` old;
+    /// None before the speed was measured.
+    fn expected_wait_ms(&self, age_ms: u64) -> Option<u64> {
+        let speed = self.speed?;
+        if age_ms == 0 {
             return Some(0);
         }
-        if rate <= 0.0 {
+        if speed <= 0.0 {
             return Some(u64::MAX);
         }
-        Some((waiting as f64 * 1000.0 / rate).min(u64::MAX as f64) as u64)
+        Some((age_ms as f64 / speed).min(u64::MAX as f64) as u64)
     }
 }
 
@@ -252,19 +257,15 @@ impl StreamWriter {
         if let Some(tp) = traceparent {
             xadd.arg(TRACEPARENT_FIELD).arg(tp);
         }
-        type Checked = (u64, u64, i64, u64, i64, u64);
-        let ((len, age_ms, lag, pending, read, now_ms), id): (Checked, String) =
+        let ((len, age_ms, delivered_ms, now_ms), id): ((u64, u64, i64, u64), String) =
             pipe.query_async(&mut redis).await?;
-        let expected = match (u64::try_from(lag), u64::try_from(read)) {
-            (Ok(lag), Ok(read)) if max_age_ms > 0 => {
+        let expected = match u64::try_from(delivered_ms) {
+            Ok(delivered_ms) if max_age_ms > 0 => {
                 let mut drain = self.drain.lock().expect("drain lock");
-                drain.observe(now_ms, read, lag > 0);
-                // With nothing unread the ETL is not behind: what it holds is being written.
-                let waiting = lag + pending;
-                (lag > 0)
-                    .then(|| drain.expected_wait_ms(waiting))
-                    .flatten()
-                    .map(|wait| (waiting, drain.rate.unwrap_or(0.0), wait))
+                drain.observe(now_ms, delivered_ms, age_ms > 0);
+                drain
+                    .expected_wait_ms(age_ms)
+                    .map(|wait| (drain.speed.unwrap_or(0.0), wait))
             }
             _ => None,
         };
@@ -280,13 +281,13 @@ impl StreamWriter {
                 age_ms,
                 limit_ms: max_age_ms,
             }
-        } else if let Some((waiting, rate, wait_ms)) = expected
+        } else if let Some((speed, wait_ms)) = expected
             && wait_ms >= max_age_ms
         {
             AppendError::Expected {
                 stream: self.stream.clone(),
-                waiting,
-                rate,
+                age_ms,
+                speed,
                 wait_ms,
                 limit_ms: max_age_ms,
             }
@@ -327,34 +328,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_drain_rate_is_measured_only_while_the_etl_has_a_backlog() {
+    fn the_drain_speed_is_measured_only_while_the_etl_has_a_backlog() {
         let mut drain = Drain::default();
         assert_eq!(drain.expected_wait_ms(100), None, "nothing measured yet");
-        drain.observe(10_000, 0, true);
-        drain.observe(10_500, 40, true);
-        assert_eq!(drain.rate, None, "a window under a second");
-        drain.observe(12_000, 200, true);
-        assert_eq!(drain.rate, Some(100.0));
-        assert_eq!(drain.expected_wait_ms(300), Some(3000));
+        drain.observe(10_000, 5_000, false);
+        // Idle when the window began: it starts again at the first busy look.
+        drain.observe(10_200, 5_100, true);
+        drain.observe(11_000, 5_300, true);
+        assert_eq!(drain.speed, None, "a window under a second");
+        drain.observe(12_200, 5_600, true);
+        assert_eq!(drain.speed, Some(0.25), "500 ms of appends read in 2 s");
+        assert_eq!(drain.expected_wait_ms(2_000), Some(8_000));
         assert_eq!(drain.expected_wait_ms(0), Some(0));
-        // Idle at one end: the read rate is the append rate, not the ETL's; not taken.
-        drain.observe(13_000, 210, false);
-        drain.observe(14_000, 220, true);
-        assert_eq!(drain.rate, Some(100.0));
+        // Idle at one end: the ETL read what came, not what it could; not taken.
+        drain.observe(13_200, 6_600, false);
+        drain.observe(14_200, 7_600, true);
+        assert_eq!(drain.speed, Some(0.25));
         // Busy again: smoothed with what was known.
-        drain.observe(15_000, 520, true);
-        assert_eq!(drain.rate, Some(200.0));
-        // Stalled with entries waiting: the rate halves each second, a new entry's wait
+        drain.observe(15_200, 8_350, true);
+        assert_eq!(drain.speed, Some(0.5));
+        // Stalled with entries waiting: the speed halves each second, a new entry's wait
         // grows.
-        drain.observe(16_000, 520, true);
-        assert_eq!(drain.rate, Some(100.0));
-        // A counter that went back (the group was made again) starts over.
-        drain.observe(17_000, 5, true);
-        assert_eq!(drain.rate, Some(100.0));
-        drain.observe(18_000, 305, true);
-        assert_eq!(drain.rate, Some(200.0));
+        drain.observe(16_200, 8_350, true);
+        assert_eq!(drain.speed, Some(0.25));
+        // A position that went back (the group was made again) starts over.
+        drain.observe(17_200, 100, true);
+        assert_eq!(drain.speed, Some(0.25));
+        drain.observe(18_200, 850, true);
+        assert_eq!(drain.speed, Some(0.5));
         let stalled = Drain {
-            rate: Some(0.0),
+            speed: Some(0.0),
             ..Drain::default()
         };
         assert_eq!(stalled.expected_wait_ms(1), Some(u64::MAX));
