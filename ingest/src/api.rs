@@ -345,7 +345,7 @@ async fn admit(
             tracing::warn!(error = %e, "refusing a batch");
             Err(Box::new(retry_after(
                 StatusCode::SERVICE_UNAVAILABLE,
-                Duration::from_secs(1),
+                e.retry_after(),
                 e.to_string(),
             )))
         }
@@ -359,7 +359,7 @@ async fn admit(
             tracing::warn!(error = %e, "refusing a batch");
             Err(Box::new(retry_after(
                 StatusCode::SERVICE_UNAVAILABLE,
-                Duration::from_secs(5),
+                e.retry_after(),
                 e.to_string(),
             )))
         }

@@ -39,6 +39,23 @@ pub enum AppendError {
     },
 }
 
+impl AppendError {
+    /// How long a refused writer should wait: for a backlog, 5 s; when a new batch would
+    /// wait over the limit, about the time until it would not (the excess, 1 to 5 s) — a
+    /// fixed 5 s sent every probe refused together away at once, and the ETL emptied the
+    /// stream and idled before they came back.
+    pub fn retry_after(&self) -> std::time::Duration {
+        let secs = match self {
+            Self::Expected {
+                wait_ms, limit_ms, ..
+            } => wait_ms.saturating_sub(*limit_ms).div_ceil(1000).clamp(1, 5),
+            Self::Unavailable(_) | Self::Timeout(_) => 1,
+            Self::Backlog { .. } | Self::Behind { .. } => 5,
+        };
+        std::time::Duration::from_secs(secs)
+    }
+}
+
 /// Connects to Redis so that an outage is reported within about two seconds, not hidden
 /// behind long reconnect attempts: probes are told 503 and retry later from their buffer.
 pub async fn connect(url: &str) -> Result<ConnectionManager, RedisConnectError> {
@@ -356,6 +373,17 @@ mod tests {
         assert_eq!(drain.speed, Some(0.25));
         drain.observe(18_200, 850, true);
         assert_eq!(drain.speed, Some(0.5));
+        let expected = |wait_ms| AppendError::Expected {
+            stream: "s".into(),
+            age_ms: 1,
+            speed: 1.0,
+            wait_ms,
+            limit_ms: 10_000,
+        };
+        let secs = |e: AppendError| e.retry_after().as_secs();
+        assert_eq!(secs(expected(10_000)), 1);
+        assert_eq!(secs(expected(12_001)), 3);
+        assert_eq!(secs(expected(u64::MAX)), 5);
         let stalled = Drain {
             speed: Some(0.0),
             ..Drain::default()
