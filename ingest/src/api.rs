@@ -385,7 +385,8 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
     summary = "Send a batch of samples",
     description = "Valid samples of a batch are accepted even when others are not; refused ones are named by index and field, among them any that could not be stored as sent (a NUL character in any string, a count above 2147483647). At most 5000 samples and 1 MiB (compressed and decompressed). The batch's `region` must be the region this service serves, unless it comes with a probe pod's ServiceAccount token of that region (a probe falling back to another region's ingest; stored under the batch's region). `Content-Type: application/json` (a request without one is read as JSON), or `application/x-fiberstack-batch`: the same batch in FiberStack's binary encoding (the layout is documented in the model crate's `binary` module; fiber-probe sends it); `Content-Encoding: gzip` is accepted.",
     params(BodyHeaders),
-    request_body(content = Batch, example = json!({
+    request_body(content(
+        (Batch = "application/json", example = json!({
         "probe": "fiberstack/accra-edge",
         "region": "ghana",
         "country": "GH",
@@ -409,6 +410,8 @@ fn request_span(span: tracing::Span, headers: &HeaderMap) -> tracing::Span {
             }
         ]
     })),
+        ("application/x-fiberstack-batch"),
+    )),
     responses(
         (status = 202, description = "The valid samples are in the stream.", body = Accepted),
         (status = 400, description = "The body is not a batch, or the batch as a whole breaks a rule (the message names the field).", body = ErrorBody),

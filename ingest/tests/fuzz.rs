@@ -332,8 +332,10 @@ fn json_headers() -> Vec<(&'static str, Vec<u8>)> {
 
 /// Headers that break a rule of their own: type, charset, encoding, credentials.
 fn nasty_headers(rng: &mut Rng, headers: &mut Vec<(&'static str, Vec<u8>)>, body: &mut Vec<u8>) {
-    let content_types: [&[u8]; 9] = [
+    let content_types: [&[u8]; 10] = [
         b"text/plain",
+        // A JSON body declared binary (the binary batch is /api/v1/samples' only).
+        b"application/x-fiberstack-batch",
         b"application/xml",
         b"application/json; charset=latin1",
         b"application/json; charset=\"utf-8\"",

@@ -262,6 +262,25 @@ fn the_documented_check_kinds_are_the_models() -> Result<()> {
     Ok(())
 }
 
+/// `POST /api/v1/samples` takes fiber-probe's binary batch besides JSON, and says so; the
+/// seed's push takes JSON only.
+#[test]
+fn the_binary_batch_is_documented_where_it_is_taken() -> Result<()> {
+    let doc = document()?;
+    let types = |path: &str| -> Vec<String> {
+        doc["paths"][path]["post"]["requestBody"]["content"]
+            .as_object()
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        types("/api/v1/samples"),
+        ["application/json", fiberstack_model::binary::MEDIA_TYPE]
+    );
+    assert_eq!(types("/api/push"), ["application/json"]);
+    Ok(())
+}
+
 #[test]
 fn examples_match_their_schemas() -> Result<()> {
     let doc = document()?;
