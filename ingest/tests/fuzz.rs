@@ -1,6 +1,7 @@
 //! Fuzzing ingest over HTTP: thousands of malformed and edge-case requests, generated from a
 //! seeded RNG out of the OpenAPI document ingest serves (its request examples and its
-//! schemas' fields and bounds), against a real fiber-ingest on real Redis and PostgreSQL.
+//! schemas' fields and bounds), against a real fiber-ingest on real Redis and PostgreSQL; a
+//! third of the batches in fiber-probe's binary encoding.
 //! Every answer is checked against the contract:
 //!
 //! - no 5xx, but a documented 503 for an outage (there is none here: Redis and the database
@@ -402,11 +403,23 @@ fn write_case(rng: &mut Rng, seeds: &Seeds) -> Case {
     for _ in 0..1 + rng.below(3) {
         mutate_json(rng, &mut value, top, item);
     }
-    let mut body = serde_json::to_vec(&value).unwrap();
+    // A third of the batches that still parse go binary, as fiber-probe sends them (NaN
+    // and other figures JSON cannot carry come from the mutations as JSON numbers' bytes
+    // flipped in the binary body).
+    let binary = (!push && rng.chance(33))
+        .then(|| serde_json::from_value::<fiberstack_model::Batch>(value.clone()).ok())
+        .flatten();
+    let mut headers = json_headers();
+    let mut body = match &binary {
+        Some(batch) => {
+            headers[0].1 = fiberstack_model::binary::MEDIA_TYPE.as_bytes().to_vec();
+            fiberstack_model::binary::encode(batch)
+        }
+        None => serde_json::to_vec(&value).unwrap(),
+    };
     if rng.chance(20) {
         mutate_bytes(rng, &mut body);
     }
-    let mut headers = json_headers();
     if rng.chance(15) {
         nasty_headers(rng, &mut headers, &mut body);
     }
@@ -667,21 +680,30 @@ fn judge(
     storable(batch).err()
 }
 
-/// The request body as JSON, gzip undone.
+/// The request body as JSON, gzip undone (a binary batch decoded and written as JSON).
 fn decoded_body(case: &Case) -> Option<Value> {
     let gzipped = case
         .headers
         .iter()
         .any(|(k, v)| *k == "content-encoding" && v.eq_ignore_ascii_case(b"gzip"));
-    if gzipped {
+    let binary = case
+        .headers
+        .iter()
+        .any(|(k, v)| *k == "content-type" && v == fiberstack_model::binary::MEDIA_TYPE.as_bytes());
+    let body = if gzipped {
         use std::io::Read;
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&case.body[..])
             .read_to_end(&mut out)
             .ok()?;
-        serde_json::from_slice(&out).ok()
+        out
     } else {
-        serde_json::from_slice(&case.body).ok()
+        case.body.clone()
+    };
+    if binary {
+        serde_json::to_value(fiberstack_model::binary::decode(&body).ok()?).ok()
+    } else {
+        serde_json::from_slice(&body).ok()
     }
 }
 
@@ -755,7 +777,14 @@ async fn fuzzed_requests_get_documented_answers_and_append_only_valid_samples() 
     let outcome = run(&env, &db_url, seed, cases).await;
     env.drop_postgres_database(&db_url, &[]).await?;
     let (failures, counts) = outcome?;
-    eprintln!("fuzz: seed {seed}, {cases} generated cases; answers by status: {counts:?}");
+    eprintln!(
+        "fuzz: seed {seed}, {cases} generated cases; answers by body type and status: {counts:?}"
+    );
+    assert!(
+        counts.get(&("binary", 202)).is_some_and(|n| *n > 0)
+            && counts.get(&("binary", 400)).is_some_and(|n| *n > 0),
+        "the binary batch was not both taken and refused: {counts:?}"
+    );
     assert!(
         failures.is_empty(),
         "seed {seed}: {} answers break the contract (the first of each kind):\n{}",
@@ -770,7 +799,10 @@ async fn run(
     db_url: &str,
     seed: u64,
     cases: usize,
-) -> Result<(Vec<String>, std::collections::BTreeMap<u16, usize>)> {
+) -> Result<(
+    Vec<String>,
+    std::collections::BTreeMap<(&'static str, u16), usize>,
+)> {
     etl::migrate(db_url, None).await?;
     let region = unique_name("fuzz");
     let redis = fiber_ingest::stream::connect(&env.redis_url).await?;
@@ -841,7 +873,12 @@ async fn run(
             .send(case)
             .await
             .with_context(|| format!("case {i}: {}", case.describe()))?;
-        *counts.entry(status).or_insert(0) += 1;
+        let binary = case.headers.iter().any(|(k, v)| {
+            *k == "content-type" && v == fiberstack_model::binary::MEDIA_TYPE.as_bytes()
+        });
+        *counts
+            .entry((if binary { "binary" } else { "other" }, status))
+            .or_insert(0) += 1;
 
         let grew = target.stream_len().await?.saturating_sub(before);
         let last = if grew > 0 {
