@@ -653,7 +653,7 @@ fn sort(entries: Vec<StreamId>) -> InHand {
             });
             continue;
         };
-        let batch = match decode_batch(&payload) {
+        let mut batch = match decode_batch(&payload) {
             Ok(batch) => batch,
             Err(e) => {
                 hand.dead.push(DeadLetter {
@@ -664,8 +664,7 @@ fn sort(entries: Vec<StreamId>) -> InHand {
                 continue;
             }
         };
-        // Judged in place: a batch with nothing refused (nearly every one) is written as
-        // decoded, not copied.
+        // Judged and split in place: the batch as decoded is what is written, not a copy.
         let rejections = match batch.validate(now) {
             Err(e) => {
                 hand.dead.push(DeadLetter {
@@ -677,35 +676,16 @@ fn sort(entries: Vec<StreamId>) -> InHand {
             }
             Ok(rejections) => rejections,
         };
-        if rejections.is_empty() {
+        if !rejections.is_empty() {
+            hand.dead
+                .push(rejected_samples(&entry.id, &batch, &rejections));
+        }
+        let indexes = batch.remove_rejected(&rejections);
+        if !batch.samples.is_empty() {
             hand.batches.push(Part {
                 received_at: entry_time(&entry.id),
-                indexes: (0..batch.samples.len()).collect(),
                 id: entry.id,
                 batch,
-            });
-            continue;
-        }
-        hand.dead
-            .push(rejected_samples(&entry.id, &batch, &rejections));
-        let total = batch.samples.len();
-        let mut valid = batch;
-        let mut refused = rejections.iter().map(|r| r.index).peekable();
-        let mut index = 0;
-        let mut indexes = Vec::with_capacity(total - rejections.len());
-        valid.samples.retain(|_| {
-            let keep = refused.next_if_eq(&index).is_none();
-            if keep {
-                indexes.push(index);
-            }
-            index += 1;
-            keep
-        });
-        if !valid.samples.is_empty() {
-            hand.batches.push(Part {
-                received_at: entry_time(&entry.id),
-                id: entry.id,
-                batch: valid,
                 indexes,
             });
         }

@@ -631,19 +631,25 @@ impl Batch {
         now: DateTime<Utc>,
     ) -> Result<(Batch, Vec<Rejection>), ValidationError> {
         let rejections = self.validate(now)?;
-        if !rejections.is_empty() {
-            let mut rejected = rejections.iter().map(|r| r.index).peekable();
-            let mut index = 0;
-            self.samples.retain(|_| {
-                let keep = rejected.peek() != Some(&index);
-                if !keep {
-                    rejected.next();
-                }
-                index += 1;
-                keep
-            });
-        }
+        self.remove_rejected(&rejections);
         Ok((self, rejections))
+    }
+
+    /// Removes the samples `rejections` name (in index order, as [`Self::validate`] gives
+    /// them); returns the indexes, in the batch as it was, of the samples kept.
+    pub fn remove_rejected(&mut self, rejections: &[Rejection]) -> Vec<usize> {
+        let mut rejected = rejections.iter().map(|r| r.index).peekable();
+        let mut kept = Vec::with_capacity(self.samples.len().saturating_sub(rejections.len()));
+        let mut index = 0;
+        self.samples.retain(|_| {
+            let keep = rejected.next_if_eq(&index).is_none();
+            if keep {
+                kept.push(index);
+            }
+            index += 1;
+            keep
+        });
+        kept
     }
 }
 
