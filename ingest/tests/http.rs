@@ -129,6 +129,19 @@ impl Server {
         Ok((status, retry, body))
     }
 
+    /// Makes the ETL's consumer group (`etl`) on this region's stream, having read nothing.
+    async fn etl_group(&mut self) -> Result<()> {
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(samples_stream(&self.region))
+            .arg("etl")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async::<()>(&mut self.redis)
+            .await?;
+        Ok(())
+    }
+
     /// The service's `/metrics` text.
     async fn metrics(&self) -> Result<String> {
         Ok(reqwest::get(format!("{}/metrics", self.url))
@@ -430,14 +443,7 @@ async fn while_the_etl_leaves_the_oldest_entry_unread_too_long_answers_503() -> 
     .await?;
     let stream = samples_stream(&s.region);
     // The ETL's consumer group exists and has read nothing yet.
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("etl")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async::<()>(&mut s.redis)
-        .await?;
+    s.etl_group().await?;
     let b = s.batch(vec![tcp(1.0)]);
     assert_eq!(s.post_batch(&b).await?.0, 202);
     assert_eq!(
@@ -493,14 +499,7 @@ async fn when_a_new_batch_would_wait_too_long_at_the_etl_rate_answers_503() -> R
     )
     .await?;
     let stream = samples_stream(&s.region);
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("etl")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async::<()>(&mut s.redis)
-        .await?;
+    s.etl_group().await?;
     let b = s.batch(vec![tcp(1.0)]);
     let start = std::time::Instant::now();
     for i in 0..100 {

@@ -17,20 +17,7 @@ async fn receiver_down_then_up_every_sample_arrives_exactly_once() {
     let (target, _t) = tcp_target().await;
     let port = ReservedPort::new().unwrap();
     let url = port.url();
-    let config = scratch.path("probe.yaml");
-    std::fs::write(
-        &config,
-        tcp_config(
-            "n1",
-            &["a", "b", "c"],
-            target,
-            &[url],
-            &scratch.path("buf"),
-            "",
-        ),
-    )
-    .unwrap();
-    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    let mut probe = ProbeProcess::start_tcp(&scratch, &["a", "b", "c"], target, &[url], "", &[]);
     // Down for 5 s: about 15 samples wait in the buffer.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let receiver = Receiver::start_on_reserved(port);
@@ -122,20 +109,7 @@ async fn retry_after_on_429_and_503_is_honoured() {
         st.script.push_back(Scripted::Status(429, Some(2)));
         st.script.push_back(Scripted::Status(503, Some(3)));
     }
-    let config = scratch.path("probe.yaml");
-    std::fs::write(
-        &config,
-        tcp_config(
-            "n1",
-            &["a"],
-            target,
-            &[receiver.url()],
-            &scratch.path("buf"),
-            "",
-        ),
-    )
-    .unwrap();
-    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    let mut probe = ProbeProcess::start_tcp(&scratch, &["a"], target, &[receiver.url()], "", &[]);
     wait_for("a delivered batch", Duration::from_secs(20), || {
         (!receiver.keys().is_empty()).then_some(())
     })
@@ -173,20 +147,14 @@ async fn rejected_samples_are_dropped_counted_and_not_retried() {
         .reject_targets
         .push("bad".into());
     let metrics = ReservedPort::new().unwrap();
-    let config = scratch.path("probe.yaml");
-    std::fs::write(
-        &config,
-        tcp_config(
-            "n1",
-            &["good", "bad"],
-            target,
-            &[receiver.url()],
-            &scratch.path("buf"),
-            &format!("metricsListen: {}\n", metrics.addr()),
-        ),
-    )
-    .unwrap();
-    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    let mut probe = ProbeProcess::start_tcp(
+        &scratch,
+        &["good", "bad"],
+        target,
+        &[receiver.url()],
+        &format!("metricsListen: {}\n", metrics.addr()),
+        &[],
+    );
     wait_for("rejections", Duration::from_secs(20), || {
         (receiver.state.lock().unwrap().rejected_keys.len() >= 4).then_some(())
     })
@@ -240,20 +208,14 @@ async fn wrong_token_is_logged_and_does_not_spin() {
     let (target, _t) = tcp_target().await;
     let receiver = Receiver::start().await;
     let metrics = ReservedPort::new().unwrap();
-    let config = scratch.path("probe.yaml");
-    std::fs::write(
-        &config,
-        tcp_config(
-            "n1",
-            &["a"],
-            target,
-            &[receiver.url()],
-            &scratch.path("buf"),
-            &format!("metricsListen: {}\n", metrics.addr()),
-        ),
-    )
-    .unwrap();
-    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[("FIBER_TOKEN", "wrong")]);
+    let mut probe = ProbeProcess::start_tcp(
+        &scratch,
+        &["a"],
+        target,
+        &[receiver.url()],
+        &format!("metricsListen: {}\n", metrics.addr()),
+        &[("FIBER_TOKEN", "wrong")],
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
     let text = reqwest::get(format!("{}/metrics", metrics.url()))
         .await
@@ -287,20 +249,8 @@ async fn fails_over_to_the_next_url() {
     let receiver = Receiver::start().await;
     let dead_port = ReservedPort::new().unwrap();
     let dead = dead_port.url();
-    let config = scratch.path("probe.yaml");
-    std::fs::write(
-        &config,
-        tcp_config(
-            "n1",
-            &["a"],
-            target,
-            &[dead, receiver.url()],
-            &scratch.path("buf"),
-            "",
-        ),
-    )
-    .unwrap();
-    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    let mut probe =
+        ProbeProcess::start_tcp(&scratch, &["a"], target, &[dead, receiver.url()], "", &[]);
     wait_for(
         "samples through the fallback",
         Duration::from_secs(20),
@@ -556,20 +506,8 @@ async fn an_ingest_that_refuses_the_binary_batch_is_sent_json() {
     let (target, _t) = tcp_target().await;
     let receiver = Receiver::start().await;
     receiver.state.lock().unwrap().json_only = true;
-    let config = scratch.path("probe.yaml");
-    std::fs::write(
-        &config,
-        tcp_config(
-            "n1",
-            &["a", "b"],
-            target,
-            &[receiver.url()],
-            &scratch.path("buf"),
-            "",
-        ),
-    )
-    .unwrap();
-    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    let mut probe =
+        ProbeProcess::start_tcp(&scratch, &["a", "b"], target, &[receiver.url()], "", &[]);
     wait_for("samples as JSON", Duration::from_secs(20), || {
         (receiver.keys().len() >= 8).then_some(())
     })
@@ -613,20 +551,7 @@ async fn batches_are_sent_in_the_binary_encoding() {
     let scratch = Scratch::new("binary");
     let (target, _t) = tcp_target().await;
     let receiver = Receiver::start().await;
-    let config = scratch.path("probe.yaml");
-    std::fs::write(
-        &config,
-        tcp_config(
-            "n1",
-            &["a"],
-            target,
-            &[receiver.url()],
-            &scratch.path("buf"),
-            "",
-        ),
-    )
-    .unwrap();
-    let mut probe = ProbeProcess::start(&config, &scratch.path("log"), &[]);
+    let mut probe = ProbeProcess::start_tcp(&scratch, &["a"], target, &[receiver.url()], "", &[]);
     wait_for("samples", Duration::from_secs(20), || {
         (receiver.keys().len() >= 3).then_some(())
     })

@@ -274,6 +274,25 @@ pub fn binary() -> &'static str {
 }
 
 impl ProbeProcess {
+    /// A probe of node `n1` measuring the TCP `targets` at `addr` and delivering to `urls`,
+    /// its configuration (`tcp_config` with `extra`), buffer and log in `scratch`.
+    pub fn start_tcp(
+        scratch: &Scratch,
+        targets: &[&str],
+        addr: SocketAddr,
+        urls: &[String],
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let config = scratch.path("probe.yaml");
+        std::fs::write(
+            &config,
+            tcp_config("n1", targets, addr, urls, &scratch.path("buf"), extra),
+        )
+        .unwrap();
+        Self::start(&config, &scratch.path("log"), env)
+    }
+
     pub fn start(config: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
         let out = std::fs::OpenOptions::new()
             .create(true)
