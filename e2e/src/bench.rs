@@ -74,13 +74,18 @@ pub fn batch(node: usize, seq: u64, size: usize, base: DateTime<Utc>) -> Batch {
 /// first batch with only the sample times changed: encoding 500 samples per batch cost the
 /// load bench's client ~0.8 µs of CPU per sample, on the same 2 cores that are measured.
 pub struct BatchBodies {
-    /// JSON: the text around the times, `pieces[i]` before sample i's time, the last after.
-    /// Binary: the whole first batch, its times overwritten in place.
-    pieces: Vec<Vec<u8>>,
-    /// Binary: where each sample's time (seconds, then nanoseconds) starts in `pieces[0]`.
-    time_at: Vec<usize>,
+    template: Template,
     base: DateTime<Utc>,
     size: usize,
+}
+
+/// The first batch's encoding, cut where the times go.
+enum Template {
+    /// The text around the times: `pieces[i]` before sample i's time, the last after.
+    Json { pieces: Vec<Vec<u8>> },
+    /// The whole batch, and where each sample's time (seconds, then nanoseconds) starts in
+    /// it, to be overwritten in place.
+    Binary { body: Vec<u8>, time_at: Vec<usize> },
 }
 
 impl BatchBodies {
@@ -100,8 +105,7 @@ impl BatchBodies {
         }
         pieces.push(rest.to_vec());
         (pieces.len() == size + 1).then_some(Self {
-            pieces,
-            time_at: Vec::new(),
+            template: Template::Json { pieces },
             base,
             size,
         })
@@ -110,29 +114,22 @@ impl BatchBodies {
     /// [`Self::new`] in the binary encoding (`fiberstack_model::binary`, what fiber-probe
     /// sends): a sample's time is the 12 bytes after its flags and kind.
     pub fn binary(node: usize, size: usize, base: DateTime<Utc>, region: &str) -> Option<Self> {
-        let first = Self::first(node, size, base, region)?;
+        let mut first = Self::first(node, size, base, region)?;
         let body = fiberstack_model::binary::encode(&first);
         // Each sample's bytes are those it adds to a batch of one (after the header and the
         // count of 1, one byte).
-        let header = fiberstack_model::binary::encode(&Batch {
-            samples: Vec::new(),
-            ..first.clone()
-        })
-        .len();
+        let samples = std::mem::take(&mut first.samples);
+        let header = fiberstack_model::binary::encode(&first).len();
         let mut time_at = Vec::with_capacity(size);
         let mut at = body.len();
-        for sample in first.samples.iter().rev() {
-            let one = fiberstack_model::binary::encode(&Batch {
-                samples: vec![sample.clone()],
-                ..first.clone()
-            });
-            at -= one.len() - header;
+        for sample in samples.into_iter().rev() {
+            first.samples = vec![sample];
+            at -= fiberstack_model::binary::encode(&first).len() - header;
             time_at.push(at + 3);
         }
         time_at.reverse();
         Some(Self {
-            pieces: vec![body],
-            time_at,
+            template: Template::Binary { body, time_at },
             base,
             size,
         })
@@ -146,37 +143,47 @@ impl BatchBodies {
         })
     }
 
+    /// The time of sample `i` of batch `seq`: 20 samples a millisecond.
+    fn time(&self, seq: u64, i: usize) -> (u64, DateTime<Utc>) {
+        let ms = (seq * self.size as u64 + i as u64) / 20;
+        (ms, self.base + Duration::milliseconds(ms as i64))
+    }
+
     /// The body of batch `seq`, as encoding `batch(node, seq, size, base)` with the region set
     /// would write it but for the latencies.
     pub fn body(&self, seq: u64) -> Vec<u8> {
-        if !self.time_at.is_empty() {
-            let mut out = self.pieces[0].clone();
-            for (i, at) in self.time_at.iter().enumerate() {
-                let ms = (seq * self.size as u64 + i as u64) / 20;
-                let time = self.base + Duration::milliseconds(ms as i64);
-                out[*at..*at + 8].copy_from_slice(&time.timestamp().to_le_bytes());
-                out[*at + 8..*at + 12]
-                    .copy_from_slice(&time.timestamp_subsec_nanos().to_le_bytes());
+        match &self.template {
+            Template::Binary { body, time_at } => {
+                let mut out = body.clone();
+                for (i, at) in time_at.iter().enumerate() {
+                    let (_, time) = self.time(seq, i);
+                    out[*at..*at + 8].copy_from_slice(&time.timestamp().to_le_bytes());
+                    out[*at + 8..*at + 12]
+                        .copy_from_slice(&time.timestamp_subsec_nanos().to_le_bytes());
+                }
+                out
             }
-            return out;
-        }
-        let mut out =
-            Vec::with_capacity(self.pieces.iter().map(Vec::len).sum::<usize>() + 40 * self.size);
-        let mut cached: Option<(u64, String)> = None;
-        for (i, piece) in self.pieces[..self.size].iter().enumerate() {
-            out.extend_from_slice(piece);
-            let ms = (seq * self.size as u64 + i as u64) / 20;
-            if cached.as_ref().is_none_or(|(at, _)| *at != ms) {
-                let time = self.base + Duration::milliseconds(ms as i64);
-                cached = Some((
-                    ms,
-                    time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                ));
+            Template::Json { pieces } => {
+                let mut out =
+                    Vec::with_capacity(pieces.iter().map(Vec::len).sum::<usize>() + 40 * self.size);
+                let mut cached: Option<(u64, String)> = None;
+                for (i, piece) in pieces[..self.size].iter().enumerate() {
+                    out.extend_from_slice(piece);
+                    let (ms, time) = self.time(seq, i);
+                    if cached.as_ref().is_none_or(|(at, _)| *at != ms) {
+                        cached = Some((
+                            ms,
+                            time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                        ));
+                    }
+                    out.extend_from_slice(
+                        cached.as_ref().map_or("", |(_, t)| t.as_str()).as_bytes(),
+                    );
+                }
+                out.extend_from_slice(&pieces[self.size]);
+                out
             }
-            out.extend_from_slice(cached.as_ref().map_or("", |(_, t)| t.as_str()).as_bytes());
         }
-        out.extend_from_slice(&self.pieces[self.size]);
-        out
     }
 }
 

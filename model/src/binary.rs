@@ -366,26 +366,24 @@ impl Reader<'_> {
         let mut sample = Sample::new(time, target, kind, flags & UP != 0);
         sample.address = address;
         let has = |bit: u16| flags & bit != 0;
-        if has(LATENCY) {
-            sample.latency_ms = Some(self.f64(&at("latency_ms"))?);
+        for (bit, slot, name) in [
+            (LATENCY, &mut sample.latency_ms, "latency_ms"),
+            (LATENCY_MIN, &mut sample.latency_min_ms, "latency_min_ms"),
+            (LATENCY_MAX, &mut sample.latency_max_ms, "latency_max_ms"),
+            (JITTER, &mut sample.jitter_ms, "jitter_ms"),
+            (LOSS, &mut sample.packet_loss, "packet_loss"),
+        ] {
+            if has(bit) {
+                *slot = Some(self.f64(&at(name))?);
+            }
         }
-        if has(LATENCY_MIN) {
-            sample.latency_min_ms = Some(self.f64(&at("latency_min_ms"))?);
-        }
-        if has(LATENCY_MAX) {
-            sample.latency_max_ms = Some(self.f64(&at("latency_max_ms"))?);
-        }
-        if has(JITTER) {
-            sample.jitter_ms = Some(self.f64(&at("jitter_ms"))?);
-        }
-        if has(LOSS) {
-            sample.packet_loss = Some(self.f64(&at("packet_loss"))?);
-        }
-        if has(SENT) {
-            sample.sent = Some(self.count(&at("sent"))?);
-        }
-        if has(RECEIVED) {
-            sample.received = Some(self.count(&at("received"))?);
+        for (bit, slot, name) in [
+            (SENT, &mut sample.sent, "sent"),
+            (RECEIVED, &mut sample.received, "received"),
+        ] {
+            if has(bit) {
+                *slot = Some(self.count(&at(name))?);
+            }
         }
         if has(STATUS) {
             sample.status_code = Some(u16::from_le_bytes(self.array(&at("status_code"))?));
