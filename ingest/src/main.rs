@@ -106,8 +106,9 @@ struct Config {
     max_backlog: u64,
     /// Seconds a batch may wait in the stream for the ETL (fractions allowed): new batches
     /// are refused with 503 and Retry-After while the oldest one not yet read has waited
-    /// that long, or while a new one would (that age over the speed at which the ETL was
-    /// measured getting through a backlog). At saturation this bounds how stale stored samples
+    /// that long, or while a new one would (the appends still unread, from that one to the
+    /// last this ingest accepted, over the speed at which the ETL was measured getting
+    /// through a backlog). At saturation this bounds how stale stored samples
     /// get, where the length cap alone lets the backlog grow to half a minute of samples.
     /// 0 turns it off (only --max-backlog applies).
     #[arg(long, env = "FIBER_MAX_BACKLOG_AGE", default_value_t = fiber_ingest::stream::DEFAULT_MAX_AGE.as_secs_f64())]

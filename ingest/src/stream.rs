@@ -28,11 +28,12 @@ pub enum AppendError {
         limit_ms: u64,
     },
     #[error(
-        "stream {stream}'s oldest entry not yet read by the ETL waited {age_ms} ms, and the ETL reads {speed:.2} s of appends per second: a new one would wait {wait_ms} ms, over the limit of {limit_ms} ms; the ETL is behind"
+        "stream {stream}'s entries not yet read by the ETL span {span_ms} ms of appends (the oldest waited {age_ms} ms), and the ETL reads {speed:.2} s of appends per second: a new one would wait {wait_ms} ms, over the limit of {limit_ms} ms; the ETL is behind"
     )]
     Expected {
         stream: String,
         age_ms: u64,
+        span_ms: u64,
         speed: f64,
         wait_ms: u64,
         limit_ms: u64,
@@ -144,7 +145,21 @@ struct Drain {
     anchor: Option<(u64, u64, bool)>,
     /// Stream milliseconds read per millisecond.
     speed: Option<f64>,
+    /// Redis time (ms) of this process's last accepted append: the end of the backlog while
+    /// it refuses (see [`Drain::expected_wait_ms`]).
+    accepted_ms: Option<u64>,
+    /// Whether this process refused a batch since its last accepted append.
+    refusing: bool,
+    /// Stretches of stream time (ms, from and to) in which this process refused every batch:
+    /// the ETL reads across one at once, so its length is not counted as stream read — else
+    /// the speed measured over it came out several times the ETL's, and batches were taken
+    /// until the oldest entry's age refused them again. (Another replica's appends may fall
+    /// in one: then the speed is underestimated, never over.)
+    gaps: std::collections::VecDeque<(u64, u64)>,
 }
+
+/// Refusal stretches kept at most (the oldest are forgotten first).
+const MAX_GAPS: usize = 64;
 
 /// A window shorter than this is not measured.
 const DRAIN_WINDOW_MS: u64 = 1000;
@@ -163,25 +178,68 @@ impl Drain {
                 return;
             }
             if was_busy && busy {
-                let speed = (delivered_ms - then) as f64 / (now_ms - at) as f64;
+                let skipped: u64 = self
+                    .gaps
+                    .iter()
+                    .map(|&(from, to)| to.min(delivered_ms).saturating_sub(from.max(then)))
+                    .sum();
+                let read = (delivered_ms - then).saturating_sub(skipped);
+                let speed = read as f64 / (now_ms - at) as f64;
                 self.speed = Some(self.speed.map_or(speed, |old| (old + speed) / 2.0));
             }
         }
         // Else the first look, or a position that went back (a recreated group).
         self.anchor = Some((now_ms, delivered_ms, busy));
+        // Stretches the ETL has read past no longer count.
+        self.gaps.retain(|&(_, to)| to > delivered_ms);
     }
 
-    /// The wait of an entry appended now, in ms, when the oldest unread one is `age_ms` old;
-    /// None before the speed was measured.
-    fn expected_wait_ms(&self, age_ms: u64) -> Option<u64> {
+    /// This process appended a batch at `now_ms` (Redis time).
+    fn accepted(&mut self, now_ms: u64) {
+        if let Some(last) = self.accepted_ms
+            && self.refusing
+            && now_ms > last
+        {
+            if self.gaps.len() == MAX_GAPS {
+                self.gaps.pop_front();
+            }
+            self.gaps.push_back((last, now_ms));
+        }
+        self.refusing = false;
+        self.accepted_ms = Some(now_ms);
+    }
+
+    /// The stretch of appends the ETL has still to read before an entry appended at `now_ms`
+    /// (Redis time), when the oldest unread one is `age_ms` old: from that one to the last
+    /// entry this process accepted — nothing was appended by it since, and an empty stretch
+    /// costs the ETL nothing. Measured to `now_ms` itself when this process accepted nothing
+    /// after the oldest unread entry (another ingest replica's may be newer: assume so).
+    ///
+    /// Why: with the age alone (`now − oldest`), a refused stream's backlog seemed to grow
+    /// while nobody appended — a new batch's wait was overestimated by the whole time since
+    /// the refusals began, the refusals went on while the ETL emptied the stream, and it
+    /// idled (4 s of 20 at saturation, the cores 95 % idle, in the load bench).
+    fn span_ms(&self, age_ms: u64, now_ms: u64) -> u64 {
+        let oldest = now_ms.saturating_sub(age_ms);
+        match self.accepted_ms {
+            Some(accepted) if accepted >= oldest && accepted <= now_ms => accepted - oldest,
+            _ => age_ms,
+        }
+    }
+
+    /// The wait of an entry appended at `now_ms` (Redis time), in ms, when the oldest unread
+    /// one is `age_ms` old: [`Drain::span_ms`] at the measured speed; None before the speed
+    /// was measured.
+    fn expected_wait_ms(&self, age_ms: u64, now_ms: u64) -> Option<u64> {
         let speed = self.speed?;
+        let span = self.span_ms(age_ms, now_ms);
         if age_ms == 0 {
             return Some(0);
         }
         if speed <= 0.0 {
             return Some(u64::MAX);
         }
-        Some((age_ms as f64 / speed).min(u64::MAX as f64) as u64)
+        Some((span as f64 / speed).min(u64::MAX as f64) as u64)
     }
 }
 
@@ -276,40 +334,54 @@ impl StreamWriter {
         }
         let ((len, age_ms, delivered_ms, now_ms), id): ((u64, u64, i64, u64), String) =
             pipe.query_async(&mut redis).await?;
-        let expected = match u64::try_from(delivered_ms) {
-            Ok(delivered_ms) if max_age_ms > 0 => {
-                let mut drain = self.drain.lock().expect("drain lock");
-                drain.observe(now_ms, delivered_ms, age_ms > 0);
-                drain
-                    .expected_wait_ms(age_ms)
-                    .map(|wait| (drain.speed.unwrap_or(0.0), wait))
-            }
-            _ => None,
-        };
-        let refused = if len >= self.max_backlog {
-            AppendError::Backlog {
-                stream: self.stream.clone(),
-                len,
-                cap: self.max_backlog,
-            }
-        } else if max_age_ms > 0 && age_ms >= max_age_ms {
-            AppendError::Behind {
-                stream: self.stream.clone(),
-                age_ms,
-                limit_ms: max_age_ms,
-            }
-        } else if let Some((speed, wait_ms)) = expected
-            && wait_ms >= max_age_ms
-        {
-            AppendError::Expected {
-                stream: self.stream.clone(),
-                age_ms,
-                speed,
-                wait_ms,
-                limit_ms: max_age_ms,
-            }
-        } else {
-            return Ok(id);
+        let refused = {
+            let mut drain = self.drain.lock().expect("drain lock");
+            let expected = match u64::try_from(delivered_ms) {
+                Ok(delivered_ms) if max_age_ms > 0 => {
+                    drain.observe(now_ms, delivered_ms, age_ms > 0);
+                    drain.expected_wait_ms(age_ms, now_ms).map(|wait| {
+                        (
+                            drain.speed.unwrap_or(0.0),
+                            drain.span_ms(age_ms, now_ms),
+                            wait,
+                        )
+                    })
+                }
+                _ => None,
+            };
+            let refused = if len >= self.max_backlog {
+                AppendError::Backlog {
+                    stream: self.stream.clone(),
+                    len,
+                    cap: self.max_backlog,
+                }
+            } else if max_age_ms > 0 && age_ms >= max_age_ms {
+                AppendError::Behind {
+                    stream: self.stream.clone(),
+                    age_ms,
+                    limit_ms: max_age_ms,
+                }
+            } else if let Some((speed, span_ms, wait_ms)) = expected
+                && wait_ms >= max_age_ms
+            {
+                AppendError::Expected {
+                    stream: self.stream.clone(),
+                    age_ms,
+                    span_ms,
+                    speed,
+                    wait_ms,
+                    limit_ms: max_age_ms,
+                }
+            } else {
+                // Redis' clock is read when something waits (`now_ms` 0 otherwise: then this
+                // append is the backlog's first entry, and no stretch is measured from it).
+                if now_ms > 0 {
+                    drain.accepted(now_ms);
+                }
+                return Ok(id);
+            };
+            drain.refusing = true;
+            refused
         };
         // Refused, yet appended: take the entry back (a second round trip, on this path
         // only). Should the ETL read it first, or the XDEL fail, the sample is stored once
@@ -347,7 +419,11 @@ mod tests {
     #[test]
     fn the_drain_speed_is_measured_only_while_the_etl_has_a_backlog() {
         let mut drain = Drain::default();
-        assert_eq!(drain.expected_wait_ms(100), None, "nothing measured yet");
+        assert_eq!(
+            drain.expected_wait_ms(100, 10_000),
+            None,
+            "nothing measured yet"
+        );
         drain.observe(10_000, 5_000, false);
         // Idle when the window began: it starts again at the first busy look.
         drain.observe(10_200, 5_100, true);
@@ -355,8 +431,18 @@ mod tests {
         assert_eq!(drain.speed, None, "a window under a second");
         drain.observe(12_200, 5_600, true);
         assert_eq!(drain.speed, Some(0.25), "500 ms of appends read in 2 s");
-        assert_eq!(drain.expected_wait_ms(2_000), Some(8_000));
-        assert_eq!(drain.expected_wait_ms(0), Some(0));
+        assert_eq!(drain.expected_wait_ms(2_000, 12_200), Some(8_000));
+        assert_eq!(drain.expected_wait_ms(0, 12_200), Some(0));
+        // Refusing since the last accepted append (at 11,000): the backlog ends there, and
+        // the wait of a new entry does not grow while nobody appends.
+        drain.accepted_ms = Some(11_000);
+        assert_eq!(drain.span_ms(2_000, 12_200), 800);
+        assert_eq!(drain.expected_wait_ms(2_000, 12_200), Some(3_200));
+        assert_eq!(drain.expected_wait_ms(4_000, 14_200), Some(3_200));
+        // Last accepted before the oldest unread entry (appended by another replica): up to
+        // now, as if appends had gone on.
+        assert_eq!(drain.expected_wait_ms(1_000, 12_200), Some(4_000));
+        drain.accepted_ms = None;
         // Idle at one end: the ETL read what came, not what it could; not taken.
         drain.observe(13_200, 6_600, false);
         drain.observe(14_200, 7_600, true);
@@ -373,9 +459,24 @@ mod tests {
         assert_eq!(drain.speed, Some(0.25));
         drain.observe(18_200, 850, true);
         assert_eq!(drain.speed, Some(0.5));
+        // A refusal stretch: accepted at 20,000, everything refused until 23,000. The ETL
+        // reading across it (its position 19,500 → 23,500 in a second) read one second of
+        // appends, not four.
+        let mut drain = Drain::default();
+        drain.accepted(20_000);
+        drain.accepted(20_500);
+        assert!(drain.gaps.is_empty(), "no refusal in between");
+        drain.refusing = true;
+        drain.accepted(23_000);
+        assert_eq!(drain.gaps, [(20_500, 23_000)]);
+        drain.observe(30_000, 19_500, true);
+        drain.observe(31_000, 23_500, true);
+        assert_eq!(drain.speed, Some(1.5));
+        assert!(drain.gaps.is_empty(), "read past, forgotten");
         let expected = |wait_ms| AppendError::Expected {
             stream: "s".into(),
             age_ms: 1,
+            span_ms: 1,
             speed: 1.0,
             wait_ms,
             limit_ms: 10_000,
@@ -388,6 +489,6 @@ mod tests {
             speed: Some(0.0),
             ..Drain::default()
         };
-        assert_eq!(stalled.expected_wait_ms(1), Some(u64::MAX));
+        assert_eq!(stalled.expected_wait_ms(1, 10_000), Some(u64::MAX));
     }
 }
