@@ -445,16 +445,33 @@ impl Consumer {
         if hand.batches.is_empty() {
             return Ok(());
         }
-        let batches: Vec<Batch> = hand.batches.iter().map(|p| p.batch.clone()).collect();
-        let received: Vec<_> = hand.batches.iter().map(|p| p.received_at).collect();
+        // The batches are moved out of their parts for the writer, and back if it fails: no
+        // copy of each write's (up to 10,000) samples.
+        let (batches, envelopes): (Vec<Batch>, Vec<_>) = std::mem::take(&mut hand.batches)
+            .into_iter()
+            .map(|p| (p.batch, (p.id, p.received_at, p.indexes)))
+            .unzip();
+        let received: Vec<_> = envelopes.iter().map(|(_, at, _)| *at).collect();
         let started = Instant::now();
-        match writer::write_received(&self.pool, &batches, &received, Utc::now()).await {
+        let written = writer::write_received(&self.pool, &batches, &received, Utc::now()).await;
+        if written.is_err() {
+            hand.batches = batches
+                .into_iter()
+                .zip(envelopes)
+                .map(|(batch, (id, received_at, indexes))| Part {
+                    id,
+                    received_at,
+                    batch,
+                    indexes,
+                })
+                .collect();
+        }
+        match written {
             Ok(w) => {
                 self.stats
                     .write_seconds
                     .observe(started.elapsed().as_secs_f64());
                 self.count(w);
-                hand.batches.clear();
                 Ok(())
             }
             Err(e) if is_data_error(&e) => {
